@@ -1,0 +1,290 @@
+//! `Command`: everything `uv_process_options_t` holds, as a builder.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use crate::Signum;
+use crate::error::Result;
+use crate::process::Child;
+use crate::stdio::{Kind, Stdio};
+
+/// A process to spawn: file, args, env, cwd, flags, uid/gid and a [`Stdio`] slot for any fd
+/// number, as libuv's `uv_process_options_t`, with the builder style of
+/// `std::process::Command`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+/// let dir = std::env::temp_dir();
+/// let mut child = brood::Command::new("mkdir")
+///     .arg("-p")
+///     .arg("brood-doc-test-dir")
+///     .current_dir(&dir)
+///     .detached(false)
+///     .stdio(3, brood::Stdio::inherit_fd(2))
+///     .spawn()?;
+/// println!("Launched process with ID {}", child.id());
+/// let exit = child.wait().await?;
+/// assert!(exit.success());
+/// # std::fs::remove_dir(dir.join("brood-doc-test-dir")).unwrap();
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Command {
+    pub(crate) program: OsString,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) arg0: Option<OsString>,
+    pub(crate) env_clear: bool,
+    /// Changes on top of the inherited (or cleared) environment: `None` removes.
+    pub(crate) env: BTreeMap<OsString, Option<OsString>>,
+    pub(crate) env_pid: Option<OsString>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) detached: bool,
+    pub(crate) process_group: Option<i32>,
+    pub(crate) parent_death_signal: Option<Signum>,
+    pub(crate) kill_on_drop: bool,
+    pub(crate) stdio: BTreeMap<i32, Stdio>,
+}
+
+impl Command {
+    /// A command that runs `program`: a path when it has a slash, otherwise searched in
+    /// `PATH` as `execvp` does (the child's `PATH` when the environment is changed).
+    pub fn new(program: impl AsRef<OsStr>) -> Command {
+        Command {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            arg0: None,
+            env_clear: false,
+            env: BTreeMap::new(),
+            env_pid: None,
+            cwd: None,
+            uid: None,
+            gid: None,
+            detached: false,
+            process_group: None,
+            parent_death_signal: None,
+            kill_on_drop: false,
+            stdio: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Command {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets `argv[0]`, which is the program as given unless set (`args[0]` in libuv).
+    pub fn arg0(mut self, arg0: impl AsRef<OsStr>) -> Command {
+        self.arg0 = Some(arg0.as_ref().to_owned());
+        self
+    }
+
+    /// Sets one environment variable for the child.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Command {
+        self.env
+            .insert(key.as_ref().to_owned(), Some(value.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets several environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Command
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self = self.env(k, v);
+        }
+        self
+    }
+
+    /// Removes one variable from the child's environment.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Command {
+        self.env.insert(key.as_ref().to_owned(), None);
+        self
+    }
+
+    /// Starts the child's environment empty: with [`env`](Command::env) calls after it, the
+    /// child gets exactly those variables (libuv's `env` array). Without it, the child
+    /// inherits the parent's environment.
+    pub fn env_clear(mut self) -> Command {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    /// Sets the variable `key` to the child's own pid, written in the child just before exec
+    /// (systemd's `LISTEN_PID` needs this, and no parent can know the pid in advance).
+    pub fn env_pid(mut self, key: impl AsRef<OsStr>) -> Command {
+        self.env_pid = Some(key.as_ref().to_owned());
+        self
+    }
+
+    /// The child's working directory (`cwd`). A relative program path is found from it,
+    /// as `execvp` after `chdir` does.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Command {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// `UV_PROCESS_SETUID`: the child runs as this user. Supplementary groups are dropped.
+    pub fn uid(mut self, uid: u32) -> Command {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// `UV_PROCESS_SETGID`: the child runs with this group. Supplementary groups are dropped.
+    pub fn gid(mut self, gid: u32) -> Command {
+        self.gid = Some(gid);
+        self
+    }
+
+    /// `UV_PROCESS_DETACHED`: the child starts a new session (`setsid`), so it keeps running
+    /// after the parent exits and is not hit by the terminal's signals. A dropped `Child`
+    /// never keeps the parent or its runtime alive, detached or not.
+    pub fn detached(mut self, detached: bool) -> Command {
+        self.detached = detached;
+        self
+    }
+
+    /// Puts the child in process group `pgid`, or in a new group of its own when 0
+    /// (`setpgid(0, pgid)`), so the whole group can be signalled with a negative pid.
+    pub fn process_group(mut self, pgid: i32) -> Command {
+        self.process_group = Some(pgid);
+        self
+    }
+
+    /// Linux: the child gets `signal` when the thread that spawned it dies
+    /// (`PR_SET_PDEATHSIG`). If the parent is already gone by then, the child exits before
+    /// exec. Spawn from a long-lived thread (a runtime worker, `main`) when you use this.
+    pub fn parent_death_signal(mut self, signal: impl Into<Signum>) -> Command {
+        self.parent_death_signal = Some(signal.into());
+        self
+    }
+
+    /// Sends `SIGKILL` to the child when its [`Child`] is dropped before it has exited.
+    pub fn kill_on_drop(mut self, kill: bool) -> Command {
+        self.kill_on_drop = kill;
+        self
+    }
+
+    /// Sets what the child gets at fd number `fd` (any number: 0, 1, 2, 3, 9, ...).
+    ///
+    /// Slots may name each other's fds: `stdio(1, Stdio::inherit_fd(2))` with
+    /// `stdio(2, Stdio::inherit_fd(1))` swaps stdout and stderr.
+    pub fn stdio(mut self, fd: i32, stdio: Stdio) -> Command {
+        let stdio = match stdio.0 {
+            Kind::Pipe {
+                readable: false,
+                writable: false,
+            } => Stdio(Kind::Pipe {
+                readable: fd != 1 && fd != 2,
+                writable: fd != 0,
+            }),
+            other => Stdio(other),
+        };
+        self.stdio.insert(fd, stdio);
+        self
+    }
+
+    /// Slot 0.
+    pub fn stdin(self, stdio: Stdio) -> Command {
+        self.stdio(0, stdio)
+    }
+
+    /// Slot 1.
+    pub fn stdout(self, stdio: Stdio) -> Command {
+        self.stdio(1, stdio)
+    }
+
+    /// Slot 2.
+    pub fn stderr(self, stdio: Stdio) -> Command {
+        self.stdio(2, stdio)
+    }
+
+    /// `UV_PROCESS_WINDOWS_VERBATIM_ARGUMENTS`: accepted and ignored on Unix, as in libuv.
+    pub fn windows_verbatim_arguments(self, _on: bool) -> Command {
+        self
+    }
+
+    /// `UV_PROCESS_WINDOWS_HIDE`: accepted and ignored on Unix, as in libuv.
+    pub fn windows_hide(self, _on: bool) -> Command {
+        self
+    }
+
+    /// `UV_PROCESS_WINDOWS_HIDE_CONSOLE`: accepted and ignored on Unix, as in libuv.
+    pub fn windows_hide_console(self, _on: bool) -> Command {
+        self
+    }
+
+    /// `UV_PROCESS_WINDOWS_HIDE_GUI`: accepted and ignored on Unix, as in libuv.
+    pub fn windows_hide_gui(self, _on: bool) -> Command {
+        self
+    }
+
+    /// `UV_PROCESS_WINDOWS_FILE_PATH_EXACT_NAME`: accepted and ignored on Unix, as in libuv.
+    pub fn windows_file_path_exact_name(self, _on: bool) -> Command {
+        self
+    }
+
+    /// The program as given.
+    pub fn get_program(&self) -> &OsStr {
+        &self.program
+    }
+
+    /// Starts the child (`uv_spawn`).
+    ///
+    /// Every failure comes back here, synchronously, with no child left behind: a missing
+    /// program (`ENOENT`), one that may not be run (`EACCES`) or is not an executable format
+    /// (`ENOEXEC`), a bad `cwd`, a uid change without privilege (`EPERM`), a bad slot fd
+    /// (`EBADF`). Pipes need to be made inside a tokio runtime; the rest does not.
+    pub fn spawn(self) -> Result<Child> {
+        crate::spawn::spawn(self)
+    }
+
+    /// Spawns with stdout and stderr piped (unless set otherwise), and stdin ignored unless
+    /// set; reads both to the end concurrently and waits for the exit, as Node's
+    /// `execFile` and Python's `communicate()`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// let out = brood::Command::new("sh").args(["-c", "echo hi; echo oops >&2; exit 3"])
+    ///     .output().await?;
+    /// assert_eq!(out.stdout, b"hi\n");
+    /// assert_eq!(out.stderr, b"oops\n");
+    /// assert_eq!(out.exit.status, 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn output(mut self) -> Result<crate::Output> {
+        for (fd, default) in [
+            (0, Stdio::ignore()),
+            (1, Stdio::piped()),
+            (2, Stdio::piped()),
+        ] {
+            if !self.stdio.contains_key(&fd) {
+                self = self.stdio(fd, default);
+            }
+        }
+        self.spawn()?.wait_with_output().await
+    }
+
+    /// Spawns and waits for the exit, with stdio inherited unless set otherwise.
+    pub async fn status(self) -> Result<crate::Exit> {
+        self.spawn()?.wait().await
+    }
+}

@@ -1,0 +1,74 @@
+//! Small fd helpers shared by the modules. Every fd made here is close-on-exec.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+
+use crate::error::{Error, Result, from_io};
+
+/// A close-on-exec duplicate (`F_DUPFD_CLOEXEC`, at 3 or above).
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    fd.try_clone_to_owned()
+        .map_err(|e| from_io(e, format!("dup fd {}", fd.as_raw_fd())))
+}
+
+/// A connected pair of Unix stream sockets, both close-on-exec and blocking:
+/// what libuv makes for `UV_CREATE_PIPE`.
+pub(crate) fn socketpair() -> Result<(StdUnixStream, StdUnixStream)> {
+    StdUnixStream::pair().map_err(|e| from_io(e, "socketpair"))
+}
+
+/// Whether `fd` is open in this process (`fcntl(F_GETFD)` succeeds).
+pub(crate) fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor flags of `fd`; an invalid fd gives EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// The number of fds open in this process (entries of `/proc/self/fd`, less the one
+/// used to read it). Linux only; tests and benchmarks use it to prove nothing leaks.
+pub fn open_fd_count() -> Result<usize> {
+    let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| from_io(e, "read /proc/self/fd"))?;
+    Ok(dir.count().saturating_sub(1))
+}
+
+/// Checks that `fd` is a usable fd number for a slot.
+pub(crate) fn check_slot(slot: i32) -> Result<()> {
+    if slot < 0 {
+        return Err(Error::invalid(
+            format!("stdio slot {slot}"),
+            "fd numbers are 0 or more",
+        ));
+    }
+    Ok(())
+}
+
+/// Marks every fd from `first` up close-on-exec.
+pub(crate) fn cloexec_from(first: RawFd) {
+    // SAFETY: close_range only changes flags of this process's fds.
+    #[cfg(target_os = "linux")]
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+    };
+    #[cfg(not(target_os = "linux"))]
+    let done = false;
+    if done {
+        return;
+    }
+    // Without close_range: as libuv, try a few unconditionally, then stop at the first gap.
+    let mut fd = first;
+    loop {
+        // SAFETY: F_GETFD/F_SETFD change only the flags of `fd`, or fail with EBADF.
+        let ok = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) >= 0
+        };
+        if !ok && fd > 15 {
+            break;
+        }
+        fd += 1;
+    }
+}

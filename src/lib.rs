@@ -1,0 +1,35 @@
+//! # brood
+//!
+//! libuv's process model for Rust, on tokio: spawn children with any stdio wiring
+//! ([`Command`], [`Stdio`]), know how they ended ([`Exit`]), signal them race-free through a
+//! pidfd ([`Child::kill`], [`kill`]), and never leave a zombie or leak an fd.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+//! let mut child = brood::Command::new("true").spawn()?;
+//! println!("Launched process with ID {}", child.id());
+//! let exit = child.wait().await?;
+//! println!("Process exited with status {}, signal {}", exit.status, exit.signal);
+//! assert!(exit.success());
+//! # Ok(()) }
+//! ```
+//!
+//! Linux is the tested platform; see README.md for what is Linux-only.
+
+#![warn(missing_docs)]
+
+mod command;
+mod error;
+mod fd;
+mod process;
+mod reap;
+mod signum;
+mod spawn;
+mod stdio;
+
+pub use command::Command;
+pub use error::{Error, Result, errno_name};
+pub use fd::open_fd_count;
+pub use process::{Child, Exit, Output, disable_stdio_inheritance, kill};
+pub use signum::Signum;
+pub use stdio::Stdio;

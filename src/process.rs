@@ -1,0 +1,292 @@
+//! `Child`: a running process, its pipes, its exit report, and signals to it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+
+use crate::Signum;
+use crate::error::{Error, Result, from_io};
+use crate::reap;
+
+/// How a child ended, exactly as libuv's `exit_cb` gets it: `status` is the exit code (0
+/// when killed) and `signal` the terminating signal (0 when it exited).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+/// let mut child = brood::Command::new("sleep").arg("10").spawn()?;
+/// child.kill(brood::Signum::TERM)?;
+/// let exit = child.wait().await?;
+/// assert_eq!((exit.status, exit.signal), (0, libc::SIGTERM));
+/// assert_eq!(exit.to_string(), "killed by SIGTERM");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Exit {
+    /// The exit code, 0 when the child was killed by a signal.
+    pub status: i64,
+    /// The signal that killed the child, 0 when it exited.
+    pub signal: i32,
+}
+
+impl Exit {
+    /// Exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status == 0 && self.signal == 0
+    }
+
+    /// The exit code when the child exited (not killed).
+    pub fn code(&self) -> Option<i64> {
+        (self.signal == 0).then_some(self.status)
+    }
+
+    /// The terminating signal, when killed.
+    pub fn term_signal(&self) -> Option<Signum> {
+        (self.signal != 0).then_some(Signum::new(self.signal))
+    }
+
+    /// What a shell would give as `$?`: the status, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        if self.signal != 0 {
+            128 + self.signal
+        } else {
+            (self.status & 0xff) as i32
+        }
+    }
+
+    pub(crate) fn from_wait_status(status: libc::c_int) -> Exit {
+        if libc::WIFSIGNALED(status) {
+            Exit {
+                status: 0,
+                signal: libc::WTERMSIG(status),
+            }
+        } else {
+            Exit {
+                status: libc::WEXITSTATUS(status) as i64,
+                signal: 0,
+            }
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.signal != 0 {
+            write!(f, "killed by {}", Signum::new(self.signal))
+        } else {
+            write!(f, "exited with status {}", self.status)
+        }
+    }
+}
+
+/// What [`Command::output`](crate::Command::output) and [`Child::wait_with_output`] give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// How the child ended.
+    pub exit: Exit,
+    /// All it wrote to stdout (empty when stdout was not a pipe).
+    pub stdout: Vec<u8>,
+    /// All it wrote to stderr (empty when stderr was not a pipe).
+    pub stderr: Vec<u8>,
+}
+
+/// A spawned process (`uv_process_t`).
+///
+/// Dropping a `Child` never leaves a zombie: if it is still running, brood reaps it in the
+/// background when it exits (and kills it first if [`kill_on_drop`] was set). It does not
+/// keep a runtime or the program alive.
+///
+/// Pipes made with [`Stdio::pipe_*`](crate::Stdio) are here: slot 0, 1, 2 as `stdin`,
+/// `stdout`, `stderr`, any other slot with [`take_pipe`](Child::take_pipe). Each is a
+/// `tokio::net::UnixStream` (libuv makes every pipe a socketpair): `AsyncRead` +
+/// `AsyncWrite`, splittable with `into_split`.
+///
+/// [`kill_on_drop`]: crate::Command::kill_on_drop
+pub struct Child {
+    pid: i32,
+    pidfd: reap::PidFd,
+    exit: Option<Exit>,
+    kill_on_drop: bool,
+    /// The parent's end of a pipe at slot 0, if any.
+    pub stdin: Option<UnixStream>,
+    /// The parent's end of a pipe at slot 1, if any.
+    pub stdout: Option<UnixStream>,
+    /// The parent's end of a pipe at slot 2, if any.
+    pub stderr: Option<UnixStream>,
+    pipes: BTreeMap<i32, UnixStream>,
+}
+
+impl fmt::Debug for Child {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Child")
+            .field("pid", &self.pid)
+            .field("exit", &self.exit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Child {
+    pub(crate) fn new(
+        pid: i32,
+        pidfd: Option<OwnedFd>,
+        ends: Vec<(i32, StdUnixStream)>,
+        kill_on_drop: bool,
+    ) -> Result<Child> {
+        let mut child = Child {
+            pid,
+            pidfd: reap::PidFd::new(pid, pidfd),
+            exit: None,
+            kill_on_drop,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            pipes: BTreeMap::new(),
+        };
+        // If a pipe cannot be registered, `child` drops here: killed if asked, and reaped.
+        for (slot, end) in ends {
+            let end = UnixStream::from_std(end)
+                .map_err(|e| from_io(e, format!("spawn: register pipe of slot {slot}")))?;
+            match slot {
+                0 => child.stdin = Some(end),
+                1 => child.stdout = Some(end),
+                2 => child.stderr = Some(end),
+                _ => {
+                    child.pipes.insert(slot, end);
+                }
+            }
+        }
+        Ok(child)
+    }
+
+    /// The child's process id (`uv_process_get_pid`).
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The child's pidfd, when the kernel gave one (Linux 5.2+).
+    pub fn pidfd(&self) -> Option<RawFd> {
+        self.pidfd.fd().map(|fd| fd.as_raw_fd())
+    }
+
+    /// Takes the parent's end of the pipe at `slot` (0-2 included, taken from
+    /// `stdin`/`stdout`/`stderr`).
+    pub fn take_pipe(&mut self, slot: i32) -> Option<UnixStream> {
+        match slot {
+            0 => self.stdin.take(),
+            1 => self.stdout.take(),
+            2 => self.stderr.take(),
+            _ => self.pipes.remove(&slot),
+        }
+    }
+
+    /// Waits for the child to end and reaps it. Cancel-safe: drop the future and call again.
+    /// Once it has returned, it returns the same report again.
+    pub async fn wait(&mut self) -> Result<Exit> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let exit = self
+            .pidfd
+            .wait()
+            .await
+            .map_err(|e| e.context(self.op("wait")))?;
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+
+    /// Reaps the child if it has ended, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<Exit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let exit = self
+            .pidfd
+            .try_wait()
+            .map_err(|e| e.context(self.op("wait")))?;
+        self.exit = exit;
+        Ok(exit)
+    }
+
+    /// Sends `signal` (`uv_process_kill`). Through the pidfd where there is one, so it can
+    /// never reach another process that got the pid after this one was reaped. A child that
+    /// has already ended gives `ESRCH`, as libuv.
+    pub fn kill(&mut self, signal: impl Into<Signum>) -> Result<()> {
+        let signal = signal.into();
+        let op = format!("kill {} {signal}", self.pid);
+        if self.try_wait()?.is_some() {
+            return Err(Error::new(libc::ESRCH, op));
+        }
+        self.pidfd
+            .send_signal(signal)
+            .map_err(|e| Error::new(e.errno(), op))
+    }
+
+    /// Waits for the exit while reading stdout and stderr (where they are pipes) to the end,
+    /// all concurrently, so a child that fills one pipe never deadlocks. stdin, if a pipe, is
+    /// closed first so the child sees EOF.
+    pub async fn wait_with_output(mut self) -> Result<Output> {
+        drop(self.stdin.take());
+        async fn read_all(pipe: Option<UnixStream>, what: &str) -> Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                p.read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| from_io(e, format!("read {what}")))?;
+            }
+            Ok(buf)
+        }
+        let (out, err) = (self.stdout.take(), self.stderr.take());
+        let (stdout, stderr, exit) = tokio::join!(
+            read_all(out, "stdout"),
+            read_all(err, "stderr"),
+            self.wait()
+        );
+        Ok(Output {
+            exit: exit?,
+            stdout: stdout?,
+            stderr: stderr?,
+        })
+    }
+
+    fn op(&self, what: &str) -> String {
+        format!("{what} {}", self.pid)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.exit.is_some() {
+            return;
+        }
+        if let Ok(Some(_)) = self.try_wait() {
+            return;
+        }
+        if self.kill_on_drop {
+            let _ = self.pidfd.send_signal(Signum::KILL);
+        }
+        reap::adopt(std::mem::take(&mut self.pidfd));
+    }
+}
+
+/// Sends `signal` to the process `pid` (`uv_kill`). A negative pid signals a process group,
+/// as `kill(2)`.
+///
+/// ```
+/// // Signal 0 checks that a process exists.
+/// brood::kill(std::process::id() as i32, 0).unwrap();
+/// ```
+pub fn kill(pid: i32, signal: impl Into<Signum>) -> Result<()> {
+    let signal = signal.into();
+    reap::kill_pid(pid, signal).map_err(|e| Error::new(e.errno(), format!("kill {pid} {signal}")))
+}
+
+/// Marks every fd this process inherited (3 and above) close-on-exec, so no child gets one
+/// by accident (`uv_disable_stdio_inheritance`). Call it early in `main`. Unlike libuv it
+/// leaves 0-2 alone, so `std::process` and other spawners keep working; brood children get
+/// exactly their slots anyway.
+pub fn disable_stdio_inheritance() {
+    crate::fd::cloexec_from(3);
+}

@@ -1,0 +1,451 @@
+//! The spawn engine. `spawn` turns a [`Command`] into a [`Plan`]: every string, pointer
+//! array and fd the child will need, made in the parent, so the child itself (`child.rs`)
+//! only makes system calls, in order, with no allocation, lock or panic. The platform file
+//! (`linux.rs`) creates the child and reports how exec went.
+//!
+//! Flow: `Command::spawn` → [`prepare`] (strings, PATH candidates, fd plan, pipes) →
+//! `sys::start` (clone, child runs [`child::run`]) → pid + pidfd → [`Child`].
+
+mod child;
+#[cfg(target_os = "linux")]
+#[path = "linux.rs"]
+mod sys;
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+
+use crate::command::Command;
+use crate::error::{Error, Result};
+use crate::fd;
+use crate::process::Child;
+use crate::stdio::Kind;
+
+/// Where a slot's fd comes from, as the child sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) enum Source {
+    /// Open `/dev/null` there.
+    DevNull,
+    /// Close the slot.
+    Close,
+    /// Duplicate this fd of the parent onto the slot (or clear close-on-exec if equal).
+    Fd(RawFd),
+}
+
+/// One slot of the child's fd table.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct FdAction {
+    pub target: RawFd,
+    pub source: Source,
+}
+
+/// Which step of the child failed; the parent turns it into the error's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Stage {
+    None = 0,
+    Setsid,
+    Setpgid,
+    Setgid,
+    Setuid,
+    Chdir,
+    ParentDeath,
+    Stdio,
+    Exec,
+}
+
+/// What the child writes back when a step fails. The parent reads it after the child has
+/// exec'd or exited (vfork semantics), so there is no race.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct Report {
+    pub stage: Stage,
+    pub errno: i32,
+    /// The slot for `Stage::Stdio`.
+    pub slot: i32,
+}
+
+/// Everything the child reads, as raw pointers into memory that [`Plan`] owns and keeps
+/// alive until the child has exec'd.
+#[repr(C)]
+pub(crate) struct ChildArgs {
+    /// NUL-terminated candidates to `execve`, in PATH order.
+    pub paths: *const *const libc::c_char,
+    pub npaths: usize,
+    pub argv: *const *const libc::c_char,
+    pub envp: *const *const libc::c_char,
+    /// Where the child writes its pid in decimal (room for 20 digits and a NUL), or null.
+    pub pid_digits: *mut u8,
+    pub cwd: *const libc::c_char,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub setsid: bool,
+    pub pgid: Option<i32>,
+    pub pdeathsig: i32,
+    pub parent_pid: i32,
+    pub actions: *mut FdAction,
+    pub nactions: usize,
+    pub report: *mut Report,
+}
+
+/// The parent's copy of everything the child needs; owns what `ChildArgs` points into.
+pub(crate) struct Plan {
+    program: OsString,
+    paths: Vec<CString>,
+    path_ptrs: Vec<*const libc::c_char>,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp: Vec<Vec<u8>>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    pid_entry: Option<(usize, usize)>,
+    cwd: Option<CString>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    setsid: bool,
+    pgid: Option<i32>,
+    pdeathsig: i32,
+    actions: Vec<FdAction>,
+    /// fds the child gets that the parent closes once the child has them.
+    child_ends: Vec<OwnedFd>,
+    /// Parent ends of pipes, by slot.
+    parent_ends: Vec<(i32, StdUnixStream)>,
+    pub(crate) report: Report,
+    kill_on_drop: bool,
+}
+
+fn cstring(bytes: &[u8], op: &str, what: &str) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::invalid(op, format!("{what} contains a NUL byte")))
+}
+
+/// The `spawn "name"` operation text used in every spawn error.
+fn spawn_op(program: &OsStr) -> String {
+    format!("spawn {:?}", program.to_string_lossy())
+}
+
+impl Plan {
+    /// The `ChildArgs` that point into this plan. The plan must not move or change until
+    /// the child has exec'd.
+    pub(crate) fn child_args(&mut self) -> ChildArgs {
+        let pid_digits = match self.pid_entry {
+            // SAFETY: `at` is within the entry's buffer, which has 21 bytes of room after it.
+            Some((i, at)) => unsafe { self.envp[i].as_mut_ptr().add(at) },
+            None => std::ptr::null_mut(),
+        };
+        ChildArgs {
+            paths: self.path_ptrs.as_ptr(),
+            npaths: self.paths.len(),
+            argv: self.argv_ptrs.as_ptr(),
+            envp: self.envp_ptrs.as_ptr(),
+            pid_digits,
+            cwd: self.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            uid: self.uid,
+            gid: self.gid,
+            setsid: self.setsid,
+            pgid: self.pgid,
+            pdeathsig: self.pdeathsig,
+            parent_pid: std::process::id() as i32,
+            actions: self.actions.as_mut_ptr(),
+            nactions: self.actions.len(),
+            report: &mut self.report,
+        }
+    }
+
+    /// Turns the child's report into the error `spawn` returns.
+    fn error(&self) -> Error {
+        let op = spawn_op(&self.program);
+        let r = self.report;
+        let e = Error::new(r.errno, op);
+        match r.stage {
+            Stage::None | Stage::Exec => e,
+            Stage::Setsid => e.with_detail("setsid"),
+            Stage::Setpgid => e.with_detail(format!("setpgid {}", self.pgid.unwrap_or(0))),
+            Stage::Setgid => e.with_detail(format!("setgid {}", self.gid.unwrap_or(0))),
+            Stage::Setuid => e.with_detail(format!("setuid {}", self.uid.unwrap_or(0))),
+            Stage::Chdir => e.with_detail(format!(
+                "chdir {:?}",
+                self.cwd
+                    .as_ref()
+                    .map(|c| c.to_string_lossy())
+                    .unwrap_or_default()
+            )),
+            Stage::ParentDeath => e.with_detail("prctl PR_SET_PDEATHSIG"),
+            Stage::Stdio => e.with_detail(format!("stdio slot {}", r.slot)),
+        }
+    }
+}
+
+/// The candidates `execvp` would try for `program` with `path` (the child's `PATH`).
+fn exec_candidates(program: &[u8], path: Option<&[u8]>) -> Vec<Vec<u8>> {
+    if program.contains(&b'/') {
+        return vec![program.to_vec()];
+    }
+    // glibc's default when PATH is unset (confstr(_CS_PATH)).
+    let path = path.unwrap_or(b"/bin:/usr/bin");
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            // An empty element means the current directory, as in execvp.
+            let dir = if dir.is_empty() { &b"."[..] } else { dir };
+            let mut full = dir.to_vec();
+            if !full.ends_with(b"/") {
+                full.push(b'/');
+            }
+            full.extend_from_slice(program);
+            full
+        })
+        .collect()
+}
+
+/// The child's environment: the parent's (or none), with the command's changes on top.
+fn child_env(cmd: &Command) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = if cmd.env_clear {
+        BTreeMap::new()
+    } else {
+        std::env::vars_os().collect()
+    };
+    for (k, v) in &cmd.env {
+        match v {
+            Some(v) => env.insert(k.clone(), v.clone()),
+            None => env.remove(k),
+        };
+    }
+    env
+}
+
+/// Builds the plan: every allocation of the spawn happens here.
+pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
+    let op = spawn_op(&cmd.program);
+    let program = cmd.program.as_bytes();
+    if program.is_empty() {
+        return Err(Error::new(libc::ENOENT, op).with_detail("empty program name"));
+    }
+
+    let mut env = child_env(&cmd);
+    if let Some(key) = &cmd.env_pid {
+        env.remove(key);
+    }
+    let paths: Vec<CString> =
+        exec_candidates(program, env.get(OsStr::new("PATH")).map(|p| p.as_bytes()))
+            .into_iter()
+            .map(|p| cstring(&p, &op, "program"))
+            .collect::<Result<_>>()?;
+
+    let argv0 = cmd.arg0.as_deref().unwrap_or(&cmd.program);
+    let argv: Vec<CString> = std::iter::once(argv0)
+        .chain(cmd.args.iter().map(|a| a.as_os_str()))
+        .enumerate()
+        .map(|(i, a)| cstring(a.as_bytes(), &op, &format!("argument {i}")))
+        .collect::<Result<_>>()?;
+
+    let mut envp: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 1);
+    for (k, v) in env {
+        let (k, v) = (k.into_vec(), v.into_vec());
+        if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "environment variable {:?} has an empty name, '=' in its name or a NUL byte",
+                    String::from_utf8_lossy(&k)
+                ),
+            ));
+        }
+        let mut entry = k;
+        entry.push(b'=');
+        entry.extend_from_slice(&v);
+        entry.push(0);
+        envp.push(entry);
+    }
+    let mut pid_entry = None;
+    if let Some(key) = &cmd.env_pid {
+        let key = key.as_bytes();
+        if key.is_empty() || key.contains(&b'=') || key.contains(&0) {
+            return Err(Error::invalid(
+                op,
+                "env_pid name is empty or has '=' or NUL",
+            ));
+        }
+        let mut entry = key.to_vec();
+        entry.push(b'=');
+        let at = entry.len();
+        entry.extend_from_slice(&[0u8; 21]);
+        pid_entry = Some((envp.len(), at));
+        envp.push(entry);
+    }
+
+    let cwd = match &cmd.cwd {
+        Some(dir) => Some(cstring(dir.as_os_str().as_bytes(), &op, "cwd")?),
+        None => None,
+    };
+
+    if let Some(sig) = cmd.parent_death_signal {
+        if !(1..=crate::signum::max_signal()).contains(&sig.as_raw()) {
+            return Err(Error::invalid(
+                op,
+                format!("parent death signal {sig} is not valid"),
+            ));
+        }
+    }
+
+    // The fd plan: slots 0-2 default to inherit; everything else comes from `cmd.stdio`.
+    let mut stdio = std::mem::take(&mut cmd.stdio);
+    let mut actions = Vec::with_capacity(stdio.len() + 3);
+    let mut child_ends = Vec::new();
+    let mut parent_ends = Vec::new();
+    for fd in 0..3 {
+        if !stdio.contains_key(&fd) && fd::is_open(fd) {
+            actions.push(FdAction {
+                target: fd,
+                source: Source::Fd(fd),
+            });
+        }
+    }
+    if stdio.values().any(|s| s.is_pipe()) && tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::invalid(
+            op,
+            "pipes to a child need a tokio runtime: spawn inside one",
+        ));
+    }
+    for (slot, s) in std::mem::take(&mut stdio) {
+        fd::check_slot(slot).map_err(|e| e.context(&op))?;
+        let source = match s.0 {
+            Kind::Ignore if slot <= 2 => Source::DevNull,
+            Kind::Ignore => Source::Close,
+            Kind::Inherit | Kind::InheritFd(_) => {
+                let from = match s.0 {
+                    Kind::InheritFd(n) => n,
+                    _ => slot,
+                };
+                if !fd::is_open(from) {
+                    return Err(Error::new(libc::EBADF, op)
+                        .with_detail(format!("stdio slot {slot}: fd {from} is not open")));
+                }
+                Source::Fd(from)
+            }
+            Kind::Owned(owned) => {
+                let raw = owned.as_raw_fd();
+                child_ends.push(owned);
+                Source::Fd(raw)
+            }
+            Kind::Pipe { .. } => {
+                let (parent, child) = fd::socketpair().map_err(|e| e.context(&op))?;
+                parent
+                    .set_nonblocking(true)
+                    .map_err(|e| crate::error::from_io(e, format!("{op}: set_nonblocking")))?;
+                let raw = child.as_raw_fd();
+                child_ends.push(child.into());
+                parent_ends.push((slot, parent));
+                Source::Fd(raw)
+            }
+            Kind::Invalid(e) => return Err(e.context(&op)),
+        };
+        actions.push(FdAction {
+            target: slot,
+            source,
+        });
+    }
+    actions.sort_by_key(|a| a.target);
+
+    let mut plan = Plan {
+        program: cmd.program.clone(),
+        path_ptrs: Vec::new(),
+        paths,
+        argv_ptrs: Vec::new(),
+        _argv: argv,
+        envp,
+        envp_ptrs: Vec::new(),
+        pid_entry,
+        cwd,
+        uid: cmd.uid,
+        gid: cmd.gid,
+        setsid: cmd.detached,
+        pgid: cmd.process_group,
+        pdeathsig: cmd.parent_death_signal.map_or(0, |s| s.as_raw()),
+        actions,
+        child_ends,
+        parent_ends,
+        report: Report {
+            stage: Stage::None,
+            errno: 0,
+            slot: -1,
+        },
+        kill_on_drop: cmd.kill_on_drop,
+    };
+    plan.path_ptrs = plan.paths.iter().map(|p| p.as_ptr()).collect();
+    plan.path_ptrs.push(std::ptr::null());
+    plan.argv_ptrs = plan._argv.iter().map(|a| a.as_ptr()).collect();
+    plan.argv_ptrs.push(std::ptr::null());
+    plan.envp_ptrs = plan.envp.iter().map(|e| e.as_ptr().cast()).collect();
+    plan.envp_ptrs.push(std::ptr::null());
+    Ok(plan)
+}
+
+/// `Command::spawn`.
+pub(crate) fn spawn(cmd: Command) -> Result<Child> {
+    let mut plan = prepare(cmd)?;
+    let started = sys::start(&mut plan);
+    // The child has its copies now (or failed); the parent's copies of its ends go.
+    plan.child_ends.clear();
+    let (pid, pidfd) = match started {
+        Ok(s) => s,
+        Err(errno) => return Err(Error::new(errno, spawn_op(&plan.program)).with_detail("clone")),
+    };
+    if plan.report.stage != Stage::None {
+        let err = plan.error();
+        sys::reap_failed(pid, pidfd);
+        return Err(err);
+    }
+    Child::new(pid, pidfd, plan.parent_ends, plan.kill_on_drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_execvp() {
+        assert_eq!(
+            exec_candidates(b"./x", Some(b"/bin")),
+            vec![b"./x".to_vec()]
+        );
+        assert_eq!(
+            exec_candidates(b"ls", Some(b"/a:/b/::/c")),
+            vec![
+                b"/a/ls".to_vec(),
+                b"/b/ls".to_vec(),
+                b"./ls".to_vec(),
+                b"/c/ls".to_vec()
+            ]
+        );
+        assert_eq!(exec_candidates(b"ls", None).len(), 2);
+    }
+
+    #[test]
+    fn nul_in_argument_is_refused() {
+        let err = prepare(Command::new("echo").arg("a\0b")).err().unwrap();
+        assert_eq!(err.name(), "EINVAL");
+        assert!(err.to_string().contains("argument 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_name_is_refused() {
+        let err = prepare(Command::new("echo").env("A=B", "c")).err().unwrap();
+        assert_eq!(err.name(), "EINVAL");
+    }
+
+    #[test]
+    fn env_clear_gives_exactly_the_given_env() {
+        let plan = prepare(Command::new("x").env_clear().env("A", "1")).unwrap();
+        assert_eq!(plan.envp, vec![b"A=1\0".to_vec()]);
+    }
+
+    #[test]
+    fn closed_inherit_fd_is_refused() {
+        let err = prepare(Command::new("x").stdio(5, crate::Stdio::inherit_fd(987_654)))
+            .err()
+            .unwrap();
+        assert_eq!(err.name(), "EBADF");
+    }
+}

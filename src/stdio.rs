@@ -1,0 +1,151 @@
+//! What goes into one fd slot of a child: libuv's `uv_stdio_container_t`.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use crate::error::Error;
+use crate::fd;
+
+/// What the child gets at one fd number (a *slot*), as `uv_stdio_container_t`.
+///
+/// Give one with [`Command::stdio`](crate::Command::stdio) for any fd number: 0, 1 and 2 are
+/// stdin, stdout and stderr, and 3, 9 or any other number are extra slots the child sees
+/// at exactly that number. Slots 0-2 that are not set are inherited; every other fd of the
+/// parent is closed in the child.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+/// use brood::{Command, Stdio};
+/// use tokio::io::AsyncReadExt;
+///
+/// let mut child = Command::new("sh")
+///     .args(["-c", "echo out; echo three >&3"])
+///     .stdio(1, Stdio::pipe_writable()) // the child writes, we read
+///     .stdio(3, Stdio::pipe_writable())
+///     .spawn()?;
+/// let mut three = child.take_pipe(3).unwrap();
+/// let mut text = String::new();
+/// three.read_to_string(&mut text).await.unwrap();
+/// assert_eq!(text, "three\n");
+/// assert!(child.wait().await?.success());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Stdio(pub(crate) Kind);
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// `/dev/null` for 0-2, closed above (`UV_IGNORE`).
+    Ignore,
+    /// The parent's fd of the same number.
+    Inherit,
+    /// The parent's fd `n`, borrowed: it must stay open until `spawn` returns.
+    InheritFd(RawFd),
+    /// An fd brood owns (a dup of a stream, or one given by value).
+    Owned(OwnedFd),
+    /// A socketpair; `read`/`write` say what the child may do, as libuv's flags.
+    Pipe { readable: bool, writable: bool },
+    /// A bad argument found when the `Stdio` was made, reported by `spawn`.
+    Invalid(Error),
+}
+
+impl Stdio {
+    /// `UV_IGNORE`: `/dev/null` for fds 0-2, closed for higher slots.
+    pub fn ignore() -> Stdio {
+        Stdio(Kind::Ignore)
+    }
+
+    /// The same as [`ignore`](Stdio::ignore), for users of `std::process::Stdio::null`.
+    pub fn null() -> Stdio {
+        Stdio::ignore()
+    }
+
+    /// The parent's own fd of the same number as the slot (`UV_INHERIT_FD` with `fd == slot`).
+    pub fn inherit() -> Stdio {
+        Stdio(Kind::Inherit)
+    }
+
+    /// `UV_INHERIT_FD`: the parent's fd `fd`, which must stay open until `spawn` returns.
+    pub fn inherit_fd(fd: RawFd) -> Stdio {
+        Stdio(Kind::InheritFd(fd))
+    }
+
+    /// `UV_INHERIT_STREAM`: a socket, pipe or file the program holds, such as an accepted
+    /// `tokio::net::TcpStream` (the CGI case). brood keeps a duplicate until the spawn, so the
+    /// caller keeps its own handle and may close it at any time.
+    pub fn inherit_stream(stream: &impl AsFd) -> Stdio {
+        match fd::dup_cloexec(stream.as_fd()) {
+            Ok(owned) => Stdio(Kind::Owned(owned)),
+            Err(e) => Stdio(Kind::Invalid(e.context(format_args!(
+                "inherit_stream fd {}",
+                stream.as_fd().as_raw_fd()
+            )))),
+        }
+    }
+
+    /// `UV_CREATE_PIPE | UV_READABLE_PIPE`: a pipe the child reads from (its stdin, say).
+    /// The parent's end, on [`Child`](crate::Child), is for writing.
+    pub fn pipe_readable() -> Stdio {
+        Stdio(Kind::Pipe {
+            readable: true,
+            writable: false,
+        })
+    }
+
+    /// `UV_CREATE_PIPE | UV_WRITABLE_PIPE`: a pipe the child writes to (its stdout, say).
+    /// The parent's end, on [`Child`](crate::Child), is for reading.
+    pub fn pipe_writable() -> Stdio {
+        Stdio(Kind::Pipe {
+            readable: false,
+            writable: true,
+        })
+    }
+
+    /// A pipe both sides read and write (a socketpair, as libuv makes every pipe).
+    pub fn pipe_duplex() -> Stdio {
+        Stdio(Kind::Pipe {
+            readable: true,
+            writable: true,
+        })
+    }
+
+    /// A pipe in the natural direction for the slot it is put in, as `std`'s `Stdio::piped`:
+    /// readable by the child at 0, writable at 1 and 2, duplex elsewhere.
+    pub fn piped() -> Stdio {
+        // The direction is decided by `Command::stdio` from the slot number.
+        Stdio(Kind::Pipe {
+            readable: false,
+            writable: false,
+        })
+    }
+
+    pub(crate) fn is_pipe(&self) -> bool {
+        matches!(self.0, Kind::Pipe { .. })
+    }
+}
+
+impl From<OwnedFd> for Stdio {
+    /// Gives the child this fd; brood closes the parent's copy after the spawn.
+    fn from(fd: OwnedFd) -> Stdio {
+        Stdio(Kind::Owned(fd))
+    }
+}
+
+impl From<File> for Stdio {
+    /// Gives the child this file; brood closes the parent's copy after the spawn.
+    fn from(file: File) -> Stdio {
+        Stdio(Kind::Owned(file.into()))
+    }
+}
+
+impl From<std::os::unix::net::UnixStream> for Stdio {
+    fn from(s: std::os::unix::net::UnixStream) -> Stdio {
+        Stdio(Kind::Owned(s.into()))
+    }
+}
+
+impl From<std::net::TcpStream> for Stdio {
+    fn from(s: std::net::TcpStream) -> Stdio {
+        Stdio(Kind::Owned(s.into()))
+    }
+}
