@@ -21,6 +21,7 @@
 mod command;
 mod error;
 mod fd;
+pub mod ipc;
 mod process;
 mod reap;
 mod signum;

@@ -10,6 +10,7 @@ use tokio::net::UnixStream;
 
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
+use crate::ipc::Channel;
 use crate::reap;
 
 /// How a child ended, exactly as libuv's `exit_cb` gets it: `status` is the exit code (0
@@ -117,6 +118,7 @@ pub struct Child {
     /// The parent's end of a pipe at slot 2, if any.
     pub stderr: Option<UnixStream>,
     pipes: BTreeMap<i32, UnixStream>,
+    channels: BTreeMap<i32, Channel>,
 }
 
 impl fmt::Debug for Child {
@@ -132,7 +134,7 @@ impl Child {
     pub(crate) fn new(
         pid: i32,
         pidfd: Option<OwnedFd>,
-        ends: Vec<(i32, StdUnixStream)>,
+        ends: Vec<(i32, StdUnixStream, bool)>,
         kill_on_drop: bool,
     ) -> Result<Child> {
         let mut child = Child {
@@ -144,11 +146,16 @@ impl Child {
             stdout: None,
             stderr: None,
             pipes: BTreeMap::new(),
+            channels: BTreeMap::new(),
         };
         // If a pipe cannot be registered, `child` drops here: killed if asked, and reaped.
-        for (slot, end) in ends {
+        for (slot, end, ipc) in ends {
             let end = UnixStream::from_std(end)
                 .map_err(|e| from_io(e, format!("spawn: register pipe of slot {slot}")))?;
+            if ipc {
+                child.channels.insert(slot, Channel::new(end));
+                continue;
+            }
             match slot {
                 0 => child.stdin = Some(end),
                 1 => child.stdout = Some(end),
@@ -180,6 +187,12 @@ impl Child {
             2 => self.stderr.take(),
             _ => self.pipes.remove(&slot),
         }
+    }
+
+    /// Takes the parent's end of the IPC channel at `slot` (made with
+    /// [`Stdio::ipc`](crate::Stdio::ipc)).
+    pub fn take_channel(&mut self, slot: i32) -> Option<Channel> {
+        self.channels.remove(&slot)
     }
 
     /// Waits for the child to end and reaps it. Cancel-safe: drop the future and call again.

@@ -45,6 +45,8 @@ pub(crate) enum Kind {
     Owned(OwnedFd),
     /// A socketpair; `read`/`write` say what the child may do, as libuv's flags.
     Pipe { readable: bool, writable: bool },
+    /// A socketpair in IPC mode: the parent gets a `brood::ipc::Channel`.
+    Ipc,
     /// A bad argument found when the `Stdio` was made, reported by `spawn`.
     Invalid(Error),
 }
@@ -119,8 +121,16 @@ impl Stdio {
         })
     }
 
+    /// An IPC channel (libuv's `ipc` pipe): the child's end is a Unix stream socket that
+    /// carries bytes and open handles, and its fd number is in the child's
+    /// `BROOD_CHANNEL_FD` variable (the lowest such slot, if several); the parent gets a
+    /// [`Channel`](crate::ipc::Channel) from [`Child::take_channel`](crate::Child::take_channel).
+    pub fn ipc() -> Stdio {
+        Stdio(Kind::Ipc)
+    }
+
     pub(crate) fn is_pipe(&self) -> bool {
-        matches!(self.0, Kind::Pipe { .. })
+        matches!(self.0, Kind::Pipe { .. } | Kind::Ipc)
     }
 }
 

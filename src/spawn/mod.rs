@@ -111,8 +111,8 @@ pub(crate) struct Plan {
     actions: Vec<FdAction>,
     /// fds the child gets that the parent closes once the child has them.
     child_ends: Vec<OwnedFd>,
-    /// Parent ends of pipes, by slot.
-    parent_ends: Vec<(i32, StdUnixStream)>,
+    /// Parent ends of pipes, by slot, and whether each is an IPC channel.
+    parent_ends: Vec<(i32, StdUnixStream, bool)>,
     pub(crate) report: Report,
     kill_on_drop: bool,
 }
@@ -224,6 +224,15 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
     }
 
     let mut env = child_env(&cmd);
+    let ipc_slot = cmd
+        .stdio
+        .iter()
+        .find(|(_, s)| matches!(s.0, Kind::Ipc))
+        .map(|(n, _)| *n);
+    if let Some(slot) = ipc_slot {
+        env.entry(crate::ipc::CHANNEL_FD_ENV.into())
+            .or_insert_with(|| slot.to_string().into());
+    }
     if let Some(key) = &cmd.env_pid {
         env.remove(key);
     }
@@ -329,14 +338,15 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
                 child_ends.push(owned);
                 Source::Fd(raw)
             }
-            Kind::Pipe { .. } => {
+            Kind::Pipe { .. } | Kind::Ipc => {
+                let ipc = matches!(s.0, Kind::Ipc);
                 let (parent, child) = fd::socketpair().map_err(|e| e.context(&op))?;
                 parent
                     .set_nonblocking(true)
                     .map_err(|e| crate::error::from_io(e, format!("{op}: set_nonblocking")))?;
                 let raw = child.as_raw_fd();
                 child_ends.push(child.into());
-                parent_ends.push((slot, parent));
+                parent_ends.push((slot, parent, ipc));
                 Source::Fd(raw)
             }
             Kind::Invalid(e) => return Err(e.context(&op)),

@@ -1,0 +1,158 @@
+//! libuv's multi-echo-server: a master accepts TCP connections and hands each, round-robin,
+//! to a worker process over an IPC channel on the worker's stdin (`uv_write2` with a one-byte
+//! buffer); the worker accepts the handle and echoes. Workers exit when the master's channel
+//! closes.
+//!
+//! ```text
+//! cargo run --example multi_echo_server -- [-w WORKERS] [--port PORT]
+//! ```
+//! Then talk to it with `nc 127.0.0.1 7000`. PORT 0 picks a free port; the master prints
+//! `Listening on ADDR` once it is ready.
+
+use std::os::fd::AsFd;
+
+use brood::ipc::Channel;
+use brood::{Command, Stdio};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn usage() -> ! {
+    eprintln!("usage: multi_echo_server [-w WORKERS] [--port PORT]");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("worker") {
+        return worker().await;
+    }
+    let mut workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut port = 7000u16;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "-w" | "--workers" => workers = value.parse().unwrap_or_else(|_| usage()),
+            "-p" | "--port" => port = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    if let Err(e) = master(workers.max(1), port).await {
+        eprintln!("multi_echo_server: {e}");
+        std::process::exit(1);
+    }
+}
+
+struct Worker {
+    child: brood::Child,
+    channel: Channel,
+}
+
+async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| brood::Error::new(e.raw_os_error().unwrap_or(0), "current_exe"))?;
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut child = Command::new(&exe)
+            .arg("worker")
+            .stdio(0, Stdio::ipc())
+            .kill_on_drop(true)
+            .spawn()?;
+        let channel = child.take_channel(0).expect("slot 0 is an IPC channel");
+        eprintln!("Started worker {}", child.id());
+        workers.push(Worker { child, channel });
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+        brood::Error::new(
+            e.raw_os_error().unwrap_or(0),
+            format!("bind 127.0.0.1:{port}"),
+        )
+    })?;
+    let addr = listener.local_addr().expect("bound");
+    println!("Listening on {addr}");
+
+    let mut next = 0;
+    loop {
+        let conn: TcpStream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((conn, _)) => conn,
+                Err(e) => { eprintln!("accept: {e}"); continue; }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        // Round-robin; a worker that cannot take it (it died) passes it to the next one, so
+        // an accepted connection is never dropped while any worker lives.
+        let mut handed = false;
+        for _ in 0..workers.len() {
+            let w = &workers[next];
+            next = (next + 1) % workers.len();
+            match w.channel.send_with_handles(b"c", &[conn.as_fd()]).await {
+                Ok(()) => {
+                    handed = true;
+                    break;
+                }
+                Err(e) => eprintln!("worker {}: {e}", w.child.id()),
+            }
+        }
+        if !handed {
+            eprintln!("no worker left to take a connection");
+        }
+        // Our copy closes here; the worker holds its own.
+    }
+    // Closing the channels makes every worker exit.
+    for mut w in workers {
+        drop(w.channel);
+        let _ = w.child.wait().await;
+    }
+    Ok(())
+}
+
+async fn worker() {
+    let mut channel = match Channel::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("worker: {e}");
+            std::process::exit(1);
+        }
+    };
+    let pid = std::process::id();
+    let mut byte = [0u8; 1];
+    loop {
+        match channel.recv(&mut byte).await {
+            Ok(0) => break, // the master is gone
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("Worker {pid}: {e}");
+                break;
+            }
+        }
+        while channel.pending_count() > 0 {
+            match channel.accept::<TcpStream>() {
+                Ok(conn) => {
+                    use std::os::fd::AsRawFd;
+                    eprintln!("Worker {pid}: Accepted fd {}", conn.as_raw_fd());
+                    tokio::spawn(echo(conn));
+                }
+                Err(e) => {
+                    eprintln!("Worker {pid}: {e}");
+                    channel.accept_handle();
+                }
+            }
+        }
+    }
+}
+
+async fn echo(mut conn: TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Received handles: what kind each one is, and turning it into the right tokio type.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::error::{Error, Result, from_io};
+
+/// What a passed handle is (`uv_pipe_pending_type`), found from the fd itself with
+/// `fstat`, `SO_DOMAIN`, `SO_TYPE` and `SO_ACCEPTCONN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandleType {
+    /// A connected TCP socket.
+    Tcp,
+    /// A listening TCP socket.
+    TcpListener,
+    /// A UDP socket.
+    Udp,
+    /// A connected Unix stream socket (a brood pipe, an IPC channel, a socketpair end).
+    Unix,
+    /// A listening Unix stream socket.
+    UnixListener,
+    /// A Unix datagram socket.
+    UnixDatagram,
+    /// A FIFO or a kernel pipe.
+    Fifo,
+    /// A regular file.
+    File,
+    /// Anything else (a character device, a socket of another family, ...).
+    Other,
+}
+
+impl fmt::Display for HandleType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandleType::Tcp => "a TCP stream",
+            HandleType::TcpListener => "a TCP listener",
+            HandleType::Udp => "a UDP socket",
+            HandleType::Unix => "a Unix stream",
+            HandleType::UnixListener => "a Unix listener",
+            HandleType::UnixDatagram => "a Unix datagram socket",
+            HandleType::Fifo => "a FIFO",
+            HandleType::File => "a file",
+            HandleType::Other => "some other fd",
+        })
+    }
+}
+
+fn sockopt(fd: BorrowedFd<'_>, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into `val`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(val)
+}
+
+/// The kind of handle `fd` is.
+pub fn handle_type(fd: BorrowedFd<'_>) -> HandleType {
+    // SAFETY: fstat fills a zeroed stat struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, for an fd we borrow.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return HandleType::Other;
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => HandleType::File,
+        libc::S_IFIFO => HandleType::Fifo,
+        libc::S_IFSOCK => {
+            let domain = sockopt(fd, libc::SO_DOMAIN);
+            let ty = sockopt(fd, libc::SO_TYPE);
+            let listening = sockopt(fd, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0);
+            match (domain, ty) {
+                (Some(libc::AF_INET | libc::AF_INET6), Some(libc::SOCK_STREAM)) if listening => {
+                    HandleType::TcpListener
+                }
+                (Some(libc::AF_INET | libc::AF_INET6), Some(libc::SOCK_STREAM)) => HandleType::Tcp,
+                (Some(libc::AF_INET | libc::AF_INET6), Some(libc::SOCK_DGRAM)) => HandleType::Udp,
+                (Some(libc::AF_UNIX), Some(libc::SOCK_STREAM)) if listening => {
+                    HandleType::UnixListener
+                }
+                (Some(libc::AF_UNIX), Some(libc::SOCK_STREAM)) => HandleType::Unix,
+                (Some(libc::AF_UNIX), Some(libc::SOCK_DGRAM)) => HandleType::UnixDatagram,
+                _ => HandleType::Other,
+            }
+        }
+        _ => HandleType::Other,
+    }
+}
+
+/// A handle received over an IPC channel: an open fd and what kind it is.
+pub struct Handle {
+    fd: OwnedFd,
+    kind: HandleType,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handle({}, fd {})", self.kind, self.fd.as_raw_fd())
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(fd: OwnedFd) -> Handle {
+        let kind = handle_type(fd.as_fd());
+        Handle { fd, kind }
+    }
+
+    /// What kind of handle this is.
+    pub fn kind(&self) -> HandleType {
+        self.kind
+    }
+
+    /// Turns the handle into `T` (`uv_accept` on the channel): a `tokio::net::TcpStream`,
+    /// `TcpListener`, `UdpSocket`, `UnixStream`, `UnixListener`, a `std::fs::File` or a
+    /// plain `OwnedFd`. A handle of another kind is an error (`EINVAL`, saying what the
+    /// handle is) and is closed; check [`kind`](Handle::kind) first to choose.
+    pub fn accept<T: FromHandle>(self) -> Result<T> {
+        check_kind::<T>(self.kind)?;
+        T::from_fd(self.fd)
+    }
+
+    /// The fd itself.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for Handle {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// `EINVAL` unless a handle of `kind` can become a `T`.
+pub(crate) fn check_kind<T: FromHandle>(kind: HandleType) -> Result<()> {
+    if T::accepts(kind) {
+        return Ok(());
+    }
+    Err(Error::new(libc::EINVAL, format!("accept {}", T::NAME))
+        .with_detail(format!("the pending handle is {kind}")))
+}
+
+/// Types a received [`Handle`] can become.
+pub trait FromHandle: Sized {
+    /// The type's name, for errors.
+    const NAME: &'static str;
+    /// Whether a handle of `kind` can become this type.
+    fn accepts(kind: HandleType) -> bool;
+    /// Builds the value from the fd (registering it with tokio where needed).
+    fn from_fd(fd: OwnedFd) -> Result<Self>;
+}
+
+macro_rules! tokio_handle {
+    ($ty:ty, $std:ty, $name:literal, $($kind:ident)|+) => {
+        impl FromHandle for $ty {
+            const NAME: &'static str = $name;
+            fn accepts(kind: HandleType) -> bool {
+                matches!(kind, $(HandleType::$kind)|+)
+            }
+            fn from_fd(fd: OwnedFd) -> Result<Self> {
+                let std = <$std>::from(fd);
+                std.set_nonblocking(true)
+                    .map_err(|e| from_io(e, concat!("accept ", $name)))?;
+                <$ty>::from_std(std).map_err(|e| from_io(e, concat!("accept ", $name)))
+            }
+        }
+    };
+}
+
+tokio_handle!(tokio::net::TcpStream, std::net::TcpStream, "TcpStream", Tcp);
+tokio_handle!(
+    tokio::net::TcpListener,
+    std::net::TcpListener,
+    "TcpListener",
+    TcpListener
+);
+tokio_handle!(tokio::net::UdpSocket, std::net::UdpSocket, "UdpSocket", Udp);
+tokio_handle!(
+    tokio::net::UnixStream,
+    std::os::unix::net::UnixStream,
+    "UnixStream",
+    Unix
+);
+tokio_handle!(
+    tokio::net::UnixListener,
+    std::os::unix::net::UnixListener,
+    "UnixListener",
+    UnixListener
+);
+
+impl FromHandle for std::fs::File {
+    const NAME: &'static str = "File";
+    fn accepts(kind: HandleType) -> bool {
+        matches!(
+            kind,
+            HandleType::File | HandleType::Fifo | HandleType::Other
+        )
+    }
+    fn from_fd(fd: OwnedFd) -> Result<Self> {
+        Ok(std::fs::File::from(fd))
+    }
+}
+
+impl FromHandle for OwnedFd {
+    const NAME: &'static str = "OwnedFd";
+    fn accepts(_: HandleType) -> bool {
+        true
+    }
+    fn from_fd(fd: OwnedFd) -> Result<Self> {
+        Ok(fd)
+    }
+}
