@@ -1,0 +1,542 @@
+//! IPC channels with real processes: handles of every kind passed to a child, bursts,
+//! leaks, type errors, bad control data, a Python peer, and the multi_echo_server example.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use brood::ipc::{Channel, HandleType};
+use brood::{Command, Stdio, open_fd_count};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(20);
+const MODE: &str = "BROOD_IPC_TEST_CHILD";
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Msg {
+    what: String,
+    #[serde(default)]
+    to: String,
+}
+
+/// Spawns this test binary as the child side, running `mode` in `child_side`.
+fn spawn_child(mode: &str) -> (brood::Child, Channel) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "child_side", "--nocapture", "--test-threads=1"])
+        .env(MODE, mode)
+        .stdio(1, Stdio::ignore())
+        .stdio(3, Stdio::ipc())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ch = child.take_channel(3).unwrap();
+    (child, ch)
+}
+
+async fn finish(mut child: brood::Child) {
+    let exit = timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "child {exit}");
+}
+
+/// The child side of every cross-process test (a no-op when run as a normal test).
+#[test]
+fn child_side() {
+    let Ok(mode) = std::env::var(MODE) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut ch = Channel::from_env().unwrap();
+        // Every mode gets one message with its handles and acts on them.
+        let (msg, mut handles): (Msg, _) = ch.recv_msg().await.unwrap().unwrap();
+        assert_eq!(msg.what, mode);
+        match mode.as_str() {
+            "tcp" => {
+                let mut s: TcpStream = handles.remove(0).accept().unwrap();
+                s.write_all(b"hello over tcp").await.unwrap();
+            }
+            "tcp-listener" => {
+                let l: TcpListener = handles.remove(0).accept().unwrap();
+                let (mut s, _) = l.accept().await.unwrap();
+                s.write_all(b"accepted by child").await.unwrap();
+            }
+            "unix" => {
+                let mut s: UnixStream = handles.remove(0).accept().unwrap();
+                s.write_all(b"hello over unix").await.unwrap();
+            }
+            "udp" => {
+                let u: UdpSocket = handles.remove(0).accept().unwrap();
+                u.send_to(b"hello over udp", &msg.to).await.unwrap();
+            }
+            "fifo" | "file" => {
+                let mut f: std::fs::File = handles.remove(0).accept().unwrap();
+                f.write_all(format!("hello via {mode}").as_bytes()).unwrap();
+            }
+            "several" => {
+                let kinds: Vec<String> =
+                    handles.iter().map(|h| format!("{:?}", h.kind())).collect();
+                ch.send_msg(
+                    &Msg {
+                        what: kinds.join(","),
+                        to: String::new(),
+                    },
+                    &[],
+                )
+                .await
+                .unwrap();
+            }
+            other => panic!("unknown mode {other}"),
+        }
+    });
+}
+
+#[tokio::test]
+async fn passes_a_tcp_stream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server_side, _) = listener.accept().await.unwrap();
+    let (child, ch) = spawn_child("tcp");
+    ch.send_msg(
+        &Msg {
+            what: "tcp".into(),
+            to: String::new(),
+        },
+        &[server_side.as_fd()],
+    )
+    .await
+    .unwrap();
+    drop(server_side); // the child has its own copy
+    let mut got = Vec::new();
+    timeout(LIMIT, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"hello over tcp");
+    finish(child).await;
+}
+
+#[tokio::test]
+async fn passes_a_tcp_listener_the_child_accepts_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (child, ch) = spawn_child("tcp-listener");
+    ch.send_msg(
+        &Msg {
+            what: "tcp-listener".into(),
+            to: String::new(),
+        },
+        &[listener.as_fd()],
+    )
+    .await
+    .unwrap();
+    drop(listener);
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    timeout(LIMIT, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"accepted by child");
+    finish(child).await;
+}
+
+#[tokio::test]
+async fn passes_a_unix_stream() {
+    let (mut mine, theirs) = UnixStream::pair().unwrap();
+    let (child, ch) = spawn_child("unix");
+    ch.send_msg(
+        &Msg {
+            what: "unix".into(),
+            to: String::new(),
+        },
+        &[theirs.as_fd()],
+    )
+    .await
+    .unwrap();
+    drop(theirs);
+    let mut got = Vec::new();
+    timeout(LIMIT, mine.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"hello over unix");
+    finish(child).await;
+}
+
+#[tokio::test]
+async fn passes_a_udp_socket() {
+    let me = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let theirs = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let from = theirs.local_addr().unwrap();
+    let (child, ch) = spawn_child("udp");
+    ch.send_msg(
+        &Msg {
+            what: "udp".into(),
+            to: me.local_addr().unwrap().to_string(),
+        },
+        &[theirs.as_fd()],
+    )
+    .await
+    .unwrap();
+    drop(theirs);
+    let mut buf = [0u8; 64];
+    let (n, peer) = timeout(LIMIT, me.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"hello over udp");
+    assert_eq!(peer, from, "sent from the passed socket itself");
+    finish(child).await;
+}
+
+#[tokio::test]
+async fn passes_a_kernel_pipe_and_a_file() {
+    // A kernel pipe (FIFO type).
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let (child, ch) = spawn_child("fifo");
+    let w: OwnedFd = writer.into();
+    ch.send_msg(
+        &Msg {
+            what: "fifo".into(),
+            to: String::new(),
+        },
+        &[w.as_fd()],
+    )
+    .await
+    .unwrap();
+    drop(w);
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        reader.read_to_string(&mut s).unwrap();
+        s
+    });
+    assert_eq!(
+        timeout(LIMIT, got).await.unwrap().unwrap(),
+        "hello via fifo"
+    );
+    finish(child).await;
+
+    // A regular file.
+    let path = std::env::temp_dir().join(format!("brood-ipc-file-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let (child, ch) = spawn_child("file");
+    ch.send_msg(
+        &Msg {
+            what: "file".into(),
+            to: String::new(),
+        },
+        &[file.as_fd()],
+    )
+    .await
+    .unwrap();
+    drop(file);
+    finish(child).await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello via file");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test]
+async fn several_handles_in_one_message_keep_their_order_and_kinds() {
+    let tcp_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (unix, _keep) = UnixStream::pair().unwrap();
+    let (mut child, mut ch) = spawn_child("several");
+    ch.send_msg(
+        &Msg {
+            what: "several".into(),
+            to: String::new(),
+        },
+        &[tcp_l.as_fd(), udp.as_fd(), unix.as_fd()],
+    )
+    .await
+    .unwrap();
+    let (reply, _): (Msg, _) = timeout(LIMIT, ch.recv_msg())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.what, "TcpListener,Udp,Unix");
+    assert!(
+        timeout(LIMIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn raw_api_pending_count_type_and_mismatched_accept() {
+    let (a, mut b) = Channel::pair().unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    a.send_with_handles(b"xy", &[udp.as_fd(), tcp_l.as_fd()])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(b.recv(&mut buf).await.unwrap(), 1);
+    assert_eq!(b.pending_count(), 2);
+    assert_eq!(b.pending_type(), Some(HandleType::Udp));
+    let err = b.accept::<TcpStream>().unwrap_err();
+    assert_eq!(err.name(), "EINVAL");
+    assert!(err.to_string().contains("UDP"), "{err}");
+    assert_eq!(
+        b.pending_count(),
+        2,
+        "a mismatched accept leaves the handle pending"
+    );
+    let _udp: UdpSocket = b.accept().unwrap();
+    let _l: TcpListener = b.accept().unwrap();
+    assert_eq!(b.accept::<TcpStream>().unwrap_err().name(), "EAGAIN");
+    // The second byte is plain data.
+    assert_eq!(b.recv(&mut buf).await.unwrap(), 1);
+    assert_eq!(&buf, b"y");
+    drop(a);
+    assert_eq!(b.recv(&mut buf).await.unwrap(), 0, "EOF");
+}
+
+#[tokio::test]
+async fn ten_thousand_handles_one_per_message_and_no_fd_leaks() {
+    let (a, mut b) = Channel::pair().unwrap();
+    let (keep, _peer) = UnixStream::pair().unwrap();
+    let before = open_fd_count().unwrap();
+    let sender = tokio::spawn(async move {
+        for i in 0..10_000u32 {
+            a.send_msg(&i, &[keep.as_fd()]).await.unwrap();
+        }
+    });
+    for want in 0..10_000u32 {
+        let (got, handles): (u32, Vec<brood::ipc::Handle>) = timeout(LIMIT, b.recv_msg())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(handles.len(), 1, "message {want}");
+        assert_eq!(handles[0].kind(), HandleType::Unix);
+    }
+    sender.await.unwrap();
+    assert!(b.recv_msg::<u32>().await.unwrap().is_none());
+    drop(b);
+    // Everything received was closed: the count is back where it was, less the channel ends.
+    assert!(open_fd_count().unwrap() <= before, "fds leaked");
+}
+
+fn raw_send_fds(sock: &std::os::unix::net::UnixStream, data: &[u8], fds: &[i32]) {
+    let payload = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    // SAFETY: zeroed msghdr, then pointers to live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the header and fds are written inside `cbuf`, sized by CMSG_SPACE.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), payload);
+        assert_eq!(
+            libc::sendmsg(sock.as_raw_fd(), &msg, 0),
+            data.len() as isize
+        );
+    }
+}
+
+#[tokio::test]
+async fn too_many_fds_from_a_raw_peer_are_an_error_and_all_closed() {
+    let (raw, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut ch = Channel::new(UnixStream::from_std(ours).unwrap());
+    ch.set_max_handles(8);
+    let files: Vec<std::fs::File> = (0..20)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let raw_fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    raw_send_fds(&raw, b"z", &raw_fds);
+    drop(files);
+    let before = open_fd_count().unwrap();
+    let mut buf = [0u8; 4];
+    let err = timeout(LIMIT, ch.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.name(), "EMSGSIZE", "{err}");
+    assert_eq!(
+        open_fd_count().unwrap(),
+        before,
+        "the fds that arrived were closed"
+    );
+
+    // Garbage on the typed layer: an error, and the handle sent with it is closed.
+    let (raw2, ours2) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours2.set_nonblocking(true).unwrap();
+    let mut ch2 = Channel::new(UnixStream::from_std(ours2).unwrap());
+    let f = std::fs::File::open("/dev/null").unwrap();
+    raw_send_fds(&raw2, b"{not json\n", &[f.as_raw_fd()]);
+    drop(f);
+    let before = open_fd_count().unwrap();
+    let err = ch2.recv_msg::<Msg>().await.unwrap_err();
+    assert_eq!(err.name(), "EINVAL");
+    assert_eq!(open_fd_count().unwrap(), before);
+    // A peer that stops in the middle of a line.
+    (&raw2).write_all(b"{\"what\":").unwrap();
+    drop(raw2);
+    assert_eq!(ch2.recv_msg::<Msg>().await.unwrap_err().name(), "EPIPE");
+}
+
+const PYTHON_PEER: &str = r#"
+import os, socket
+s = socket.socket(fileno=3)
+# Receive a handle from brood (a pipe's write end) and write through it.
+msg, fds, flags, addr = socket.recv_fds(s, 16, 4)
+assert msg == b"w", msg
+os.write(fds[0], b"python wrote this")
+os.close(fds[0])
+# Send brood a handle of our own: one end of a socketpair, with one byte.
+a, b = socket.socketpair()
+socket.send_fds(s, [b"p"], [b.fileno()])
+b.close()
+a.sendall(b"from python's socketpair")
+a.close()
+"#;
+
+#[tokio::test]
+async fn interoperates_with_python_send_fds_and_recv_fds() {
+    let mut child = Command::new("python3")
+        .args(["-c", PYTHON_PEER])
+        .stdio(3, Stdio::ipc())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ch = child.take_channel(3).unwrap();
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let w: OwnedFd = writer.into();
+    ch.send_with_handles(b"w", &[w.as_fd()]).await.unwrap();
+    drop(w);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        reader.read_to_string(&mut s).unwrap();
+        s
+    });
+    assert_eq!(
+        timeout(LIMIT, read).await.unwrap().unwrap(),
+        "python wrote this"
+    );
+
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        timeout(LIMIT, ch.recv(&mut byte)).await.unwrap().unwrap(),
+        1
+    );
+    assert_eq!(&byte, b"p");
+    assert_eq!(ch.pending_type(), Some(HandleType::Unix));
+    let mut s: UnixStream = ch.accept().unwrap();
+    let mut got = String::new();
+    timeout(LIMIT, s.read_to_string(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "from python's socketpair");
+    let exit = timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "python peer: {exit}");
+}
+
+/// The example binary next to this test's own (cargo builds examples before tests).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+#[tokio::test]
+async fn multi_echo_server_serves_50_clients_from_2_workers() {
+    let mut master = Command::new(example("multi_echo_server"))
+        .args(["-w", "2", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(master.stdout.take().unwrap());
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    timeout(LIMIT, out.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("Listening on ")
+        .unwrap()
+        .to_string();
+
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            let msg = format!("client {i} says hello");
+            s.write_all(msg.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).await.unwrap();
+            assert_eq!(got, msg);
+        }));
+    }
+    for t in tasks {
+        timeout(LIMIT, t).await.unwrap().unwrap();
+    }
+    // Stop the master; the workers see their channel close and exit.
+    master.kill(brood::Signum::INT).unwrap();
+    let exit = timeout(LIMIT, master.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "master: {exit}");
+    let mut err = String::new();
+    timeout(
+        LIMIT,
+        master.stderr.take().unwrap().read_to_string(&mut err),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let workers: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("Started worker "))
+        .collect();
+    assert_eq!(workers.len(), 2, "{err}");
+    let mut total = 0;
+    for w in &workers {
+        let n = err
+            .lines()
+            .filter(|l| l.starts_with(&format!("Worker {w}: Accepted fd")))
+            .count();
+        assert!(n > 0, "worker {w} got no connection:\n{err}");
+        total += n;
+    }
+    assert_eq!(total, 50, "every connection handled exactly once:\n{err}");
+    for w in workers {
+        let alive = std::path::Path::new(&format!("/proc/{w}")).exists();
+        assert!(!alive, "worker {w} still running after the master stopped");
+    }
+}
