@@ -130,8 +130,11 @@ async fn worker() {
         while channel.pending_count() > 0 {
             match channel.accept::<TcpStream>() {
                 Ok(conn) => {
+                    use std::io::Write;
                     use std::os::fd::AsRawFd;
-                    eprintln!("Worker {pid}: Accepted fd {}", conn.as_raw_fd());
+                    // One write per line, so the lines of several workers never mix.
+                    let line = format!("Worker {pid}: Accepted fd {}\n", conn.as_raw_fd());
+                    let _ = std::io::stderr().write_all(line.as_bytes());
                     tokio::spawn(echo(conn));
                 }
                 Err(e) => {

@@ -302,7 +302,9 @@ impl Channel {
             return Ok(false);
         }
         let start = self.rbuf.len();
-        self.rbuf.resize(start + READ_CHUNK, 0);
+        // Read into spare capacity: zeroing 64 KiB for every small message would cost more
+        // than the message.
+        self.rbuf.reserve(READ_CHUNK);
         let mut fds = Vec::new();
         let result = loop {
             let ready = self.io.stream.readable().await;
@@ -311,7 +313,7 @@ impl Channel {
             }
             let max = self.max_handles;
             let sock = self.io.stream.as_raw_fd();
-            let buf = &mut self.rbuf[start..];
+            let buf = self.rbuf.spare_capacity_mut();
             match self
                 .io
                 .stream
@@ -322,14 +324,9 @@ impl Channel {
                 Err(e) => break Err(from_io(e, "recv")),
             }
         };
-        let r = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.rbuf.truncate(start);
-                return Err(e);
-            }
-        };
-        self.rbuf.truncate(start + r.bytes);
+        let r = result?;
+        // SAFETY: recvmsg wrote `r.bytes` bytes at the start of the spare capacity.
+        unsafe { self.rbuf.set_len(start + r.bytes) };
         if r.truncated {
             // `fds` are dropped (closed) here; the kernel dropped the ones that did not fit.
             return Err(Error::new(libc::EMSGSIZE, "recv").with_detail(format!(

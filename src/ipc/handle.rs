@@ -97,24 +97,27 @@ pub fn handle_type(fd: BorrowedFd<'_>) -> HandleType {
 /// A handle received over an IPC channel: an open fd and what kind it is.
 pub struct Handle {
     fd: OwnedFd,
-    kind: HandleType,
+    /// Found on first use: a receiver that only closes or passes handles on pays nothing.
+    kind: std::sync::OnceLock<HandleType>,
 }
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Handle({}, fd {})", self.kind, self.fd.as_raw_fd())
+        write!(f, "Handle({}, fd {})", self.kind(), self.fd.as_raw_fd())
     }
 }
 
 impl Handle {
     pub(crate) fn new(fd: OwnedFd) -> Handle {
-        let kind = handle_type(fd.as_fd());
-        Handle { fd, kind }
+        Handle {
+            fd,
+            kind: std::sync::OnceLock::new(),
+        }
     }
 
     /// What kind of handle this is.
     pub fn kind(&self) -> HandleType {
-        self.kind
+        *self.kind.get_or_init(|| handle_type(self.fd.as_fd()))
     }
 
     /// Turns the handle into `T` (`uv_accept` on the channel): a `tokio::net::TcpStream`,
@@ -122,7 +125,7 @@ impl Handle {
     /// plain `OwnedFd`. A handle of another kind is an error (`EINVAL`, saying what the
     /// handle is) and is closed; check [`kind`](Handle::kind) first to choose.
     pub fn accept<T: FromHandle>(self) -> Result<T> {
-        check_kind::<T>(self.kind)?;
+        check_kind::<T>(self.kind())?;
         T::from_fd(self.fd)
     }
 
