@@ -1,5 +1,6 @@
 //! `brood`: libuv's process model from the shell.
 
+mod cluster;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -15,12 +16,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     Run(run::RunArgs),
+    Cluster(cluster::ClusterArgs),
+    Ctl(cluster::CtlArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run(args) => run::main(args),
+        Cmd::Cluster(args) => cluster::main(args),
+        Cmd::Ctl(args) => cluster::ctl(args),
     };
     std::process::exit(code);
 }

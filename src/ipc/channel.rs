@@ -175,6 +175,11 @@ impl Channel {
         self.max_message = bytes.max(1);
     }
 
+    /// Closes the sending direction; see [`Sender::shutdown`].
+    pub fn shutdown(&self) -> Result<()> {
+        shutdown_write(&self.io)
+    }
+
     /// A sending half that other tasks can hold.
     pub fn sender(&self) -> Sender {
         Sender {
@@ -358,6 +363,12 @@ impl Channel {
 }
 
 impl Sender {
+    /// Closes the sending direction (`shutdown(SHUT_WR)`): the peer reads to the end of
+    /// what was sent and then sees end-of-stream, while it can still send to us.
+    pub fn shutdown(&self) -> Result<()> {
+        shutdown_write(&self.io)
+    }
+
     /// [`Channel::send`].
     pub async fn send(&self, data: &[u8]) -> Result<()> {
         send(&self.io, data, &[]).await
@@ -372,6 +383,14 @@ impl Sender {
     pub async fn send_msg<T: Serialize>(&self, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
         send_msg(&self.io, msg, handles).await
     }
+}
+
+fn shutdown_write(io: &Io) -> Result<()> {
+    // SAFETY: shutdown(2) on the socket we own.
+    if unsafe { libc::shutdown(io.stream.as_raw_fd(), libc::SHUT_WR) } < 0 {
+        return Err(Error::last("shutdown"));
+    }
+    Ok(())
 }
 
 async fn send_msg<T: Serialize>(io: &Io, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {

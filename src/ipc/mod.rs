@@ -19,5 +19,6 @@ mod channel;
 mod handle;
 mod wire;
 
+pub(crate) use channel::own_inherited;
 pub use channel::{CHANNEL_FD_ENV, Channel, Sender};
 pub use handle::{FromHandle, Handle, HandleType, handle_type};

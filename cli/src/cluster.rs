@@ -1,0 +1,233 @@
+//! `brood cluster` (a master and its workers) and `brood ctl` (its control socket).
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use brood::cluster::{Cluster, Strategy, Worker};
+use clap::{Args, ValueEnum};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Run a multi-process server: a master that starts workers and hands them connections.
+///
+/// Signals to the master: SIGTERM/SIGINT stop gracefully (workers finish their open
+/// connections within --grace seconds), SIGHUP restarts the workers one by one with no
+/// connection lost, SIGTTIN/SIGTTOU add/remove a worker.
+///
+/// Strategies: round-robin and least-connections (the master accepts and passes each
+/// connection over a Unix socket: fd 3 of the worker receives the byte `c` with the
+/// connection's fd), shared (fd 3 is the listening socket itself, LISTEN_FDS=1 and
+/// LISTEN_PID set as systemd does), reuseport (fd 3 is the worker's own SO_REUSEPORT socket).
+///
+/// Examples:
+///   brood cluster --listen 127.0.0.1:8080 --builtin http
+///   brood cluster --listen 127.0.0.1:7000 --workers 4 --strategy shared --builtin echo
+///   brood cluster --listen 127.0.0.1:8000 --strategy shared -- python3 worker.py
+///   brood cluster --listen 127.0.0.1:8080 --control /tmp/brood.ctl --builtin http
+///   brood ctl /tmp/brood.ctl status
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ClusterArgs {
+    /// Address to listen on (ADDR:PORT; port 0 picks one and the log says which).
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Number of workers (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// How connections reach workers.
+    #[arg(long, value_enum, default_value_t = StrategyArg::RoundRobin)]
+    strategy: StrategyArg,
+    /// Seconds retiring workers get to finish their connections before SIGKILL.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    grace: f64,
+    /// Seconds without a heartbeat answer before a brood worker is replaced.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    heartbeat_timeout: f64,
+    /// Open a control socket here for `brood ctl PATH status|reload|scale N`.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Run a built-in worker: `echo` (the seed's echo server) or `http` (a fixed answer).
+    #[arg(long, value_enum, conflicts_with = "program")]
+    builtin: Option<Builtin>,
+    /// The worker program and its arguments (any language; see above for fd 3).
+    #[arg(trailing_var_arg = true, value_name = "PROGRAM [ARGS]")]
+    program: Vec<std::ffi::OsString>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StrategyArg {
+    RoundRobin,
+    LeastConnections,
+    Shared,
+    Reuseport,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Builtin {
+    Echo,
+    Http,
+}
+
+/// Send a command to a cluster master's control socket and print the answer.
+///
+/// Commands: `status` (a table of workers: pid, state, uptime, connections handled and
+/// open, restarts), `reload` (rolling restart), `scale N`.
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The master's --control socket.
+    path: PathBuf,
+    /// status | reload | scale N
+    #[arg(required = true, num_args = 1..=2)]
+    command: Vec<String>,
+}
+
+fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().unwrap_or_else(|e| {
+        eprintln!("brood: cannot start the runtime: {e}");
+        std::process::exit(125)
+    })
+}
+
+fn secs(name: &str, v: f64) -> Duration {
+    if !(v.is_finite() && v >= 0.0) {
+        eprintln!("brood cluster: --{name} takes seconds, 0 or more");
+        std::process::exit(2);
+    }
+    Duration::from_secs_f64(v)
+}
+
+pub fn main(args: ClusterArgs) -> i32 {
+    if brood::cluster::is_worker() {
+        // Started by our own master: run the built-in worker on one thread (one process
+        // per core is the point of the cluster).
+        let builtin = args.builtin.unwrap_or(Builtin::Echo);
+        return runtime(false).block_on(worker(builtin));
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    if args.builtin.is_none() && args.program.is_empty() {
+        eprintln!("brood cluster: give --builtin echo|http or -- PROGRAM [ARGS]");
+        return 2;
+    }
+    let strategy = match args.strategy {
+        StrategyArg::RoundRobin => Strategy::RoundRobin,
+        StrategyArg::LeastConnections => Strategy::LeastConnections,
+        StrategyArg::Shared => Strategy::Shared,
+        StrategyArg::Reuseport => Strategy::ReusePort,
+    };
+    let hb_timeout = secs("heartbeat-timeout", args.heartbeat_timeout);
+    let mut b = Cluster::builder()
+        .listen(&args.listen)
+        .strategy(strategy)
+        .grace(secs("grace", args.grace))
+        .heartbeat(
+            (hb_timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            hb_timeout,
+        );
+    if let Some(n) = args.workers {
+        b = b.workers(n);
+    }
+    if let Some(path) = &args.control {
+        b = b.control(path);
+    }
+    if !args.program.is_empty() {
+        b = b.program(args.program[0].clone(), args.program[1..].to_vec());
+    }
+    let rt = runtime(false);
+    let result = rt.block_on(async move {
+        let cluster = b.build()?;
+        eprintln!("brood cluster: listening on {}", cluster.local_addr());
+        cluster.run().await
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("brood cluster: {e}");
+            1
+        }
+    }
+}
+
+pub fn ctl(args: CtlArgs) -> i32 {
+    let command = args.command.join(" ");
+    match runtime(false).block_on(brood::cluster::ctl(&args.path, &command)) {
+        Ok(answer) => {
+            print!("{answer}");
+            if answer.starts_with("error:") { 1 } else { 0 }
+        }
+        Err(e) => {
+            eprintln!("brood ctl: {e}");
+            1
+        }
+    }
+}
+
+async fn worker(builtin: Builtin) -> i32 {
+    let mut worker = match Worker::from_env().await {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("brood worker: {e}");
+            return 1;
+        }
+    };
+    loop {
+        match worker.accept().await {
+            Ok(Some(conn)) => {
+                match builtin {
+                    Builtin::Echo => tokio::spawn(echo(conn)),
+                    Builtin::Http => tokio::spawn(http(conn)),
+                };
+            }
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("brood worker {}: {e}", std::process::id());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    worker.drain().await;
+    0
+}
+
+/// The seed's echo worker.
+async fn echo(mut conn: brood::cluster::Connection) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+const HTTP_BODY: &[u8] = b"Hello from a brood worker\n";
+
+/// Answers every HTTP/1.1 request with a small fixed body, with keep-alive.
+async fn http(conn: brood::cluster::Connection) {
+    let service = hyper::service::service_fn(|_req| async {
+        let mut resp = hyper::Response::new(http_body_util::Full::new(
+            hyper::body::Bytes::from_static(HTTP_BODY),
+        ));
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
+        Ok::<_, Infallible>(resp)
+    });
+    let io = hyper_util::rt::TokioIo::new(conn);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}

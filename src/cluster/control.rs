@@ -1,0 +1,127 @@
+//! The control socket of a cluster master (`--control PATH`) and its client, `brood ctl`.
+//!
+//! One command per connection, one line: `status`, `reload` or `scale N`; the answer is text
+//! and the master closes the connection. The socket is mode 0600 and the master also checks
+//! the peer's uid (`SO_PEERCRED`): only the same user (or root) may use it.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::master::Event;
+use crate::error::{Error, Result, from_io};
+
+/// A command from `brood ctl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    Status,
+    Reload,
+    Scale(usize),
+}
+
+fn parse(line: &str) -> Option<Request> {
+    let mut words = line.split_whitespace();
+    let req = match (words.next()?, words.next()) {
+        ("status", None) => Request::Status,
+        ("reload", None) => Request::Reload,
+        ("scale", Some(n)) => Request::Scale(n.parse().ok()?),
+        _ => return None,
+    };
+    words.next().is_none().then_some(req)
+}
+
+/// Binds the control socket and serves it in a task. Returns the path to remove at the end.
+pub(crate) async fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> Result<PathBuf> {
+    let op = format!("control socket {:?}", path.display().to_string());
+    // A socket file left by a dead master is replaced; a live master's is not.
+    if std::fs::symlink_metadata(path).is_ok() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(
+                Error::new(libc::EADDRINUSE, op).with_detail("another master answers there")
+            );
+        }
+        std::fs::remove_file(path).map_err(|e| from_io(e, op.clone()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| from_io(e, op.clone()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| from_io(e, op))?;
+    // SAFETY: getuid cannot fail.
+    let me = unsafe { libc::getuid() };
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let events = events.clone();
+            tokio::spawn(async move {
+                let allowed = conn
+                    .peer_cred()
+                    .map(|c| c.uid() == me || c.uid() == 0)
+                    .unwrap_or(false);
+                let mut conn = BufReader::new(conn);
+                if !allowed {
+                    let _ = conn
+                        .get_mut()
+                        .write_all(b"error: permission denied\n")
+                        .await;
+                    return;
+                }
+                let mut line = String::new();
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    conn.read_line(&mut line),
+                )
+                .await;
+                let answer = match (read, parse(&line)) {
+                    (Ok(Ok(_)), Some(req)) => {
+                        let (tx, rx) = oneshot::channel();
+                        if events.send(Event::Control(req, tx)).is_err() {
+                            return;
+                        }
+                        rx.await
+                            .unwrap_or_else(|_| "error: master is stopping\n".into())
+                    }
+                    _ => "error: commands are `status`, `reload` and `scale N`\n".into(),
+                };
+                let _ = conn.get_mut().write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Ok(path.to_owned())
+}
+
+/// Sends one command (`"status"`, `"reload"`, `"scale 4"`) to the master listening at `path`
+/// and returns its answer.
+pub async fn ctl(path: impl AsRef<Path>, command: &str) -> Result<String> {
+    let path = path.as_ref();
+    let op = format!("ctl {:?}", path.display().to_string());
+    let mut s = UnixStream::connect(path)
+        .await
+        .map_err(|e| from_io(e, op.clone()))?;
+    s.write_all(format!("{}\n", command.trim()).as_bytes())
+        .await
+        .map_err(|e| from_io(e, op.clone()))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .await
+        .map_err(|e| from_io(e, op))?;
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(parse("status\n"), Some(Request::Status));
+        assert_eq!(parse("reload"), Some(Request::Reload));
+        assert_eq!(parse("scale 3"), Some(Request::Scale(3)));
+        assert_eq!(parse("scale x"), None);
+        assert_eq!(parse("status now"), None);
+        assert_eq!(parse(""), None);
+    }
+}

@@ -1,0 +1,179 @@
+//! A multi-process server: a master that starts workers and gives them connections, as
+//! Node's `cluster`, einhorn or gunicorn do, on tokio. The seed's multi-echo-server, grown up.
+//!
+//! One binary is both master and worker (like Node's `cluster.isPrimary`): the master runs
+//! [`Cluster::run`], which starts the same program again as each worker with
+//! `BROOD_CLUSTER_WORKER=1` set; the worker calls [`Worker::from_env`] and accepts
+//! connections whatever the strategy:
+//!
+//! ```no_run
+//! use brood::cluster::{Cluster, Strategy, Worker};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), brood::Error> {
+//!     if brood::cluster::is_worker() {
+//!         let mut worker = Worker::from_env().await?;
+//!         while let Some(mut conn) = worker.accept().await? {
+//!             tokio::spawn(async move {
+//!                 let _ = conn.write_all(b"hello from a worker\n").await;
+//!             });
+//!         }
+//!         worker.drain().await; // open connections finish, then the worker exits
+//!         return Ok(());
+//!     }
+//!     Cluster::builder()
+//!         .listen("127.0.0.1:8080")
+//!         .workers(2)
+//!         .strategy(Strategy::RoundRobin)
+//!         .build()?
+//!         .run()
+//!         .await
+//! }
+//! ```
+//!
+//! ## Strategies
+//!
+//! - [`Strategy::RoundRobin`]: the master accepts and hands each connection to the next ready
+//!   worker over its IPC channel (libuv's and Node's default on Unix).
+//! - [`Strategy::LeastConnections`]: as round-robin, to the worker with the fewest open
+//!   connections (workers report each closed connection).
+//! - [`Strategy::Shared`]: every worker inherits the listening socket and accepts itself.
+//! - [`Strategy::ReusePort`]: each worker gets its own `SO_REUSEPORT` socket on the same
+//!   address; the kernel spreads connections.
+//!
+//! ## What a worker gets (any language)
+//!
+//! fd 3 is the worker's connection source: for `shared` and `reuseport` a listening TCP
+//! socket, with `LISTEN_FDS=1` and `LISTEN_PID` = the worker's own pid (systemd's socket
+//! activation convention); for `round-robin` and `least-connections` a Unix stream socket on
+//! which each connection arrives as the byte `c` with the connection's fd attached
+//! (`SCM_RIGHTS`). `BROOD_CLUSTER_STRATEGY` names the strategy. A worker that sends the byte
+//! `r` on its channel (fd 3, or the channel at `BROOD_CHANNEL_FD` in the listener
+//! strategies) is *brood-aware*: it is then treated as ready only once it said so, gets
+//! heartbeat pings (byte `p`) it must answer with `P` within the heartbeat timeout, and may
+//! report each connection it accepted itself with `a` and each finished connection with `d`
+//! (least-connections uses that). Any other program
+//! just accepts connections. To retire a worker the master closes its channel (end of
+//! stream: accept what is still queued, finish open connections, exit) and sends `SIGTERM`;
+//! after the grace period it sends `SIGKILL`. Workers die with the master
+//! (`PR_SET_PDEATHSIG`).
+
+mod control;
+mod listen;
+mod master;
+mod worker;
+
+use std::time::Duration;
+
+pub use control::ctl;
+pub use master::{Cluster, ClusterBuilder};
+pub use worker::{Connection, Worker};
+
+/// The environment variable that marks a worker process.
+pub const WORKER_ENV: &str = "BROOD_CLUSTER_WORKER";
+/// The environment variable that names the strategy in a worker.
+pub const STRATEGY_ENV: &str = "BROOD_CLUSTER_STRATEGY";
+
+/// Bytes of the master ⇄ worker protocol on the channel.
+pub(crate) mod wire {
+    /// master → worker: a connection (its fd attached).
+    pub const CONN: u8 = b'c';
+    /// master → worker: heartbeat ping.
+    pub const PING: u8 = b'p';
+    /// worker → master: ready to take connections.
+    pub const READY: u8 = b'r';
+    /// worker → master: heartbeat answer.
+    pub const PONG: u8 = b'P';
+    /// worker → master: one connection finished.
+    pub const DONE: u8 = b'd';
+    /// worker → master: accepted one connection itself (shared, reuseport).
+    pub const ACCEPTED: u8 = b'a';
+}
+
+/// Whether this process was started by a [`Cluster`] master as a worker.
+pub fn is_worker() -> bool {
+    std::env::var_os(WORKER_ENV).is_some_and(|v| v == "1")
+}
+
+/// How connections reach workers. See the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// The master accepts and hands connections out in turn.
+    RoundRobin,
+    /// The master accepts and hands each connection to the least-loaded worker.
+    LeastConnections,
+    /// Workers share the listening socket and accept themselves.
+    Shared,
+    /// Each worker has its own `SO_REUSEPORT` socket.
+    ReusePort,
+}
+
+impl Strategy {
+    /// The name used on the command line and in `BROOD_CLUSTER_STRATEGY`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round-robin",
+            Strategy::LeastConnections => "least-connections",
+            Strategy::Shared => "shared",
+            Strategy::ReusePort => "reuseport",
+        }
+    }
+
+    /// Whether the master accepts connections itself.
+    pub fn master_accepts(self) -> bool {
+        matches!(self, Strategy::RoundRobin | Strategy::LeastConnections)
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Strategy, crate::Error> {
+        Ok(match s {
+            "round-robin" | "rr" => Strategy::RoundRobin,
+            "least-connections" | "least-conn" => Strategy::LeastConnections,
+            "shared" => Strategy::Shared,
+            "reuseport" | "reuse-port" => Strategy::ReusePort,
+            _ => {
+                return Err(crate::Error::invalid(
+                    format!("strategy {s:?}"),
+                    "use round-robin, least-connections, shared or reuseport",
+                ));
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Timings of a cluster's lifecycle, with defaults that suit most servers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timings {
+    pub grace: Duration,
+    pub heartbeat: Duration,
+    pub heartbeat_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A worker that lived this long is healthy: its crash resets the backoff.
+    pub healthy_after: Duration,
+    /// How long a new worker may take to say it is ready during a rolling restart.
+    pub ready_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            grace: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            healthy_after: Duration::from_secs(5),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}

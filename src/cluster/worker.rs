@@ -1,0 +1,278 @@
+//! The worker side of a cluster: accepted connections, whatever the strategy.
+
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::{STRATEGY_ENV, Strategy, wire};
+use crate::error::{Error, Result, from_io};
+use crate::ipc::{CHANNEL_FD_ENV, Channel, Sender, own_inherited};
+
+/// Open connections of this worker, so [`Worker::drain`] can wait for them.
+struct Open {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+/// A worker of a [`Cluster`](super::Cluster): yields the connections the master's strategy
+/// gives it, answers heartbeats, and reports finished connections.
+///
+/// [`accept`](Worker::accept) returns `None` once the master retires this worker (closes
+/// its channel, or sends `SIGTERM`); then [`drain`](Worker::drain) waits for the open
+/// connections to finish. See the [module docs](super) for an example.
+pub struct Worker {
+    strategy: Strategy,
+    listener: Option<TcpListener>,
+    conns: Option<mpsc::Receiver<TcpStream>>,
+    stop: watch::Receiver<bool>,
+    to_master: Option<mpsc::UnboundedSender<u8>>,
+    open: Arc<Open>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("strategy", &self.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An accepted connection. It derefs to the `TcpStream` and is `AsyncRead + AsyncWrite`;
+/// dropping it tells the master (least-connections) and [`Worker::drain`] it is finished.
+pub struct Connection {
+    stream: TcpStream,
+    open: Arc<Open>,
+    to_master: Option<mpsc::UnboundedSender<u8>>,
+}
+
+impl Worker {
+    /// Sets the worker up from what the master gave it (fd 3 and the environment), tells the
+    /// master it is ready, and starts answering heartbeats. Needs a tokio runtime.
+    pub async fn from_env() -> Result<Worker> {
+        let op = "cluster worker";
+        let strategy: Strategy = std::env::var(STRATEGY_ENV)
+            .map_err(|_| {
+                Error::new(libc::ENOENT, op).with_detail("not started by a cluster master")
+            })?
+            .parse()?;
+        let fd3 = own_inherited(3).map_err(|e| e.context(op))?;
+        let (listener, channel) = if strategy.master_accepts() {
+            (None, Some(Channel::from_fd(fd3)?))
+        } else {
+            let std = std::net::TcpListener::from(fd3);
+            std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+            let l = TcpListener::from_std(std).map_err(|e| from_io(e, op))?;
+            let ch = match std::env::var(CHANNEL_FD_ENV) {
+                Ok(_) => Some(Channel::from_env()?),
+                Err(_) => None,
+            };
+            (Some(l), ch)
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let open = Arc::new(Open {
+            count: AtomicUsize::new(0),
+            zero: Notify::new(),
+        });
+        let mut worker = Worker {
+            strategy,
+            listener,
+            conns: None,
+            stop,
+            to_master: None,
+            open,
+        };
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| from_io(e, "watch SIGTERM"))?;
+        match channel {
+            Some(channel) => {
+                let (conn_tx, conn_rx) = mpsc::channel(1024);
+                let (up_tx, up_rx) = mpsc::unbounded_channel();
+                let sender = channel.sender();
+                sender.send(&[wire::READY]).await?;
+                worker.conns = strategy.master_accepts().then_some(conn_rx);
+                worker.to_master = Some(up_tx);
+                tokio::spawn(writer(sender, up_rx));
+                let up = worker.to_master.clone();
+                let master_accepts = strategy.master_accepts();
+                tokio::spawn(async move {
+                    let mut channel = channel;
+                    let mut buf = [0u8; 256];
+                    loop {
+                        tokio::select! {
+                            r = channel.recv(&mut buf) => match r {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    for &b in &buf[..n] {
+                                        match b {
+                                            wire::PING => {
+                                                if let Some(up) = &up {
+                                                    let _ = up.send(wire::PONG);
+                                                }
+                                            }
+                                            wire::CONN => {
+                                                if let Ok(c) = channel.accept::<TcpStream>() {
+                                                    if conn_tx.send(c).await.is_err() {
+                                                        break;
+                                                    }
+                                                }
+                                            }
+                                            _ => {}
+                                        }
+                                    }
+                                }
+                            },
+                            // Round-robin workers stop at end of channel, after taking
+                            // every connection still queued; others stop at SIGTERM too.
+                            _ = sigterm.recv(), if !master_accepts => break,
+                        }
+                    }
+                    let _ = stop_tx.send(true);
+                    // Keep answering nothing more, but keep the signal handled.
+                    drop(conn_tx);
+                    while sigterm.recv().await.is_some() {}
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    let _ = sigterm.recv().await;
+                    let _ = stop_tx.send(true);
+                    while sigterm.recv().await.is_some() {}
+                });
+            }
+        }
+        Ok(worker)
+    }
+
+    /// The strategy the master uses.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The next connection, or `None` once the master retires this worker.
+    pub async fn accept(&mut self) -> Result<Option<Connection>> {
+        let stream = if let Some(conns) = &mut self.conns {
+            match conns.recv().await {
+                Some(s) => s,
+                None => return Ok(None),
+            }
+        } else if let Some(l) = &self.listener {
+            if *self.stop.borrow() {
+                return Ok(None);
+            }
+            tokio::select! {
+                r = l.accept() => r.map_err(|e| from_io(e, "accept"))?.0,
+                _ = self.stop.changed() => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        };
+        if let Some(up) = &self.to_master {
+            if !self.strategy.master_accepts() {
+                let _ = up.send(wire::ACCEPTED);
+            }
+        }
+        self.open.count.fetch_add(1, Ordering::AcqRel);
+        Ok(Some(Connection {
+            stream,
+            open: self.open.clone(),
+            to_master: self.to_master.clone(),
+        }))
+    }
+
+    /// Waits until every [`Connection`] this worker accepted has been dropped.
+    pub async fn drain(&self) {
+        loop {
+            let notified = self.open.zero.notified();
+            if self.open.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// How many accepted connections are still open.
+    pub fn open_connections(&self) -> usize {
+        self.open.count.load(Ordering::Acquire)
+    }
+}
+
+/// Writes the worker's reports (ready, pong, accepted, done) to the master in order.
+async fn writer(sender: Sender, mut up: mpsc::UnboundedReceiver<u8>) {
+    while let Some(b) = up.recv().await {
+        if sender.send(&[b]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(up) = &self.to_master {
+            let _ = up.send(wire::DONE);
+        }
+        if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.zero.notify_waiters();
+        }
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
