@@ -171,12 +171,10 @@ fn build(args: &RunArgs) -> Command {
 }
 
 async fn run(args: RunArgs) -> i32 {
-    if let Some(t) = args.timeout {
-        if !(t.is_finite() && t >= 0.0) || !(args.kill_after.is_finite() && args.kill_after >= 0.0)
-        {
-            eprintln!("brood run: --timeout and --kill-after take seconds, 0 or more");
-            return EXIT_BROOD;
-        }
+    let seconds = |v: f64| v.is_finite() && v >= 0.0;
+    if args.timeout.is_some_and(|t| !seconds(t)) || !seconds(args.kill_after) {
+        eprintln!("brood run: --timeout and --kill-after take seconds, 0 or more");
+        return EXIT_BROOD;
     }
     let mut child = match build(&args).spawn() {
         Ok(child) => child,
