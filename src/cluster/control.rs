@@ -4,7 +4,7 @@
 //! and the master closes the connection. The socket is mode 0600 and the master also checks
 //! the peer's uid (`SO_PEERCRED`): only the same user (or root) may use it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -32,22 +32,33 @@ fn parse(line: &str) -> Option<Request> {
     words.next().is_none().then_some(req)
 }
 
-/// Binds the control socket and serves it in a task. Returns the path to remove at the end.
-pub(crate) async fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> Result<PathBuf> {
+/// Binds the control socket (mode 0600). A socket file left by a dead master is replaced;
+/// a live master's is not.
+pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     let op = format!("control socket {:?}", path.display().to_string());
-    // A socket file left by a dead master is replaced; a live master's is not.
     if std::fs::symlink_metadata(path).is_ok() {
-        if UnixStream::connect(path).await.is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(
                 Error::new(libc::EADDRINUSE, op).with_detail("another master answers there")
             );
         }
         std::fs::remove_file(path).map_err(|e| from_io(e, op.clone()))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| from_io(e, op.clone()))?;
+    let listener =
+        std::os::unix::net::UnixListener::bind(path).map_err(|e| from_io(e, op.clone()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| from_io(e, op))?;
+        .map_err(|e| from_io(e, op.clone()))?;
+    listener.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+    Ok(listener)
+}
+
+/// Serves the control socket in a task.
+pub(crate) fn serve(
+    listener: std::os::unix::net::UnixListener,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<()> {
+    let listener = UnixListener::from_std(listener).map_err(|e| from_io(e, "control socket"))?;
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
     tokio::spawn(async move {
@@ -90,7 +101,7 @@ pub(crate) async fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> 
             });
         }
     });
-    Ok(path.to_owned())
+    Ok(())
 }
 
 /// Sends one command (`"status"`, `"reload"`, `"scale 4"`) to the master listening at `path`

@@ -41,6 +41,7 @@ pub struct Cluster {
     workers: usize,
     local_addr: SocketAddr,
     source: Source,
+    control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
 }
 
 /// Where connections come from.
@@ -50,6 +51,8 @@ enum Source {
     Accept(std::net::TcpListener),
     /// Workers share this listener.
     Shared(std::net::TcpListener),
+    /// Shut down: no listening socket left in the master.
+    Closed,
     /// Workers get their own socket in the group this anchor holds.
     ReusePort {
         /// Held, never used: it keeps the port while workers come and go.
@@ -80,20 +83,26 @@ impl Cluster {
     /// Runs the master until `SIGTERM` or `SIGINT` (graceful shutdown) and returns when every
     /// worker is gone. `SIGHUP` restarts the workers one by one, `SIGTTIN`/`SIGTTOU` add or
     /// remove one.
-    pub async fn run(self) -> Result<()> {
+    pub async fn run(mut self) -> Result<()> {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let control = match &self.cfg.control {
-            Some(path) => Some(control::serve(path, events_tx.clone()).await?),
+        let control = match self.control.take() {
+            Some((path, l)) => {
+                control::serve(l, events_tx.clone())?;
+                Some(path)
+            }
             None => None,
         };
-        let accept = match &self.source {
+        // The master's accepting listener lives in `Master::run` only, so shutdown closes it.
+        let accept = match std::mem::replace(&mut self.source, Source::Closed) {
             Source::Accept(l) => {
-                let l = l.try_clone().map_err(|e| from_io(e, "listener"))?;
                 l.set_nonblocking(true)
                     .map_err(|e| from_io(e, "listener"))?;
                 Some(TcpListener::from_std(l).map_err(|e| from_io(e, "listener"))?)
             }
-            _ => None,
+            other => {
+                self.source = other;
+                None
+            }
         };
         let mut m = Master {
             target: self.workers,
@@ -226,11 +235,16 @@ impl ClusterBuilder {
                 (Source::ReusePort { _anchor: anchor }, local)
             }
         };
+        let control = match &self.control {
+            Some(path) => Some((path.clone(), control::bind(path)?)),
+            None => None,
+        };
         Ok(Cluster {
             cfg: self,
             workers,
             local_addr,
             source,
+            control,
         })
     }
 }
@@ -272,7 +286,7 @@ struct Master {
     rr: u64,
     events_tx: mpsc::UnboundedSender<Event>,
     /// Accepted connections waiting for a ready worker (never dropped).
-    backlog: VecDeque<TcpStream>,
+    backlog: VecDeque<std::net::TcpStream>,
     /// Respawns due, with the restart count the new worker inherits.
     respawns: Vec<(Instant, u32)>,
     crash_streak: u32,
@@ -379,7 +393,7 @@ impl Master {
         }
         let reuseport_listener;
         cmd = match &self.cluster.source {
-            Source::Accept(_) => cmd.stdio(3, Stdio::ipc()),
+            Source::Accept(_) | Source::Closed => cmd.stdio(3, Stdio::ipc()),
             Source::Shared(l) => cmd
                 .stdio(3, Stdio::inherit_stream(l))
                 .stdio(4, Stdio::ipc())
@@ -434,6 +448,20 @@ impl Master {
 
     /// Gives a connection to a worker, or queues it until one is ready.
     async fn hand_out(&mut self, conn: TcpStream) {
+        // Workers get a blocking socket, as from accept(2) on a blocking listener (what a
+        // worker in any language expects); brood workers make it non-blocking themselves.
+        // The flag lives on the shared file description, so it is set here, before the
+        // handoff.
+        let conn = match conn
+            .into_std()
+            .and_then(|c| c.set_nonblocking(false).map(|()| c))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accepted connection unusable: {e}");
+                return;
+            }
+        };
         self.backlog.push_back(conn);
         self.flush_backlog().await;
     }
@@ -711,6 +739,8 @@ impl Master {
         }
         tracing::info!("{why}: graceful shutdown");
         self.shutting_down = Some(Instant::now());
+        // The master's own copy of a shared listener or reuseport anchor goes now.
+        self.cluster.source = Source::Closed;
         self.respawns.clear();
         self.reload.clear();
         self.reloading = None;

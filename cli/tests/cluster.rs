@@ -1,0 +1,550 @@
+//! `brood cluster` end to end: real master and worker processes, real signals, loopback load.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use brood::{Command, Signum, Stdio};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Master {
+    child: brood::Child,
+    addr: String,
+    control: std::path::PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> TempDir {
+    let p = std::env::temp_dir().join(format!("brood-cluster-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    pid: u32,
+    state: String,
+    handled: u64,
+    restarts: u32,
+}
+
+impl Master {
+    async fn start(tag: &str, extra: &[&str]) -> Master {
+        let dir = tempdir(tag);
+        let control = dir.0.join("ctl.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .arg("cluster")
+            .args(["--listen", "127.0.0.1:0", "--control"])
+            .arg(&control)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let addr = timeout(LIMIT, async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("master exited early");
+                log.lock().unwrap().push(line.clone());
+                if let Some(a) = line.strip_prefix("brood cluster: listening on ") {
+                    return a.to_string();
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let l2 = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let m = Master {
+            child,
+            addr,
+            control,
+            log,
+            _dir: dir,
+        };
+        m.wait_for(
+            |rows| rows.len() >= 1 && rows.iter().all(|r| r.state == "ready"),
+            "workers ready",
+        )
+        .await;
+        m
+    }
+
+    async fn ctl(&self, cmd: &str) -> String {
+        timeout(LIMIT, brood::cluster::ctl(&self.control, cmd))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn status(&self) -> Vec<Row> {
+        let text = self.ctl("status").await;
+        text.lines()
+            .skip(2)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Row {
+                    pid: f[1].parse().unwrap(),
+                    state: f[2].to_string(),
+                    handled: f[4].parse().unwrap(),
+                    restarts: f[6].parse().unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    /// Polls `status` until `ok` holds (the control socket is the event source here).
+    async fn wait_for(&self, ok: impl Fn(&[Row]) -> bool, what: &str) -> Vec<Row> {
+        let start = Instant::now();
+        loop {
+            let rows = self.status().await;
+            if ok(&rows) {
+                return rows;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "timed out waiting for {what}: {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_has(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    async fn stop(mut self) -> Vec<u32> {
+        let pids: Vec<u32> = self.status().await.iter().map(|r| r.pid).collect();
+        self.child.kill(Signum::TERM).unwrap();
+        let exit = timeout(LIMIT, self.child.wait()).await.unwrap().unwrap();
+        assert!(exit.success(), "master: {exit}");
+        pids
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie counts as gone: it no longer runs.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+async fn exchange(addr: &str, msg: &[u8]) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(msg).await?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).await?;
+    if got != msg {
+        return Err(std::io::Error::other("wrong echo"));
+    }
+    Ok(())
+}
+
+/// A steady load of new-connection exchanges until `stop`; returns (ok, failed).
+fn load(
+    addr: String,
+    clients: usize,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<(u64, u64)>,
+) {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let addr = addr.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                while !*stop.borrow() {
+                    match timeout(
+                        Duration::from_secs(5),
+                        exchange(&addr, format!("c{i}").as_bytes()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        let mut total = (0, 0);
+        for t in tasks {
+            let (o, f) = t.await.unwrap();
+            total.0 += o;
+            total.1 += f;
+        }
+        total
+    });
+    (stop_tx, handle)
+}
+
+async fn serve_200(strategy: &str) {
+    let m = Master::start(
+        strategy,
+        &[
+            "--workers",
+            "2",
+            "--strategy",
+            strategy,
+            "--builtin",
+            "echo",
+        ],
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let addr = m.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            exchange(&addr, format!("hello {i}").as_bytes()).await
+        }));
+    }
+    for t in tasks {
+        timeout(LIMIT, t).await.unwrap().unwrap().unwrap();
+    }
+    let rows = m
+        .wait_for(
+            |r| r.iter().map(|r| r.handled).sum::<u64>() == 200,
+            "200 handled",
+        )
+        .await;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(|r| r.handled > 0),
+        "{strategy}: not spread: {rows:?}"
+    );
+    let pids = m.stop().await;
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} outlived the master");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_serves_200_connections_on_2_workers() {
+    serve_200("round-robin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_serves_200_connections_on_2_workers() {
+    serve_200("least-connections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_serves_200_connections_on_2_workers() {
+    serve_200("shared").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuseport_serves_200_connections_on_2_workers() {
+    serve_200("reuseport").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_respawned_within_a_second() {
+    let m = Master::start("kill", &["--workers", "2", "--builtin", "echo"]).await;
+    let (stop, handle) = load(m.addr.clone(), 4);
+    let before = m
+        .wait_for(|r| r.iter().all(|r| r.handled > 5), "load")
+        .await;
+    let victim = before[0].pid;
+    brood::kill(victim as i32, Signum::KILL).unwrap();
+    let t = Instant::now();
+    let after = m
+        .wait_for(
+            |r| {
+                r.len() == 2
+                    && !r.iter().any(|r| r.pid == victim)
+                    && r.iter().all(|r| r.state == "ready")
+            },
+            "respawn",
+        )
+        .await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(1), "respawn took {took:?}");
+    assert_eq!(after.iter().map(|r| r.restarts).max(), Some(1));
+    tokio::time::sleep(Duration::from_millis(200)).await; // load on the new worker too
+    stop.send(true).unwrap();
+    let (ok, failed) = timeout(LIMIT, handle).await.unwrap().unwrap();
+    // Only what the killed worker held can fail: at most one exchange per client.
+    assert!(failed <= 4, "{failed} failed, {ok} ok");
+    assert!(ok > 20);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_accepted_connections_finish_then_everything_exits() {
+    let m = Master::start(
+        "term",
+        &["--workers", "2", "--grace", "20", "--builtin", "echo"],
+    )
+    .await;
+    // 20 connections accepted and handed to workers before the signal.
+    let mut conns = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(&m.addr).await.unwrap();
+        s.write_all(format!("before {i}").as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; format!("before {i}").len()];
+        s.read_exact(&mut buf).await.unwrap();
+        conns.push(s);
+    }
+    let pids: Vec<u32> = m.status().await.iter().map(|r| r.pid).collect();
+    let mut master = m;
+    master.child.kill(Signum::TERM).unwrap();
+    // Every accepted connection still works after the signal, until we close it.
+    for (i, s) in conns.iter_mut().enumerate() {
+        let msg = format!("after {i}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        timeout(LIMIT, s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    // New connections are refused now.
+    assert!(TcpStream::connect(&master.addr).await.is_err());
+    drop(conns);
+    let exit = timeout(LIMIT, master.child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "{exit}");
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} still running");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_every_worker_without_a_failed_request() {
+    let m = Master::start("hup", &["--workers", "2", "--builtin", "echo"]).await;
+    let (stop, handle) = load(m.addr.clone(), 4);
+    let old = m
+        .wait_for(|r| r.iter().all(|r| r.handled > 5), "load")
+        .await;
+    let old: Vec<u32> = old.iter().map(|r| r.pid).collect();
+    brood::kill(m.child.id() as i32, Signum::HUP).unwrap();
+    m.wait_for(
+        |r| {
+            r.len() == 2
+                && r.iter()
+                    .all(|r| !old.contains(&r.pid) && r.state == "ready")
+        },
+        "all workers replaced",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(true).unwrap();
+    let (ok, failed) = timeout(LIMIT, handle).await.unwrap().unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} failed, {ok} ok during the rolling restart"
+    );
+    assert_eq!(m.log_has("rolling restart"), 1);
+    assert_eq!(m.log_has("worker retired"), 2);
+    assert!(ok > 20);
+    for pid in old {
+        assert!(!alive(pid));
+    }
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_die_with_a_killed_master() {
+    let mut m = Master::start("mkill", &["--workers", "2", "--builtin", "echo"]).await;
+    let pids: Vec<u32> = m.status().await.iter().map(|r| r.pid).collect();
+    m.child.kill(Signum::KILL).unwrap();
+    timeout(LIMIT, m.child.wait()).await.unwrap().unwrap();
+    let t = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "workers outlived the master"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_status_scale_and_reload() {
+    let m = Master::start("ctl", &["--workers", "2", "--builtin", "http"]).await;
+    let text = m.ctl("status").await;
+    assert!(text.contains("strategy round-robin"), "{text}");
+    assert!(m.ctl("scale 3").await.contains("scaling to 3"));
+    m.wait_for(
+        |r| r.len() == 3 && r.iter().all(|r| r.state == "ready"),
+        "3 workers",
+    )
+    .await;
+    assert!(m.ctl("scale 1").await.contains("scaling to 1"));
+    let one = m.wait_for(|r| r.len() == 1, "1 worker").await;
+    assert!(m.ctl("reload").await.contains("reloading 1"));
+    m.wait_for(
+        |r| r.len() == 1 && r[0].pid != one[0].pid && r[0].state == "ready",
+        "reloaded",
+    )
+    .await;
+    assert!(m.ctl("frobnicate").await.starts_with("error:"));
+    // The socket is private to its user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&m.control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // HTTP works through whatever worker is there now.
+    let mut s = TcpStream::connect(&m.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    timeout(LIMIT, s.read_to_string(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("Hello from a brood worker\n"));
+    m.stop().await;
+}
+
+const PY_SHARED: &str = r#"
+import os, socket
+assert os.environ["LISTEN_PID"] == str(os.getpid()), "LISTEN_PID is not our pid"
+assert os.environ["LISTEN_FDS"] == "1"
+l = socket.socket(fileno=3)
+while True:
+    c, _ = l.accept()
+    c.sendall(b"py:" + c.recv(100))
+    c.close()
+"#;
+
+const PY_RR: &str = r#"
+import socket
+ch = socket.socket(fileno=3)
+while True:
+    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
+    if not msg:
+        break
+    for fd in fds:
+        c = socket.socket(fileno=fd)
+        c.sendall(b"py:" + c.recv(100))
+        c.close()
+"#;
+
+async fn python_worker(strategy: &str, script: &str) {
+    let m = Master::start(
+        &format!("py-{strategy}"),
+        &[
+            "--workers",
+            "2",
+            "--strategy",
+            strategy,
+            "--grace",
+            "1",
+            "--",
+            "python3",
+            "-c",
+            script,
+        ],
+    )
+    .await;
+    for i in 0..20 {
+        let mut s = TcpStream::connect(&m.addr).await.unwrap();
+        s.write_all(format!("{i}").as_bytes()).await.unwrap();
+        let mut got = String::new();
+        let r = timeout(LIMIT, s.read_to_string(&mut got)).await.unwrap();
+        assert!(
+            r.is_ok(),
+            "connection {i}: {r:?}\n{}",
+            m.log.lock().unwrap().join("\n")
+        );
+        assert_eq!(got, format!("py:{i}"));
+    }
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_shared_listener_on_fd_3() {
+    python_worker("shared", PY_SHARED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_round_robin_channel_on_fd_3() {
+    python_worker("round-robin", PY_RR).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_exits_at_once_is_respawned_with_backoff() {
+    let dir = tempdir("backoff");
+    let control = dir.0.join("ctl.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .arg("cluster")
+        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--control"])
+        .arg(&control)
+        .args(["--", "sh", "-c", "exit 3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut delays = Vec::new();
+    let start = Instant::now();
+    timeout(LIMIT, async {
+        while delays.len() < 4 {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if line.contains("respawning after backoff") {
+                let ms: u64 = line
+                    .split("delay_ms=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                delays.push(ms);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(delays, vec![100, 200, 400, 800], "the delay doubles");
+    assert!(start.elapsed() >= Duration::from_millis(700), "no spinning");
+    // The master still answers while its worker keeps crashing.
+    let status = timeout(LIMIT, brood::cluster::ctl(&control, "status"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.contains("strategy round-robin"), "{status}");
+    child.kill(Signum::TERM).unwrap();
+    assert!(
+        timeout(LIMIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+}
