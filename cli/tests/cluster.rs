@@ -85,7 +85,7 @@ impl Master {
             _dir: dir,
         };
         m.wait_for(
-            |rows| rows.len() >= 1 && rows.iter().all(|r| r.state == "ready"),
+            |rows| !rows.is_empty() && rows.iter().all(|r| r.state == "ready"),
             "workers ready",
         )
         .await;
