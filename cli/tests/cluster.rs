@@ -548,3 +548,107 @@ async fn a_worker_that_exits_at_once_is_respawned_with_backoff() {
             .success()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigttin_and_sigttou_add_and_remove_a_worker() {
+    let m = Master::start("ttin", &["--workers", "2", "--builtin", "echo"]).await;
+    let master = m.child.id() as i32;
+    brood::kill(master, Signum::TTIN).unwrap();
+    m.wait_for(
+        |r| r.len() == 3 && r.iter().all(|r| r.state == "ready"),
+        "3 workers",
+    )
+    .await;
+    // One signal at a time: the kernel merges a second one sent before the first is seen.
+    brood::kill(master, Signum::TTOU).unwrap();
+    m.wait_for(|r| r.len() == 2, "2 workers").await;
+    brood::kill(master, Signum::TTOU).unwrap();
+    m.wait_for(|r| r.len() == 1, "1 worker").await;
+    exchange(&m.addr, b"still serving").await.unwrap();
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_answering_heartbeats_is_replaced() {
+    let m = Master::start(
+        "heartbeat",
+        &[
+            "--workers",
+            "2",
+            "--heartbeat-timeout",
+            "0.5",
+            "--builtin",
+            "echo",
+        ],
+    )
+    .await;
+    let rows = m.status().await;
+    let frozen = rows[0].pid;
+    // A stopped process cannot answer; the master must notice and replace it.
+    brood::kill(frozen as i32, Signum::STOP).unwrap();
+    m.wait_for(
+        |r| {
+            r.len() == 2
+                && !r.iter().any(|r| r.pid == frozen)
+                && r.iter().all(|r| r.state == "ready")
+        },
+        "frozen worker replaced",
+    )
+    .await;
+    assert!(!alive(frozen));
+    assert_eq!(m.log_has("missed its heartbeats"), 1);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_takes_its_listener_from_systemd_listen_fds() {
+    // Play systemd: a listening socket on fd 3, LISTEN_FDS=1, LISTEN_PID = the master's pid.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .args([
+            "cluster",
+            "--listen",
+            "127.0.0.1:1",
+            "--workers",
+            "2",
+            "--builtin",
+            "echo",
+        ])
+        .stdio(3, Stdio::inherit_stream(&listener))
+        .env("LISTEN_FDS", "1")
+        .env_pid("LISTEN_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    drop(listener);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let said = timeout(LIMIT, async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if let Some(a) = line.strip_prefix("brood cluster: listening on ") {
+                return a.to_string();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert_eq!(said, addr, "the systemd socket, not --listen");
+    for i in 0..10 {
+        timeout(LIMIT, exchange(&addr, format!("sd {i}").as_bytes()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    child.kill(Signum::TERM).unwrap();
+    assert!(
+        timeout(LIMIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+}
