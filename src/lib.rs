@@ -23,6 +23,7 @@ mod error;
 mod fd;
 mod process;
 mod reap;
+pub mod signal;
 mod signum;
 mod spawn;
 mod stdio;
