@@ -142,12 +142,13 @@ fn dispatch() {
         if !sys::take_pending(raw) {
             return true;
         }
-        watched.tx.send_modify(|n| *n = n.wrapping_add(1));
+        // Restore first, so a one-shot watcher that wakes finds the disposition back.
         watched.watchers.retain(|_, oneshot| !*oneshot);
-        if watched.watchers.is_empty() {
+        let keep = !watched.watchers.is_empty();
+        if !keep {
             sys::restore(raw, &watched.old);
-            return false;
         }
-        true
+        watched.tx.send_modify(|n| *n = n.wrapping_add(1));
+        keep
     });
 }
