@@ -417,3 +417,44 @@ fn watcher_moves_between_runtimes() {
     });
     assert_eq!(handle.join().unwrap(), Some(sig));
 }
+
+/// Watchers starting and stopping on several threads at once while the signal keeps coming:
+/// the old disposition (here SIG_IGN) is what is left at the end, never brood's handler.
+#[test]
+fn concurrent_start_and_stop_restore_the_old_disposition() {
+    let sig = rt_signal(6);
+    // SAFETY: sets SIG_IGN for a signal only this test uses.
+    unsafe { libc::signal(sig.as_raw(), libc::SIG_IGN) };
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let w = if (i + t) % 3 == 0 {
+                        Signal::oneshot(sig)
+                    } else {
+                        Signal::new(sig)
+                    };
+                    let w = w.unwrap();
+                    if i % 2 == 0 {
+                        send(sig);
+                    }
+                    drop(w);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(disposition(sig), IGNORED);
+    // And watching still works afterwards.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut w = Signal::new(sig).unwrap();
+    send(sig);
+    assert_eq!(rt.block_on(recv(&mut w)), Some(sig));
+    drop(w);
+    assert_eq!(disposition(sig), IGNORED);
+}
