@@ -21,6 +21,11 @@
 //! a `tokio::sync::watch` channel that every watcher holds, so a watcher wakes on whichever
 //! runtime (or plain executor) polls it. Deliveries that arrive before a watcher awaits are
 //! kept; several deliveries before it awaits are one, as the kernel coalesces them.
+//!
+//! The self-pipe and the dispatcher thread live as long as the process once the first
+//! watcher starts. After a plain `fork(2)` (not brood's spawn, whose children start with
+//! default dispositions), watchers in the forked child are not told: the thread is not
+//! copied.
 
 mod registry;
 mod sys;
