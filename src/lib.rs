@@ -25,6 +25,7 @@ mod fd;
 pub mod ipc;
 mod process;
 mod reap;
+pub mod signal;
 mod signum;
 mod spawn;
 mod stdio;
