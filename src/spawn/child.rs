@@ -42,12 +42,9 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
         // 1. Signal dispositions back to default, so no parent handler runs in this shared
         //    memory, and the program starts as if from a fresh fork+exec. All signals stay
         //    blocked until just before exec.
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
         for sig in 1..crate::signum::max_signal() + 1 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                // Fails only for numbers glibc reserves for itself: harmless.
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                sys::default_disposition(sig);
             }
         }
 
@@ -225,6 +222,23 @@ mod sys {
         // SAFETY: a raw syscall with a null list of length 0.
         unsafe {
             libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+        }
+    }
+
+    /// `SIG_DFL` for `sig`, through the raw syscall: glibc's `sigaction` refuses 32 and 33
+    /// (its own), so an ignored 32 would otherwise reach the program. An all-zero kernel
+    /// `sigaction` is `SIG_DFL` with no flags and an empty mask on every architecture.
+    pub unsafe fn default_disposition(sig: i32) {
+        let dfl = [0u64; 4];
+        // SAFETY: the kernel reads a `struct sigaction` (at most 32 bytes) from `dfl`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
         }
     }
 
