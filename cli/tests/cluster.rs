@@ -652,3 +652,50 @@ async fn master_takes_its_listener_from_systemd_listen_fds() {
             .success()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_ends_a_graceful_shutdown_at_once() {
+    let m = Master::start(
+        "int2",
+        &["--workers", "2", "--grace", "60", "--builtin", "echo"],
+    )
+    .await;
+    let pids: Vec<u32> = m.status().await.iter().map(|r| r.pid).collect();
+    // An open connection keeps the graceful shutdown waiting.
+    let mut conn = TcpStream::connect(&m.addr).await.unwrap();
+    conn.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    conn.read_exact(&mut b).await.unwrap();
+    let mut master = m;
+    master.child.kill(Signum::INT).unwrap();
+    // The first SIGINT was taken: the watcher stopped and the default action is back.
+    let t = Instant::now();
+    loop {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", master.child.id())).unwrap();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+            .unwrap();
+        if caught & (1 << (libc::SIGINT - 1)) == 0 {
+            break;
+        }
+        assert!(t.elapsed() < LIMIT, "SIGINT still caught");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    master.child.kill(Signum::INT).unwrap();
+    let exit = timeout(Duration::from_secs(5), master.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.signal, libc::SIGINT, "{exit}");
+    let t = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "workers outlived the master"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 use super::control::{self, Request};
 use super::{STRATEGY_ENV, Strategy, Timings, WORKER_ENV, listen, wire};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::{Channel, Sender};
+use crate::signal::Signal;
 use crate::{Command, Exit, Signum, Stdio};
 
 /// Builds a [`Cluster`].
@@ -308,16 +308,15 @@ impl Master {
         mut accept: Option<TcpListener>,
         mut events: mpsc::UnboundedReceiver<Event>,
     ) -> Result<()> {
-        let sig = |k| signal(k).map_err(|e| from_io(e, "watch signals"));
+        // brood's own watchers: once the graceful shutdown starts they stop, the default
+        // action comes back, and a second SIGINT/SIGTERM ends the master at once (the
+        // workers follow through PR_SET_PDEATHSIG).
         let (mut term, mut int, mut hup) = (
-            sig(SignalKind::terminate())?,
-            sig(SignalKind::interrupt())?,
-            sig(SignalKind::hangup())?,
+            Signal::new(Signum::TERM)?,
+            Signal::new(Signum::INT)?,
+            Signal::new(Signum::HUP)?,
         );
-        let (mut ttin, mut ttou) = (
-            sig(SignalKind::from_raw(libc::SIGTTIN))?,
-            sig(SignalKind::from_raw(libc::SIGTTOU))?,
-        );
+        let (mut ttin, mut ttou) = (Signal::new(Signum::TTIN)?, Signal::new(Signum::TTOU)?);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
@@ -331,19 +330,23 @@ impl Master {
                     }
                 }
                 Some(ev) = events.recv() => self.on_event(ev).await,
-                _ = term.recv() => {
+                Some(s) = term.recv(), if term.is_active() => {
                     accept = None;
-                    self.shutdown("SIGTERM");
+                    term.stop();
+                    int.stop();
+                    self.shutdown(&s.to_string());
                 }
-                _ = int.recv() => {
+                Some(s) = int.recv(), if int.is_active() => {
                     accept = None;
-                    self.shutdown("SIGINT");
+                    term.stop();
+                    int.stop();
+                    self.shutdown(&s.to_string());
                 }
-                _ = hup.recv() => {
+                Some(_) = hup.recv() => {
                     self.start_reload();
                 }
-                _ = ttin.recv() => self.scale(self.target + 1),
-                _ = ttou.recv() => self.scale(self.target.saturating_sub(1).max(1)),
+                Some(_) = ttin.recv() => self.scale(self.target + 1),
+                Some(_) = ttou.recv() => self.scale(self.target.saturating_sub(1).max(1)),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if now.duration_since(last_ping) >= self.cluster.cfg.timings.heartbeat {

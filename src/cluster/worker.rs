@@ -87,8 +87,9 @@ impl Worker {
             to_master: None,
             open,
         };
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| from_io(e, "watch SIGTERM"))?;
+        // Kept for the worker's life: SIGTERM never kills a worker that uses this API; it
+        // stops accepting (listener strategies) and finishes its connections.
+        let mut sigterm = crate::signal::Signal::new(crate::Signum::TERM)?;
         match channel {
             Some(channel) => {
                 let (conn_tx, conn_rx) = mpsc::channel(1024);
