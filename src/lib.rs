@@ -21,6 +21,7 @@
 mod command;
 mod error;
 mod fd;
+pub mod pipe;
 mod process;
 mod reap;
 mod signum;
