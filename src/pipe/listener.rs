@@ -197,8 +197,11 @@ impl Listener {
         if have & want == want {
             return Ok(());
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode((have | want) & 0o7777))
-            .map_err(|e| from_io(e, op))
+        std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode((have | want) & 0o7777),
+        )
+        .map_err(|e| from_io(e, op))
     }
 
     /// The tokio listener inside, for what brood does not wrap.

@@ -135,9 +135,14 @@ mod tests {
         let long = "a".repeat(SUN_PATH_LEN);
         let e = Name::parse(&long).sun_path("bind").unwrap_err();
         assert_eq!(e.name(), "ENAMETOOLONG");
-        let e = Name::parse(format!("@{long}")).sun_path("bind").unwrap_err();
+        let e = Name::parse(format!("@{long}"))
+            .sun_path("bind")
+            .unwrap_err();
         assert_eq!(e.name(), "ENAMETOOLONG");
-        assert_eq!(Name::parse("").sun_path("bind").unwrap_err().name(), "EINVAL");
+        assert_eq!(
+            Name::parse("").sun_path("bind").unwrap_err().name(),
+            "EINVAL"
+        );
     }
 
     #[test]
