@@ -166,6 +166,12 @@ async fn eof_when_the_child_closes_stdout_while_it_runs() {
 
 #[tokio::test]
 async fn writing_to_a_child_that_stopped_reading_is_epipe_not_death() {
+    // Rust programs ignore SIGPIPE, but a program that embeds brood may not. Put the
+    // default (death) back for this test: brood's pipes write with MSG_NOSIGNAL, so the
+    // write must still fail with EPIPE and this process live on.
+    // SAFETY: signal only swaps this process's disposition of SIGPIPE; the old one is put
+    // back below. No other test in this binary writes to a pipe(2) or a closed socket.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // head reads a little and exits; 10 MB cannot all fit in the socket buffers.
     let mut child = Command::new("head")
         .args(["-c", "10"])
@@ -174,11 +180,10 @@ async fn writing_to_a_child_that_stopped_reading_is_epipe_not_death() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let err = timeout(T, stdin.write_all(&data(TEN_MB)))
-        .await
-        .unwrap()
-        .unwrap_err();
-    // This process is still here: the write failed with EPIPE and no SIGPIPE killed us.
+    let result = timeout(T, stdin.write_all(&data(TEN_MB))).await;
+    // SAFETY: as above; puts back the disposition saved before.
+    unsafe { libc::signal(libc::SIGPIPE, old) };
+    let err = result.unwrap().unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPIPE), "{err}");
     assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
     assert!(timeout(T, child.wait()).await.unwrap().unwrap().success());

@@ -71,11 +71,9 @@ async fn serve(args: PipeEchoArgs) -> i32 {
             return 1;
         }
     };
-    if let Some(mode) = args.chmod {
-        if let Err(e) = listener.chmod(mode) {
-            eprintln!("brood pipe-echo: {e}");
-            return 1;
-        }
+    if let Err(e) = args.chmod.map_or(Ok(()), |mode| listener.chmod(mode)) {
+        eprintln!("brood pipe-echo: {e}");
+        return 1;
     }
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
