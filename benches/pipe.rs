@@ -5,7 +5,7 @@
 //! parent's side differs. Each variant runs ROUNDS times, interleaved so drifting load on
 //! a shared machine hits all alike; the table shows the median.
 //!
-//! Run: `cargo bench --bench pipe` (optional: `-- MIB ROUNDS`, default 512 MiB, 7 rounds).
+//! Run: `cargo bench --bench pipe` (optional: `-- MIB ROUNDS [VARIANT]`, default 256 MiB, 15 rounds).
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -105,8 +105,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
-    let mib: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(512);
-    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let mib: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(15);
     // A third argument runs only the variants whose name contains it (for strace/perf).
     let only = args.next();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -149,9 +149,10 @@ fn main() {
     assert_eq!(brood::open_fd_count().unwrap(), fds_before, "an fd leaked");
     println!("child -> parent, {mib} MiB per run, 64 KiB reads, median of {rounds} rounds");
     println!(
-        "| variant | MiB/s | ratio of medians | median of per-round ratios | parent CPU ms/GiB |"
+        "| variant | MiB/s | ratio of medians | median of per-round ratios | parent CPU ms/GiB \
+         | CPU ratio (floor / variant) |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     for ((name, r), c) in names.iter().zip(&rates).zip(&cpu) {
         if r.is_empty() {
             continue;
@@ -159,16 +160,18 @@ fn main() {
         let m = median(r.clone());
         let c = median(c.clone());
         if rates[0].is_empty() {
-            println!("| {name} | {m:.0} | - | - | {c:.0} |");
+            println!("| {name} | {m:.0} | - | - | {c:.0} | - |");
             continue;
         }
         let floor = median(rates[0].clone());
         // Each round's ratio to the floor of the same round: load that drifts between
         // rounds cancels out.
         let paired = median(r.iter().zip(&rates[0]).map(|(a, b)| a / b).collect());
+        let floor_cpu = median(cpu[0].clone());
         println!(
-            "| {name} | {m:.0} | {:.2}x | {paired:.2}x | {c:.0} |",
-            m / floor
+            "| {name} | {m:.0} | {:.2}x | {paired:.2}x | {c:.0} | {:.2}x |",
+            m / floor,
+            floor_cpu / c
         );
     }
 }
