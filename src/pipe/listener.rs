@@ -66,6 +66,10 @@ impl Bind {
     /// When the path is taken by the socket file of a server that is gone (nothing accepts
     /// on it), remove it and bind anew. Without this, such a file gives `EADDRINUSE` saying
     /// it is stale. A live server's socket, or a file that is not a socket, is never removed.
+    ///
+    /// To tell a stale file from a live one, a `bind` that finds its path taken by a socket
+    /// connects to it once (without blocking); a live server sees that connection open and
+    /// close at once.
     pub fn replace_stale(mut self, replace: bool) -> Bind {
         self.replace_stale = replace;
         self
