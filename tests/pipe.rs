@@ -109,16 +109,7 @@ async fn peer_credentials_of_a_child_are_the_child() {
     let dir = Dir::new();
     let path = dir.path("child.sock");
     // The echo server example is the server; its pid is what this client must see.
-    let mut server = brood::Command::new(examples_bin::example("pipe_echo_server"))
-        .arg(&path)
-        .stderr(brood::Stdio::pipe_writable())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    timeout(T, err.read_line(&mut line)).await.unwrap().unwrap();
-    assert!(line.contains("listening"), "{line}");
+    let mut server = start_echo_example(&path).await;
     let client = timeout(T, pipe::connect(&path)).await.unwrap().unwrap();
     let cred = pipe::peer_credentials(&client).unwrap();
     assert_eq!(cred.pid, Some(server.id() as i32));
@@ -392,16 +383,7 @@ async fn pipe_echo_server_example_removes_its_socket_on_sigint_and_sigterm() {
     let dir = Dir::new();
     let path = dir.path("echo.sock");
     for signal in [brood::Signum::INT, brood::Signum::TERM] {
-        let mut server = brood::Command::new(examples_bin::example("pipe_echo_server"))
-            .arg(&path)
-            .stderr(brood::Stdio::pipe_writable())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(server.stderr.take().unwrap());
-        let mut line = String::new();
-        timeout(T, err.read_line(&mut line)).await.unwrap().unwrap();
-        assert!(line.contains("listening"), "{line}");
+        let mut server = start_echo_example(&path).await;
         let mut c = timeout(T, pipe::connect(&path)).await.unwrap().unwrap();
         c.write_all(b"hello\n").await.unwrap();
         let mut back = [0; 6];
@@ -412,4 +394,67 @@ async fn pipe_echo_server_example_removes_its_socket_on_sigint_and_sigterm() {
         assert!(exit.success(), "{signal}: {exit}");
         assert!(!path.exists(), "{signal} left the socket file");
     }
+}
+
+/// Starts the echo server example on `path` and waits until it listens.
+async fn start_echo_example(path: &Path) -> brood::Child {
+    let mut server = brood::Command::new(examples_bin::example("pipe_echo_server"))
+        .arg(path)
+        .stderr(brood::Stdio::pipe_writable())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    timeout(T, err.read_line(&mut line)).await.unwrap().unwrap();
+    assert!(line.contains("listening"), "{line}");
+    server
+}
+
+#[tokio::test]
+async fn the_socket_of_a_killed_server_is_stale_and_replaced_by_the_example() {
+    let dir = Dir::new();
+    let path = dir.path("killed.sock");
+    let mut server = start_echo_example(&path).await;
+    // SIGKILL: no chance to remove the file.
+    server.kill(brood::Signum::KILL).unwrap();
+    timeout(T, server.wait()).await.unwrap().unwrap();
+    assert!(path.exists());
+
+    let err = Listener::bind(&path).unwrap_err();
+    assert_eq!(err.name(), "EADDRINUSE");
+    assert!(err.to_string().contains("stale"), "{err}");
+
+    // The example binds with replace_stale(true): it takes the path over and serves.
+    let mut again = start_echo_example(&path).await;
+    let mut c = timeout(T, pipe::connect(&path)).await.unwrap().unwrap();
+    c.write_all(b"again").await.unwrap();
+    let mut back = [0; 5];
+    timeout(T, c.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"again");
+    // But a second one next to a live server refuses, and leaves the file to its owner.
+    let mut third = brood::Command::new(examples_bin::example("pipe_echo_server"))
+        .arg(&path)
+        .stderr(brood::Stdio::pipe_writable())
+        .spawn()
+        .unwrap();
+    let mut msg = String::new();
+    let mut err = third.stderr.take().unwrap();
+    timeout(T, err.read_to_string(&mut msg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        msg.contains("EADDRINUSE") && msg.contains("listening"),
+        "{msg}"
+    );
+    assert_eq!(
+        timeout(T, third.wait()).await.unwrap().unwrap().code(),
+        Some(1)
+    );
+    assert!(path.exists());
+
+    again.kill(brood::Signum::TERM).unwrap();
+    assert!(timeout(T, again.wait()).await.unwrap().unwrap().success());
+    assert!(!path.exists());
 }
