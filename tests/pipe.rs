@@ -279,6 +279,18 @@ async fn chmod_opens_the_file_to_all() {
 }
 
 #[tokio::test]
+async fn an_abstract_name_in_use_gives_eaddrinuse() {
+    let name = abstract_name("taken");
+    let _first = Listener::bind(&name).unwrap();
+    let err = Listener::builder(&name)
+        .replace_stale(true)
+        .bind()
+        .unwrap_err();
+    assert_eq!(err.name(), "EADDRINUSE");
+    assert!(err.to_string().contains("abstract name"), "{err}");
+}
+
+#[tokio::test]
 async fn backlog_bounds_the_accept_queue() {
     for backlog in [1u32, 3] {
         let name = abstract_name(&format!("backlog{backlog}"));

@@ -86,10 +86,14 @@ impl Bind {
         let op = op("bind", &name);
         check_runtime(&op)?;
         let sun_path = name.sun_path(&op)?;
-        let inner = match listen_at(&sun_path, self.backlog) {
-            Ok(l) => l,
-            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && name.as_path().is_some() => {
-                let path = name.as_path().unwrap_or(Path::new(""));
+        // Where to find the file again to remove it, even if the cwd changes meanwhile.
+        let abs = match &name {
+            Name::Path(p) => Some(std::path::absolute(p).map_err(|e| from_io(e, &op))?),
+            _ => None,
+        };
+        let inner = match (listen_at(&sun_path, self.backlog), name.as_path()) {
+            (Ok(l), _) => l,
+            (Err(e), Some(path)) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
                 match probe::what_is_at(path) {
                     probe::Found::Stale if self.replace_stale => {
                         std::fs::remove_file(path)
@@ -101,11 +105,21 @@ impl Bind {
                     }
                 }
             }
-            Err(e) => return Err(from_io(e, op)),
+            (Err(e), None) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                return Err(from_io(e, op).with_detail("another socket holds this abstract name"));
+            }
+            (Err(e), _) => return Err(from_io(e, op)),
         };
-        let file = match &name {
-            Name::Path(p) => Some(file_identity(p).map_err(|e| from_io(e, &op))?),
-            _ => None,
+        let file = match abs {
+            Some(abs) => match std::fs::symlink_metadata(&abs) {
+                Ok(meta) => Some((abs, meta.dev(), meta.ino())),
+                Err(e) => {
+                    // Just bound, yet not there to see: do not leave it behind.
+                    let _ = std::fs::remove_file(&abs);
+                    return Err(from_io(e, op));
+                }
+            },
+            None => None,
         };
         Ok(Listener { inner, name, file })
     }
@@ -115,12 +129,6 @@ fn listen_at(sun_path: &Path, backlog: u32) -> std::io::Result<UnixListener> {
     let socket = UnixSocket::new_stream()?;
     socket.bind(sun_path)?;
     socket.listen(backlog)
-}
-
-fn file_identity(path: &Path) -> std::io::Result<(PathBuf, u64, u64)> {
-    let abs = std::path::absolute(path)?;
-    let meta = std::fs::symlink_metadata(&abs)?;
-    Ok((abs, meta.dev(), meta.ino()))
 }
 
 impl Listener {
