@@ -224,6 +224,20 @@ async fn proc_streams_shows_only_stderr() {
     assert!(out.exit.success(), "{}", out.exit);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "This is stderr\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+
+    // Sharing stdout too, as the seed suggests trying.
+    let out = timeout(
+        T,
+        Command::new(examples_bin::example("proc_streams"))
+            .arg("--stdout")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.exit.success(), "{}", out.exit);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "This is stderr\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "This is stdout\n");
 }
 
 /// Every child of process `pid` (all its threads), reaped or not.
