@@ -23,6 +23,7 @@ mod command;
 mod error;
 mod fd;
 pub mod ipc;
+pub mod pipe;
 mod process;
 mod reap;
 pub mod signal;

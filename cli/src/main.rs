@@ -1,6 +1,7 @@
 //! `brood`: libuv's process model from the shell.
 
 mod cluster;
+mod pipe_echo;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,7 @@ enum Cmd {
     Run(run::RunArgs),
     Cluster(cluster::ClusterArgs),
     Ctl(cluster::CtlArgs),
+    PipeEcho(pipe_echo::PipeEchoArgs),
 }
 
 fn main() {
@@ -26,6 +28,7 @@ fn main() {
         Cmd::Run(args) => run::main(args),
         Cmd::Cluster(args) => cluster::main(args),
         Cmd::Ctl(args) => cluster::ctl(args),
+        Cmd::PipeEcho(args) => pipe_echo::main(args),
     };
     std::process::exit(code);
 }
