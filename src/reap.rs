@@ -276,11 +276,30 @@ fn reaper_loop() {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&fd);
-            if let Some(owned) = owned {
-                let _ = waitid_pidfd(owned.as_fd());
-                // Closing the fd removes it from the epoll set.
-                drop(owned);
+            let Some(owned) = owned else { continue };
+            if let Ok(None) = waitid_pidfd(owned.as_fd()) {
+                // Not exited yet (a spurious event): keep it; it is still in the set.
+                r.orphans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fd, owned);
+                continue;
             }
+            // Remove it from the set explicitly before closing: a child being spawned on
+            // another thread holds a copy of every fd until its exec, and while any copy
+            // lives, closing ours would leave the registration behind, firing (it is
+            // level-triggered and the pidfd stays readable) under a number the next orphan's
+            // pidfd may get; its event would then make us give up on that next one.
+            // SAFETY: removes our own fd from our epoll set; the event argument is unused.
+            unsafe {
+                libc::epoll_ctl(
+                    r.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                );
+            }
+            drop(owned);
         }
     }
 }

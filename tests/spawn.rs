@@ -65,12 +65,18 @@ async fn basic_killed_by_signal_reports_status_0_and_the_signal() {
     assert_eq!(exit.shell_code(), 128 + libc::SIGTERM);
 
     // Killed by itself, with a signal we did not send.
-    let mut child = Command::new("sh").args(["-c", "kill -KILL $$"]).spawn().unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "kill -KILL $$"])
+        .spawn()
+        .unwrap();
     let exit = bounded("wait", child.wait()).await.unwrap();
     assert_eq!((exit.status, exit.signal), (0, libc::SIGKILL));
 
     // A signal the parent ignores (Rust ignores SIGPIPE) is back to default in the child.
-    let mut child = Command::new("sh").args(["-c", "kill -PIPE $$"]).spawn().unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "kill -PIPE $$"])
+        .spawn()
+        .unwrap();
     let exit = bounded("wait", child.wait()).await.unwrap();
     assert_eq!((exit.status, exit.signal), (0, libc::SIGPIPE));
 }
@@ -106,7 +112,11 @@ async fn basic_pidfd_follows_the_mode() {
     let _g = shared();
     let fallback = std::env::var_os("BROOD_NO_PIDFD").is_some_and(|v| v == "1");
     let mut child = Command::new("true").spawn().unwrap();
-    assert_eq!(child.pidfd().is_none(), fallback, "BROOD_NO_PIDFD={fallback}");
+    assert_eq!(
+        child.pidfd().is_none(),
+        fallback,
+        "BROOD_NO_PIDFD={fallback}"
+    );
     assert!(bounded("wait", child.wait()).await.unwrap().success());
 }
 
@@ -167,7 +177,10 @@ async fn basic_spawn_errors_name_the_path_and_leave_no_child() {
         assert!(text.starts_with("spawn "), "{text}");
     }
     // The bad-cwd error says it was the chdir.
-    let err = Command::new("true").current_dir(&missing).spawn().unwrap_err();
+    let err = Command::new("true")
+        .current_dir(&missing)
+        .spawn()
+        .unwrap_err();
     assert!(err.detail().unwrap().starts_with("chdir"), "{err}");
 
     // No child of ours was left, zombie or not.
@@ -241,16 +254,16 @@ async fn basic_root_can_set_uid_and_gid_and_groups_are_dropped() {
     ] {
         let out = bounded(
             "id",
-            Command::new("id")
-                .args(args)
-                .uid(65534)
-                .gid(65533)
-                .output(),
+            Command::new("id").args(args).uid(65534).gid(65533).output(),
         )
         .await
         .unwrap();
         assert!(out.exit.success(), "id {args:?}: {}", out.exit);
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "id {args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "id {args:?}"
+        );
     }
     // With supplementary groups in the parent, they are dropped (checked in a helper that
     // gives itself some).
@@ -332,7 +345,10 @@ async fn basic_env_is_preserved_by_default() {
     .unwrap();
     let got = env_set(&out.stdout);
     assert!(got.contains(&b"BROOD_ADDED=yes"[..].to_vec()));
-    assert!(!got.iter().any(|e| e.starts_with(&[k.as_bytes(), b"="].concat())));
+    assert!(
+        !got.iter()
+            .any(|e| e.starts_with(&[k.as_bytes(), b"="].concat()))
+    );
     assert_eq!(got.len(), ours.len());
 }
 
@@ -476,7 +492,10 @@ async fn basic_slots_that_name_each_other_are_swapped() {
     let exit = bounded(
         "wait",
         Command::new("bash")
-            .args(["-c", &format!("echo to-slot-a >&{fa}; echo to-slot-b >&{fb}")])
+            .args([
+                "-c",
+                &format!("echo to-slot-a >&{fa}; echo to-slot-b >&{fb}"),
+            ])
             .stdio(fa, Stdio::inherit_fd(fb))
             .stdio(fb, Stdio::inherit_fd(fa))
             .status(),
@@ -506,7 +525,10 @@ async fn basic_stdout_and_stderr_swapped() {
 async fn basic_slots_at_fd_3_and_fd_9() {
     let _g = shared();
     let mut child = Command::new("sh")
-        .args(["-c", "echo three >&3; echo nine >&9; read x <&9; echo \"got $x\" >&3"])
+        .args([
+            "-c",
+            "echo three >&3; echo nine >&9; read x <&9; echo \"got $x\" >&3",
+        ])
         .stdio(3, Stdio::pipe_writable())
         .stdio(9, Stdio::pipe_duplex())
         .spawn()
@@ -517,7 +539,9 @@ async fn basic_slots_at_fd_3_and_fd_9() {
     let mut buf = [0u8; 5];
     bounded("read 9", nine.read_exact(&mut buf)).await.unwrap();
     assert_eq!(&buf, b"nine\n");
-    bounded("write 9", nine.write_all(b"hello\n")).await.unwrap();
+    bounded("write 9", nine.write_all(b"hello\n"))
+        .await
+        .unwrap();
     let mut text = String::new();
     bounded("read 3", three.read_to_string(&mut text))
         .await
@@ -792,7 +816,10 @@ fn basic_sixteen_threads_spawning_at_once() {
                             .unwrap();
                         let out = bounded("output", child.wait_with_output()).await.unwrap();
                         assert!(out.exit.success());
-                        assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{t} {words}\n"));
+                        assert_eq!(
+                            String::from_utf8(out.stdout).unwrap(),
+                            format!("{t} {words}\n")
+                        );
                         assert_eq!(t3, format!("{words}\n"));
                     }
                 });

@@ -12,8 +12,9 @@ use common::*;
 
 const SPAWNS: usize = 20_000;
 const IN_FLIGHT: usize = 64;
-/// The whole run must finish within this (it takes ~TODO s on 2 loaded cores).
-const BUDGET: Duration = Duration::from_secs(90);
+/// The whole run must finish within this: it takes 10-12 s (about 1,800 spawns/s, debug
+/// build) on 2 cores shared with other builds.
+const BUDGET: Duration = Duration::from_secs(60);
 
 #[test]
 fn twenty_thousand_spawns_leave_fd_and_zombie_counts_unchanged() {
@@ -52,10 +53,7 @@ fn twenty_thousand_spawns_leave_fd_and_zombie_counts_unchanged() {
             while let Some(done) = tasks.try_join_next() {
                 done.unwrap();
             }
-            assert!(
-                start.elapsed() < BUDGET,
-                "only {i} spawns after {BUDGET:?}"
-            );
+            assert!(start.elapsed() < BUDGET, "only {i} spawns after {BUDGET:?}");
         }
         tokio::time::timeout(BUDGET, async {
             while let Some(done) = tasks.join_next().await {
@@ -71,8 +69,19 @@ fn twenty_thousand_spawns_leave_fd_and_zombie_counts_unchanged() {
         SPAWNS as f64 / took.as_secs_f64()
     );
 
-    // The dropped ones are reaped in the background: wait for that, then count.
-    poll_until("dropped children reaped", || children().is_empty());
+    // The dropped ones are reaped in the background: wait for that (no event tells us), then
+    // count.
+    let start = Instant::now();
+    while !children().is_empty() && start.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = children();
+    assert!(
+        left.is_empty(),
+        "{} children never reaped, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(5)]
+    );
     assert_eq!(zombies(), Vec::<i32>::new());
     assert_eq!(brood::open_fd_count().unwrap(), fds_before, "fds leaked");
 }
