@@ -831,6 +831,42 @@ fn basic_sixteen_threads_spawning_at_once() {
     }
 }
 
+/// A smaller `spawn_stress`, here so that it runs in the fallback without pidfds too.
+#[test]
+fn basic_many_spawns_leave_fd_and_zombie_counts_unchanged() {
+    let _g = exclusive();
+    let rt = rt();
+    rt.block_on(async {
+        // Warm up brood's lazy parts (the reaper thread and its epoll fd).
+        drop(Command::new("true").spawn().unwrap());
+        Command::new("true").status().await.unwrap();
+    });
+    poll_until("warm-up reaped", || children().is_empty());
+    let fds = brood::open_fd_count().unwrap();
+    rt.block_on(async {
+        bounded("1000 spawns", async {
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..1000 {
+                let permit = slots.clone().acquire_owned().await.unwrap();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let mut child = Command::new("/bin/true").spawn().unwrap();
+                    if i % 10 != 9 {
+                        assert!(child.wait().await.unwrap().success());
+                    } // else dropped running: reaped in the background
+                });
+            }
+            while let Some(t) = tasks.join_next().await {
+                t.unwrap();
+            }
+        })
+        .await;
+    });
+    poll_until("dropped children reaped", || children().is_empty());
+    assert_eq!(brood::open_fd_count().unwrap(), fds, "fds leaked");
+}
+
 // ---------------------------------------------------------------------------------------
 // The fallback without pidfds
 
