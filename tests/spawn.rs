@@ -37,7 +37,7 @@ async fn sh(script: &str, cmd: impl FnOnce(Command) -> Command) -> brood::Output
 
 #[tokio::test]
 async fn basic_exit_code() {
-    let _g = shared();
+    let _g = shared().await;
     for code in [0, 1, 42, 255] {
         let mut child = Command::new("sh")
             .args(["-c", &format!("exit {code}")])
@@ -54,7 +54,7 @@ async fn basic_exit_code() {
 
 #[tokio::test]
 async fn basic_killed_by_signal_reports_status_0_and_the_signal() {
-    let _g = shared();
+    let _g = shared().await;
     // Killed by us.
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     let _k = KillGuard(pid_of(&child));
@@ -83,7 +83,7 @@ async fn basic_killed_by_signal_reports_status_0_and_the_signal() {
 
 #[tokio::test]
 async fn basic_try_wait() {
-    let _g = shared();
+    let _g = shared().await;
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     let _k = KillGuard(pid_of(&child));
     assert_eq!(child.try_wait().unwrap(), None);
@@ -109,7 +109,7 @@ async fn basic_try_wait() {
 
 #[tokio::test]
 async fn basic_pidfd_follows_the_mode() {
-    let _g = shared();
+    let _g = shared().await;
     let fallback = std::env::var_os("BROOD_NO_PIDFD").is_some_and(|v| v == "1");
     let mut child = Command::new("true").spawn().unwrap();
     assert_eq!(
@@ -125,7 +125,7 @@ async fn basic_pidfd_follows_the_mode() {
 
 #[tokio::test]
 async fn basic_spawn_errors_name_the_path_and_leave_no_child() {
-    let _g = exclusive();
+    let _g = exclusive().await;
     let dir = TempDir::new("errors");
     let not_exec = dir.file("not-executable", b"#!/bin/sh\necho hi\n", 0o644);
     let garbage = dir.file("garbage", b"\x01\x02\x03 this is no program\n", 0o755);
@@ -190,7 +190,7 @@ async fn basic_spawn_errors_name_the_path_and_leave_no_child() {
 
 #[tokio::test]
 async fn basic_path_search_uses_the_childs_path() {
-    let _g = exclusive(); // writes an executable: no concurrent spawn may hold it open
+    let _g = exclusive().await; // writes an executable: no concurrent spawn may hold it open
     let dir = TempDir::new("path");
     dir.file("brood-path-probe", b"#!/bin/sh\necho probe-ran\n", 0o755);
     let mut skipped = dir.path().join("first");
@@ -241,7 +241,7 @@ async fn basic_path_search_uses_the_childs_path() {
 
 #[tokio::test]
 async fn basic_root_can_set_uid_and_gid_and_groups_are_dropped() {
-    let _g = shared();
+    let _g = shared().await;
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
         eprintln!("not root: the EPERM test covers this user");
@@ -272,7 +272,7 @@ async fn basic_root_can_set_uid_and_gid_and_groups_are_dropped() {
 
 #[tokio::test]
 async fn basic_setuid_setgid_fail_with_eperm_when_unprivileged() {
-    let _g = shared();
+    let _g = shared().await;
     // The helper drops to uid/gid 65534 itself first (we run as root), then spawns with
     // uid 0 and gid 0.
     run_helper("unprivileged", &[]).await;
@@ -291,7 +291,7 @@ fn env_set(bytes: &[u8]) -> BTreeSet<Vec<u8>> {
 
 #[tokio::test]
 async fn basic_env_cleared_gives_exactly_the_given_vars() {
-    let _g = shared();
+    let _g = shared().await;
     let out = bounded("env", Command::new("/usr/bin/env").env_clear().output())
         .await
         .unwrap();
@@ -322,7 +322,7 @@ async fn basic_env_cleared_gives_exactly_the_given_vars() {
 #[tokio::test]
 async fn basic_env_is_preserved_by_default() {
     use std::os::unix::ffi::OsStrExt;
-    let _g = shared();
+    let _g = shared().await;
     let ours: BTreeSet<Vec<u8>> = std::env::vars_os()
         .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
         .collect();
@@ -344,7 +344,7 @@ async fn basic_env_is_preserved_by_default() {
     .await
     .unwrap();
     let got = env_set(&out.stdout);
-    assert!(got.contains(&b"BROOD_ADDED=yes"[..].to_vec()));
+    assert!(got.contains(&b"BROOD_ADDED=yes"[..]));
     assert!(
         !got.iter()
             .any(|e| e.starts_with(&[k.as_bytes(), b"="].concat()))
@@ -354,7 +354,7 @@ async fn basic_env_is_preserved_by_default() {
 
 #[tokio::test]
 async fn basic_env_pid_is_the_childs_own_pid() {
-    let _g = shared();
+    let _g = shared().await;
     let child = Command::new("sh")
         .args(["-c", "echo \"$LISTEN_PID $$\""])
         .env("LISTEN_PID", "overwritten")
@@ -372,7 +372,7 @@ async fn basic_env_pid_is_the_childs_own_pid() {
 
 #[tokio::test]
 async fn basic_arg0() {
-    let _g = shared();
+    let _g = shared().await;
     let mut child = Command::new("sleep")
         .arg0("brood-custom-argv0")
         .arg("30")
@@ -400,7 +400,7 @@ async fn basic_arg0() {
 
 #[tokio::test]
 async fn basic_cwd() {
-    let _g = shared();
+    let _g = shared().await;
     let dir = TempDir::new("cwd");
     let out = bounded(
         "readlink",
@@ -430,7 +430,7 @@ async fn basic_cwd() {
 
 #[tokio::test]
 async fn basic_stdout_and_stderr_to_pipes_and_stdin_from_one() {
-    let _g = shared();
+    let _g = shared().await;
     let out = sh("echo out; echo err >&2; exit 3", |c| c).await;
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
@@ -459,7 +459,7 @@ async fn basic_stdout_and_stderr_to_pipes_and_stdin_from_one() {
 
 #[tokio::test]
 async fn basic_stdout_and_stderr_to_one_file() {
-    let _g = shared();
+    let _g = shared().await;
     let dir = TempDir::new("file");
     let path = dir.path().join("out.txt");
     let file = std::fs::File::create(&path).unwrap();
@@ -483,7 +483,7 @@ async fn basic_stdout_and_stderr_to_one_file() {
 
 #[tokio::test]
 async fn basic_slots_that_name_each_other_are_swapped() {
-    let _g = shared();
+    let _g = shared().await;
     let dir = TempDir::new("swap");
     let a = std::fs::File::create(dir.path().join("a")).unwrap();
     let b = std::fs::File::create(dir.path().join("b")).unwrap();
@@ -509,7 +509,7 @@ async fn basic_slots_that_name_each_other_are_swapped() {
 
 #[tokio::test]
 async fn basic_stdout_and_stderr_swapped() {
-    let _g = shared();
+    let _g = shared().await;
     // The helper's own stdout and stderr are our pipes; it spawns with 1→its 2, 2→its 1.
     let out = run_helper("swap", &[]).await;
     // (The test harness of the helper writes to its stdout too: look for the words.)
@@ -523,7 +523,7 @@ async fn basic_stdout_and_stderr_swapped() {
 
 #[tokio::test]
 async fn basic_slots_at_fd_3_and_fd_9() {
-    let _g = shared();
+    let _g = shared().await;
     let mut child = Command::new("sh")
         .args([
             "-c",
@@ -552,7 +552,7 @@ async fn basic_slots_at_fd_3_and_fd_9() {
 
 #[tokio::test]
 async fn basic_inherit_stream_gives_the_socket() {
-    let _g = shared();
+    let _g = shared().await;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let exit = bounded(
         "wait",
@@ -573,7 +573,7 @@ async fn basic_inherit_stream_gives_the_socket() {
 
 #[tokio::test]
 async fn basic_ignored_stdio_is_dev_null_below_3_and_closed_above() {
-    let _g = shared();
+    let _g = shared().await;
     let mut child = Command::new("sh")
         .args([
             "-c",
@@ -615,7 +615,7 @@ async fn basic_ignored_stdio_is_dev_null_below_3_and_closed_above() {
 
 #[tokio::test]
 async fn basic_child_has_exactly_the_fds_given() {
-    let _g = shared();
+    let _g = shared().await;
     // A non-close-on-exec fd in the parent must not leak into the child.
     let dir = TempDir::new("fds");
     let file = std::fs::File::create(dir.path().join("nine")).unwrap();
@@ -658,7 +658,7 @@ async fn basic_child_has_exactly_the_fds_given() {
 
 #[tokio::test]
 async fn basic_kill_after_exit_is_esrch() {
-    let _g = shared();
+    let _g = shared().await;
     let mut child = Command::new("true").spawn().unwrap();
     bounded("wait", child.wait()).await.unwrap();
     let err = child.kill(Signum::TERM).unwrap_err();
@@ -682,7 +682,7 @@ async fn basic_kill_after_exit_is_esrch() {
 /// reach that one. We force the reuse with `ns_last_pid` (root, our own pid namespace).
 #[tokio::test]
 async fn basic_kill_never_hits_a_process_that_reused_the_pid() {
-    let _g = exclusive(); // nobody else of ours may take the pid
+    let _g = exclusive().await; // nobody else of ours may take the pid
     let mut old = Command::new("true").spawn().unwrap();
     let old_pid = pid_of(&old);
     bounded("wait", old.wait()).await.unwrap();
@@ -718,7 +718,7 @@ async fn basic_kill_never_hits_a_process_that_reused_the_pid() {
 
 #[tokio::test]
 async fn basic_kill_on_drop_kills() {
-    let _g = shared();
+    let _g = shared().await;
     let child = Command::new("sleep")
         .arg("30")
         .kill_on_drop(true)
@@ -733,7 +733,7 @@ async fn basic_kill_on_drop_kills() {
 
 #[tokio::test]
 async fn basic_dropped_running_child_is_reaped_in_the_background() {
-    let _g = shared();
+    let _g = shared().await;
     // `cat` runs until its stdin closes; we drop the Child first, then close stdin.
     let mut child = Command::new("cat")
         .stdin(Stdio::piped())
@@ -755,7 +755,7 @@ async fn basic_dropped_running_child_is_reaped_in_the_background() {
 
 #[test]
 fn basic_dropped_child_after_the_runtime_is_gone_is_reaped() {
-    let _g = shared();
+    let _g = shared_blocking();
     let rt = rt();
     let (child, stdin) = rt.block_on(async {
         let mut child = Command::new("cat")
@@ -785,7 +785,7 @@ fn basic_dropped_child_after_the_runtime_is_gone_is_reaped() {
 
 #[test]
 fn basic_sixteen_threads_spawning_at_once() {
-    let _g = shared();
+    let _g = shared_blocking();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
     let threads: Vec<_> = (0..16)
         .map(|t| {
@@ -834,7 +834,7 @@ fn basic_sixteen_threads_spawning_at_once() {
 /// A smaller `spawn_stress`, here so that it runs in the fallback without pidfds too.
 #[test]
 fn basic_many_spawns_leave_fd_and_zombie_counts_unchanged() {
-    let _g = exclusive();
+    let _g = exclusive_blocking();
     let rt = rt();
     rt.block_on(async {
         // Warm up brood's lazy parts (the reaper thread and its epoll fd).
@@ -872,7 +872,7 @@ fn basic_many_spawns_leave_fd_and_zombie_counts_unchanged() {
 
 #[tokio::test]
 async fn no_pidfd_fallback_runs_basic_tests() {
-    let _g = shared();
+    let _g = shared().await;
     if std::env::var_os("BROOD_NO_PIDFD").is_some() {
         return; // already the re-executed copy
     }

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 /// How long any single await in a test may take before the test fails.
@@ -30,14 +29,25 @@ pub fn rt() -> tokio::runtime::Runtime {
 
 /// Tests that count the children or zombies of this process take the lock exclusively;
 /// every other test that spawns takes it shared, so the counts see no other test's child.
-static CHILDREN: RwLock<()> = RwLock::new(());
+/// (tokio's lock: async tests hold it across awaits.)
+static CHILDREN: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-pub fn shared() -> RwLockReadGuard<'static, ()> {
-    CHILDREN.read().unwrap_or_else(|p| p.into_inner())
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CHILDREN.read().await
 }
 
-pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    CHILDREN.write().unwrap_or_else(|p| p.into_inner())
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CHILDREN.write().await
+}
+
+/// For plain `#[test]`s (outside any runtime).
+pub fn shared_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CHILDREN.blocking_read()
+}
+
+/// For plain `#[test]`s (outside any runtime).
+pub fn exclusive_blocking() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CHILDREN.blocking_write()
 }
 
 /// The fields of `/proc/<pid>/stat` the tests look at.
