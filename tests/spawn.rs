@@ -780,6 +780,54 @@ fn basic_dropped_child_after_the_runtime_is_gone_is_reaped() {
     wait_reaped(pid);
 }
 
+#[test]
+fn basic_wait_moves_between_runtimes() {
+    let _g = shared_blocking();
+    let a = rt();
+    // Spawned and first waited for in runtime `a` (which registers the pidfd there)...
+    let (mut child, stdin) = a.block_on(async {
+        let mut child = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::ignore())
+            .spawn()
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), child.wait())
+                .await
+                .is_err()
+        );
+        let stdin = child.stdin.take().unwrap().into_std().unwrap();
+        (child, stdin)
+    });
+    let _k = KillGuard(pid_of(&child));
+    // ...then waited for in runtime `b`, while `a` lives on but nobody drives it.
+    let b = rt();
+    drop(stdin);
+    let exit = b.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("wait in a second runtime never saw the exit")
+            .unwrap()
+    });
+    assert!(exit.success());
+
+    // And once `a` is gone altogether.
+    let mut child = a.block_on(async {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), child.wait())
+                .await
+                .is_err()
+        );
+        child
+    });
+    let _k = KillGuard(pid_of(&child));
+    drop(a);
+    child.kill(Signum::TERM).unwrap();
+    let exit = b.block_on(async { bounded("wait after runtime a", child.wait()).await.unwrap() });
+    assert_eq!(exit.signal, libc::SIGTERM);
+}
+
 // ---------------------------------------------------------------------------------------
 // Concurrency
 
