@@ -653,6 +653,30 @@ async fn basic_child_has_exactly_the_fds_given() {
     drop(leaky);
 }
 
+#[tokio::test]
+async fn basic_closed_stdin_in_the_parent() {
+    let _g = shared().await;
+    // The helper closes its fd 0 first: new fds (pipes) then land at 0.
+    run_helper("closed-stdin", &[]).await;
+}
+
+#[tokio::test]
+async fn basic_disable_stdio_inheritance_marks_fds_cloexec() {
+    let _g = exclusive().await; // changes every fd of this process
+    // SAFETY: dup of fd 1, owned right away; fcntl reads its flags.
+    let fd = unsafe { OwnedFd::from_raw_fd(libc::dup(1)) };
+    let cloexec = || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC;
+    assert_eq!(cloexec(), 0);
+    brood::disable_stdio_inheritance();
+    assert_eq!(cloexec(), libc::FD_CLOEXEC);
+    // 0-2 are left alone.
+    // SAFETY: F_GETFD on fd 1.
+    assert_eq!(
+        unsafe { libc::fcntl(1, libc::F_GETFD) } & libc::FD_CLOEXEC,
+        0
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // kill, kill_on_drop, dropped children
 
@@ -1020,6 +1044,50 @@ fn helper() {
                 assert_eq!(id_g(Command::new("id")).await, "0 4242 4343");
                 assert_eq!(id_g(Command::new("id").gid(65533)).await, "65533");
                 assert_eq!(id_g(Command::new("id").uid(65534)).await, "0");
+            });
+        }
+        "closed-stdin" => {
+            // SAFETY: closes this helper's stdin, which nothing here uses.
+            assert_eq!(unsafe { libc::close(0) }, 0);
+            rt.block_on(async {
+                // Inherited as it is: closed.
+                let out = bounded(
+                    "closed 0",
+                    Command::new("sh")
+                        .args(["-c", "[ -e /proc/$$/fd/0 ] && echo open || echo closed"])
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                        .wait_with_output(), // (output() would make stdin /dev/null)
+                )
+                .await
+                .unwrap();
+                assert_eq!(out.stdout, b"closed\n");
+                // Asking for fd 0 is an error, even when a pipe made for another slot of the
+                // same spawn takes the number 0 meanwhile.
+                let err = Command::new("true")
+                    .stdout(Stdio::piped())
+                    .stdio(5, Stdio::inherit_fd(0))
+                    .spawn()
+                    .expect_err("fd 0 is closed");
+                assert_eq!(err.name(), "EBADF", "{err}");
+                let err = Command::new("true")
+                    .stdio(4, Stdio::piped())
+                    .stdin(Stdio::inherit())
+                    .spawn()
+                    .expect_err("fd 0 is closed");
+                assert_eq!(err.name(), "EBADF", "{err}");
+                // Pipes work though they land on 0 in this process.
+                let mut child = Command::new("cat")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdin = child.stdin.take().unwrap();
+                stdin.write_all(b"through\n").await.unwrap();
+                drop(stdin);
+                let out = bounded("cat", child.wait_with_output()).await.unwrap();
+                assert_eq!(out.stdout, b"through\n");
             });
         }
         other => panic!("unknown helper mode {other}"),
