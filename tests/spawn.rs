@@ -425,6 +425,67 @@ async fn basic_cwd() {
     assert!(out.exit.success(), "{}", out.exit);
 }
 
+#[tokio::test]
+async fn basic_process_group() {
+    let _g = shared().await;
+    // A group of its own (pgid 0 = its pid): the whole group can be signalled.
+    let mut leader = Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = pid_of(&leader);
+    let _k = KillGuard(pgid);
+    let mut member = Command::new("sleep")
+        .arg("30")
+        .process_group(pgid)
+        .spawn()
+        .unwrap();
+    let _k2 = KillGuard(pid_of(&member));
+    for pid in [pgid, pid_of(&member)] {
+        let s = stat(pid).unwrap();
+        assert_eq!(s.pgrp, pgid, "{s:?}");
+        assert_ne!(s.session, pid, "not a new session: {s:?}");
+    }
+    brood::kill(-pgid, Signum::TERM).unwrap();
+    for child in [&mut leader, &mut member] {
+        let exit = bounded("wait", child.wait()).await.unwrap();
+        assert_eq!(exit.signal, libc::SIGTERM);
+    }
+}
+
+#[test]
+fn basic_spawn_outside_a_runtime() {
+    let _g = shared_blocking();
+    // No runtime: spawning works (pipes excepted), try_wait works, wait says why not.
+    let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+    let err = Command::new("true")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_err();
+    assert_eq!(err.name(), "EINVAL", "{err}");
+    wait_zombie(pid_of(&child));
+    assert_eq!(child.try_wait().unwrap().unwrap().status, 3);
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let _k = KillGuard(pid_of(&child));
+    let err = futures_lite_block_on(child.wait()).unwrap_err();
+    assert_eq!(err.name(), "EINVAL", "{err}");
+    // ...and a runtime later finishes the job.
+    child.kill(Signum::KILL).unwrap();
+    let exit = rt().block_on(async { bounded("wait", child.wait()).await.unwrap() });
+    assert_eq!(exit.signal, libc::SIGKILL);
+}
+
+/// Polls a future to completion on this thread with no runtime (the first poll must finish).
+fn futures_lite_block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("pending without a runtime"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Stdio slots
 

@@ -355,8 +355,30 @@ async fn env_clear_env_cwd_arg0_uid_gid() {
     let out = run(&["--arg0", "brood-name", "--", "sh", "-c", "echo $0"]).await;
     assert_eq!(text(&out.stdout), "brood-name\n");
 
+    // A bad fd for a slot: brood's own error, naming the slot.
+    let out = run(&["--stdio", "3=fd:999", "--", "true"]).await;
+    assert_eq!(code(&out), 125);
+    let err = text(&out.stderr);
+    assert!(err.contains("EBADF") && err.contains("fd 999"), "{err}");
+
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } == 0 {
+        // Unprivileged (brood itself started as nobody), a uid or gid change is EPERM: 125.
+        for (flag, stage) in [("--uid", "setuid 0"), ("--gid", "setgid 0")] {
+            let out = bounded(
+                "unprivileged",
+                run_cmd(&[flag, "0", "--", "true"])
+                    .uid(65534)
+                    .gid(65534)
+                    .output(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(code(&out), 125, "{}", text(&out.stderr));
+            let err = text(&out.stderr);
+            assert!(err.contains("EPERM") && err.contains(stage), "{err}");
+        }
+
         let out = run(&["--uid", "65534", "--gid", "65533", "--", "id"]).await;
         assert_eq!(code(&out), 0, "{}", text(&out.stderr));
         let id = text(&out.stdout);
