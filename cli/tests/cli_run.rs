@@ -184,50 +184,63 @@ async fn detach_prints_the_pid_and_returns_while_the_child_lives_on() {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
         0
     );
-    let mut brood = run_cmd(&["--detach", "--", "sleep", "30"])
-        .stdin(Stdio::ignore())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let brood_pid = brood.id();
-    let mut stdout = brood.stdout.take().unwrap();
-    // brood exits at once, though the child runs on (and holds brood's stdout).
-    let exit = bounded("brood --detach", brood.wait()).await.unwrap();
-    assert!(exit.success(), "{exit}");
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while byte[0] != b'\n' {
-        bounded("pid line", stdout.read_exact(&mut byte))
-            .await
+    for json in [false, true] {
+        let flags: &[&str] = if json { &["--json"] } else { &[] };
+        let mut brood = run_cmd(&[flags, &["--detach", "--", "sleep", "30"]].concat())
+            .stdin(Stdio::ignore())
+            .stdout(Stdio::piped())
+            .spawn()
             .unwrap();
-        line.push(byte[0]);
-    }
-    let pid: i32 = text(&line).trim().parse().expect("a pid");
-    struct Reap(i32);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            // SAFETY: kill and waitpid on the orphan we adopted as subreaper.
-            unsafe {
-                libc::kill(self.0, libc::SIGKILL);
-                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        let brood_pid = brood.id();
+        let mut stdout = brood.stdout.take().unwrap();
+        // brood exits at once, though the child runs on (and holds brood's stdout).
+        let exit = bounded("brood --detach", brood.wait()).await.unwrap();
+        assert!(exit.success(), "{exit}");
+        let mut line = Vec::new();
+        let mut byte = [0u8];
+        while byte[0] != b'\n' {
+            bounded("pid line", stdout.read_exact(&mut byte))
+                .await
+                .unwrap();
+            line.push(byte[0]);
+        }
+        let line = text(&line);
+        let pid: i32 = match json {
+            false => line.trim().parse().expect("a pid"),
+            true => line
+                .trim()
+                .strip_prefix("{\"pid\":")
+                .and_then(|l| l.strip_suffix('}'))
+                .expect("{\"pid\":N}")
+                .parse()
+                .expect("a pid"),
+        };
+        struct Reap(i32);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                // SAFETY: kill and waitpid on the orphan we adopted as subreaper.
+                unsafe {
+                    libc::kill(self.0, libc::SIGKILL);
+                    libc::waitpid(self.0, std::ptr::null_mut(), 0);
+                }
             }
         }
-    }
-    let reap = Reap(pid);
+        let reap = Reap(pid);
 
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    // state, ppid, pgrp, session
-    assert_ne!(fields[0], "Z", "{stat}");
-    assert_eq!(
-        fields[1],
-        std::process::id().to_string(),
-        "outlived brood {brood_pid}"
-    );
-    assert_eq!(fields[3], pid.to_string(), "its own session");
-    drop(reap);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        // state, ppid, pgrp, session
+        assert_ne!(fields[0], "Z", "{stat}");
+        assert_eq!(
+            fields[1],
+            std::process::id().to_string(),
+            "outlived brood {brood_pid}"
+        );
+        assert_eq!(fields[3], pid.to_string(), "its own session");
+        drop(reap);
+    }
 }
 
 #[tokio::test]
