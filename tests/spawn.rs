@@ -971,11 +971,11 @@ fn basic_many_spawns_leave_fd_and_zombie_counts_unchanged() {
     let rt = rt();
     rt.block_on(async {
         // Warm up brood's lazy parts (the reaper thread and its epoll fd).
-        drop(Command::new("true").spawn().unwrap());
         Command::new("true").status().await.unwrap();
+        warm_up_reaper();
     });
-    poll_until("warm-up reaped", || children().is_empty());
     let fds = brood::open_fd_count().unwrap();
+    let fd_list = own_fds();
     rt.block_on(async {
         bounded("1000 spawns", async {
             let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
@@ -997,7 +997,12 @@ fn basic_many_spawns_leave_fd_and_zombie_counts_unchanged() {
         .await;
     });
     poll_until("dropped children reaped", || children().is_empty());
-    assert_eq!(brood::open_fd_count().unwrap(), fds, "fds leaked");
+    assert_eq!(
+        brood::open_fd_count().unwrap(),
+        fds,
+        "fds leaked: before {fd_list:?}, after {:?}",
+        own_fds()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ fn twenty_thousand_spawns_leave_fd_and_zombie_counts_unchanged() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // Warm up: the reaper thread, the runtime's fds, brood's lazy statics.
+        // Warm up: the runtime's fds, brood's lazy statics, the reaper.
         Command::new("/bin/true").status().await.unwrap();
-        drop(Command::new("/bin/true").spawn().unwrap());
-        poll_until("warm-up child reaped", || children().is_empty());
+        warm_up_reaper();
     });
     let fds_before = brood::open_fd_count().unwrap();
+    let fd_list = own_fds();
     let zombies_before = zombies();
     assert!(zombies_before.is_empty(), "{zombies_before:?}");
 
@@ -83,5 +83,10 @@ fn twenty_thousand_spawns_leave_fd_and_zombie_counts_unchanged() {
         &left[..left.len().min(5)]
     );
     assert_eq!(zombies(), Vec::<i32>::new());
-    assert_eq!(brood::open_fd_count().unwrap(), fds_before, "fds leaked");
+    assert_eq!(
+        brood::open_fd_count().unwrap(),
+        fds_before,
+        "fds leaked: before {fd_list:?}, after {:?}",
+        own_fds()
+    );
 }

@@ -148,6 +148,28 @@ pub fn fds_of(pid: i32) -> BTreeSet<i32> {
         .collect()
 }
 
+/// This process's open fds and what they point at (for messages when a count is off).
+pub fn own_fds() -> Vec<(i32, PathBuf)> {
+    let me = std::process::id() as i32;
+    fds_of(me)
+        .into_iter()
+        .filter_map(|fd| Some((fd, std::fs::read_link(format!("/proc/{me}/fd/{fd}")).ok()?)))
+        .collect()
+}
+
+/// Starts brood's lazy parts (the background reaper's thread and epoll fd) by dropping a
+/// running child, and waits until it is reaped, so fd counts taken after are stable.
+pub fn warm_up_reaper() {
+    let child = brood::Command::new("sleep")
+        .arg("30")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    drop(child);
+    wait_reaped(pid);
+}
+
 /// What fd `fd` of process `pid` points at.
 pub fn fd_target(pid: i32, fd: i32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap()
