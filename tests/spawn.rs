@@ -82,6 +82,43 @@ async fn basic_killed_by_signal_reports_status_0_and_the_signal() {
 }
 
 #[tokio::test]
+async fn basic_child_starts_with_default_signal_state() {
+    let _g = shared().await;
+    // Handlers in the parent (tokio's, for SIGUSR1 and SIGCHLD) are not the child's: there
+    // SIGUSR1 kills, as by default, and the parent's handlers keep working after the spawn.
+    let mut usr1 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).unwrap();
+    let mut chld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "kill -USR1 $$"])
+        .spawn()
+        .unwrap();
+    let exit = bounded("wait", child.wait()).await.unwrap();
+    assert_eq!((exit.status, exit.signal), (0, libc::SIGUSR1));
+    // The parent's own handler still works, and its SIGCHLD watcher saw the child go.
+    bounded("SIGCHLD", chld.recv()).await;
+    // SAFETY: raise sends SIGUSR1 to this thread, which tokio's handler catches.
+    unsafe { libc::raise(libc::SIGUSR1) };
+    bounded("SIGUSR1", usr1.recv()).await;
+
+    // A signal blocked in the spawning thread is not blocked in the child.
+    // SAFETY: plain sigset calls on locals; the mask is restored below.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    };
+    let spawned = Command::new("sh").args(["-c", "kill -USR2 $$"]).spawn();
+    // SAFETY: restores this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    let exit = bounded("wait", spawned.unwrap().wait()).await.unwrap();
+    assert_eq!((exit.status, exit.signal), (0, libc::SIGUSR2));
+}
+
+#[tokio::test]
 async fn basic_try_wait() {
     let _g = shared().await;
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
