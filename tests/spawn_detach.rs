@@ -1,4 +1,5 @@
-//! A detached child (`UV_PROCESS_DETACHED`) has its own session and outlives its parent.
+//! A detached child (`UV_PROCESS_DETACHED`) has its own session and outlives its parent;
+//! a child with a parent-death signal does not.
 //!
 //! The parent that must die is a re-executed copy of this binary (helper mode `detach`): it
 //! spawns `sleep` detached and exits at once without waiting. This test process makes itself
@@ -48,6 +49,32 @@ async fn detached_child_has_its_own_session_and_outlives_its_parent() {
     assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
 }
 
+#[tokio::test]
+async fn parent_death_signal_kills_the_child_when_its_parent_dies() {
+    // SAFETY: prctl with integer arguments; marks this process a child subreaper.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let out = run_helper("pdeathsig", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid: i32 = stdout
+        .lines()
+        .find_map(|l| Some(&l[l.find("pdeathsig-pid=")? + "pdeathsig-pid=".len()..]))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the helper prints the pid");
+    let _k = KillGuard(pid);
+    // Adopted by us when the helper died, and killed by the signal it asked for.
+    wait_zombie(pid);
+    let mut status = 0;
+    // SAFETY: reaps our (adopted) child, which has exited.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "status {status:#x}"
+    );
+}
+
 /// Not a test: the entry point of the helper process (see `common::run_helper`).
 #[test]
 #[ignore = "entry point of helper processes, run by other tests"]
@@ -55,6 +82,20 @@ fn helper() {
     let Some(mode) = std::env::var_os(HELPER_ENV) else {
         return;
     };
+    if mode == "pdeathsig" {
+        let child = Command::new("sleep")
+            .arg("30")
+            .parent_death_signal(brood::Signum::KILL)
+            .stdin(Stdio::ignore())
+            .stdout(Stdio::ignore())
+            .stderr(Stdio::ignore())
+            .spawn()
+            .unwrap();
+        println!("pdeathsig-pid={}", child.id());
+        drop(child);
+        println!("{HELPER_DONE}");
+        return;
+    }
     assert_eq!(mode, "detach");
     rt().block_on(async {
         let child = Command::new("sleep")
