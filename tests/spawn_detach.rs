@@ -92,7 +92,10 @@ fn helper() {
             .spawn()
             .unwrap();
         println!("pdeathsig-pid={}", child.id());
-        drop(child);
+        // Forgotten, not dropped: brood's reaper in this process would otherwise reap the
+        // child if it died before this process is gone, and the test could not see how it
+        // died. Unreaped, it goes to the test process (a subreaper) with its exit status.
+        std::mem::forget(child);
         println!("{HELPER_DONE}");
         return;
     }
