@@ -670,6 +670,35 @@ async fn basic_inherit_stream_gives_the_socket() {
 }
 
 #[tokio::test]
+async fn basic_inherit_stream_tcp_connection_as_stdin_and_stdout() {
+    let _g = shared().await;
+    // The CGI case: an accepted TCP connection is the child's stdin and stdout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = bounded("connect", async {
+        tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept())
+    })
+    .await;
+    let (mut client, (conn, _)) = (client.unwrap(), accepted.unwrap());
+    let mut child = Command::new("sh")
+        .args(["-c", "read line; echo \"got $line\""])
+        .stdin(Stdio::inherit_stream(&conn))
+        .stdout(Stdio::inherit_stream(&conn))
+        .spawn()
+        .unwrap();
+    drop(conn); // the child has its own copies; ours may go at once
+    bounded("write", client.write_all(b"hello\n"))
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    bounded("read", client.read_to_string(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, "got hello\n");
+    assert!(bounded("wait", child.wait()).await.unwrap().success());
+}
+
+#[tokio::test]
 async fn basic_ignored_stdio_is_dev_null_below_3_and_closed_above() {
     let _g = shared().await;
     let mut child = Command::new("sh")
