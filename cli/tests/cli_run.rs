@@ -58,7 +58,9 @@ async fn exit_codes_follow_the_shell() {
 
 #[tokio::test]
 async fn spawn_errors_give_127_126_125_with_the_error_on_stderr() {
-    let out = run(&["--", "brood-no-such-program"]).await;
+    // (A PATH of our own: an entry we may not search would make it EACCES, as execvp.)
+    let path = "PATH=/usr/bin:/bin";
+    let out = run(&["--env", path, "--", "brood-no-such-program"]).await;
     assert_eq!(code(&out), 127);
     let err = text(&out.stderr);
     assert!(
@@ -119,7 +121,8 @@ async fn json_reports_pid_status_and_signal() {
     );
 
     // A spawn error is one JSON line too, with the libuv error name.
-    let out = run(&["--json", "--", "brood-no-such-program"]).await;
+    let path = "PATH=/usr/bin:/bin";
+    let out = run(&["--json", "--env", path, "--", "brood-no-such-program"]).await;
     assert_eq!(code(&out), 127);
     let stdout = text(&out.stdout);
     assert!(
