@@ -214,3 +214,19 @@ fn futures_lite_block_on<F: std::future::Future>(fut: F) -> F::Output {
         std::task::Poll::Pending => panic!("pending without a runtime"),
     }
 }
+
+#[tokio::test]
+async fn basic_windows_flags_are_accepted_and_ignored() {
+    let _g = shared().await;
+    let out = sh("echo \"$0 $1\"", |c| {
+        c.arg("a b")
+            .windows_verbatim_arguments(true)
+            .windows_hide(true)
+            .windows_hide_console(true)
+            .windows_hide_gui(true)
+            .windows_file_path_exact_name(true)
+    })
+    .await;
+    assert!(out.exit.success());
+    assert_eq!(out.stdout, b"a b \n");
+}
