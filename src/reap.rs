@@ -20,7 +20,8 @@ enum Watch {
     #[default]
     Pid,
     Fd(OwnedFd),
-    Async(AsyncFd<OwnedFd>),
+    /// Registered with the reactor of the runtime with this id.
+    Async(AsyncFd<OwnedFd>, tokio::runtime::Id),
 }
 
 /// Without pidfds: a thread that waits (without reaping, `WNOWAIT`) and then wakes `wait`.
@@ -50,7 +51,7 @@ impl PidFd {
         match &self.watch {
             Watch::Pid => None,
             Watch::Fd(fd) => Some(fd.as_fd()),
-            Watch::Async(a) => Some(a.get_ref().as_fd()),
+            Watch::Async(a, _) => Some(a.get_ref().as_fd()),
         }
     }
 
@@ -77,8 +78,16 @@ impl PidFd {
         if let Some(exit) = self.try_wait()? {
             return Ok(exit);
         }
-        if tokio::runtime::Handle::try_current().is_err() {
+        let Ok(here) = tokio::runtime::Handle::try_current().map(|h| h.id()) else {
             return Err(Error::invalid("wait", "needs a tokio runtime"));
+        };
+        if matches!(self.watch, Watch::Async(_, id) if id != here) {
+            // Registered by a wait in another runtime, whose reactor may be gone or not
+            // running (then its readiness would never reach us): move it to this one.
+            let Watch::Async(a, _) = std::mem::take(&mut self.watch) else {
+                unreachable!()
+            };
+            self.watch = Watch::Fd(a.into_inner());
         }
         if let Watch::Fd(_) = self.watch {
             let Watch::Fd(fd) = std::mem::take(&mut self.watch) else {
@@ -86,7 +95,7 @@ impl PidFd {
             };
             // SAFETY: an OwnedFd stays open and the same for the AsyncFd's whole life.
             match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-                Ok(a) => self.watch = Watch::Async(a),
+                Ok(a) => self.watch = Watch::Async(a, here),
                 Err(e) => {
                     let (fd, e) = e.into_parts();
                     self.watch = Watch::Fd(fd);
@@ -94,7 +103,7 @@ impl PidFd {
                 }
             }
         }
-        if let Watch::Async(a) = &self.watch {
+        if let Watch::Async(a, _) = &self.watch {
             loop {
                 let mut ready = a.readable().await.map_err(|e| from_io(e, "poll pidfd"))?;
                 if let Some(exit) = self.try_wait()? {
@@ -160,7 +169,7 @@ impl PidFd {
         match self.watch {
             Watch::Pid => None,
             Watch::Fd(fd) => Some(fd),
-            Watch::Async(a) => Some(a.into_inner()),
+            Watch::Async(a, _) => Some(a.into_inner()),
         }
     }
 }
@@ -276,11 +285,30 @@ fn reaper_loop() {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&fd);
-            if let Some(owned) = owned {
-                let _ = waitid_pidfd(owned.as_fd());
-                // Closing the fd removes it from the epoll set.
-                drop(owned);
+            let Some(owned) = owned else { continue };
+            if let Ok(None) = waitid_pidfd(owned.as_fd()) {
+                // Not exited yet (a spurious event): keep it; it is still in the set.
+                r.orphans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fd, owned);
+                continue;
             }
+            // Remove it from the set explicitly before closing: a child being spawned on
+            // another thread holds a copy of every fd until its exec, and while any copy
+            // lives, closing ours would leave the registration behind, firing (it is
+            // level-triggered and the pidfd stays readable) under a number the next orphan's
+            // pidfd may get; its event would then make us give up on that next one.
+            // SAFETY: removes our own fd from our epoll set; the event argument is unused.
+            unsafe {
+                libc::epoll_ctl(
+                    r.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                );
+            }
+            drop(owned);
         }
     }
 }

@@ -75,6 +75,11 @@ impl Stdio {
     /// `UV_INHERIT_STREAM`: a socket, pipe or file the program holds, such as an accepted
     /// `tokio::net::TcpStream` (the CGI case). brood keeps a duplicate until the spawn, so the
     /// caller keeps its own handle and may close it at any time.
+    ///
+    /// At slots 0-2 the child gets it in blocking mode, as libuv does (programs do not expect
+    /// `EAGAIN` on stdin or stdout). That mode belongs to the open file description, which
+    /// the caller's handle shares: hand the stream over (drop yours), rather than keep
+    /// using it from tokio while the child runs.
     pub fn inherit_stream(stream: &impl AsFd) -> Stdio {
         match fd::dup_cloexec(stream.as_fd()) {
             Ok(owned) => Stdio(Kind::Owned(owned)),

@@ -171,11 +171,23 @@ fn build(args: &RunArgs) -> Command {
 }
 
 async fn run(args: RunArgs) -> i32 {
-    let seconds = |v: f64| v.is_finite() && v >= 0.0;
-    if args.timeout.is_some_and(|t| !seconds(t)) || !seconds(args.kill_after) {
-        eprintln!("brood run: --timeout and --kill-after take seconds, 0 or more");
-        return EXIT_BROOD;
-    }
+    // Checked before the spawn; try_from_secs_f64 refuses negative, NaN and values too big
+    // for a Duration (from_secs_f64 would panic on them).
+    let limits = match args.timeout {
+        None => None,
+        Some(t) => match (
+            Duration::try_from_secs_f64(t),
+            Duration::try_from_secs_f64(args.kill_after),
+        ) {
+            (Ok(t), Ok(grace)) => Some((t, grace)),
+            _ => {
+                eprintln!(
+                    "brood run: --timeout and --kill-after take seconds, 0 or more (and not absurdly many)"
+                );
+                return EXIT_BROOD;
+            }
+        },
+    };
     let mut child = match build(&args).spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -210,25 +222,22 @@ async fn run(args: RunArgs) -> i32 {
     }
 
     let mut timed_out = false;
-    let exit = match args.timeout {
+    let exit = match limits {
         None => child.wait().await,
-        Some(secs) => {
-            match tokio::time::timeout(Duration::from_secs_f64(secs), child.wait()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    timed_out = true;
-                    let _ = child.kill(Signum::TERM);
-                    let grace = Duration::from_secs_f64(args.kill_after);
-                    match tokio::time::timeout(grace, child.wait()).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            let _ = child.kill(Signum::KILL);
-                            child.wait().await
-                        }
+        Some((limit, grace)) => match tokio::time::timeout(limit, child.wait()).await {
+            Ok(r) => r,
+            Err(_) => {
+                timed_out = true;
+                let _ = child.kill(Signum::TERM);
+                match tokio::time::timeout(grace, child.wait()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let _ = child.kill(Signum::KILL);
+                        child.wait().await
                     }
                 }
             }
-        }
+        },
     };
     let exit = match exit {
         Ok(exit) => exit,

@@ -177,6 +177,16 @@ unsafe fn setup_fds(args: &ChildArgs, actions: &mut [FdAction]) {
                     libc::close(t);
                 }
             }
+            // stdin, stdout and stderr given from an fd of the parent are made blocking, as
+            // libuv does: programs do not expect EAGAIN there, and a stream the parent
+            // holds for tokio (an accepted TCP connection: the CGI case) is non-blocking.
+            // The flag is the open file description's, so the parent's copy changes too.
+            if t <= 2 && matches!(a.source, Source::Fd(_)) {
+                let fl = libc::fcntl(t, libc::F_GETFL);
+                if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+                    libc::fcntl(t, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+                }
+            }
         }
         // Every other fd is closed at exec: the child gets exactly its slots.
         let mut from = 0;

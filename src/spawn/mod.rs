@@ -317,6 +317,20 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
             "pipes to a child need a tokio runtime: spawn inside one",
         ));
     }
+    // Inherited fds are checked before any pipe is made: a pipe made for one slot could
+    // take the number of a closed fd that another slot inherits, and go to the child in
+    // its place.
+    for (&slot, s) in &stdio {
+        let from = match s.0 {
+            Kind::Inherit => slot,
+            Kind::InheritFd(n) => n,
+            _ => continue,
+        };
+        if !fd::is_open(from) {
+            return Err(Error::new(libc::EBADF, op)
+                .with_detail(format!("stdio slot {slot}: fd {from} is not open")));
+        }
+    }
     for (slot, s) in std::mem::take(&mut stdio) {
         fd::check_slot(slot).map_err(|e| e.context(&op))?;
         let source = match s.0 {
@@ -327,10 +341,6 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
                     Kind::InheritFd(n) => n,
                     _ => slot,
                 };
-                if !fd::is_open(from) {
-                    return Err(Error::new(libc::EBADF, op)
-                        .with_detail(format!("stdio slot {slot}: fd {from} is not open")));
-                }
                 Source::Fd(from)
             }
             Kind::Owned(owned) => {
