@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use brood::signal::Signal;
 use brood::{Command, Signum, Stdio};
 use clap::Args;
 
@@ -19,7 +20,9 @@ const EXIT_TIMEOUT: i32 = 124;
 ///
 /// The exit code is the program's own status, or 128+N when signal N killed it; 127 when
 /// the program is not found, 126 when it cannot be executed, 124 when --timeout ended it,
-/// 125 for brood's own errors (bad option, bad --cwd, no permission for --uid).
+/// 125 when brood itself fails (a bad --cwd, no permission for --uid, a bad value), and 2
+/// for a usage error. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to brood are
+/// passed on to the child.
 ///
 /// Examples:
 ///   brood run -- ls -l
@@ -125,6 +128,40 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// Signals passed on to the child while brood waits for it.
+const FORWARDED: [Signum; 6] = [
+    Signum::TERM,
+    Signum::INT,
+    Signum::HUP,
+    Signum::QUIT,
+    Signum::USR1,
+    Signum::USR2,
+];
+
+/// Waits for the child (at most `limit`), passing forwarded signals on; `None` on timeout.
+async fn wait_for(
+    child: &mut brood::Child,
+    fwd: &mut tokio::sync::mpsc::UnboundedReceiver<Signum>,
+    limit: Option<Duration>,
+) -> Option<brood::Result<brood::Exit>> {
+    let deadline = async {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = child.wait() => return Some(r),
+            Some(sig) = fwd.recv() => {
+                let _ = child.kill(sig);
+            }
+            _ = &mut deadline => return None,
+        }
+    }
+}
+
 pub fn main(args: RunArgs) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -188,6 +225,23 @@ async fn run(args: RunArgs) -> i32 {
             }
         },
     };
+    // Signals sent to brood (by a supervisor, or kill) go on to the child, as timeout(1)
+    // and init shims do; the watchers end with the wait, putting the defaults back. They are
+    // set up before the spawn, so a signal that comes right after it is not lost.
+    let (fwd_tx, mut fwd) = tokio::sync::mpsc::unbounded_channel();
+    let mut forwarders = tokio::task::JoinSet::new();
+    for sig in FORWARDED {
+        if let Ok(mut watcher) = Signal::new(sig) {
+            let tx = fwd_tx.clone();
+            forwarders.spawn(async move {
+                while let Some(s) = watcher.recv().await {
+                    if tx.send(s).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
     let mut child = match build(&args).spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -222,23 +276,22 @@ async fn run(args: RunArgs) -> i32 {
     }
 
     let mut timed_out = false;
-    let exit = match limits {
-        None => child.wait().await,
-        Some((limit, grace)) => match tokio::time::timeout(limit, child.wait()).await {
-            Ok(r) => r,
-            Err(_) => {
-                timed_out = true;
-                let _ = child.kill(Signum::TERM);
-                match tokio::time::timeout(grace, child.wait()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let _ = child.kill(Signum::KILL);
-                        child.wait().await
-                    }
+    let exit = match wait_for(&mut child, &mut fwd, limits.map(|(t, _)| t)).await {
+        Some(r) => r,
+        None => {
+            timed_out = true;
+            let _ = child.kill(Signum::TERM);
+            let grace = limits.map(|(_, g)| g);
+            match wait_for(&mut child, &mut fwd, grace).await {
+                Some(r) => r,
+                None => {
+                    let _ = child.kill(Signum::KILL);
+                    child.wait().await
                 }
             }
-        },
+        }
     };
+    forwarders.abort_all();
     let exit = match exit {
         Ok(exit) => exit,
         Err(e) => {

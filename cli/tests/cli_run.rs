@@ -405,3 +405,41 @@ async fn env_clear_env_cwd_arg0_uid_gid() {
         assert!(!id.contains("groups=0"), "{id}");
     }
 }
+
+#[tokio::test]
+async fn signals_to_brood_are_passed_on_to_the_child() {
+    // The child announces it runs (so brood's watchers are set up), then waits; USR1 and
+    // TERM sent to brood must reach it.
+    let mut brood = run_cmd(&[
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-usr1' USR1; echo started; while :; do sleep 0.05; done",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = brood.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("started") {
+        let n = bounded("started", out.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "brood ended early: {seen}");
+        seen.push_str(&text(&buf[..n]));
+    }
+    brood.kill(brood::Signum::USR1).unwrap();
+    while !seen.contains("got-usr1") {
+        let n = bounded("got-usr1", out.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "brood ended early: {seen}");
+        seen.push_str(&text(&buf[..n]));
+    }
+    brood.kill(brood::Signum::TERM).unwrap();
+    let exit = bounded("brood exit", brood.wait()).await.unwrap();
+    let mut rest = String::new();
+    bounded("rest", out.read_to_string(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(exit.status, 128 + 15, "{exit}: {seen}{rest}");
+    assert!(rest.contains("\"term_signal\":15"), "{rest}");
+}
