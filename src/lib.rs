@@ -14,6 +14,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The parts, each a module a libuv or Node user will recognise:
+//!
+//! - spawning: [`Command`], [`Stdio`], [`Child`], [`Exit`], [`kill`] (`uv_spawn`,
+//!   `uv_process_t`, `uv_kill`);
+//! - [`signal`]: signal watchers (`uv_signal_t`), many per signal, on any runtime;
+//! - [`pipe`]: Unix domain socket servers and clients (`uv_pipe_t`);
+//! - [`ipc`]: channels that carry bytes and open handles (`ipc` pipes, `uv_write2`);
+//! - [`cluster`]: a master that hands connections to worker processes (Node's `cluster`).
+//!
 //! Linux is the tested platform; see README.md for what is Linux-only.
 
 #![warn(missing_docs)]
