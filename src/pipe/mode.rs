@@ -2,7 +2,7 @@
 
 use std::ops::BitOr;
 
-/// Permissions for [`Listener::chmod`], as `UV_READABLE` and `UV_WRITABLE`; combine with `|`.
+/// Permissions for [`Listener::chmod`](super::Listener::chmod), as `UV_READABLE` and `UV_WRITABLE`; combine with `|`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Mode(u32);
 

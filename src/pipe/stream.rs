@@ -53,7 +53,7 @@ pub async fn connect(name: impl AsRef<OsStr>) -> Result<UnixStream> {
 /// such as an inherited fd 3 or one half of a `socketpair`. The fd is made non-blocking.
 /// `ENOTSOCK` for an fd that is not a socket (a `pipe(2)` or FIFO: use
 /// `tokio::net::unix::pipe` for those), `EINVAL` for another kind of socket or a listening
-/// one (see [`Listener::open`]). Needs a tokio runtime.
+/// one (see [`Listener::open`](super::Listener::open)). Needs a tokio runtime.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
