@@ -53,12 +53,16 @@ fn child_side() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let mut ch = Channel::from_env().unwrap();
+        let mut ch = match std::env::var("BROOD_IPC_TEST_PATH") {
+            // An unrelated process: it finds the server by name.
+            Ok(path) => Channel::connect(path).await.unwrap(),
+            Err(_) => Channel::from_env().unwrap(),
+        };
         // Every mode gets one message with its handles and acts on them.
         let (msg, mut handles): (Msg, _) = ch.recv_msg().await.unwrap().unwrap();
         assert_eq!(msg.what, mode);
         match mode.as_str() {
-            "tcp" => {
+            "tcp" | "named" => {
                 let mut s: TcpStream = handles.remove(0).accept().unwrap();
                 s.write_all(b"hello over tcp").await.unwrap();
             }
@@ -444,4 +448,95 @@ async fn multi_echo_server_serves_50_clients_from_2_workers() {
         let alive = std::path::Path::new(&format!("/proc/{w}")).exists();
         assert!(!alive, "worker {w} still running after the master stopped");
     }
+}
+
+#[tokio::test]
+async fn a_channel_over_a_named_socket_between_unrelated_processes() {
+    let dir = std::env::temp_dir().join(format!("brood-ipc-named-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ipc.sock");
+    let server = tokio::net::UnixListener::bind(&path).unwrap();
+    // The child gets no channel from us: only the socket's name.
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_side", "--nocapture", "--test-threads=1"])
+        .env(MODE, "named")
+        .env("BROOD_IPC_TEST_PATH", &path)
+        .stdio(1, Stdio::ignore())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (conn, _) = timeout(LIMIT, server.accept()).await.unwrap().unwrap();
+    let ch = Channel::new(conn);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server_side, _) = listener.accept().await.unwrap();
+    ch.send_msg(
+        &Msg {
+            what: "named".into(),
+            to: String::new(),
+        },
+        &[server_side.as_fd()],
+    )
+    .await
+    .unwrap();
+    drop(server_side);
+    let mut got = Vec::new();
+    timeout(LIMIT, client.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"hello over tcp");
+    assert!(
+        timeout(LIMIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_reader_makes_the_sender_wait() {
+    let (a, mut b) = Channel::pair().unwrap();
+    let data = vec![7u8; 8 << 20];
+    // Nobody reads: the send cannot finish, and nothing is buffered beyond the kernel's
+    // socket buffer (the send waits instead).
+    let stalled = timeout(Duration::from_millis(300), a.send(&data)).await;
+    assert!(
+        stalled.is_err(),
+        "8 MiB went into a peer that reads nothing"
+    );
+    // Once the reader reads, a fresh send of everything completes.
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        loop {
+            let n = b.recv(&mut buf).await.unwrap();
+            if n == 0 {
+                return total;
+            }
+            total += n;
+        }
+    });
+    let (a2, mut b2) = Channel::pair().unwrap();
+    drop(a);
+    let reader2 = tokio::spawn(async move {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        loop {
+            let n = b2.recv(&mut buf).await.unwrap();
+            if n == 0 {
+                return total;
+            }
+            total += n;
+        }
+    });
+    timeout(LIMIT, a2.send(&data)).await.unwrap().unwrap();
+    drop(a2);
+    assert_eq!(timeout(LIMIT, reader2).await.unwrap().unwrap(), data.len());
+    // The first reader saw whatever part of the stalled send reached the socket.
+    assert!(timeout(LIMIT, reader).await.unwrap().unwrap() < data.len());
 }
