@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cgi;
 mod command;
 mod error;
 mod fd;
