@@ -91,7 +91,9 @@ impl Body for ScriptBody {
         };
         if !this.first.is_empty() {
             let data = std::mem::take(&mut this.first);
-            run.shared.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            run.shared
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if this.buf.len() < CHUNK {

@@ -130,10 +130,16 @@ fn resolve_under(root: &Path, prefix: &str, path: &str) -> Result<Target, Refusa
         let meta = match std::fs::metadata(&file) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                return Err(refuse(StatusCode::FORBIDDEN, format!("{}: {e}", file.display())));
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    format!("{}: {e}", file.display()),
+                ));
             }
             Err(e) => {
-                return Err(refuse(StatusCode::NOT_FOUND, format!("{}: {e}", file.display())));
+                return Err(refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("{}: {e}", file.display()),
+                ));
             }
         };
         if meta.is_dir() {
@@ -167,7 +173,10 @@ fn resolve_under(root: &Path, prefix: &str, path: &str) -> Result<Target, Refusa
             document_root: root.to_path_buf(),
         });
     }
-    Err(refuse(StatusCode::FORBIDDEN, "no script named (a directory)"))
+    Err(refuse(
+        StatusCode::FORBIDDEN,
+        "no script named (a directory)",
+    ))
 }
 
 #[cfg(test)]
@@ -176,7 +185,14 @@ mod tests {
 
     #[test]
     fn dot_segments_refused_in_any_spelling() {
-        for p in ["/a/../b", "/a/%2e%2e/b", "/a/%2E%2e", "/./x", "/a%2fb", "/a%00"] {
+        for p in [
+            "/a/../b",
+            "/a/%2e%2e/b",
+            "/a/%2E%2e",
+            "/./x",
+            "/a%2fb",
+            "/a%00",
+        ] {
             let e = segments(p).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{p}");
         }

@@ -32,7 +32,10 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The part of every script's environment that is fixed at start: the server's `PATH`,
 /// the variables named by `pass` (when the server has them), then `set`.
-pub(crate) fn base_env(set: &[(OsString, OsString)], pass: &[OsString]) -> Vec<(OsString, OsString)> {
+pub(crate) fn base_env(
+    set: &[(OsString, OsString)],
+    pass: &[OsString],
+) -> Vec<(OsString, OsString)> {
     let mut env = vec![(
         OsString::from("PATH"),
         std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
@@ -145,10 +148,7 @@ pub(crate) fn variables(
     set("REQUEST_SCHEME", "http".into());
     set(
         "REQUEST_URI",
-        head.uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .into(),
+        head.uri.path_and_query().map_or("/", |p| p.as_str()).into(),
     );
     set("QUERY_STRING", head.uri.query().unwrap_or("").into());
     set("SCRIPT_NAME", target.script_name.clone());
@@ -205,7 +205,10 @@ mod tests {
     #[test]
     fn basic_auth_user() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Basic YWxpY2U6c2VjcmV0".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic YWxpY2U6c2VjcmV0".parse().unwrap(),
+        );
         let (t, u) = auth(&h);
         assert_eq!(t.as_deref(), Some("Basic"));
         assert_eq!(u.as_deref(), Some(&b"alice"[..]));

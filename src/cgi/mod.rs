@@ -256,7 +256,10 @@ impl Cgi {
                 let root = std::fs::canonicalize(dir)
                     .map_err(|e| from_io(e, format!("{op}: root {}", dir.display())))?;
                 if !root.is_dir() {
-                    return Err(Error::new(libc::ENOTDIR, format!("{op}: root {}", dir.display())));
+                    return Err(Error::new(
+                        libc::ENOTDIR,
+                        format!("{op}: root {}", dir.display()),
+                    ));
                 }
                 map::Mapping::Root { root, prefix }
             }

@@ -89,7 +89,12 @@ fn fields(block: &[u8]) -> Result<Vec<(HeaderName, Vec<u8>)>, String> {
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "proxy-connection" | "te"
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-connection"
+            | "te"
             | "trailer"
     )
 }
@@ -109,8 +114,11 @@ fn status_line(v: &[u8]) -> Result<(StatusCode, Option<String>), String> {
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| format!("bad Status {text:?}"))?;
     let reason = reason.trim();
-    let reason = (!reason.is_empty() && reason.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
-        .then(|| reason.to_string());
+    let reason = (!reason.is_empty()
+        && reason
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+    .then(|| reason.to_string());
     Ok((status, reason))
 }
 
@@ -251,7 +259,11 @@ mod tests {
             b" leading: continuation\n",
             b"Bad Name: x\n",
         ] {
-            assert!(parse_cgi(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_cgi(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -132,13 +132,27 @@ async fn handle(
 }
 
 /// A short plain-text answer from the server itself, logged.
-fn message(state: &State, peer: &Peer, head: &Head, start: Instant, status: StatusCode) -> Response<Body> {
+fn message(
+    state: &State,
+    peer: &Peer,
+    head: &Head,
+    start: Instant,
+    status: StatusCode,
+) -> Response<Body> {
     let text = format!(
         "{} {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
-    log_access(state, peer, head, status.as_u16(), text.len() as u64, start, None);
+    log_access(
+        state,
+        peer,
+        head,
+        status.as_u16(),
+        text.len() as u64,
+        start,
+        None,
+    );
     let mut resp = Response::new(
         Full::new(Bytes::from(text))
             .map_err(|never| match never {})
@@ -240,7 +254,13 @@ fn respond(
                 match acquired {
                     Some(p) => Some(p),
                     None => {
-                        return message(&state, &peer, &head, start, StatusCode::SERVICE_UNAVAILABLE);
+                        return message(
+                            &state,
+                            &peer,
+                            &head,
+                            start,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                        );
                     }
                 }
             }
@@ -261,7 +281,9 @@ async fn run_script(
     start: Instant,
 ) -> Response<Body> {
     let length = body.as_ref().and(content_length(&head));
-    let has_body = body.is_some() && (length.is_some_and(|n| n > 0) || length.is_none() && head.headers.contains_key(header::TRANSFER_ENCODING));
+    let has_body = body.is_some()
+        && (length.is_some_and(|n| n > 0)
+            || length.is_none() && head.headers.contains_key(header::TRANSFER_ENCODING));
     let cmd = Command::new(&target.file)
         .args(search_args(head.uri.query()))
         .env_clear()
@@ -270,7 +292,11 @@ async fn run_script(
         .current_dir(&target.dir)
         .process_group(0)
         .kill_on_drop(true)
-        .stdin(if has_body { Stdio::pipe_readable() } else { Stdio::ignore() })
+        .stdin(if has_body {
+            Stdio::pipe_readable()
+        } else {
+            Stdio::ignore()
+        })
         .stdout(Stdio::pipe_writable())
         .stderr(Stdio::pipe_writable());
     let name = target.script_name.to_string_lossy().into_owned();
@@ -305,7 +331,13 @@ async fn run_script(
         Ok(x) => x,
         Err(e) => {
             (state.log)(&LogLine::Error(format!("{name}: {e}")));
-            return message(&state, &peer, &head, start, StatusCode::INTERNAL_SERVER_ERROR);
+            return message(
+                &state,
+                &peer,
+                &head,
+                start,
+                StatusCode::INTERNAL_SERVER_ERROR,
+            );
         }
     };
     state.tasks.spawn(supervisor);
@@ -319,10 +351,18 @@ async fn run_script(
     let (block, rest) = match read_head(&mut run.stdout, state.max_header).await {
         Ok(x) => x,
         Err(HeadError::Eof) if run.shared.timed_out.load(Ordering::SeqCst) => {
-            return fail(run, StatusCode::GATEWAY_TIMEOUT, "timed out before its headers".into());
+            return fail(
+                run,
+                StatusCode::GATEWAY_TIMEOUT,
+                "timed out before its headers".into(),
+            );
         }
         Err(HeadError::Eof) => {
-            return fail(run, StatusCode::BAD_GATEWAY, "ended before its headers".into());
+            return fail(
+                run,
+                StatusCode::BAD_GATEWAY,
+                "ended before its headers".into(),
+            );
         }
         Err(HeadError::TooLarge) => {
             let why = format!("header block over {} bytes", state.max_header);
@@ -338,9 +378,17 @@ async fn run_script(
         parse_cgi(&block)
     };
     let (status, reason, headers) = match reply {
-        Err(why) => return fail(run, StatusCode::BAD_GATEWAY, format!("bad header block: {why}")),
+        Err(why) => {
+            return fail(
+                run,
+                StatusCode::BAD_GATEWAY,
+                format!("bad header block: {why}"),
+            );
+        }
         Ok(Reply::LocalRedirect(location)) => {
-            run.shared.status.store(StatusCode::FOUND.as_u16(), Ordering::Relaxed);
+            run.shared
+                .status
+                .store(StatusCode::FOUND.as_u16(), Ordering::Relaxed);
             run.finish();
             if depth >= MAX_REDIRECTS {
                 let why = format!("more than {MAX_REDIRECTS} local redirects");
