@@ -1,5 +1,6 @@
 //! `brood`: libuv's process model from the shell.
 
+mod cgi;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -15,12 +16,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     Run(run::RunArgs),
+    Cgi(cgi::CgiArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run(args) => run::main(args),
+        Cmd::Cgi(args) => cgi::main(args),
     };
     std::process::exit(code);
 }

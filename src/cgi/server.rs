@@ -230,12 +230,14 @@ fn respond(
         let target = match state.mapping.resolve(head.uri.path()) {
             Ok(t) => t,
             Err(refusal) => {
-                (state.log)(&LogLine::Error(format!(
-                    "{} {}: {}",
-                    head.method,
-                    head.uri.path(),
-                    refusal.why
-                )));
+                if refusal.status != StatusCode::NOT_FOUND {
+                    (state.log)(&LogLine::Error(format!(
+                        "{} {}: {}",
+                        head.method,
+                        head.uri.path(),
+                        refusal.why
+                    )));
+                }
                 return message(&state, &peer, &head, start, refusal.status);
             }
         };
@@ -299,7 +301,11 @@ async fn run_script(
         })
         .stdout(Stdio::pipe_writable())
         .stderr(Stdio::pipe_writable());
-    let name = target.script_name.to_string_lossy().into_owned();
+    let name = if target.script_name.is_empty() {
+        target.file.display().to_string()
+    } else {
+        target.script_name.to_string_lossy().into_owned()
+    };
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
