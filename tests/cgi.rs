@@ -52,8 +52,13 @@ impl Root {
     }
 
     /// Writes an executable script at `www/name`; `$PIDS` in the script is the pid dir.
+    /// Shell scripts record their pid there first thing, whatever they do next.
     fn script(&self, name: &str, body: &str) -> PathBuf {
-        self.write_exec(&self.www().join(name), body)
+        let body = match body.strip_prefix("#!/bin/sh\n") {
+            Some(rest) => format!("#!/bin/sh\necho $$ > \"$PIDS/sh-$$\"\n{rest}"),
+            None => body.to_string(),
+        };
+        self.write_exec(&self.www().join(name), &body)
     }
 
     fn write_exec(&self, path: &Path, body: &str) -> PathBuf {
@@ -105,8 +110,9 @@ impl Root {
         }
     }
 
+    /// Every pid recorded, each once.
     fn recorded_pids(&self) -> Vec<u32> {
-        let mut out = Vec::new();
+        let mut out = std::collections::BTreeSet::new();
         for e in std::fs::read_dir(self.pids()).unwrap() {
             let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
             out.extend(
@@ -114,7 +120,7 @@ impl Root {
                     .filter_map(|w| w.parse::<u32>().ok()),
             );
         }
-        out
+        out.into_iter().collect()
     }
 }
 
@@ -524,6 +530,7 @@ async fn status_location_content_type_and_nph() {
     );
     drop(s);
     server.stop().await;
+    root.assert_no_process_left().await;
 }
 
 #[tokio::test]
@@ -562,6 +569,7 @@ async fn faults_give_502_and_stderr_is_logged() {
     logs.wait_for("\"GET /cgi-bin/dies\" 502 0B").await;
     logs.wait_for("exit=3").await;
     server.stop().await;
+    root.assert_no_process_left().await;
 }
 
 #[tokio::test]
@@ -806,6 +814,7 @@ async fn traversal_attempts_are_refused() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(body, b"ok");
     server.stop().await;
+    root.assert_no_process_left().await;
 }
 
 #[tokio::test]

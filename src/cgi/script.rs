@@ -135,8 +135,8 @@ async fn supervise(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
     );
     tokio::pin!(sleep);
-    let (mut exit, mut ended, mut fed, mut errs_done, mut timed_out) =
-        (None, false, false, false, false);
+    let (mut exit, mut ended, mut fed, mut errs_done) = (None, false, false, false);
+    let (mut timed_out, mut grace_over) = (false, false);
     loop {
         tokio::select! {
             r = child.wait(), if exit.is_none() => exit = Some(r.ok()),
@@ -148,14 +148,21 @@ async fn supervise(
             }
             _ = &mut feed, if !fed => fed = true,
             _ = &mut errs, if !errs_done => errs_done = true,
-            _ = &mut sleep, if watch.deadline.is_some() && !timed_out => {
-                timed_out = true;
-                shared.timed_out.store(true, Ordering::SeqCst);
-                group.kill();
-                let _ = cut.shutdown(std::net::Shutdown::Both);
+            _ = &mut sleep, if watch.deadline.is_some() && !grace_over => {
+                if timed_out {
+                    grace_over = true;
+                } else {
+                    timed_out = true;
+                    shared.timed_out.store(true, Ordering::SeqCst);
+                    group.kill();
+                    let _ = cut.shutdown(std::net::Shutdown::Both);
+                    // The request side sees EOF now; give it a moment to answer (and say
+                    // with what status) before the access line is written without it.
+                    sleep.as_mut().reset(Instant::now() + GRACE);
+                }
             }
         }
-        if exit.is_some() && (ended || timed_out) {
+        if exit.is_some() && (ended || grace_over) {
             break;
         }
     }
@@ -183,6 +190,9 @@ async fn feed(stdin: Option<UnixStream>, body: Option<Incoming>) {
     }
     let _ = w.shutdown().await;
 }
+
+/// How long after a timeout the response side has to finish before the log is written.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// Longest stderr line logged as one; longer ones are split.
 const MAX_LINE: usize = 8192;
