@@ -485,6 +485,11 @@ async fn status_location_content_type_and_nph() {
     assert!(resp.headers().get("status").is_none());
     assert_eq!(body, b"body:q");
 
+    let (resp, body) = send(&mut s, req("HEAD", "/cgi-bin/status", Bytes::new())).await;
+    assert_eq!(resp.status().as_u16(), 418);
+    assert_eq!(resp.headers()["content-type"], "text/x-tea");
+    assert!(body.is_empty());
+
     let (resp, body) = send(&mut s, req("GET", "/cgi-bin/local", Bytes::new())).await;
     assert_eq!(
         resp.status().as_u16(),
@@ -973,4 +978,36 @@ async fn raw_mode_with_a_tick_script() {
     logs.wait_for("\"- sh\" 0 0B").await;
     task.abort();
     root.assert_no_process_left().await;
+}
+
+#[tokio::test]
+async fn raw_mode_timeout_kills_the_group_and_closes_the_connection() {
+    let root = Root::new();
+    let logs = Logs::default();
+    let log2 = logs.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(
+        Raw::new("sh")
+            .args([
+                "-c",
+                "trap '' TERM; sleep 1000 & echo $$ $! > \"$PIDS/raw\"; echo started; wait",
+            ])
+            .env("PIDS", root.pids())
+            .timeout(Duration::from_millis(500))
+            .on_log(move |l| log2.push(l))
+            .serve(listener),
+    );
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut text = String::new();
+    // EOF comes only when both the shell and its `sleep` (which holds the socket too) die.
+    timeout(T, tcp.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text, "started\n");
+    logs.wait_for("timed out, killed").await;
+    assert_eq!(root.recorded_pids().len(), 2);
+    root.assert_no_process_left().await;
+    task.abort();
 }

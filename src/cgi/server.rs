@@ -19,7 +19,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -37,6 +37,9 @@ use crate::{Command, Stdio};
 
 /// The response body type: a script's stdout or a short message of the server's.
 type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// How long a client has to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Local redirects followed for one request before answering 500.
 const MAX_REDIRECTS: usize = 10;
@@ -110,6 +113,9 @@ pub(crate) async fn serve(state: Arc<State>, listener: TcpListener) -> Result<()
             let svc = service_fn(move |req| handle(st.clone(), peer, req));
             let _ = http1::Builder::new()
                 .keep_alive(true)
+                // A client gets this long to send a request head (slowloris).
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
