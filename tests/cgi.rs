@@ -143,27 +143,48 @@ impl Drop for Root {
     }
 }
 
+/// The server's log lines, captured; waiters are woken on each new line.
 #[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<String>>>);
+struct Logs(Arc<(Mutex<Vec<String>>, tokio::sync::Notify)>);
 
 impl Logs {
     fn push(&self, l: &LogLine) {
         eprintln!("log: {l}");
-        self.0.lock().unwrap().push(l.to_string());
+        self.0.0.lock().unwrap().push(l.to_string());
+        self.0.1.notify_waiters();
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     fn has(&self, needle: &str) -> bool {
-        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.count(needle) > 0
     }
 
-    async fn wait_for(&self, needle: &str) {
+    /// Waits (bounded) until `n` lines contain `needle`.
+    async fn wait_count(&self, needle: &str, n: usize) {
         timeout(T, async {
-            while !self.has(needle) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            loop {
+                let woken = self.0.1.notified();
+                if self.count(needle) >= n {
+                    return;
+                }
+                woken.await;
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+        .unwrap_or_else(|_| panic!("fewer than {n} log lines with {needle:?}"));
+    }
+
+    async fn wait_for(&self, needle: &str) {
+        self.wait_count(needle, 1).await
     }
 }
 
@@ -716,6 +737,27 @@ async fn limit_answers_503_or_queues() {
     drop(first);
     server.stop().await;
     root.assert_no_process_left().await;
+
+    // A local redirect runs its second script in the first one's slot.
+    let root2 = Root::new();
+    root2.script(
+        "first",
+        "#!/bin/sh\nprintf 'Location: /cgi-bin/second\\n\\n'\nhead -c 200000 /dev/zero\n",
+    );
+    root2.script(
+        "second",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nsecond'\n",
+    );
+    let server = start(root2.cgi(&logs).max_children(1)).await;
+    for i in 1..=3 {
+        let (resp, body) = get(server.addr, "/cgi-bin/first").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body, b"second");
+        // The slot is free once the second script has ended (its access line).
+        logs.wait_count("\"GET /cgi-bin/second\" 200", i).await;
+    }
+    server.stop().await;
+    root2.assert_no_process_left().await;
 
     // With a queue, the second request waits for the slot instead.
     let root = Root::new();

@@ -35,6 +35,8 @@ pub(crate) struct Run {
     pub stdout: UnixStream,
     pub shared: Arc<Shared>,
     end: oneshot::Sender<()>,
+    /// Closed when the supervisor is done (the script has ended, its slot is free).
+    over: oneshot::Receiver<()>,
 }
 
 impl Run {
@@ -42,6 +44,19 @@ impl Run {
     /// finish on its own.
     pub(crate) fn finish(self) {
         let _ = self.end.send(());
+    }
+
+    /// [`finish`](Run::finish), then waits until the script has ended and released its
+    /// `max_children` slot (bounded by the timeout, which kills it): a local redirect runs
+    /// the next script in the same slot, so it never gets 503 from its own first half.
+    pub(crate) async fn finish_and_wait(self) {
+        let Run {
+            stdout, end, over, ..
+        } = self;
+        // Unread output is thrown away: a script still writing gets EPIPE, not a full pipe.
+        drop(stdout);
+        let _ = end.send(());
+        let _ = over.await;
     }
 }
 
@@ -102,14 +117,19 @@ pub(crate) fn start(
     let cut = StdUnixStream::from(stdout.as_fd().try_clone_to_owned()?);
     let shared = Arc::new(Shared::default());
     let (end, end_rx) = oneshot::channel();
+    let (over_tx, over) = oneshot::channel();
     let run = Run {
         stdout,
         shared: shared.clone(),
         end,
+        over,
     };
     let stdin = child.stdin.take();
     let stderr = child.stderr.take();
-    let fut = supervise(child, end_rx, cut, stdin, stderr, watch, shared, done);
+    let fut = async move {
+        supervise(child, end_rx, cut, stdin, stderr, watch, shared, done).await;
+        drop(over_tx);
+    };
     Ok((run, fut))
 }
 
@@ -125,7 +145,7 @@ async fn supervise(
     done: impl FnOnce(&Shared, Option<Exit>),
 ) {
     let mut group = GroupKill::new(child.id() as i32);
-    let _permit = watch.permit;
+    let permit = watch.permit;
     let feed = feed(stdin, watch.body);
     let errs = log_stderr(stderr, watch.name, watch.log);
     tokio::pin!(feed, errs);
@@ -145,6 +165,9 @@ async fn supervise(
                 if r.is_err() {
                     group.kill();
                 }
+                // Nobody reads stdout any more: a script still writing gets EPIPE rather
+                // than blocking on a full pipe held open by this handle.
+                let _ = cut.shutdown(std::net::Shutdown::Both);
             }
             _ = &mut feed, if !fed => fed = true,
             _ = &mut errs, if !errs_done => errs_done = true,
@@ -171,6 +194,7 @@ async fn supervise(
     if !errs_done {
         let _ = tokio::time::timeout(Duration::from_millis(200), errs).await;
     }
+    drop(permit);
     done(&shared, exit.flatten());
 }
 

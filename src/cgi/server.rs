@@ -401,7 +401,7 @@ async fn run_script(
             run.shared
                 .status
                 .store(StatusCode::FOUND.as_u16(), Ordering::Relaxed);
-            run.finish();
+            run.finish_and_wait().await;
             if depth >= MAX_REDIRECTS {
                 let why = format!("more than {MAX_REDIRECTS} local redirects");
                 (state.log)(&LogLine::Error(format!("{name}: {why}")));
