@@ -1053,3 +1053,37 @@ async fn raw_mode_timeout_kills_the_group_and_closes_the_connection() {
     root.assert_no_process_left().await;
     task.abort();
 }
+
+#[tokio::test]
+async fn raw_mode_program_writes_to_a_blocking_socket() {
+    // A program that writes far more than the socket buffer holds must block, not fail
+    // with EAGAIN: its stdout is the connection, in blocking mode as programs expect.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let logs = Logs::default();
+    let log2 = logs.clone();
+    let task = tokio::spawn(
+        Raw::new("head")
+            .args(["-c", "20000000", "/dev/zero"])
+            .on_log(move |l| log2.push(l))
+            .serve(listener),
+    );
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut n = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    timeout(T, async {
+        loop {
+            let got = tcp.read(&mut buf).await.unwrap();
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(n, 20_000_000);
+    logs.wait_for("\"- head\" 0 0B").await;
+    assert!(logs.has("exit=0"), "head failed");
+    task.abort();
+}
