@@ -575,6 +575,7 @@ async fn faults_give_502_and_stderr_is_logged() {
         "huge",
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\n'\ni=0; while [ $i -lt 3000 ]; do printf 'X-Pad-%d: %s\\n' $i aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; i=$((i+1)); done\nprintf '\\nbody'\n",
     );
+    root.script("badinterp", "#!/no/such/interpreter\n");
     std::fs::write(root.www().join("plain.txt"), "not a program").unwrap();
     let logs = Logs::default();
     let server = start(root.cgi(&logs).max_header_bytes(16 * 1024)).await;
@@ -584,6 +585,7 @@ async fn faults_give_502_and_stderr_is_logged() {
         ("/cgi-bin/noblank", 502),
         ("/cgi-bin/huge", 502),
         ("/cgi-bin/plain.txt", 403),
+        ("/cgi-bin/badinterp", 500),
         ("/cgi-bin/missing", 404),
         ("/cgi-bin/", 403),
         ("/elsewhere", 404),

@@ -204,8 +204,8 @@ impl Cgi {
         self
     }
 
-    /// Kills a script's whole process group `timeout` after the request came in; the
-    /// client gets 504 if nothing was sent yet, a cut connection otherwise. None by default.
+    /// Kills a script's whole process group `timeout` after it started; the client gets
+    /// 504 if nothing was sent yet, a cut connection otherwise. None by default.
     pub fn timeout(mut self, timeout: Duration) -> Cgi {
         self.timeout = Some(timeout);
         self

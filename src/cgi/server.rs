@@ -318,7 +318,7 @@ async fn run_script(
             (state.log)(&LogLine::Error(format!("{name}: {e}")));
             let status = match e.errno() {
                 libc::EACCES | libc::EPERM => StatusCode::FORBIDDEN,
-                libc::ENOENT => StatusCode::NOT_FOUND,
+                // The file was found: ENOENT here is a missing `#!` interpreter.
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             return message(&state, &peer, &head, start, status);
@@ -326,7 +326,7 @@ async fn run_script(
     };
     let watch = Watch {
         body: if has_body { body } else { None },
-        deadline: state.timeout.map(|t| start + t),
+        deadline: state.timeout.map(|t| Instant::now() + t),
         permit,
         name: name.clone(),
         log: state.log.clone(),
