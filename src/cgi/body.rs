@@ -14,7 +14,9 @@ use tokio::net::UnixStream;
 use super::response::find_end_from;
 use super::script::Run;
 
-/// Bytes asked of the kernel per read.
+/// Bytes asked of the kernel per read: small at first (most answers are small), doubled
+/// each time a read fills the buffer, up to the largest.
+const FIRST_CHUNK: usize = 4 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 /// Why no header block came.
@@ -65,6 +67,7 @@ pub(crate) struct ScriptBody {
     first: Bytes,
     run: Option<Run>,
     buf: BytesMut,
+    chunk: usize,
 }
 
 impl ScriptBody {
@@ -73,6 +76,7 @@ impl ScriptBody {
             first,
             run: Some(run),
             buf: BytesMut::new(),
+            chunk: FIRST_CHUNK,
         }
     }
 }
@@ -96,8 +100,8 @@ impl Body for ScriptBody {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if this.buf.len() < CHUNK {
-            this.buf.resize(CHUNK, 0);
+        if this.buf.len() < this.chunk {
+            this.buf.resize(this.chunk, 0);
         }
         let mut rb = ReadBuf::new(&mut this.buf[..]);
         let res = ready!(Pin::new(&mut run.stdout).poll_read(cx, &mut rb));
@@ -119,6 +123,9 @@ impl Body for ScriptBody {
                 Poll::Ready(None)
             }
             Ok(()) => {
+                if n == this.buf.len() {
+                    this.chunk = (this.chunk * 2).min(CHUNK);
+                }
                 run.shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(Frame::data(this.buf.split_to(n).freeze()))))
             }
