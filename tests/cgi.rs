@@ -676,7 +676,8 @@ async fn timeout_kills_the_group_that_ignores_sigterm() {
         "#!/bin/sh\ntrap '' TERM\necho $$ > \"$PIDS/late-$$\"\nprintf 'Content-Type: text/plain\\n\\npartial'\nexec sleep 1000\n",
     );
     let logs = Logs::default();
-    let server = start(root.cgi(&logs).timeout(Duration::from_millis(800))).await;
+    // Long enough for `late` to print its headers first even on a loaded machine.
+    let server = start(root.cgi(&logs).timeout(Duration::from_millis(1500))).await;
     let (resp, _) = get(server.addr, "/cgi-bin/stuck").await;
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(root.recorded_pids().len(), 2);
@@ -1038,7 +1039,7 @@ async fn raw_mode_timeout_kills_the_group_and_closes_the_connection() {
                 "trap '' TERM; sleep 1000 & echo $$ $! > \"$PIDS/raw\"; echo started; wait",
             ])
             .env("PIDS", root.pids())
-            .timeout(Duration::from_millis(500))
+            .timeout(Duration::from_millis(1500))
             .on_log(move |l| log2.push(l))
             .serve(listener),
     );
