@@ -54,6 +54,7 @@ mod server;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,11 +268,20 @@ impl Cgi {
             Source::Script(file) => {
                 let real = std::fs::canonicalize(file)
                     .map_err(|e| from_io(e, format!("{op}: script {}", file.display())))?;
-                if !real.is_file() {
+                let meta = std::fs::metadata(&real)
+                    .map_err(|e| from_io(e, format!("{op}: script {}", file.display())))?;
+                if !meta.is_file() {
                     return Err(Error::invalid(
                         format!("{op}: script {}", file.display()),
                         "not a regular file",
                     ));
+                }
+                if meta.permissions().mode() & 0o111 == 0 {
+                    return Err(Error::new(
+                        libc::EACCES,
+                        format!("{op}: script {}", file.display()),
+                    )
+                    .with_detail("not executable"));
                 }
                 map::Mapping::Script { file: real, prefix }
             }

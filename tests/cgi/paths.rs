@@ -80,4 +80,22 @@ async fn bad_configuration_is_an_error() {
         .await
         .unwrap_err();
     assert_eq!(err.name(), "EINVAL");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = Cgi::root("/")
+        .max_children(0)
+        .serve(listener)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "EINVAL");
+
+    let root = Root::new();
+    let plain = root.www().join("plain");
+    std::fs::write(&plain, "not a program").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = Cgi::script(&plain).serve(listener).await.unwrap_err();
+    assert_eq!(err.name(), "EACCES");
+    assert!(err.to_string().contains("not executable"), "{err}");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = Cgi::script(root.www()).serve(listener).await.unwrap_err();
+    assert_eq!(err.name(), "EINVAL");
 }
