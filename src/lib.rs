@@ -21,12 +21,14 @@
 //! - [`signal`]: signal watchers (`uv_signal_t`), many per signal, on any runtime;
 //! - [`pipe`]: Unix domain socket servers and clients (`uv_pipe_t`);
 //! - [`ipc`]: channels that carry bytes and open handles (`ipc` pipes, `uv_write2`);
-//! - [`cluster`]: a master that hands connections to worker processes (Node's `cluster`).
+//! - [`cluster`]: a master that hands connections to worker processes (Node's `cluster`);
+//! - [`cgi`]: a CGI/1.1 server on hyper, and the seed's raw mode.
 //!
 //! Linux is the tested platform; see README.md for what is Linux-only.
 
 #![warn(missing_docs)]
 
+pub mod cgi;
 pub mod cluster;
 mod command;
 mod error;

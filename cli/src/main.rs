@@ -1,5 +1,6 @@
 //! `brood`: libuv's process model from the shell.
 
+mod cgi;
 mod cluster;
 mod pipe_echo;
 mod run;
@@ -20,6 +21,7 @@ enum Cmd {
     Cluster(cluster::ClusterArgs),
     Ctl(cluster::CtlArgs),
     PipeEcho(pipe_echo::PipeEchoArgs),
+    Cgi(cgi::CgiArgs),
 }
 
 fn main() {
@@ -29,6 +31,7 @@ fn main() {
         Cmd::Cluster(args) => cluster::main(args),
         Cmd::Ctl(args) => cluster::ctl(args),
         Cmd::PipeEcho(args) => pipe_echo::main(args),
+        Cmd::Cgi(args) => cgi::main(args),
     };
     std::process::exit(code);
 }

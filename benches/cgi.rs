@@ -1,0 +1,341 @@
+//! `cargo bench --bench cgi`: requests per second for a minimal compiled CGI program (C,
+//! built here with gcc) with 16 concurrent keep-alive clients, brood against Python's
+//! `http.server --cgi` and, when installed, lighttpd's mod_cgi. Every server runs in its
+//! own process; the load generator is a raw-TCP HTTP/1.1 client bounded by time, which
+//! reconnects when a server closes the connection (Python answers HTTP/1.0).
+//!
+//! `BROOD_BENCH_QUICK=1` runs each cell for a shorter time. Timing never gates a test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use brood::{Child, Command, Stdio};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const SERVE: &str = "BROOD_CGI_BENCH_SERVE";
+const CLIENTS: usize = 16;
+const HELLO_C: &str = r#"#include <stdio.h>
+int main(void) {
+    fputs("Content-Type: text/plain\r\n\r\nhello\n", stdout);
+    return 0;
+}
+"#;
+
+fn quick() -> bool {
+    std::env::var_os("BROOD_BENCH_QUICK").is_some()
+}
+
+fn main() {
+    if let Some(root) = std::env::var_os(SERVE) {
+        serve_brood(Path::new(&root));
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
+}
+
+/// The brood server process: the same setup as `brood cgi --root DIR` (a multi-thread
+/// runtime), with the access log off as the other servers have theirs. Prints its port,
+/// serves until stdin closes.
+fn serve_brood(root: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap().port());
+        // `/cgi-bin/hello` → `ROOT/cgi-bin/hello`, as the other servers map it.
+        let cgi = brood::cgi::Cgi::root(root.join("cgi-bin")).on_log(|_| {});
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 1];
+        tokio::select! {
+            r = cgi.serve(listener) => r.unwrap(),
+            _ = stdin.read(&mut buf) => {}
+        }
+    });
+}
+
+/// A directory with `cgi-bin/hello` compiled from C.
+fn build_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cgi-bench");
+    let bin = root.join("cgi-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let src = root.join("hello.c");
+    std::fs::write(&src, HELLO_C).unwrap();
+    let ok = std::process::Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(bin.join("hello"))
+        .arg(&src)
+        .status()
+        .expect("gcc is needed to build the CGI program")
+        .success();
+    assert!(ok, "gcc failed");
+    root
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server under test: its process, and where it listens.
+struct Contender {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+}
+
+async fn wait_listening(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn start_brood(root: &Path) -> Contender {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(SERVE, root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).await.unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    Contender {
+        name: "brood cgi".into(),
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+async fn start_python(root: &Path) -> Option<Contender> {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--cgi", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .current_dir(root)
+        .stdout(Stdio::ignore())
+        .stderr(Stdio::ignore())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr).await.then(|| Contender {
+        name: "python3 http.server --cgi".into(),
+        child,
+        addr,
+    })
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+async fn start_lighttpd(root: &Path) -> Option<Contender> {
+    let bin = which("lighttpd")?;
+    let port = free_port();
+    let conf = root.join("lighttpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server.document-root = \"{root}\"\n\
+             server.bind = \"127.0.0.1\"\n\
+             server.port = {port}\n\
+             server.modules = (\"mod_cgi\")\n\
+             server.errorlog = \"{root}/lighttpd.err\"\n\
+             server.max-keep-alive-requests = 100000\n\
+             $HTTP[\"url\"] =~ \"^/cgi-bin/\" {{ cgi.assign = (\"\" => \"\") }}\n",
+            root = root.display()
+        ),
+    )
+    .ok()?;
+    let child = Command::new(bin)
+        .args(["-D", "-f"])
+        .arg(&conf)
+        .stdout(Stdio::ignore())
+        .stderr(Stdio::ignore())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr).await.then(|| Contender {
+        name: "lighttpd mod_cgi".into(),
+        child,
+        addr,
+    })
+}
+
+/// Reads one response; returns whether the connection may be reused.
+async fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<bool> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    if !line.starts_with("HTTP/1.") || line.get(9..12) != Some("200") {
+        return Err(std::io::Error::other(format!("bad status line {line:?}")));
+    }
+    let http10 = line.starts_with("HTTP/1.0");
+    let (mut length, mut chunked, mut close) = (None, false, http10);
+    loop {
+        line.clear();
+        r.read_line(&mut line).await?;
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        } else if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        } else if let Some(v) = l.strip_prefix("connection:") {
+            close = v.contains("close") || (http10 && !v.contains("keep-alive"));
+        }
+    }
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line).await?;
+            let size = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| std::io::Error::other("bad chunk size"))?;
+            let mut skip = vec![0u8; size + 2];
+            r.read_exact(&mut skip).await?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = length {
+        let mut skip = vec![0u8; n];
+        r.read_exact(&mut skip).await?;
+    } else {
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await?;
+        return Ok(false);
+    }
+    Ok(!close)
+}
+
+/// 16 clients for `secs`: completed requests per second.
+async fn load(addr: SocketAddr, secs: f64) -> f64 {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut conn: Option<BufReader<TcpStream>> = None;
+            while Instant::now() < end {
+                let r = match conn.as_mut() {
+                    Some(r) => r,
+                    None => match TcpStream::connect(addr).await {
+                        Ok(tcp) => {
+                            let _ = tcp.set_nodelay(true);
+                            conn.insert(BufReader::new(tcp))
+                        }
+                        Err(_) => continue,
+                    },
+                };
+                let sent = r
+                    .get_mut()
+                    .write_all(b"GET /cgi-bin/hello HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    .await;
+                let left = end.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+                let answer = match sent {
+                    Ok(()) => tokio::time::timeout(left, read_response(r)).await,
+                    Err(e) => Ok(Err(e)),
+                };
+                match answer {
+                    Ok(Ok(keep)) => {
+                        done += 1;
+                        if !keep {
+                            conn = None;
+                        }
+                    }
+                    _ => conn = None,
+                }
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+async fn bench() {
+    let root = build_root();
+    let secs = if quick() { 1.0 } else { 3.0 };
+    let mut contenders = vec![start_brood(&root).await];
+    match start_python(&root).await {
+        Some(c) => contenders.push(c),
+        None => println!("python3 http.server --cgi: could not start, skipped"),
+    }
+    match start_lighttpd(&root).await {
+        Some(c) => contenders.push(c),
+        None => println!("lighttpd: not installed (or did not start), skipped"),
+    }
+    println!(
+        "brood cgi benchmark: minimal C CGI program, {CLIENTS} keep-alive clients, \
+         {secs} s per cell, median of 3 rounds, contenders interleaved (2 shared cores)\n"
+    );
+    // Warm-up, then rounds.
+    for c in &contenders {
+        load(c.addr, 0.3).await;
+    }
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for _ in 0..3 {
+        for (i, c) in contenders.iter().enumerate() {
+            results[i].push(load(c.addr, secs).await);
+        }
+    }
+    let rates: Vec<f64> = results.into_iter().map(median).collect();
+    if let Some(i) = rates.iter().position(|r| *r == 0.0) {
+        println!(
+            "{} answered no request with 200: its figures are void",
+            contenders[i].name
+        );
+    }
+    println!("{:<28} {:>12} {:>14}", "server", "requests/s", "brood ÷ it");
+    for (c, r) in contenders.iter().zip(&rates) {
+        println!("{:<28} {:>12.0} {:>13.2}×", c.name, r, rates[0] / r);
+    }
+    let best_other = rates[1..].iter().cloned().fold(0.0, f64::max);
+    if best_other > 0.0 {
+        println!(
+            "\nbrood vs the best of the others: {:.2}× (bar: ≥ 1.0×)",
+            rates[0] / best_other
+        );
+    }
+    for mut c in contenders {
+        drop(c.child.stdin.take());
+        let _ = c.child.kill(brood::Signum::TERM);
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await;
+    }
+}

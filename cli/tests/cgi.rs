@@ -1,0 +1,196 @@
+//! `brood cgi` from the outside: the binary on loopback, its access log on stderr, and
+//! SIGTERM stopping it with every script killed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    addr: String,
+    seen: Vec<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .arg("cgi")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = channel();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut s = Server {
+            child,
+            lines,
+            addr: String::new(),
+            seen: Vec::new(),
+        };
+        let first = s.wait_line("listening on");
+        let addr = first
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .trim_start_matches("http://");
+        s.addr = addr.to_string();
+        s
+    }
+
+    /// The next stderr line containing `needle` (or one seen before).
+    fn wait_line(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no stderr line with {needle:?}: {:?}", self.seen));
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn stop(mut self) -> i32 {
+        brood::kill(self.child.id() as i32, brood::Signum::TERM).unwrap();
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "brood cgi did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn exchange(addr: &str, request: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn temp_root(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("brood-cgi-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn serves_logs_and_stops_on_sigterm() {
+    let root = temp_root("root");
+    script(
+        &root.join("hello"),
+        "#!/bin/sh\necho note >&2\nprintf 'Content-Type: text/plain\\n\\nhello %s %s\\n' \"$QUERY_STRING\" \"$MODE\"\n",
+    );
+    script(
+        &root.join("forever"),
+        "#!/bin/sh\necho $$ > \"$0.pid\"\nprintf 'Content-Type: text/plain\\n\\nstarted\\n'\nexec sleep 1000\n",
+    );
+    let mut server = Server::start(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--env",
+        "MODE=test",
+        "--max-children",
+        "4",
+    ]);
+    let answer = exchange(
+        &server.addr,
+        "GET /cgi-bin/hello?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("hello x test\n"), "{answer}");
+    server.wait_line("[/cgi-bin/hello] note");
+    let access = server.wait_line("\"GET /cgi-bin/hello?x\"");
+    assert!(
+        access.contains(" 200 ") && access.ends_with("exit=0"),
+        "{access}"
+    );
+
+    // A script still running when brood is stopped is killed.
+    let mut tcp = TcpStream::connect(&server.addr).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    tcp.write_all(b"GET /cgi-bin/forever HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tcp.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    let pid: i32 = std::fs::read_to_string(root.join("forever.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(server.stop(), 0);
+    let deadline = Instant::now() + T;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "script {pid} left running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn raw_mode_gives_the_connection_to_the_program() {
+    let mut server = Server::start(&["--raw", "--", "sh", "-c", "echo hi $TCPREMOTEIP"]);
+    let answer = exchange(&server.addr, "");
+    assert_eq!(answer, "hi 127.0.0.1\n");
+    server.wait_line("\"- sh\" 0 0B");
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .args(["cgi", "--listen", "127.0.0.1:0", "--root", "/no/such/dir/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ENOENT") && err.contains("/no/such/dir/x"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .args(["cgi", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a mode is required");
+}

@@ -1,0 +1,208 @@
+//! Which script a request path names, with no way out of the root: `PREFIX/script/extra`
+//! under a directory, or every path to one script.
+
+use std::ffi::{OsStr, OsString};
+use std::io::ErrorKind;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use hyper::StatusCode;
+use percent_encoding::percent_decode;
+
+/// Where scripts come from, with paths already made absolute and canonical.
+#[derive(Debug, Clone)]
+pub(crate) enum Mapping {
+    /// `PREFIX/name/extra` runs `root/name` with `PATH_INFO=/extra`.
+    Root { root: PathBuf, prefix: String },
+    /// Every path under `prefix` runs `file`; the rest of the path is `PATH_INFO`.
+    Script { file: PathBuf, prefix: String },
+}
+
+/// A request path resolved to a script.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// `SCRIPT_FILENAME`: the file that is executed.
+    pub file: PathBuf,
+    /// The script's directory: its cwd.
+    pub dir: PathBuf,
+    /// `SCRIPT_NAME`, decoded.
+    pub script_name: OsString,
+    /// `PATH_INFO`, decoded (empty when there is none).
+    pub path_info: OsString,
+    /// `DOCUMENT_ROOT`.
+    pub document_root: PathBuf,
+    /// The file's name starts with `nph-`.
+    pub nph: bool,
+}
+
+/// Why a path runs nothing: the status to answer and a sentence for the log.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub status: StatusCode,
+    pub why: String,
+}
+
+fn refuse(status: StatusCode, why: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        why: why.into(),
+    }
+}
+
+/// Splits the raw (still percent-encoded) path after the prefix into decoded segments.
+/// Refuses `.` and `..` in any spelling, encoded slashes and NUL bytes: with them refused,
+/// no segment can climb out of the directory it is joined to.
+fn segments(rest: &str) -> Result<Vec<Vec<u8>>, Refusal> {
+    let mut out = Vec::new();
+    for raw in rest.split('/').skip(1) {
+        let seg: Vec<u8> = percent_decode(raw.as_bytes()).collect();
+        if seg == b"." || seg == b".." {
+            return Err(refuse(StatusCode::BAD_REQUEST, "dot segment in path"));
+        }
+        if seg.iter().any(|&b| b == b'/' || b == 0 || b == b'\\') {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "encoded slash, backslash or NUL in path",
+            ));
+        }
+        out.push(seg);
+    }
+    Ok(out)
+}
+
+/// The part of `path` after `prefix` ("" or "/x/y"), or `None` when it is not under it.
+fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+fn join_info(segs: &[Vec<u8>]) -> OsString {
+    let mut info = Vec::new();
+    for s in segs {
+        info.push(b'/');
+        info.extend_from_slice(s);
+    }
+    OsString::from_vec(info)
+}
+
+fn is_nph(file: &Path) -> bool {
+    file.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"nph-"))
+}
+
+impl Mapping {
+    /// Resolves the raw request path (`uri.path()`, percent-encoded).
+    pub(crate) fn resolve(&self, path: &str) -> Result<Target, Refusal> {
+        match self {
+            Mapping::Script { file, prefix } => {
+                let rest = strip_prefix(path, prefix)
+                    .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "path outside the prefix"))?;
+                let segs = segments(rest)?;
+                let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+                Ok(Target {
+                    file: file.clone(),
+                    dir: dir.clone(),
+                    script_name: prefix.into(),
+                    path_info: join_info(&segs),
+                    document_root: dir,
+                    nph: is_nph(file),
+                })
+            }
+            Mapping::Root { root, prefix } => resolve_under(root, prefix, path),
+        }
+    }
+}
+
+fn resolve_under(root: &Path, prefix: &str, path: &str) -> Result<Target, Refusal> {
+    let rest = strip_prefix(path, prefix)
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "path outside the prefix"))?;
+    let segs = segments(rest)?;
+    let mut file = root.to_path_buf();
+    let mut name = prefix.as_bytes().to_vec();
+    for (i, seg) in segs.iter().enumerate() {
+        if seg.is_empty() {
+            continue;
+        }
+        file.push(OsStr::from_bytes(seg));
+        name.push(b'/');
+        name.extend_from_slice(seg);
+        let meta = match std::fs::metadata(&file) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    format!("{}: {e}", file.display()),
+                ));
+            }
+            Err(e) => {
+                return Err(refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("{}: {e}", file.display()),
+                ));
+            }
+        };
+        if meta.is_dir() {
+            continue;
+        }
+        // Symlinks are followed, but only to files inside the root.
+        let real = std::fs::canonicalize(&file)
+            .map_err(|e| refuse(StatusCode::NOT_FOUND, format!("{}: {e}", file.display())))?;
+        if !real.starts_with(root) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!("{} leads out of the root", file.display()),
+            ));
+        }
+        if !meta.is_file() {
+            return Err(refuse(StatusCode::FORBIDDEN, "not a regular file"));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!("{} is not executable", file.display()),
+            ));
+        }
+        let dir = file.parent().unwrap_or(root).to_path_buf();
+        return Ok(Target {
+            nph: is_nph(&file),
+            file,
+            dir,
+            script_name: OsString::from_vec(name),
+            path_info: join_info(&segs[i + 1..]),
+            document_root: root.to_path_buf(),
+        });
+    }
+    Err(refuse(
+        StatusCode::FORBIDDEN,
+        "no script named (a directory)",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_refused_in_any_spelling() {
+        for p in [
+            "/a/../b",
+            "/a/%2e%2e/b",
+            "/a/%2E%2e",
+            "/./x",
+            "/a%2fb",
+            "/a%00",
+        ] {
+            let e = segments(p).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{p}");
+        }
+        assert_eq!(segments("/a/b%20c/").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn prefix_must_end_at_a_slash() {
+        assert_eq!(strip_prefix("/cgi-bin/x", "/cgi-bin"), Some("/x"));
+        assert_eq!(strip_prefix("/cgi-binx", "/cgi-bin"), None);
+        assert_eq!(strip_prefix("/x", ""), Some("/x"));
+    }
+}

@@ -1,0 +1,248 @@
+//! Raw mode, the libuv guide's CGI: every TCP connection runs the program with the
+//! connection itself as its stdin and stdout, as inetd does.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::script::{GroupKill, log_stderr};
+use super::server::{AbortOnDrop, Tasks, accept_is_fatal};
+use super::{Access, Log, LogLine, check_env, default_log, meta};
+use crate::error::{Error, Result, from_io};
+use crate::{Command, Stdio};
+
+/// Runs a program per TCP connection with stdin and stdout set to the connection
+/// (`UV_INHERIT_STREAM`), `TCPREMOTEIP`, `TCPREMOTEPORT`, `TCPLOCALIP`, `TCPLOCALPORT` and
+/// `PROTO=TCP` in its environment (the UCSPI names), and its stderr in the log. The
+/// connection closes when the program (and whatever it gave the socket to) exits.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::io::AsyncReadExt;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// let server = tokio::spawn(
+///     brood::cgi::Raw::new("sh")
+///         .args(["-c", "echo hello $TCPREMOTEIP"])
+///         .serve(listener),
+/// );
+/// let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+/// let mut text = String::new();
+/// tcp.read_to_string(&mut text).await?; // EOF when `sh` exits
+/// assert_eq!(text, "hello 127.0.0.1\n");
+/// server.abort();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Raw {
+    program: OsString,
+    args: Vec<OsString>,
+    timeout: Option<Duration>,
+    max_children: Option<usize>,
+    queue: Duration,
+    env: Vec<(OsString, OsString)>,
+    pass_env: Vec<OsString>,
+    log: Log,
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Raw")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Raw {
+    /// Runs `program` (searched in `PATH` without a slash) for each connection.
+    pub fn new(program: impl Into<OsString>) -> Raw {
+        Raw {
+            program: program.into(),
+            args: Vec::new(),
+            timeout: None,
+            max_children: None,
+            queue: Duration::ZERO,
+            env: Vec::new(),
+            pass_env: Vec::new(),
+            log: default_log(),
+        }
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Raw
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Kills the program's process group (closing the connection) after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Raw {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// At most `n` programs at once; a connection over the limit waits up to
+    /// [`queue`](Raw::queue), then is closed.
+    pub fn max_children(mut self, n: usize) -> Raw {
+        self.max_children = Some(n);
+        self
+    }
+
+    /// How long a connection over the limit waits (zero by default).
+    pub fn queue(mut self, wait: Duration) -> Raw {
+        self.queue = wait;
+        self
+    }
+
+    /// Sets a variable in the program's environment.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Raw {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Passes the server's own variable `name` on, when it is set.
+    pub fn pass_env(mut self, name: impl Into<OsString>) -> Raw {
+        self.pass_env.push(name.into());
+        self
+    }
+
+    /// Sends log lines to `f` instead of stderr.
+    pub fn on_log(mut self, f: impl Fn(&LogLine) + Send + Sync + 'static) -> Raw {
+        self.log = Arc::new(f);
+        self
+    }
+
+    /// Accepts connections until an error on the listener. Drop the future to stop: every
+    /// program still running is killed with its process group.
+    pub async fn serve(self, listener: TcpListener) -> Result<()> {
+        check_env(&self.env, &self.pass_env)?;
+        if self.max_children == Some(0) {
+            return Err(Error::invalid("cgi raw", "max_children must be 1 or more"));
+        }
+        let limit = self.max_children.map(|n| Arc::new(Semaphore::new(n)));
+        let env = Arc::new(meta::base_env(&self.env, &self.pass_env));
+        let this = Arc::new(self);
+        let tasks = Tasks::default();
+        let _stop = AbortOnDrop(tasks.clone());
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),
+                Err(e) => {
+                    (this.log)(&LogLine::Error(format!("accept: {e}")));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let (this, env, limit) = (this.clone(), env.clone(), limit.clone());
+            tasks.spawn(async move { this.connection(tcp, remote, &env, limit).await });
+        }
+    }
+
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        remote: std::net::SocketAddr,
+        env: &[(OsString, OsString)],
+        limit: Option<Arc<Semaphore>>,
+    ) {
+        let start = Instant::now();
+        let name = self.program.to_string_lossy().into_owned();
+        let _permit = match limit {
+            None => None,
+            Some(sem) => {
+                let p = if self.queue.is_zero() {
+                    sem.try_acquire_owned().ok()
+                } else {
+                    tokio::time::timeout(self.queue, sem.acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                };
+                if p.is_none() {
+                    (self.log)(&LogLine::Error(format!(
+                        "{remote}: over max_children, connection closed"
+                    )));
+                    return;
+                }
+                p
+            }
+        };
+        let local = tcp.local_addr().ok();
+        // Programs expect blocking stdio: a non-blocking socket makes a big write fail with
+        // EAGAIN. O_NONBLOCK belongs to the socket, not the fd, so it is cleared here on a
+        // handle tokio no longer drives (libuv clears it in the child for fds 0-2).
+        let tcp = match tcp
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                (self.log)(&LogLine::Error(format!("{remote}: {e}")));
+                return;
+            }
+        };
+        let mut cmd = Command::new(&self.program)
+            .args(&self.args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PROTO", "TCP")
+            .env("TCPREMOTEIP", remote.ip().to_string())
+            .env("TCPREMOTEPORT", remote.port().to_string())
+            .process_group(0)
+            .kill_on_drop(true)
+            .stdin(Stdio::inherit_stream(&tcp))
+            .stdout(Stdio::inherit_stream(&tcp))
+            .stderr(Stdio::pipe_writable());
+        if let Some(local) = local {
+            cmd = cmd
+                .env("TCPLOCALIP", local.ip().to_string())
+                .env("TCPLOCALPORT", local.port().to_string());
+        }
+        let spawned = cmd.spawn();
+        // The program holds the connection now; ours closes so that its exit ends it.
+        drop(tcp);
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                (self.log)(&LogLine::Error(format!("{remote}: {e}")));
+                return;
+            }
+        };
+        let mut group = GroupKill::new(child.id() as i32);
+        let errs = log_stderr(child.stderr.take(), name.clone(), self.log.clone());
+        let wait = async {
+            match self.timeout {
+                None => child.wait().await.ok(),
+                Some(t) => match tokio::time::timeout_at(start + t, child.wait()).await {
+                    Ok(r) => r.ok(),
+                    Err(_) => {
+                        (self.log)(&LogLine::Error(format!("{name}: timed out, killed")));
+                        group.kill();
+                        child.wait().await.ok()
+                    }
+                },
+            }
+        };
+        let (exit, ()) = tokio::join!(wait, errs);
+        group.disarm();
+        (self.log)(&LogLine::Access(Access {
+            remote,
+            method: "-".into(),
+            target: name.clone(),
+            status: 0,
+            bytes: 0,
+            elapsed: start.elapsed(),
+            exit,
+        }));
+    }
+}

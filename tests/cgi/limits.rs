@@ -1,0 +1,212 @@
+//! Timeouts, the child limit, clients that leave, servers that stop: no script outlives
+//! its request.
+
+use super::support::*;
+
+#[tokio::test]
+async fn timeout_kills_the_group_that_ignores_sigterm() {
+    let root = Root::new();
+    root.script(
+        "stuck",
+        "#!/bin/sh\ntrap '' TERM\nsleep 1000 &\necho $$ $! > \"$PIDS/stuck-$$\"\nwait\n",
+    );
+    root.script(
+        "late",
+        "#!/bin/sh\ntrap '' TERM\necho $$ > \"$PIDS/late-$$\"\nprintf 'Content-Type: text/plain\\n\\npartial'\nexec sleep 1000\n",
+    );
+    let logs = Logs::default();
+    // Long enough for `late` to print its headers first even on a loaded machine.
+    let server = start(root.cgi(&logs).timeout(Duration::from_millis(1500))).await;
+    let (resp, _) = get(server.addr, "/cgi-bin/stuck").await;
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(root.recorded_pids().len(), 2);
+    root.assert_no_process_left().await;
+    logs.wait_for("\"GET /cgi-bin/stuck\" 504 0B").await;
+    assert!(logs.has("signal=9"));
+
+    // Headers already sent: the response is cut, not completed.
+    let answer = raw(
+        server.addr,
+        b"GET /cgi-bin/late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "a cut response has no last chunk: {answer}"
+    );
+    server.stop().await;
+    root.assert_no_process_left().await;
+}
+
+#[tokio::test]
+async fn limit_answers_503_or_queues() {
+    let root = Root::new();
+    let fifo = root.fifo("hold");
+    root.script(
+        "hold",
+        "#!/bin/sh\necho $$ > \"$PIDS/hold-$$\"\nprintf 'Content-Type: text/plain\\n\\nheld '\nread x < \"$HOLD\"\necho done\n",
+    );
+    root.script(
+        "quick",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nquick'\n",
+    );
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs).max_children(1).env("HOLD", &fifo)).await;
+    let mut first = connect(server.addr).await;
+    let held = timeout(
+        T,
+        first.send_request(req("GET", "/cgi-bin/hold", Bytes::new())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    // The first script is running (its headers came): the second request is refused.
+    let (resp, _) = get(server.addr, "/cgi-bin/quick").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n"))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = timeout(T, resp_body(held)).await.unwrap();
+    assert_eq!(body, b"held done\n");
+    // The slot is free again once the first script has ended.
+    logs.wait_for("\"GET /cgi-bin/hold\" 200").await;
+    let (resp, body) = get(server.addr, "/cgi-bin/quick").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body, b"quick");
+    drop(first);
+    server.stop().await;
+    root.assert_no_process_left().await;
+
+    // A local redirect runs its second script in the first one's slot.
+    let root2 = Root::new();
+    root2.script(
+        "first",
+        "#!/bin/sh\nprintf 'Location: /cgi-bin/second\\n\\n'\nhead -c 200000 /dev/zero\n",
+    );
+    root2.script(
+        "second",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nsecond'\n",
+    );
+    let server = start(root2.cgi(&logs).max_children(1)).await;
+    for i in 1..=3 {
+        let (resp, body) = get(server.addr, "/cgi-bin/first").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body, b"second");
+        // The slot is free once the second script has ended (its access line).
+        logs.wait_count("\"GET /cgi-bin/second\" 200", i).await;
+    }
+    server.stop().await;
+    root2.assert_no_process_left().await;
+
+    // With a queue, the second request waits for the slot instead.
+    let root = Root::new();
+    let fifo = root.fifo("hold");
+    root.script(
+        "hold",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nheld '\nread x < \"$HOLD\"\necho done\n",
+    );
+    root.script(
+        "quick",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nquick'\n",
+    );
+    let server = start(
+        root.cgi(&logs)
+            .max_children(1)
+            .queue(Duration::from_secs(15))
+            .env("HOLD", &fifo),
+    )
+    .await;
+    let mut first = connect(server.addr).await;
+    let resp = timeout(
+        T,
+        first.send_request(req("GET", "/cgi-bin/hold", Bytes::new())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let addr = server.addr;
+    let second = tokio::spawn(async move { get(addr, "/cgi-bin/quick").await });
+    tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(timeout(T, resp_body(resp)).await.unwrap(), b"held done\n");
+    let (resp, body) = timeout(T, second).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body, b"quick");
+    drop(first);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_kills_the_script() {
+    let root = Root::new();
+    let before = root.fifo("before");
+    root.script(
+        "silent",
+        "#!/bin/sh\nsleep 1000 &\necho $$ $! > \"$PIDS/silent-$$\"\necho ready > \"$BEFORE\"\nwait\n",
+    );
+    root.script(
+        "talker",
+        "#!/bin/sh\nsleep 1000 &\necho $$ $! > \"$PIDS/talker-$$\"\nprintf 'Content-Type: text/plain\\n\\nhello\\n'\nwait\n",
+    );
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs).env("BEFORE", &before)).await;
+
+    // Before headers: the script has said nothing yet when the client leaves.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /cgi-bin/silent HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let ready = tokio::task::spawn_blocking(move || std::fs::read_to_string(before));
+    assert_eq!(
+        timeout(T, ready).await.unwrap().unwrap().unwrap(),
+        "ready\n"
+    );
+    drop(tcp);
+    logs.wait_for("\"GET /cgi-bin/silent\"").await;
+    root.assert_no_process_left().await;
+
+    // After headers: the body is being streamed when the client leaves.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /cgi-bin/talker HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = String::new();
+    while !got.contains("hello") {
+        let n = timeout(T, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0);
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(tcp);
+    logs.wait_for("\"GET /cgi-bin/talker\"").await;
+    assert_eq!(root.recorded_pids().len(), 4);
+    root.assert_no_process_left().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_the_server_kills_running_scripts() {
+    let root = Root::new();
+    root.script(
+        "forever",
+        "#!/bin/sh\nsleep 1000 &\necho $$ $! > \"$PIDS/f-$$\"\nprintf 'Content-Type: text/plain\\n\\nstarted\\n'\nwait\n",
+    );
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs)).await;
+    let mut s = connect(server.addr).await;
+    let resp = timeout(
+        T,
+        s.send_request(req("GET", "/cgi-bin/forever", Bytes::new())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    server.stop().await;
+    root.assert_no_process_left().await;
+}
