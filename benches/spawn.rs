@@ -76,10 +76,13 @@ struct Config {
 }
 
 /// One run of one cell.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Sample {
     spawns: u64,
     secs: f64,
+    /// CPU time (user + system) of this process and its reaped children in the cell; less
+    /// sensitive to other people's load than wall time. None for node (not our children).
+    cpu_secs: Option<f64>,
 }
 
 impl Sample {
@@ -94,7 +97,8 @@ struct Bench {
     multi: tokio::runtime::Runtime,
     slot_fd: std::fs::File,
     argv: Vec<CString>,
-    node: Option<Node>,
+    /// Node without ballast and node with its own 2 GiB touched ballast.
+    node: Option<[Node; 2]>,
 }
 
 unsafe extern "C" {
@@ -169,15 +173,16 @@ impl Bench {
     }
 
     /// Runs one cell: spawns until the budget is spent or the cap is reached.
-    fn cell(&mut self, who: Who, mode: Mode, cfg: &Config) -> Option<Sample> {
+    fn cell(&mut self, who: Who, mode: Mode, phase: usize, cfg: &Config) -> Option<Sample> {
         let budget = cfg.budget;
         let max = cfg.max_spawns;
         if who == Who::Node {
-            let node = self.node.as_mut()?;
+            let node = &mut self.node.as_mut()?[phase];
             return Some(node.run(mode, budget, max));
         }
         let argv_ptrs = [self.argv[0].as_ptr(), std::ptr::null()];
         let count = AtomicU64::new(0);
+        let cpu_start = cpu_time();
         let start = Instant::now();
         let deadline = start + budget;
         // Claims one more spawn if the budget allows it.
@@ -258,7 +263,11 @@ impl Bench {
         let secs = start.elapsed().as_secs_f64();
         // A claim refused at the cap still counted one.
         let spawns = count.load(Ordering::Relaxed).min(max);
-        Some(Sample { spawns, secs })
+        Some(Sample {
+            spawns,
+            secs,
+            cpu_secs: Some(cpu_time() - cpu_start),
+        })
     }
 }
 
@@ -406,7 +415,11 @@ impl Node {
         let mut it = answer.split(' ');
         let spawns = it.next().and_then(|s| s.parse().ok()).expect("node count");
         let secs = it.next().and_then(|s| s.parse().ok()).expect("node secs");
-        Sample { spawns, secs }
+        Sample {
+            spawns,
+            secs,
+            cpu_secs: None,
+        }
     }
 
     fn stop(mut self) {
@@ -439,6 +452,21 @@ fn children() -> (usize, usize) {
     (zombies, all)
 }
 
+/// User + system CPU seconds of this process (all threads) and its reaped children.
+fn cpu_time() -> f64 {
+    let mut total = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage fills the zeroed struct we own.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `who` is a valid selector.
+        unsafe { libc::getrusage(who, &mut ru) };
+        for tv in [ru.ru_utime, ru.ru_stime] {
+            total += tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+        }
+    }
+    total
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -449,13 +477,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Grows the ballast to `size` bytes, writing every page so it is really resident.
-fn grow(ballast: &mut Vec<u8>, size: usize) {
-    ballast.resize(size, 0);
+/// A ballast of `size` bytes with every page written, so all of it is resident.
+fn grow(size: usize) -> Vec<u8> {
+    // Zeroed memory comes from fresh mmap'd pages; the writes below fault each one in.
+    let mut ballast = vec![0u8; size];
     for i in (0..size).step_by(PAGE) {
         ballast[i] = 1;
     }
-    std::hint::black_box(&ballast);
+    std::hint::black_box(ballast)
 }
 
 fn load_average() -> String {
@@ -471,14 +500,14 @@ fn main() {
         Config {
             quick,
             rounds: 2,
-            budget: Duration::from_millis(250),
+            budget: Duration::from_millis(200),
             max_spawns: 5_000,
         }
     } else {
         Config {
             quick,
-            rounds: 3,
-            budget: Duration::from_millis(1_500),
+            rounds: 8,
+            budget: Duration::from_millis(500),
             max_spawns: 30_000,
         }
     };
@@ -494,12 +523,19 @@ fn main() {
             .unwrap(),
         slot_fd: std::fs::File::open("/dev/null").unwrap(),
         argv: vec![CString::new(TRUE).unwrap()],
-        node: if std::env::var_os("BROOD_BENCH_NO_NODE").is_some() {
-            None
-        } else {
-            Node::start()
-        },
+        node: None,
     };
+    if std::env::var_os("BROOD_BENCH_NO_NODE").is_none() {
+        if let (Some(n0), Some(mut n2)) = (Node::start(), Node::start()) {
+            let t = Instant::now();
+            n2.ask(&format!("ballast {BALLAST}"));
+            eprintln!(
+                "node's 2 GiB ballast touched in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
+            bench.node = Some([n0, n2]);
+        }
+    }
     let mut contenders = vec![
         Who::Floor,
         Who::Brood,
@@ -525,7 +561,7 @@ fn main() {
         bench
             .node
             .as_ref()
-            .map_or("not found", |n| n.version.as_str())
+            .map_or("not found", |n| n[0].version.as_str())
     );
 
     // Warm up every contender (page cache, lazy runtime parts such as tokio's signal
@@ -538,72 +574,97 @@ fn main() {
     };
     for &who in &contenders {
         for mode in [Mode::Seq, Mode::Par] {
-            bench.cell(who, mode, &warm);
+            bench.cell(who, mode, 0, &warm);
         }
     }
     let fds_before = brood::open_fd_count().unwrap();
     let children_before = children();
 
+    // Every round runs every cell at both ballasts; the phase order alternates (0 then
+    // 2 GiB, then 2 GiB then 0, ...) so the ballast is grown once per two rounds, and both
+    // phases see the same machine load. Contenders that need over a second a cell (fork
+    // from 2 GiB) run in the first `SLOW_ROUNDS` rounds only.
+    const SLOW_ROUNDS: usize = 3;
     let mut ballast: Vec<u8> = Vec::new();
-    // results[phase][mode][who] = rates over rounds
-    let mut results: Vec<Vec<Vec<Vec<f64>>>> = Vec::new();
+    // samples[phase][mode][contender], one per round
+    let mut samples: Vec<Vec<Vec<Vec<Sample>>>> =
+        vec![vec![vec![Vec::new(); contenders.len()]; 2]; 2];
+    let mut slow = vec![vec![vec![false; contenders.len()]; 2]; 2];
     let mut spawned_total = 0u64;
-    for (phase, size) in [0, BALLAST].into_iter().enumerate() {
-        if size > 0 {
-            let t = Instant::now();
-            grow(&mut ballast, size);
-            if let Some(node) = bench.node.as_mut() {
-                node.ask(&format!("ballast {size}"));
+    let mut grow_secs = Vec::new();
+    for round in 0..cfg.rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for phase in order {
+            if phase == 1 && ballast.is_empty() {
+                let t = Instant::now();
+                ballast = grow(BALLAST);
+                grow_secs.push(t.elapsed().as_secs_f64());
             }
-            println!(
-                "ballast grown to {} MiB (touched) in {:.2} s{}",
-                size >> 20,
-                t.elapsed().as_secs_f64(),
-                if bench.node.is_some() {
-                    "; node was given its own 2 GiB touched Buffer"
-                } else {
-                    ""
-                }
-            );
-        }
-        let mut phase_results = vec![vec![Vec::new(); contenders.len()]; 2];
-        for round in 0..cfg.rounds {
+            if phase == 0 && !ballast.is_empty() {
+                std::hint::black_box(&ballast);
+                ballast = Vec::new();
+            }
             for (m, mode) in [Mode::Seq, Mode::Par].into_iter().enumerate() {
                 for k in 0..contenders.len() {
                     // Rotate the order each round so no contender always goes first.
                     let i = (k + round) % contenders.len();
-                    let s = bench.cell(contenders[i], mode, &cfg).unwrap();
+                    if slow[phase][m][i] && round >= SLOW_ROUNDS {
+                        continue;
+                    }
+                    let s = bench.cell(contenders[i], mode, phase, &cfg).unwrap();
                     spawned_total += s.spawns;
-                    phase_results[m][i].push(s.rate());
+                    if s.secs > 1.0 && s.secs > 3.0 * cfg.budget.as_secs_f64() {
+                        slow[phase][m][i] = true;
+                    }
+                    samples[phase][m][i].push(s);
                 }
             }
-            eprint!("\rphase {phase} round {}/{} done", round + 1, cfg.rounds);
         }
-        eprintln!();
-        results.push(phase_results);
+        eprint!("\rround {}/{} done ", round + 1, cfg.rounds);
     }
+    eprintln!();
+    drop(ballast);
+    println!(
+        "ballast: a Vec<u8> of 2048 MiB with every page written, grown for the 2 GiB phases \
+         and freed for the 0 phases (growing took {:.2} s median); node's 2 GiB cells run in \
+         a second node process holding its own touched 2 GiB Buffer",
+        median(&mut grow_secs)
+    );
 
     // Report.
     println!();
-    println!("| ballast | mode | contender | spawns/s (median) | min..max | x floor |");
-    println!("|---|---|---|---:|---:|---:|");
+    println!(
+        "| ballast | mode | contender | spawns/s (median) | min..max | x floor | CPU us/spawn | rounds |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
     let mut med = vec![vec![vec![0.0; contenders.len()]; 2]; 2];
-    for (p, phase) in results.iter_mut().enumerate() {
-        for (m, mode) in phase.iter_mut().enumerate() {
-            for (i, rates) in mode.iter_mut().enumerate() {
-                med[p][m][i] = median(rates);
+    for (p, phase) in samples.iter().enumerate() {
+        for (m, mode) in phase.iter().enumerate() {
+            for (i, ss) in mode.iter().enumerate() {
+                med[p][m][i] = median(&mut ss.iter().map(Sample::rate).collect::<Vec<_>>());
             }
-            for (i, rates) in mode.iter().enumerate() {
-                let (lo, hi) = (rates[0], rates[rates.len() - 1]);
+            for (i, ss) in mode.iter().enumerate() {
+                let mut r: Vec<f64> = ss.iter().map(Sample::rate).collect();
+                r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                let mut cpu: Vec<f64> = ss
+                    .iter()
+                    .filter_map(|s| s.cpu_secs.map(|c| c * 1e6 / s.spawns.max(1) as f64))
+                    .collect();
                 println!(
-                    "| {} | {} | {} | {:.0} | {:.0}..{:.0} | {:.3} |",
+                    "| {} | {} | {} | {:.0} | {:.0}..{:.0} | {:.3} | {} | {} |",
                     if p == 0 { "0" } else { "2 GiB" },
                     [Mode::Seq, Mode::Par][m].name(),
                     contenders[i].name(),
                     med[p][m][i],
-                    lo,
-                    hi,
-                    med[p][m][i] / med[p][m][0]
+                    r[0],
+                    r[r.len() - 1],
+                    med[p][m][i] / med[p][m][0],
+                    if cpu.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        format!("{:.0}", median(&mut cpu))
+                    },
+                    r.len()
                 );
             }
         }
@@ -615,64 +676,78 @@ fn main() {
         idx(Who::BroodOpts),
         idx(Who::TokioPreExec),
     );
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    // The same ratio taken round by round (cells of one round ran close together in time,
+    // so they shared the machine's load), then the median over rounds.
+    let paired = |a: &[Sample], b: &[Sample]| {
+        median(
+            &mut a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| a.rate() / b.rate())
+                .collect::<Vec<_>>(),
+        )
+    };
     println!();
-    println!("Bars (median rates):");
+    println!("Bars (ratio of median rates; in brackets the median of per-round ratios):");
     for (m, mode) in [Mode::Seq, Mode::Par].into_iter().enumerate() {
         for (p, label) in ["0", "2 GiB"].into_iter().enumerate() {
             let r = med[p][m][brood_i] / med[p][m][floor];
+            let pr = paired(&samples[p][m][brood_i], &samples[p][m][floor]);
             println!(
-                "  brood / floor, {}, ballast {label}: {r:.3} (bar >= 0.95: {})",
+                "  brood / floor, {}, ballast {label}: {r:.3} [{pr:.3}] (bar >= 0.95: {})",
                 mode.name(),
-                if r >= 0.95 { "met" } else { "NOT met" }
+                met(r >= 0.95)
             );
         }
     }
     for (m, mode) in [Mode::Seq, Mode::Par].into_iter().enumerate() {
         let r = med[1][m][opts] / med[0][m][brood_i];
+        let pr = paired(&samples[1][m][opts], &samples[0][m][brood_i]);
+        let same = med[1][m][opts] / med[1][m][brood_i];
         println!(
-            "  brood with options at 2 GiB / brood without at 0, {}: {r:.3} (bar >= 0.9: {})",
+            "  brood with options at 2 GiB / brood without at 0, {}: {r:.3} [{pr:.3}] \
+             (bar >= 0.9: {}); vs brood without at 2 GiB: {same:.3}",
             mode.name(),
-            if r >= 0.9 { "met" } else { "NOT met" }
+            met(r >= 0.9)
         );
     }
     for (m, mode) in [Mode::Seq, Mode::Par].into_iter().enumerate() {
         for (p, label) in ["0", "2 GiB"].into_iter().enumerate() {
             let r = med[p][m][opts] / med[p][m][pre];
+            let pr = paired(&samples[p][m][opts], &samples[p][m][pre]);
             let bar = if p == 1 {
-                if r >= 50.0 {
-                    " (bar >= 50: met)"
-                } else {
-                    " (bar >= 50: NOT met)"
-                }
+                format!(" (bar >= 50: {})", met(r >= 50.0))
             } else {
-                ""
+                String::new()
             };
             println!(
-                "  brood options / tokio pre_exec, {}, ballast {label}: {r:.1}x{bar}",
+                "  brood options / tokio pre_exec, {}, ballast {label}: {r:.1}x [{pr:.1}x]{bar}",
                 mode.name()
             );
         }
     }
 
-    if let Some(node) = bench.node.take() {
-        node.stop();
-    }
-    drop(ballast);
+    // The node processes are children too: count before stopping them, as at the start.
     let fds_after = brood::open_fd_count().unwrap();
     let children_after = children();
     println!();
     println!(
         "Leaks after {spawned_total} measured spawns: fds {fds_before} -> {fds_after}, \
-         zombie children {} -> {}, live children {} -> {} ({})",
+         zombie children {} -> {}, live children {} -> {} (the node helpers) : {}",
         children_before.0,
         children_after.0,
         children_before.1,
         children_after.1,
-        if fds_before == fds_after && children_after == (0, 0) {
+        if fds_before == fds_after && children_before == children_after && children_after.0 == 0 {
             "nothing leaked"
         } else {
             "LEAK"
         }
     );
+    if let Some([n0, n2]) = bench.node.take() {
+        n0.stop();
+        n2.stop();
+    }
     println!("load average at end {}", load_average());
 }
