@@ -80,9 +80,10 @@ struct Config {
 struct Sample {
     spawns: u64,
     secs: f64,
-    /// CPU time (user + system) of this process and its reaped children in the cell; less
-    /// sensitive to other people's load than wall time. None for node (not our children).
-    cpu_secs: Option<f64>,
+    /// CPU seconds (user + system) of this process (all its threads) and of its reaped
+    /// children during the cell; much less sensitive to other people's load than wall time.
+    /// None for node (it and its children are not measured from here).
+    cpu_secs: Option<[f64; 2]>,
 }
 
 impl Sample {
@@ -266,7 +267,10 @@ impl Bench {
         Some(Sample {
             spawns,
             secs,
-            cpu_secs: Some(cpu_time() - cpu_start),
+            cpu_secs: Some({
+                let end = cpu_time();
+                [end[0] - cpu_start[0], end[1] - cpu_start[1]]
+            }),
         })
     }
 }
@@ -452,19 +456,27 @@ fn children() -> (usize, usize) {
     (zombies, all)
 }
 
-/// User + system CPU seconds of this process (all threads) and its reaped children.
-fn cpu_time() -> f64 {
-    let mut total = 0.0;
-    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
-        // SAFETY: getrusage fills the zeroed struct we own.
+/// User + system CPU seconds of this process (all threads) and of its reaped children.
+fn cpu_time() -> [f64; 2] {
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN].map(|who| {
+        // SAFETY: a zeroed rusage is a valid out-parameter, and getrusage fills it.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: as above; `who` is a valid selector.
         unsafe { libc::getrusage(who, &mut ru) };
-        for tv in [ru.ru_utime, ru.ru_stime] {
-            total += tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
-        }
-    }
-    total
+        [ru.ru_utime, ru.ru_stime]
+            .iter()
+            .map(|tv| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6)
+            .sum()
+    })
+}
+
+/// Median CPU microseconds per spawn over the samples, of the parent (0) or the children (1).
+fn cpu_us(ss: &[Sample], which: usize) -> Option<f64> {
+    let mut v: Vec<f64> = ss
+        .iter()
+        .filter_map(|s| s.cpu_secs.map(|c| c[which] * 1e6 / s.spawns.max(1) as f64))
+        .collect();
+    (!v.is_empty()).then(|| median(&mut v))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -634,9 +646,9 @@ fn main() {
     // Report.
     println!();
     println!(
-        "| ballast | mode | contender | spawns/s (median) | min..max | x floor | CPU us/spawn | rounds |"
+        "| ballast | mode | contender | spawns/s (median) | min..max | x floor | parent CPU us/spawn | children CPU us/spawn | rounds |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     let mut med = vec![vec![vec![0.0; contenders.len()]; 2]; 2];
     for (p, phase) in samples.iter().enumerate() {
         for (m, mode) in phase.iter().enumerate() {
@@ -646,12 +658,9 @@ fn main() {
             for (i, ss) in mode.iter().enumerate() {
                 let mut r: Vec<f64> = ss.iter().map(Sample::rate).collect();
                 r.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                let mut cpu: Vec<f64> = ss
-                    .iter()
-                    .filter_map(|s| s.cpu_secs.map(|c| c * 1e6 / s.spawns.max(1) as f64))
-                    .collect();
+                let cpu = |which| cpu_us(ss, which).map_or("-".to_owned(), |c| format!("{c:.0}"));
                 println!(
-                    "| {} | {} | {} | {:.0} | {:.0}..{:.0} | {:.3} | {} | {} |",
+                    "| {} | {} | {} | {:.0} | {:.0}..{:.0} | {:.3} | {} | {} | {} |",
                     if p == 0 { "0" } else { "2 GiB" },
                     [Mode::Seq, Mode::Par][m].name(),
                     contenders[i].name(),
@@ -659,11 +668,8 @@ fn main() {
                     r[0],
                     r[r.len() - 1],
                     med[p][m][i] / med[p][m][0],
-                    if cpu.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        format!("{:.0}", median(&mut cpu))
-                    },
+                    cpu(0),
+                    cpu(1),
                     r.len()
                 );
             }
@@ -694,10 +700,14 @@ fn main() {
         for (p, label) in ["0", "2 GiB"].into_iter().enumerate() {
             let r = med[p][m][brood_i] / med[p][m][floor];
             let pr = paired(&samples[p][m][brood_i], &samples[p][m][floor]);
+            let cpu = |i| cpu_us(&samples[p][m][i], 0).unwrap_or(f64::NAN);
             println!(
-                "  brood / floor, {}, ballast {label}: {r:.3} [{pr:.3}] (bar >= 0.95: {})",
+                "  brood / floor, {}, ballast {label}: {r:.3} [{pr:.3}] (bar >= 0.95: {}); \
+                 parent CPU per spawn {:.0} us vs {:.0} us",
                 mode.name(),
-                met(r >= 0.95)
+                met(r >= 0.95),
+                cpu(brood_i),
+                cpu(floor)
             );
         }
     }
