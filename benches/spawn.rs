@@ -700,7 +700,7 @@ fn main() {
         for (p, label) in ["0", "2 GiB"].into_iter().enumerate() {
             let r = med[p][m][brood_i] / med[p][m][floor];
             let pr = paired(&samples[p][m][brood_i], &samples[p][m][floor]);
-            let cpu = |i| cpu_us(&samples[p][m][i], 0).unwrap_or(f64::NAN);
+            let cpu = |i: usize| cpu_us(&samples[p][m][i], 0).unwrap_or(f64::NAN);
             println!(
                 "  brood / floor, {}, ballast {label}: {r:.3} [{pr:.3}] (bar >= 0.95: {}); \
                  parent CPU per spawn {:.0} us vs {:.0} us",
