@@ -518,8 +518,8 @@ fn main() {
     } else {
         Config {
             quick,
-            rounds: 8,
-            budget: Duration::from_millis(500),
+            rounds: 12,
+            budget: Duration::from_millis(400),
             max_spawns: 30_000,
         }
     };
@@ -594,9 +594,11 @@ fn main() {
 
     // Every round runs every cell at both ballasts; the phase order alternates (0 then
     // 2 GiB, then 2 GiB then 0, ...) so the ballast is grown once per two rounds, and both
-    // phases see the same machine load. Contenders that need over a second a cell (fork
-    // from 2 GiB) run in the first `SLOW_ROUNDS` rounds only.
+    // phases see the same machine load. Cells slower than `SLOW_RATE` (fork from 2 GiB:
+    // one spawn per worker already overruns the budget) run in the first `SLOW_ROUNDS`
+    // rounds only; they are a hundred times off, so three rounds say enough.
     const SLOW_ROUNDS: usize = 3;
+    const SLOW_RATE: f64 = 50.0;
     let mut ballast: Vec<u8> = Vec::new();
     // samples[phase][mode][contender], one per round
     let mut samples: Vec<Vec<Vec<Vec<Sample>>>> =
@@ -625,7 +627,7 @@ fn main() {
                     }
                     let s = bench.cell(contenders[i], mode, phase, &cfg).unwrap();
                     spawned_total += s.spawns;
-                    if s.secs > 1.0 && s.secs > 3.0 * cfg.budget.as_secs_f64() {
+                    if s.rate() < SLOW_RATE {
                         slow[phase][m][i] = true;
                     }
                     samples[phase][m][i].push(s);
