@@ -420,16 +420,29 @@ async fn send(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
             format!("at most {} handles per write", wire::MAX_FDS),
         ));
     }
-    let mut raw = [0 as RawFd; wire::MAX_FDS];
-    for (slot, h) in raw.iter_mut().zip(handles) {
-        *slot = h.as_raw_fd();
-    }
-    let mut fds = &raw[..handles.len()];
-    let _guard = io.write.lock().await;
+    // Few handles per write is the rule: keep them on the stack then.
+    let mut small = [0 as RawFd; 16];
+    let many: Vec<RawFd>;
+    let mut fds: &[RawFd] = if handles.len() <= small.len() {
+        for (slot, h) in small.iter_mut().zip(handles) {
+            *slot = h.as_raw_fd();
+        }
+        &small[..handles.len()]
+    } else {
+        many = handles.iter().map(|h| h.as_raw_fd()).collect();
+        &many
+    };
+    // The common case is an uncontended lock and a socket with room: take both without
+    // building futures (a small message costs about one system call, as a raw write).
+    let _guard = match io.write.try_lock() {
+        Ok(g) => g,
+        Err(_) => io.write.lock().await,
+    };
     let sock = io.stream.as_raw_fd();
     let mut off = 0;
     while off < data.len() {
-        io.stream.writable().await.map_err(|e| from_io(e, op))?;
+        // `try_io` answers WouldBlock without a system call while tokio knows the socket is
+        // full; then wait for room.
         match io
             .stream
             .try_io(Interest::WRITABLE, || wire::send(sock, &data[off..], fds))
@@ -438,7 +451,9 @@ async fn send(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
                 off += n;
                 fds = &[]; // the fds went with the first byte written
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.stream.writable().await.map_err(|e| from_io(e, op))?;
+            }
             Err(e) => return Err(from_io(e, op)),
         }
     }

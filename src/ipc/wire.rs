@@ -37,7 +37,19 @@ pub(crate) fn send(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize>
         }
         return Ok(n as usize);
     }
-    let mut cbuf = [0u64; CMSG_WORDS];
+    // A control buffer just big enough (8-byte words, as `cmsghdr` is aligned): on the stack
+    // for up to 16 fds, the usual case.
+    // SAFETY: pure arithmetic.
+    let words =
+        (unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize).div_ceil(8);
+    let mut small = [0u64; 12];
+    let mut big: Vec<u64>;
+    let cbuf: &mut [u64] = if words <= small.len() {
+        &mut small
+    } else {
+        big = vec![0u64; words];
+        &mut big
+    };
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
