@@ -13,7 +13,6 @@ use std::os::fd::AsFd;
 
 use brood::ipc::Channel;
 use brood::{Command, Stdio};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn usage() -> ! {
@@ -135,25 +134,11 @@ async fn worker() {
                     // One write per line, so the lines of several workers never mix.
                     let line = format!("Worker {pid}: Accepted fd {}\n", conn.as_raw_fd());
                     let _ = std::io::stderr().write_all(line.as_bytes());
-                    tokio::spawn(echo(conn));
+                    tokio::spawn(brood::pipe::echo(conn));
                 }
                 Err(e) => {
                     eprintln!("Worker {pid}: {e}");
                     channel.accept_handle();
-                }
-            }
-        }
-    }
-}
-
-async fn echo(mut conn: TcpStream) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).await.is_err() {
-                    return;
                 }
             }
         }

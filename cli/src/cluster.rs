@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use brood::cluster::{Cluster, Strategy, Worker};
 use clap::{Args, ValueEnum};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Run a multi-process server: a master that starts workers and hands them connections.
 ///
@@ -182,7 +181,7 @@ async fn worker(builtin: Builtin) -> i32 {
         match worker.accept().await {
             Ok(Some(conn)) => {
                 match builtin {
-                    Builtin::Echo => tokio::spawn(echo(conn)),
+                    Builtin::Echo => tokio::spawn(brood::pipe::echo(conn)),
                     Builtin::Http => tokio::spawn(http(conn)),
                 };
             }
@@ -195,21 +194,6 @@ async fn worker(builtin: Builtin) -> i32 {
     }
     worker.drain().await;
     0
-}
-
-/// The seed's echo worker.
-async fn echo(mut conn: brood::cluster::Connection) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 const HTTP_BODY: &[u8] = b"Hello from a brood worker\n";

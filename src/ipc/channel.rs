@@ -36,14 +36,15 @@ struct Io {
 /// An IPC channel: a Unix stream socket that carries bytes and open handles (TCP and Unix
 /// streams and listeners, UDP sockets, pipes, files), as libuv's `uv_pipe_t` with `ipc = 1`.
 ///
-/// - Send with [`send`](Channel::send) (`uv_write`) and
-///   [`send_with_handles`](Channel::send_with_handles) (`uv_write2`); the sender keeps its
+/// - Send with [`send`](Sender::send) (`uv_write`) and
+///   [`send_with_handles`](Sender::send_with_handles) (`uv_write2`), through the channel's
+///   own [`Sender`] (`Deref`); the sender keeps its
 ///   own copies of the handles and may close them at once.
 /// - Receive bytes with [`recv`](Channel::recv); handles that came with those bytes become
 ///   pending: [`pending_count`](Channel::pending_count), [`pending_type`](Channel::pending_type),
 ///   [`accept`](Channel::accept) as the right tokio type (`uv_pipe_pending_count`,
 ///   `uv_pipe_pending_type`, `uv_accept`).
-/// - Or use the typed layer: [`send_msg`](Channel::send_msg) / [`recv_msg`](Channel::recv_msg),
+/// - Or use the typed layer: [`send_msg`](Sender::send_msg) / [`recv_msg`](Channel::recv_msg),
 ///   one JSON object per line with its handles bound to it.
 ///
 /// Every received fd is close-on-exec. Sends wait while the peer is slow to read (the
@@ -68,7 +69,8 @@ struct Io {
 /// # Ok(()) }
 /// ```
 pub struct Channel {
-    io: Arc<Io>,
+    /// The sending half; the socket lives in it.
+    tx: Sender,
     /// Bytes read but not yet consumed; `rbuf[rpos..]` is unread.
     rbuf: Vec<u8>,
     rpos: usize,
@@ -92,7 +94,7 @@ pub struct Sender {
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
-            .field("fd", &self.io.stream.as_raw_fd())
+            .field("fd", &self.tx.io.stream.as_raw_fd())
             .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
@@ -103,10 +105,12 @@ impl Channel {
     /// [`UnixListener`](tokio::net::UnixListener): IPC between unrelated processes).
     pub fn new(stream: UnixStream) -> Channel {
         Channel {
-            io: Arc::new(Io {
-                stream,
-                write: tokio::sync::Mutex::new(()),
-            }),
+            tx: Sender {
+                io: Arc::new(Io {
+                    stream,
+                    write: tokio::sync::Mutex::new(()),
+                }),
+            },
             rbuf: Vec::new(),
             rpos: 0,
             base: 0,
@@ -175,32 +179,10 @@ impl Channel {
         self.max_message = bytes.max(1);
     }
 
-    /// Closes the sending direction; see [`Sender::shutdown`].
-    pub fn shutdown(&self) -> Result<()> {
-        shutdown_write(&self.io)
-    }
-
-    /// A sending half that other tasks can hold.
+    /// A sending half that other tasks can hold (a `Channel` sends through its own, by
+    /// `Deref`: `channel.send(..)` is `channel.sender().send(..)` without the clone).
     pub fn sender(&self) -> Sender {
-        Sender {
-            io: self.io.clone(),
-        }
-    }
-
-    /// Sends bytes (`uv_write`). Waits while the peer's buffer is full.
-    pub async fn send(&self, data: &[u8]) -> Result<()> {
-        send(&self.io, data, &[]).await
-    }
-
-    /// Sends bytes with handles attached to their first byte (`uv_write2`). `data` must not be
-    /// empty. The handles stay open here; the receiver gets its own copies.
-    pub async fn send_with_handles(&self, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
-        send(&self.io, data, handles).await
-    }
-
-    /// Sends `msg` as one JSON line, with `handles` bound to it.
-    pub async fn send_msg<T: Serialize>(&self, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
-        send_msg(&self.io, msg, handles).await
+        self.tx.clone()
     }
 
     /// Reads bytes into `buf`; 0 means the peer closed the channel. Handles that came with
@@ -298,7 +280,7 @@ impl Channel {
 
     /// The socket underneath.
     pub fn as_stream(&self) -> &UnixStream {
-        &self.io.stream
+        &self.tx.io.stream
     }
 
     /// Reads more from the socket into `rbuf`. `false` at end of stream.
@@ -312,14 +294,15 @@ impl Channel {
         self.rbuf.reserve(READ_CHUNK);
         let mut fds = Vec::new();
         let result = loop {
-            let ready = self.io.stream.readable().await;
+            let ready = self.tx.io.stream.readable().await;
             if let Err(e) = ready {
                 break Err(from_io(e, "recv"));
             }
             let max = self.max_handles;
-            let sock = self.io.stream.as_raw_fd();
+            let sock = self.tx.io.stream.as_raw_fd();
             let buf = self.rbuf.spare_capacity_mut();
             match self
+                .tx
                 .io
                 .stream
                 .try_io(Interest::READABLE, || wire::recv(sock, buf, max, &mut fds))
@@ -362,6 +345,13 @@ impl Channel {
     }
 }
 
+impl std::ops::Deref for Channel {
+    type Target = Sender;
+    fn deref(&self) -> &Sender {
+        &self.tx
+    }
+}
+
 impl Sender {
     /// Closes the sending direction (`shutdown(SHUT_WR)`): the peer reads to the end of
     /// what was sent and then sees end-of-stream, while it can still send to us.
@@ -369,17 +359,18 @@ impl Sender {
         shutdown_write(&self.io)
     }
 
-    /// [`Channel::send`].
+    /// Sends bytes (`uv_write`). Waits while the peer's buffer is full.
     pub async fn send(&self, data: &[u8]) -> Result<()> {
         send(&self.io, data, &[]).await
     }
 
-    /// [`Channel::send_with_handles`].
+    /// Sends bytes with handles attached to their first byte (`uv_write2`). `data` must not
+    /// be empty. The handles stay open here; the receiver gets its own copies.
     pub async fn send_with_handles(&self, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
         send(&self.io, data, handles).await
     }
 
-    /// [`Channel::send_msg`].
+    /// Sends `msg` as one JSON line, with `handles` bound to it.
     pub async fn send_msg<T: Serialize>(&self, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
         send_msg(&self.io, msg, handles).await
     }
@@ -462,7 +453,7 @@ async fn send(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
 
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.stream.as_fd()
+        self.tx.io.stream.as_fd()
     }
 }
 

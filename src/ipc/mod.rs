@@ -12,7 +12,7 @@
 //! attached, as one `SCM_RIGHTS` control message, to its first byte (libuv does the same on
 //! Unix). Nothing else is framed, so any language that can `sendmsg` fds talks to brood:
 //! Python's `socket.send_fds(sock, [b"x"], [fd])` and `socket.recv_fds`, or C `sendmsg`.
-//! The typed layer ([`Channel::send_msg`]) is one JSON object per line (`\n`-terminated), its
+//! The typed layer ([`Sender::send_msg`]) is one JSON object per line (`\n`-terminated), its
 //! handles attached to the line's first byte.
 
 mod channel;

@@ -1,8 +1,7 @@
 //! The seed's echo server, as a library function so the example and `brood pipe-echo` run
 //! the same code.
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::Listener;
@@ -35,9 +34,23 @@ pub async fn echo_server(listener: &Listener) -> Result<()> {
     }
 }
 
-async fn echo(stream: UnixStream) {
-    let (mut rd, mut wr) = stream.into_split();
-    // A client that resets the connection just ends it; nothing else to do.
+/// Echoes one connection of any kind (Unix or TCP stream, a cluster connection) until the
+/// peer's EOF, then closes the writing side. A peer that resets just ends it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
+/// tokio::spawn(brood::pipe::echo(server));
+/// client.write_all(b"hello").await.unwrap();
+/// client.shutdown().await.unwrap();
+/// let mut back = String::new();
+/// client.read_to_string(&mut back).await.unwrap();
+/// assert_eq!(back, "hello");
+/// # }
+/// ```
+pub async fn echo<S: AsyncRead + AsyncWrite>(stream: S) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     if tokio::io::copy(&mut rd, &mut wr).await.is_ok() {
         let _ = wr.shutdown().await;
     }

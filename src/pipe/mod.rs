@@ -35,7 +35,7 @@ mod stream;
 
 use crate::error::{Error, Result, from_io};
 
-pub use echo::echo_server;
+pub use echo::{echo, echo_server};
 pub use listener::{Bind, DEFAULT_BACKLOG, Listener};
 pub use mode::Mode;
 pub use name::Name;
