@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use brood::Signum;
 use brood::cgi::{Cgi, Raw};
+use brood::signal::Signal;
 use clap::{ArgGroup, Args};
 
 /// Serve CGI scripts over HTTP/1.1, or run a program per TCP connection (--raw).
@@ -118,6 +120,10 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Watching before saying "listening", so a signal right after it is not lost; a second
+    // one after the first has stopped the watchers gets the default action.
+    let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
+    let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
 
     let serve = if args.raw {
         let mut raw = Raw::new(&args.program[0])
@@ -166,15 +172,13 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         Box::pin(cgi.serve(listener))
     };
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     tokio::select! {
         r = serve => r.map_err(|e| e.to_string()),
-        _ = tokio::signal::ctrl_c() => {
+        Some(_) = int.recv() => {
             eprintln!("brood cgi: SIGINT, stopping");
             Ok(())
         }
-        _ = term.recv() => {
+        Some(_) = term.recv() => {
             eprintln!("brood cgi: SIGTERM, stopping");
             Ok(())
         }

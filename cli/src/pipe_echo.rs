@@ -3,9 +3,10 @@
 
 use std::ffi::OsString;
 
+use brood::Signum;
 use brood::pipe::{self, Listener, Mode};
+use brood::signal::Signal;
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Echo every byte back over a Unix domain socket at PATH, until SIGINT or SIGTERM; then
 /// remove the socket file and exit 0.
@@ -75,10 +76,7 @@ async fn serve(args: PipeEchoArgs) -> i32 {
         eprintln!("brood pipe-echo: {e}");
         return 1;
     }
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) = (Signal::new(Signum::INT), Signal::new(Signum::TERM)) else {
         eprintln!("brood pipe-echo: cannot watch SIGINT/SIGTERM");
         return 1;
     };
