@@ -131,6 +131,17 @@ impl Master {
         }
     }
 
+    /// Waits (bounded) until the master's log has `count` lines with `needle`: the log is
+    /// read by a task, so a line written just before a status answer may still be in flight.
+    async fn wait_log(&self, needle: &str, count: usize) {
+        let start = Instant::now();
+        while self.log_has(needle) < count {
+            assert!(start.elapsed() < LIMIT, "log never had {count}× {needle:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(self.log_has(needle), count, "{needle:?}");
+    }
+
     fn log_has(&self, needle: &str) -> usize {
         self.log
             .lock()
@@ -365,8 +376,8 @@ async fn sighup_replaces_every_worker_without_a_failed_request() {
         failed, 0,
         "{failed} failed, {ok} ok during the rolling restart"
     );
-    assert_eq!(m.log_has("rolling restart"), 1);
-    assert_eq!(m.log_has("worker retired"), 2);
+    m.wait_log("rolling restart", 1).await;
+    m.wait_log("worker retired", 2).await;
     assert!(ok > 20);
     for pid in old {
         assert!(!alive(pid));
@@ -596,7 +607,7 @@ async fn a_worker_that_stops_answering_heartbeats_is_replaced() {
     )
     .await;
     assert!(!alive(frozen));
-    assert_eq!(m.log_has("missed its heartbeats"), 1);
+    m.wait_log("missed its heartbeats", 1).await;
     m.stop().await;
 }
 
