@@ -5,7 +5,7 @@ use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::Signum;
@@ -104,6 +104,8 @@ pub struct Output {
 /// `stdout`, `stderr`, any other slot with [`take_pipe`](Child::take_pipe). Each is a
 /// `tokio::net::UnixStream` (libuv makes every pipe a socketpair): `AsyncRead` +
 /// `AsyncWrite`, splittable with `into_split`.
+/// Writing to a child that closed its end is an `EPIPE` error, never a SIGPIPE death
+/// (brood writes with `MSG_NOSIGNAL`).
 ///
 /// [`kill_on_drop`]: crate::Command::kill_on_drop
 pub struct Child {
@@ -240,8 +242,37 @@ impl Child {
     /// Waits for the exit while reading stdout and stderr (where they are pipes) to the end,
     /// all concurrently, so a child that fills one pipe never deadlocks. stdin, if a pipe, is
     /// closed first so the child sees EOF.
-    pub async fn wait_with_output(mut self) -> Result<Output> {
-        drop(self.stdin.take());
+    pub async fn wait_with_output(self) -> Result<Output> {
+        self.communicate(&[]).await
+    }
+
+    /// Writes `input` to the child's stdin (a pipe) and closes it, while reading stdout and
+    /// stderr to the end and waiting for the exit, all at once (Python's `communicate`,
+    /// Node's `input` option): no deadlock whatever the sizes. A child that exits without
+    /// reading all its input is not an error: the rest is dropped (`EPIPE`, never SIGPIPE).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use brood::{Command, Stdio};
+    /// let child = Command::new("tr").args(["a-z", "A-Z"])
+    ///     .stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    /// let out = child.communicate(b"shout\n").await?;
+    /// assert_eq!(out.stdout, b"SHOUT\n");
+    /// # Ok(()) }
+    /// ```
+    pub async fn communicate(mut self, input: &[u8]) -> Result<Output> {
+        let stdin = self.stdin.take();
+        let feed = async move {
+            if let Some(mut pipe) = stdin {
+                match pipe.write_all(input).await {
+                    Ok(()) => drop(pipe),
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                    Err(e) => return Err(from_io(e, "write stdin")),
+                }
+            }
+            Ok(())
+        };
         async fn read_all(pipe: Option<UnixStream>, what: &str) -> Result<Vec<u8>> {
             let mut buf = Vec::new();
             if let Some(mut p) = pipe {
@@ -252,11 +283,13 @@ impl Child {
             Ok(buf)
         }
         let (out, err) = (self.stdout.take(), self.stderr.take());
-        let (stdout, stderr, exit) = tokio::join!(
+        let (fed, stdout, stderr, exit) = tokio::join!(
+            feed,
             read_all(out, "stdout"),
             read_all(err, "stderr"),
             self.wait()
         );
+        fed?;
         Ok(Output {
             exit: exit?,
             stdout: stdout?,

@@ -331,3 +331,36 @@ async fn cgi_kills_running_ticks_when_it_stops() {
         .unwrap();
     assert_eq!(rest, b"");
 }
+
+#[tokio::test]
+async fn communicate_feeds_10_mb_while_reading_10_mb_back() {
+    let input = data(TEN_MB);
+    let child = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = timeout(T, child.communicate(&input))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.exit.success(), "{}", out.exit);
+    assert!(out.stdout == input, "stdout differs from stdin");
+    assert!(out.stderr.is_empty());
+}
+
+#[tokio::test]
+async fn communicate_with_a_child_that_reads_nothing_is_not_an_error() {
+    let child = Command::new("sh")
+        .args(["-c", "exit 4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = timeout(T, child.communicate(&data(TEN_MB)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.exit.status, 4);
+}
