@@ -105,7 +105,7 @@ pub struct Output {
 /// `tokio::net::UnixStream` (libuv makes every pipe a socketpair): `AsyncRead` +
 /// `AsyncWrite`, splittable with `into_split`.
 /// Writing to a child that closed its end is an `EPIPE` error, never a SIGPIPE death
-/// (brood writes with `MSG_NOSIGNAL`).
+/// (writes to these sockets go through `send` with `MSG_NOSIGNAL`).
 ///
 /// [`kill_on_drop`]: crate::Command::kill_on_drop
 pub struct Child {
