@@ -5,249 +5,19 @@
 //! So no state is shared and no lock is taken.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::control::{self, Request};
-use super::{STRATEGY_ENV, Strategy, Timings, WORKER_ENV, listen, wire};
+use super::builder::{Cluster, ClusterBuilder, Source};
+use super::control::Request;
+use super::{STRATEGY_ENV, Strategy, WORKER_ENV, listen, wire};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::{Channel, Sender};
 use crate::signal::Signal;
 use crate::{Command, Exit, Signum, Stdio};
-
-/// Builds a [`Cluster`].
-#[derive(Debug, Clone)]
-pub struct ClusterBuilder {
-    listen: Option<String>,
-    workers: Option<usize>,
-    strategy: Strategy,
-    timings: Timings,
-    program: Option<(OsString, Vec<OsString>)>,
-    expect_ready: Option<bool>,
-    control: Option<PathBuf>,
-    env: Vec<(OsString, OsString)>,
-}
-
-/// A master process of a multi-process server. See the [module docs](super).
-#[derive(Debug)]
-pub struct Cluster {
-    cfg: ClusterBuilder,
-    workers: usize,
-    local_addr: SocketAddr,
-    source: Source,
-    control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
-}
-
-/// Where connections come from.
-#[derive(Debug)]
-enum Source {
-    /// The master accepts (round-robin, least-connections).
-    Accept(std::net::TcpListener),
-    /// Workers share this listener.
-    Shared(std::net::TcpListener),
-    /// Shut down: no listening socket left in the master.
-    Closed,
-    /// Workers get their own socket in the group this anchor holds.
-    ReusePort {
-        /// Held, never used: it keeps the port while workers come and go.
-        _anchor: socket2::Socket,
-    },
-}
-
-impl Cluster {
-    /// A builder with the defaults: one worker per CPU, round-robin, 30 s grace.
-    pub fn builder() -> ClusterBuilder {
-        ClusterBuilder {
-            listen: None,
-            workers: None,
-            strategy: Strategy::RoundRobin,
-            timings: Timings::default(),
-            program: None,
-            expect_ready: None,
-            control: None,
-            env: Vec::new(),
-        }
-    }
-
-    /// The address the cluster listens on (the port is known even when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Runs the master until `SIGTERM` or `SIGINT` (graceful shutdown) and returns when every
-    /// worker is gone. `SIGHUP` restarts the workers one by one, `SIGTTIN`/`SIGTTOU` add or
-    /// remove one.
-    pub async fn run(mut self) -> Result<()> {
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let control = match self.control.take() {
-            Some((path, l)) => {
-                control::serve(l, events_tx.clone())?;
-                Some(path)
-            }
-            None => None,
-        };
-        // The master's accepting listener lives in `Master::run` only, so shutdown closes it.
-        let accept = match std::mem::replace(&mut self.source, Source::Closed) {
-            Source::Accept(l) => {
-                l.set_nonblocking(true)
-                    .map_err(|e| from_io(e, "listener"))?;
-                Some(TcpListener::from_std(l).map_err(|e| from_io(e, "listener"))?)
-            }
-            other => {
-                self.source = other;
-                None
-            }
-        };
-        let mut m = Master {
-            target: self.workers,
-            expect_ready: self.cfg.expect_ready.unwrap_or(self.cfg.program.is_none()),
-            cluster: self,
-            workers: BTreeMap::new(),
-            next_id: 1,
-            rr: 0,
-            events_tx,
-            backlog: VecDeque::new(),
-            respawns: Vec::new(),
-            crash_streak: 0,
-            reload: VecDeque::new(),
-            reloading: None,
-            shutting_down: None,
-        };
-        tracing::info!(
-            addr = %m.cluster.local_addr,
-            workers = m.target,
-            strategy = %m.cluster.cfg.strategy,
-            "cluster master started"
-        );
-        for _ in 0..m.target {
-            m.spawn_worker(0)?;
-        }
-        let result = m.run(accept, events).await;
-        if let Some(path) = control {
-            let _ = std::fs::remove_file(path);
-        }
-        result
-    }
-}
-
-impl ClusterBuilder {
-    /// The address to listen on, e.g. `"127.0.0.1:8080"` (port 0 picks one). A master started
-    /// by systemd with `LISTEN_FDS` uses the socket it was given instead.
-    pub fn listen(mut self, addr: impl Into<String>) -> Self {
-        self.listen = Some(addr.into());
-        self
-    }
-
-    /// How many workers (default: the number of CPUs).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n);
-        self
-    }
-
-    /// How connections reach workers (default round-robin).
-    pub fn strategy(mut self, s: Strategy) -> Self {
-        self.strategy = s;
-        self
-    }
-
-    /// How long retiring workers may take to finish their connections before `SIGKILL`.
-    pub fn grace(mut self, d: Duration) -> Self {
-        self.timings.grace = d;
-        self
-    }
-
-    /// Heartbeat interval and the silence after which a brood-aware worker is replaced.
-    pub fn heartbeat(mut self, every: Duration, timeout: Duration) -> Self {
-        self.timings.heartbeat = every.max(Duration::from_millis(10));
-        self.timings.heartbeat_timeout = timeout.max(self.timings.heartbeat);
-        self
-    }
-
-    /// The first and the longest delay before respawning a worker that crashes soon after
-    /// its start (doubling in between).
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.timings.backoff_min = min;
-        self.timings.backoff_max = max.max(min);
-        self
-    }
-
-    /// Runs `program args` as the worker instead of this program itself: any program that
-    /// takes connections from fd 3 (see the [module docs](super)).
-    pub fn program<I, S>(mut self, program: impl Into<OsString>, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<OsString>,
-    {
-        self.program = Some((program.into(), args.into_iter().map(Into::into).collect()));
-        self
-    }
-
-    /// Whether workers say when they are ready (byte `r`). Default: yes for this program
-    /// itself (brood workers do), no for another [`program`](Self::program).
-    pub fn expect_ready(mut self, yes: bool) -> Self {
-        self.expect_ready = Some(yes);
-        self
-    }
-
-    /// Opens a control socket at `path` (mode 0600, same user only) for `brood ctl`.
-    pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
-        self.control = Some(path.into());
-        self
-    }
-
-    /// An environment variable for every worker.
-    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Binds the listening socket and checks the settings.
-    pub fn build(self) -> Result<Cluster> {
-        let addr = self
-            .listen
-            .clone()
-            .ok_or_else(|| Error::invalid("cluster", "no listen address"))?;
-        let workers = match self.workers {
-            Some(0) => return Err(Error::invalid("cluster", "at least one worker")),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let (source, local_addr) = match self.strategy {
-            Strategy::RoundRobin | Strategy::LeastConnections | Strategy::Shared => {
-                let l = listen::listener(&addr)?;
-                let local = l
-                    .local_addr()
-                    .map_err(|e| from_io(e, format!("listen {addr:?}")))?;
-                if self.strategy == Strategy::Shared {
-                    (Source::Shared(l), local)
-                } else {
-                    (Source::Accept(l), local)
-                }
-            }
-            Strategy::ReusePort => {
-                let (anchor, local) = listen::reuseport_anchor(&addr)?;
-                (Source::ReusePort { _anchor: anchor }, local)
-            }
-        };
-        let control = match &self.control {
-            Some(path) => Some((path.clone(), control::bind(path)?)),
-            None => None,
-        };
-        Ok(Cluster {
-            cfg: self,
-            workers,
-            local_addr,
-            source,
-            control,
-        })
-    }
-}
 
 /// What a worker's task reports.
 pub(crate) enum Event {
@@ -277,7 +47,7 @@ struct WorkerSlot {
     kill_at: Option<Instant>,
 }
 
-struct Master {
+pub(super) struct Master {
     cluster: Cluster,
     target: usize,
     expect_ready: bool,
@@ -303,7 +73,42 @@ const BACKLOG_MAX: usize = 4096;
 const HANDOFF_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl Master {
-    async fn run(
+    /// The master's state for `cluster`, with its first workers started.
+    pub(super) fn start(
+        cluster: Cluster,
+        events_tx: mpsc::UnboundedSender<Event>,
+    ) -> Result<Master> {
+        let mut m = Master {
+            target: cluster.workers,
+            expect_ready: cluster
+                .cfg
+                .expect_ready
+                .unwrap_or(cluster.cfg.program.is_none()),
+            cluster,
+            workers: BTreeMap::new(),
+            next_id: 1,
+            rr: 0,
+            events_tx,
+            backlog: VecDeque::new(),
+            respawns: Vec::new(),
+            crash_streak: 0,
+            reload: VecDeque::new(),
+            reloading: None,
+            shutting_down: None,
+        };
+        tracing::info!(
+            addr = %m.cluster.local_addr,
+            workers = m.target,
+            strategy = %m.cluster.cfg.strategy,
+            "cluster master started"
+        );
+        for _ in 0..m.target {
+            m.spawn_worker(0)?;
+        }
+        Ok(m)
+    }
+
+    pub(super) async fn run(
         &mut self,
         mut accept: Option<TcpListener>,
         mut events: mpsc::UnboundedReceiver<Event>,

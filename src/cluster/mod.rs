@@ -59,6 +59,7 @@
 //! after the grace period it sends `SIGKILL`. Workers die with the master
 //! (`PR_SET_PDEATHSIG`).
 
+mod builder;
 mod control;
 mod listen;
 mod master;
@@ -66,8 +67,8 @@ mod worker;
 
 use std::time::Duration;
 
+pub use builder::{Cluster, ClusterBuilder};
 pub use control::ctl;
-pub use master::{Cluster, ClusterBuilder};
 pub use worker::{Connection, Worker};
 
 /// The environment variable that marks a worker process.
