@@ -69,6 +69,16 @@ async fn no_fd_is_lost_whatever_happens_to_a_request() {
             .spawn()
             .unwrap(),
     );
+    // The reaper holds the killed sleep's pidfd until it has reaped it: count only after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fd_list().contains("pidfd") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reaper kept a pidfd: {}",
+            fd_list()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = open_fd_count().unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
