@@ -178,19 +178,8 @@ impl Raw {
             }
         };
         let local = tcp.local_addr().ok();
-        // Programs expect blocking stdio: a non-blocking socket makes a big write fail with
-        // EAGAIN. O_NONBLOCK belongs to the socket, not the fd, so it is cleared here on a
-        // handle tokio no longer drives (libuv clears it in the child for fds 0-2).
-        let tcp = match tcp
-            .into_std()
-            .and_then(|s| s.set_nonblocking(false).map(|()| s))
-        {
-            Ok(s) => s,
-            Err(e) => {
-                (self.log)(&LogLine::Error(format!("{remote}: {e}")));
-                return;
-            }
-        };
+        // The spawn engine makes stdio 0-2 blocking in the child, as libuv does (programs
+        // expect it: a non-blocking socket makes a big write fail with EAGAIN).
         let mut cmd = Command::new(&self.program)
             .args(&self.args)
             .env_clear()
