@@ -45,7 +45,7 @@ Examples (one for every option):
   brood run --timeout 1.5 -- sleep 10      # timeout 1.5 sleep 10: exit 124
   brood run --timeout 2m --kill-signal INT --kill-after 10s -- make test
   brood run --timeout 1h --foreground -- vi notes.txt   # timeout --foreground
-  brood run --json -- echo hi | jq -R .    # the JSON line is on stderr
+  brood run --json -- echo '{\"a\":1}' | jq .a   # the JSON line goes to stderr
   brood run --json-fd 3 -- make 3>status.json
   brood run --json-file status.json -- make
   brood run --stdio 1=append:out.log --stdio 2=fd:1 --stdio 0=null -- make
@@ -63,28 +63,28 @@ Examples (one for every option):
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, after_help = EXAMPLES)]
 pub struct RunArgs {
-    /// Working directory of the child (--cwd /tmp).
+    /// Working directory of the child.
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
-    /// Set a variable in the child's environment, repeatable (--env LANG=C).
+    /// Set a variable in the child's environment, repeatable.
     #[arg(long = "env", value_name = "K=V", value_parser = parse::env)]
     env: Vec<(String, String)>,
     /// Start from an empty environment: only --env variables are set (env -i).
     #[arg(long)]
     clear_env: bool,
     /// Run as this user, by name or number: its uid, its primary gid and its supplementary
-    /// groups from the group database, as runuser and setpriv --init-groups (--user nobody).
+    /// groups from the group database, as runuser and setpriv --init-groups.
     #[arg(long, value_name = "NAME", value_parser = parse::id, conflicts_with = "uid")]
     user: Option<Id>,
     /// Run as this user id, by name or number; the group id stays brood's unless --gid is
-    /// given, and supplementary groups are dropped (--uid nobody).
+    /// given, and supplementary groups are dropped.
     #[arg(long, value_name = "USER", value_parser = parse::id)]
     uid: Option<Id>,
     /// Run with this group id, by name or number; supplementary groups are dropped unless
-    /// --user (--gid nogroup).
+    /// --user.
     #[arg(long, value_name = "GROUP", value_parser = parse::id)]
     gid: Option<Id>,
-    /// argv[0] for the child; default: PROGRAM as given (--arg0 my-shell).
+    /// argv[0] for the child; default: PROGRAM as given.
     #[arg(long, value_name = "NAME")]
     arg0: Option<String>,
     /// Start the child in a new session with /dev/null at 0-2 (unless --stdio), print its
@@ -94,35 +94,35 @@ pub struct RunArgs {
     /// Wire child fd N, repeatable: ignore (/dev/null at 0-2, closed above), null
     /// (/dev/null), inherit (brood's fd N), fd:M (brood's fd M), file:PATH (read at 0,
     /// else written without truncating), truncate:PATH (>), append:PATH (>>). Unset 0-2
-    /// are inherited (--stdio 1=append:out.log).
+    /// are inherited.
     #[arg(long = "stdio", value_name = "N=SPEC", value_parser = parse::stdio)]
     stdio: Vec<(i32, StdioSpec)>,
     /// Send --kill-signal to the child's process group after DURATION: seconds (1.5) or
     /// 300ms, 2s, 1m, 1h, 1d; 0 means no timeout. The child runs in a process group of
-    /// its own, so it is not the terminal's foreground job (see --foreground) (--timeout 2s).
+    /// its own, so it is not the terminal's foreground job (see --foreground).
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     timeout: Option<Duration>,
-    /// The signal --timeout sends, by name or number; default TERM (--kill-signal INT).
+    /// The signal --timeout sends, by name or number; default TERM.
     #[arg(long, value_name = "SIG", value_parser = parse::signal, requires = "timeout")]
     kill_signal: Option<Signum>,
     /// SIGKILL the group this long after --timeout's signal if the child still runs;
-    /// default 5s, 0 never (--kill-after 500ms).
+    /// default 5s, 0 never.
     #[arg(long, value_name = "DURATION", value_parser = parse::duration, requires = "timeout")]
     kill_after: Option<Duration>,
     /// With --timeout, keep the child in brood's process group, so it may read the terminal
     /// and gets its signals; then only the child itself is signalled, not its children,
-    /// as timeout --foreground (--foreground).
+    /// as timeout --foreground.
     #[arg(long, requires = "timeout")]
     foreground: bool,
     /// Write one JSON line when the child ends, {"pid":..,"exit_status":..,"term_signal":..},
-    /// to stderr (--json).
+    /// to stderr.
     #[arg(long)]
     json: bool,
-    /// Write the --json line to this fd of brood's instead (--json-fd 3).
+    /// Write the --json line to this fd of brood's instead.
     #[arg(long, value_name = "N", value_parser = parse::fd, conflicts_with = "json_file")]
     json_fd: Option<i32>,
     /// Write the --json line to this file instead, created or emptied first
-    /// (--json-file status.json).
+    ///.
     #[arg(long, value_name = "PATH")]
     json_file: Option<PathBuf>,
     /// The program (searched in PATH when it has no slash) and its arguments.
