@@ -29,11 +29,10 @@ async fn json_never_mixes_with_the_childs_stdout() {
     // The JSON line is on stderr, and is JSON itself.
     let err = text(&out.stderr);
     let line = err.lines().last().unwrap_or_default();
-    let check =
-        format!("import json,sys; d = json.loads(sys.argv[1]); assert d['exit_status'] == 3, d");
+    let check = "import json,sys; d = json.loads(sys.argv[1]); assert d['exit_status'] == 3, d";
     let out = bounded(
         "python3",
-        Command::new("python3").args(["-c", &check, line]).output(),
+        Command::new("python3").args(["-c", check, line]).output(),
     )
     .await
     .unwrap();

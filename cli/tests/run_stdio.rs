@@ -108,7 +108,7 @@ async fn stdio_fd_must_be_one_brood_inherited() {
             text(&out.stdout)
         );
         assert!(
-            err.contains("EBADF") && err.contains(&format!("fd {m} is not open")),
+            err.contains("EBADF") && err.contains(&format!("fd {m} was not open")),
             "{err}"
         );
         let spec = format!("{m}=inherit");

@@ -164,23 +164,13 @@ struct Setup {
 
 pub fn main(args: RunArgs) -> i32 {
     // Usage that parses but makes no sense: before anything is opened.
-    if args.detach {
-        if let Some(flag) = [
-            ("--timeout", args.timeout.is_some()),
-            ("--kill-after", args.kill_after.is_some()),
-            ("--kill-signal", args.kill_signal.is_some()),
-            ("--foreground", args.foreground),
-        ]
-        .iter()
-        .find_map(|(f, given)| given.then_some(*f))
-        {
-            Out::new(None).error(format_args!(
-                "--detach returns as soon as the child has started, so nobody would be left \
-                 to enforce {flag}; put the limit inside: \
-                 brood run --detach -- brood run --timeout 10s -- PROGRAM"
-            ));
-            return EXIT_BROOD;
-        }
+    if let Some(flag) = detach_conflict(&args) {
+        Out::new(None).error(format_args!(
+            "--detach returns as soon as the child has started, so nobody would be left to \
+             enforce {flag}; put the limit inside: \
+             brood run --detach -- brood run --timeout 10s -- PROGRAM"
+        ));
+        return EXIT_BROOD;
     }
     // The caller's fds are taken first, before brood opens any of its own.
     let inherited = take_inherited(&args);
@@ -206,6 +196,21 @@ pub fn main(args: RunArgs) -> i32 {
         }
     };
     rt.block_on(run(&args, setup, &mut out))
+}
+
+/// The first timeout option given with `--detach`, which has no one left to enforce it.
+fn detach_conflict(args: &RunArgs) -> Option<&'static str> {
+    if !args.detach {
+        return None;
+    }
+    [
+        ("--timeout", args.timeout.is_some()),
+        ("--kill-after", args.kill_after.is_some()),
+        ("--kill-signal", args.kill_signal.is_some()),
+        ("--foreground", args.foreground),
+    ]
+    .into_iter()
+    .find_map(|(flag, given)| given.then_some(flag))
 }
 
 /// brood's own failure: the JSON line (if asked for), the message, exit code 125.
@@ -298,7 +303,7 @@ fn setup(args: &RunArgs, inherited: Vec<Result<OwnedFd, i32>>) -> Result<Setup, 
                     Some(Ok(fd)) => Stdio::from(fd),
                     _ => {
                         return Err(brood::Error::new(libc::EBADF, op).with_detail(format!(
-                            "stdio slot {slot}: fd {from} is not open (it was not when brood started)"
+                            "stdio slot {slot}: fd {from} was not open when brood started"
                         )));
                     }
                 }
