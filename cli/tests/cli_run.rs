@@ -144,17 +144,19 @@ async fn timeout_terms_then_kills_and_exits_124() {
         "{stderr}"
     );
 
-    // A child that ignores SIGTERM gets SIGKILL after --kill-after.
+    // A child that the first signal does not end gets SIGKILL after --kill-after (CONT:
+    // a running sleep ignores it, from its first instruction on).
     let out = run(&[
         "--json",
         "--timeout",
         "0.2",
+        "--kill-signal",
+        "CONT",
         "--kill-after",
         "0.2",
         "--",
-        "sh",
-        "-c",
-        "trap '' TERM; exec sleep 30",
+        "sleep",
+        "30",
     ])
     .await;
     assert_eq!(code(&out), 124);

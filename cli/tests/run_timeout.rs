@@ -50,7 +50,7 @@ async fn piped_job(args: &[&str], limit: Duration) -> (i64, i32, String) {
 async fn timeout_ends_the_whole_process_group_so_a_pipe_reader_sees_eof() {
     // The old brood signalled only the shell: the sleep kept the pipe for 60 s.
     let (code, _, err) = piped_job(
-        &["--timeout", "3", "--", "sh", "-c", JOB],
+        &["--timeout", "5", "--", "sh", "-c", JOB],
         Duration::from_secs(20),
     )
     .await;
@@ -65,7 +65,7 @@ async fn kill_after_sigkills_the_group_when_the_signal_is_ignored() {
     let (code, _, err) = piped_job(
         &[
             "--timeout",
-            "3",
+            "5",
             "--kill-after",
             "200ms",
             "--",
@@ -136,7 +136,7 @@ async fn the_child_gets_its_own_group_with_timeout_unless_foreground() {
 
 #[tokio::test]
 async fn foreground_signals_only_the_child_as_timeout_foreground() {
-    let mut brood = run_cmd(&["--timeout", "3", "--foreground", "--", "sh", "-c", JOB])
+    let mut brood = run_cmd(&["--timeout", "5", "--foreground", "--", "sh", "-c", JOB])
         .stdin(Stdio::ignore())
         .stdout(Stdio::piped())
         .spawn()
@@ -208,17 +208,20 @@ async fn durations_take_units_and_zero_means_no_timeout() {
     // `timeout 0` runs the program without a limit; it must not be killed at once.
     let out = run(&["--timeout", "0", "--", "sh", "-c", "sleep 0.5; exit 3"]).await;
     assert_eq!(code(&out), 3, "{}", text(&out.stderr));
-    // --kill-after 0: never escalate (the child ignores TERM, then ends by itself).
+    // --kill-after 0: never escalate. CONT does not stop a running child, so it ends by
+    // itself after the timeout; any escalation would show as SIGKILL.
     let out = run(&[
         "--timeout",
         "200ms",
+        "--kill-signal",
+        "CONT",
         "--kill-after",
         "0",
         "--json",
         "--",
         "sh",
         "-c",
-        "trap 'echo term' TERM; sleep 1; sleep 1; exit 5",
+        "sleep 2; exit 5",
     ])
     .await;
     assert_eq!(code(&out), 124);

@@ -142,3 +142,26 @@ async fn unknown_users_and_groups_are_brood_failures_that_name_them() {
         assert_eq!(out.stdout, b"");
     }
 }
+
+#[tokio::test]
+async fn an_unprivileged_brood_cannot_set_groups_and_says_so() {
+    assert_root();
+    // brood itself as nobody: the supplementary groups of --user are refused (EPERM),
+    // brood's own failure, naming the step; the program never runs.
+    let out = bounded(
+        "unprivileged",
+        run_cmd(&["--user", "root", "--", "echo", "ran"])
+            .uid(65534)
+            .gid(65534)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code(&out), 125, "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("EPERM") && err.contains("setgroups [0]"),
+        "{err}"
+    );
+    assert_eq!(out.stdout, b"");
+}
