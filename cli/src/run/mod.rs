@@ -230,23 +230,25 @@ fn error_json(out: &mut Out, e: &brood::Error) {
     }
 }
 
+/// A duplicate of one of the caller's fds, or the errno.
+type Taken = Result<OwnedFd, i32>;
+
 struct Inherited {
-    /// Per `--stdio` slot that names a caller's fd: its duplicate, or the errno.
-    stdio: Vec<Result<OwnedFd, i32>>,
-    json: Option<Result<OwnedFd, i32>>,
+    /// One per `--stdio`, in order: for `inherit` and `fd:M`, the fd taken.
+    stdio: Vec<Option<Taken>>,
+    json: Option<Taken>,
 }
 
-/// Duplicates every fd the command line names, in `--stdio` order.
+/// Duplicates every fd the command line names.
 fn take_inherited(args: &RunArgs) -> Inherited {
     let stdio = args
         .stdio
         .iter()
-        .filter_map(|(slot, spec)| match spec {
-            StdioSpec::Inherit => Some(*slot),
-            StdioSpec::Fd(m) => Some(*m),
+        .map(|(slot, spec)| match spec {
+            StdioSpec::Inherit => Some(fds::dup_inherited(*slot)),
+            StdioSpec::Fd(m) => Some(fds::dup_inherited(*m)),
             _ => None,
         })
-        .map(fds::dup_inherited)
         .collect();
     Inherited {
         stdio,
@@ -254,16 +256,12 @@ fn take_inherited(args: &RunArgs) -> Inherited {
     }
 }
 
-fn json_sink(
-    args: &RunArgs,
-    fd: Option<Result<OwnedFd, i32>>,
-) -> Result<Option<JsonTo>, brood::Error> {
+fn json_sink(args: &RunArgs, fd: Option<Taken>) -> Result<Option<JsonTo>, brood::Error> {
     if let (Some(n), Some(fd)) = (args.json_fd, fd) {
         let what = format!("--json-fd {n}");
         return match fd {
             Ok(fd) => Ok(Some(JsonTo::File(File::from(fd), format!("fd {n}")))),
-            Err(errno) => Err(brood::Error::new(errno, what)
-                .with_detail(format!("fd {n} was not open when brood started"))),
+            Err(errno) => Err(brood::Error::new(errno, what).with_detail(not_open(n, errno))),
         };
     }
     if let Some(path) = &args.json_file {
@@ -278,37 +276,42 @@ fn json_sink(
     Ok(args.json.then_some(JsonTo::Stderr))
 }
 
+/// Why the caller's fd `fd` could not be taken.
+fn not_open(fd: i32, errno: i32) -> String {
+    match errno {
+        libc::EBADF => format!("fd {fd} was not open when brood started"),
+        _ => format!("duplicating fd {fd}"),
+    }
+}
+
 /// The `spawn "name"` text brood's spawn errors start with.
 fn spawn_op(args: &RunArgs) -> String {
     format!("spawn {:?}", args.program[0].to_string_lossy())
 }
 
-fn setup(args: &RunArgs, inherited: Vec<Result<OwnedFd, i32>>) -> Result<Setup, brood::Error> {
+fn setup(args: &RunArgs, inherited: Vec<Option<Taken>>) -> Result<Setup, brood::Error> {
     let op = spawn_op(args);
-    let mut inherited = inherited.into_iter();
     let mut stdio = Vec::with_capacity(args.stdio.len() + 3);
-    for (slot, spec) in &args.stdio {
+    for ((slot, spec), taken) in args.stdio.iter().zip(inherited) {
         let slot = *slot;
-        let s = match spec {
-            StdioSpec::Ignore => Stdio::ignore(),
-            StdioSpec::Null if slot <= 2 => Stdio::ignore(),
-            StdioSpec::Null => Stdio::from(open(slot, "/dev/null".as_ref(), FileMode::Open, &op)?),
-            StdioSpec::Inherit | StdioSpec::Fd(_) => {
+        let s = match (spec, taken) {
+            (StdioSpec::Ignore, _) => Stdio::ignore(),
+            (StdioSpec::Null, _) if slot <= 2 => Stdio::ignore(),
+            (StdioSpec::Null, _) => {
+                Stdio::from(open(slot, "/dev/null".as_ref(), FileMode::Open, &op)?)
+            }
+            (StdioSpec::File(path, mode), _) => Stdio::from(open(slot, path, *mode, &op)?),
+            (StdioSpec::Inherit | StdioSpec::Fd(_), Some(Ok(fd))) => Stdio::from(fd),
+            (StdioSpec::Inherit | StdioSpec::Fd(_), taken) => {
+                let errno = taken.and_then(Result::err).unwrap_or(libc::EBADF);
                 let from = if let StdioSpec::Fd(m) = spec {
                     *m
                 } else {
                     slot
                 };
-                match inherited.next() {
-                    Some(Ok(fd)) => Stdio::from(fd),
-                    _ => {
-                        return Err(brood::Error::new(libc::EBADF, op).with_detail(format!(
-                            "stdio slot {slot}: fd {from} was not open when brood started"
-                        )));
-                    }
-                }
+                return Err(brood::Error::new(errno, op)
+                    .with_detail(format!("stdio slot {slot}: {}", not_open(from, errno))));
             }
-            StdioSpec::File(path, mode) => Stdio::from(open(slot, path, *mode, &op)?),
         };
         stdio.push((slot, s));
     }
