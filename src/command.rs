@@ -41,6 +41,8 @@ pub struct Command {
     pub(crate) cwd: Option<PathBuf>,
     pub(crate) uid: Option<u32>,
     pub(crate) gid: Option<u32>,
+    /// Supplementary groups to set (`setgroups`); `None` keeps the rule of `uid`/`gid`.
+    pub(crate) groups: Option<Vec<u32>>,
     pub(crate) detached: bool,
     pub(crate) process_group: Option<i32>,
     pub(crate) parent_death_signal: Option<Signum>,
@@ -62,6 +64,7 @@ impl Command {
             cwd: None,
             uid: None,
             gid: None,
+            groups: None,
             detached: false,
             process_group: None,
             parent_death_signal: None,
@@ -151,6 +154,26 @@ impl Command {
     /// `UV_PROCESS_SETGID`: the child runs with this group. Supplementary groups are dropped.
     pub fn gid(mut self, gid: u32) -> Command {
         self.gid = Some(gid);
+        self
+    }
+
+    /// The child's supplementary groups (`setgroups(2)`), set before [`gid`](Command::gid)
+    /// and [`uid`](Command::uid), as `setpriv --groups` or `runuser` do. An empty list drops
+    /// them all. Without this call, a `uid` or `gid` change drops them, best effort. Needs
+    /// privilege (`CAP_SETGID`): a failure is the spawn's error (`EPERM`, stage
+    /// `setgroups`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// let spawned = brood::Command::new("true").groups([65534, 100]).status().await;
+    /// match spawned {
+    ///     Ok(exit) => assert!(exit.success()),             // as root
+    ///     Err(e) => assert_eq!(e.name(), "EPERM"),        // without CAP_SETGID
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn groups(mut self, groups: impl IntoIterator<Item = u32>) -> Command {
+        self.groups = Some(groups.into_iter().collect());
         self
     }
 

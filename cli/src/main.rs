@@ -25,7 +25,12 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // A usage error exits 125, brood's own failure code (not clap's 2), so a script can
+    // tell "brood failed" from "the program failed"; --help and --version exit 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { run::EXIT_BROOD } else { 0 });
+    });
     let code = match cli.command {
         Cmd::Run(args) => run::main(args),
         Cmd::Cluster(args) => cluster::main(args),

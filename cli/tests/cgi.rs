@@ -192,5 +192,9 @@ fn bad_arguments_are_refused() {
         .args(["cgi", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "a mode is required");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "a mode is required (a usage error: 125)"
+    );
 }

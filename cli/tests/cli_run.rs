@@ -98,39 +98,39 @@ async fn spawn_errors_give_127_126_125_with_the_error_on_stderr() {
 }
 
 #[tokio::test]
-async fn json_reports_pid_status_and_signal() {
+async fn json_reports_pid_status_and_signal_on_stderr() {
     let out = run(&["--json", "--", "sh", "-c", "echo $$; exit 3"]).await;
     assert_eq!(code(&out), 3);
-    let stdout = text(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
-    let pid: u32 = lines[0].parse().unwrap();
+    let pid: u32 = text(&out.stdout).trim().parse().unwrap();
     assert_eq!(
-        lines[1],
-        format!("{{\"pid\":{pid},\"exit_status\":3,\"term_signal\":0}}")
+        text(&out.stderr),
+        format!("{{\"pid\":{pid},\"exit_status\":3,\"term_signal\":0}}\n")
     );
 
     let out = run(&["--json", "--", "sh", "-c", "echo $$; kill -KILL $$"]).await;
     assert_eq!(code(&out), 137);
-    let stdout = text(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    let pid: u32 = lines[0].parse().unwrap();
+    let pid: u32 = text(&out.stdout).trim().parse().unwrap();
     assert_eq!(
-        lines[1],
-        format!("{{\"pid\":{pid},\"exit_status\":0,\"term_signal\":9}}")
+        text(&out.stderr),
+        format!("{{\"pid\":{pid},\"exit_status\":0,\"term_signal\":9}}\n")
     );
 
-    // A spawn error is one JSON line too, with the libuv error name.
+    // A spawn error is one JSON line too, with the libuv error name, then the message.
     let path = "PATH=/usr/bin:/bin";
     let out = run(&["--json", "--env", path, "--", "brood-no-such-program"]).await;
     assert_eq!(code(&out), 127);
-    let stdout = text(&out.stdout);
+    assert_eq!(out.stdout, b"");
+    let stderr = text(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
     assert!(
-        stdout.starts_with("{\"error\":\"ENOENT\",\"message\":\"")
-            && stdout.ends_with("\"}\n")
-            && stdout.contains("brood-no-such-program")
-            && stdout.lines().count() == 1,
-        "{stdout}"
+        first.starts_with("{\"error\":\"ENOENT\",\"message\":\"")
+            && first.ends_with("\"}")
+            && first.contains("brood-no-such-program")
+            && stderr
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("brood run: ")),
+        "{stderr}"
     );
 }
 
@@ -138,30 +138,32 @@ async fn json_reports_pid_status_and_signal() {
 async fn timeout_terms_then_kills_and_exits_124() {
     let out = run(&["--json", "--timeout", "0.2", "--", "sleep", "30"]).await;
     assert_eq!(code(&out), 124);
-    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
     assert!(
-        stdout.contains("\"exit_status\":0,\"term_signal\":15,\"timed_out\":true}"),
-        "{stdout}"
+        stderr.contains("\"exit_status\":0,\"term_signal\":15,\"timed_out\":true}"),
+        "{stderr}"
     );
 
-    // A child that ignores SIGTERM gets SIGKILL after --kill-after.
+    // A child that the first signal does not end gets SIGKILL after --kill-after (CONT:
+    // a running sleep ignores it, from its first instruction on).
     let out = run(&[
         "--json",
         "--timeout",
         "0.2",
+        "--kill-signal",
+        "CONT",
         "--kill-after",
         "0.2",
         "--",
-        "sh",
-        "-c",
-        "trap '' TERM; exec sleep 30",
+        "sleep",
+        "30",
     ])
     .await;
     assert_eq!(code(&out), 124);
-    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
     assert!(
-        stdout.contains("\"term_signal\":9,\"timed_out\":true}"),
-        "{stdout}"
+        stderr.contains("\"term_signal\":9,\"timed_out\":true}"),
+        "{stderr}"
     );
 
     // Seconds that are no Duration are brood's own error (125), before any spawn, and no panic.
@@ -192,11 +194,12 @@ async fn detach_prints_the_pid_and_returns_while_the_child_lives_on() {
         let mut brood = run_cmd(&[flags, &["--detach", "--", "sleep", "30"]].concat())
             .stdin(Stdio::ignore())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let brood_pid = brood.id();
         let mut stdout = brood.stdout.take().unwrap();
-        // brood exits at once, though the child runs on (and holds brood's stdout).
+        // brood exits at once, though the child runs on.
         let exit = bounded("brood --detach", brood.wait()).await.unwrap();
         assert!(exit.success(), "{exit}");
         let mut line = Vec::new();
@@ -207,17 +210,15 @@ async fn detach_prints_the_pid_and_returns_while_the_child_lives_on() {
                 .unwrap();
             line.push(byte[0]);
         }
-        let line = text(&line);
-        let pid: i32 = match json {
-            false => line.trim().parse().expect("a pid"),
-            true => line
-                .trim()
-                .strip_prefix("{\"pid\":")
-                .and_then(|l| l.strip_suffix('}'))
-                .expect("{\"pid\":N}")
-                .parse()
-                .expect("a pid"),
-        };
+        let pid: i32 = text(&line).trim().parse().expect("a pid");
+        if json {
+            let mut err = String::new();
+            let mut stderr = brood.stderr.take().unwrap();
+            bounded("stderr", stderr.read_to_string(&mut err))
+                .await
+                .unwrap();
+            assert_eq!(err, format!("{{\"pid\":{pid},\"detached\":true}}\n"));
+        }
         struct Reap(i32);
         impl Drop for Reap {
             fn drop(&mut self) {
@@ -327,7 +328,7 @@ async fn stdio_specs() {
 
     // A bad spec is a usage error.
     let out = run(&["--stdio", "1=bogus", "--", "true"]).await;
-    assert_ne!(code(&out), 0);
+    assert_eq!(code(&out), 125);
     assert!(text(&out.stderr).contains("bogus"));
 }
 
@@ -418,9 +419,11 @@ async fn signals_to_brood_are_passed_on_to_the_child() {
         "trap 'echo got-usr1' USR1; echo started; while :; do sleep 0.05; done",
     ])
     .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
     let mut out = brood.stdout.take().unwrap();
+    let mut err = brood.stderr.take().unwrap();
     let mut seen = String::new();
     let mut buf = [0u8; 256];
     while !seen.contains("started") {
@@ -437,7 +440,7 @@ async fn signals_to_brood_are_passed_on_to_the_child() {
     brood.kill(brood::Signum::TERM).unwrap();
     let exit = bounded("brood exit", brood.wait()).await.unwrap();
     let mut rest = String::new();
-    bounded("rest", out.read_to_string(&mut rest))
+    bounded("rest", err.read_to_string(&mut rest))
         .await
         .unwrap();
     assert_eq!(exit.status, 128 + 15, "{exit}: {seen}{rest}");

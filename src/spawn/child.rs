@@ -58,9 +58,15 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
             }
         }
 
-        // 3. Credentials: groups dropped first (as libuv, best effort: it fails when not
-        //    root, and then setgid/setuid say EPERM themselves), then gid, then uid.
-        if args.uid.is_some() || args.gid.is_some() {
+        // 3. Credentials: supplementary groups first (while we may still change them), then
+        //    gid, then uid. Groups the caller listed must be set; otherwise a uid/gid change
+        //    drops them, as libuv, best effort (it fails when not root, and then
+        //    setgid/setuid say EPERM themselves).
+        if args.set_groups {
+            if sys::setgroups(args.ngroups, args.groups) < 0 {
+                fail(args, Stage::Setgroups, errno(), -1);
+            }
+        } else if args.uid.is_some() || args.gid.is_some() {
             sys::setgroups_none();
         }
         if let Some(gid) = args.gid {
@@ -233,6 +239,18 @@ mod sys {
         unsafe {
             libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
         }
+    }
+
+    /// `setgroups(n, list)`: the 32-bit-id call on the 32-bit targets whose plain
+    /// `SYS_setgroups` takes 16-bit ids.
+    pub unsafe fn setgroups(n: usize, list: *const libc::gid_t) -> libc::c_long {
+        #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+        const NR: libc::c_long = libc::SYS_setgroups32;
+        #[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+        const NR: libc::c_long = libc::SYS_setgroups;
+        // SAFETY: the kernel reads `n` gids from `list`, which the caller's plan holds (a
+        // null list is only passed with n = 0).
+        unsafe { libc::syscall(NR, n, list) }
     }
 
     /// `SIG_DFL` for `sig`, through the raw syscall: glibc's `sigaction` refuses 32 and 33

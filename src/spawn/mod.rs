@@ -50,6 +50,7 @@ pub(crate) enum Stage {
     None = 0,
     Setsid,
     Setpgid,
+    Setgroups,
     Setgid,
     Setuid,
     Chdir,
@@ -83,6 +84,10 @@ pub(crate) struct ChildArgs {
     pub cwd: *const libc::c_char,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// `setgroups(ngroups, groups)` when set; else groups are dropped with a uid/gid change.
+    pub set_groups: bool,
+    pub groups: *const libc::gid_t,
+    pub ngroups: usize,
     pub setsid: bool,
     pub pgid: Option<i32>,
     pub pdeathsig: i32,
@@ -107,6 +112,7 @@ pub(crate) struct Plan {
     cwd: Option<CString>,
     uid: Option<u32>,
     gid: Option<u32>,
+    groups: Option<Vec<libc::gid_t>>,
     setsid: bool,
     pgid: Option<i32>,
     pdeathsig: i32,
@@ -152,6 +158,12 @@ impl Plan {
             cwd: self.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
             uid: self.uid,
             gid: self.gid,
+            set_groups: self.groups.is_some(),
+            groups: self
+                .groups
+                .as_ref()
+                .map_or(std::ptr::null(), |g| g.as_ptr()),
+            ngroups: self.groups.as_ref().map_or(0, |g| g.len()),
             setsid: self.setsid,
             pgid: self.pgid,
             pdeathsig: self.pdeathsig,
@@ -176,6 +188,13 @@ impl Plan {
             Stage::None | Stage::Exec => e,
             Stage::Setsid => e.with_detail("setsid"),
             Stage::Setpgid => e.with_detail(format!("setpgid {}", self.pgid.unwrap_or(0))),
+            Stage::Setgroups => {
+                let groups = self.groups.as_deref().unwrap_or_default();
+                e.with_detail(match groups.len() {
+                    ..=16 => format!("setgroups {groups:?}"),
+                    n => format!("setgroups ({n} groups)"),
+                })
+            }
             Stage::Setgid => e.with_detail(format!("setgid {}", self.gid.unwrap_or(0))),
             Stage::Setuid => e.with_detail(format!("setuid {}", self.uid.unwrap_or(0))),
             Stage::Chdir => e.with_detail(format!(
@@ -411,6 +430,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
         cwd,
         uid: cmd.uid,
         gid: cmd.gid,
+        groups: cmd.groups.take(),
         setsid: cmd.detached,
         pgid: cmd.process_group,
         pdeathsig: cmd.parent_death_signal.map_or(0, |s| s.as_raw()),
