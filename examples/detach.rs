@@ -13,7 +13,7 @@ fn main() {
         .spawn()
     {
         // Dropping the Child neither waits nor kills: the program ends here and sleep lives on.
-        Ok(child) => eprintln!("Launched sleep with PID {}", child.id()),
+        Ok(child) => eprintln!("Launched sleep with PID {}", child.id().unwrap()),
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1);

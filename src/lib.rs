@@ -7,7 +7,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
 //! let mut child = brood::Command::new("true").spawn()?;
-//! println!("Launched process with ID {}", child.id());
+//! println!("Launched process with ID {}", child.id().unwrap());
 //! let exit = child.wait().await?;
 //! println!("Process exited with status {}, signal {}", exit.status, exit.signal);
 //! assert!(exit.success());

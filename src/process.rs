@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -170,14 +170,55 @@ impl Child {
         Ok(child)
     }
 
-    /// The child's process id (`uv_process_get_pid`).
-    pub fn id(&self) -> u32 {
-        self.pid as u32
+    /// The child's process id (`uv_process_get_pid`) while it has not been reaped, `None`
+    /// after [`wait`](Child::wait) or [`try_wait`](Child::try_wait) has reported its exit.
+    ///
+    /// This is tokio's choice (`tokio::process::Child::id`), not std's (which always gives
+    /// the number): once reaped, the number is free and may already name another process,
+    /// so signalling or inspecting it would hit a stranger.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// let mut child = brood::Command::new("true").spawn()?;
+    /// assert!(child.id().is_some());
+    /// child.wait().await?;
+    /// assert_eq!(child.id(), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn id(&self) -> Option<u32> {
+        self.exit.is_none().then_some(self.pid as u32)
     }
 
-    /// The child's pidfd, when the kernel gave one (Linux 5.2+).
-    pub fn pidfd(&self) -> Option<RawFd> {
-        self.pidfd.fd().map(|fd| fd.as_raw_fd())
+    /// The child's pidfd (Linux 5.3+, `None` on older kernels or with `BROOD_NO_PIDFD=1`),
+    /// borrowed: it stays open as long as the `Child`, also after the exit, so polling it
+    /// or `pidfd_getfd` on it never touches a recycled fd number.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use std::os::fd::AsRawFd;
+    /// let mut child = brood::Command::new("true").spawn()?;
+    /// if let Some(fd) = child.pidfd() {
+    ///     assert!(fd.as_raw_fd() > 2);
+    /// }
+    /// child.wait().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.fd()
+    }
+
+    /// Sends `SIGKILL` without waiting for the exit (`tokio::process::Child::start_kill`):
+    /// call [`wait`](Child::wait) to reap. A child that has already ended gives `ESRCH`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// let mut child = brood::Command::new("sleep").arg("100").spawn()?;
+    /// child.start_kill()?;
+    /// assert_eq!(child.wait().await?.signal, libc::SIGKILL);
+    /// # Ok(()) }
+    /// ```
+    pub fn start_kill(&mut self) -> Result<()> {
+        self.kill(Signum::KILL)
     }
 
     /// Takes the parent's end of the pipe at `slot` (0-2 included, taken from

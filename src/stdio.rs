@@ -47,6 +47,8 @@ pub(crate) enum Kind {
     Pipe { readable: bool, writable: bool },
     /// A socketpair in IPC mode: the parent gets a `brood::ipc::Channel`.
     Ipc,
+    /// An `Owned` fd already handed to a child by an earlier spawn of the same `Command`.
+    Given,
     /// A bad argument found when the `Stdio` was made, reported by `spawn`.
     Invalid(Error),
 }

@@ -30,17 +30,14 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pid_of(child: &brood::Child) -> i32 {
-    child.id() as i32
+    child.id().unwrap() as i32
 }
 
 /// Runs `sh -c script` with stdout and stderr piped and returns (exit, stdout, stderr).
-async fn sh(script: &str, cmd: impl FnOnce(Command) -> Command) -> brood::Output {
-    bounded(
-        script,
-        cmd(Command::new("sh").arg("-c").arg(script)).output(),
-    )
-    .await
-    .unwrap()
+async fn sh(script: &str, cmd: impl FnOnce(&mut Command) -> &mut Command) -> brood::Output {
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(script);
+    bounded(script, cmd(&mut sh).output()).await.unwrap()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -143,15 +140,19 @@ fn helper() {
             // SAFETY: sets this helper process's supplementary groups from a valid array.
             assert_eq!(unsafe { libc::setgroups(2, groups.as_ptr()) }, 0);
             rt.block_on(async {
-                let id_g = |cmd: Command| async {
+                let id_g = |mut cmd: Command| async move {
                     let out = bounded("id -G", cmd.arg("-G").output()).await.unwrap();
                     assert!(out.exit.success());
                     String::from_utf8(out.stdout).unwrap().trim().to_owned()
                 };
                 // Control: without uid/gid the groups are inherited.
                 assert_eq!(id_g(Command::new("id")).await, "0 4242 4343");
-                assert_eq!(id_g(Command::new("id").gid(65533)).await, "65533");
-                assert_eq!(id_g(Command::new("id").uid(65534)).await, "0");
+                let mut id = Command::new("id");
+                id.gid(65533);
+                assert_eq!(id_g(id).await, "65533");
+                let mut id = Command::new("id");
+                id.uid(65534);
+                assert_eq!(id_g(id).await, "0");
             });
         }
         "closed-stdin" => {

@@ -90,7 +90,7 @@ fn helper() {
             .stderr(Stdio::ignore())
             .spawn()
             .unwrap();
-        println!("pdeathsig-pid={}", child.id());
+        println!("pdeathsig-pid={}", child.id().unwrap());
         // Forgotten, not dropped: brood's reaper in this process would otherwise reap the
         // child if it died before this process is gone, and the test could not see how it
         // died. Unreaped, it goes to the test process (a subreaper) with its exit status.
@@ -108,7 +108,11 @@ fn helper() {
             .stderr(Stdio::ignore())
             .spawn()
             .unwrap();
-        println!("detached-pid={} {}", child.id(), std::process::id());
+        println!(
+            "detached-pid={} {}",
+            child.id().unwrap(),
+            std::process::id()
+        );
         // Dropped, not waited for: it must not keep this process or its runtime alive.
         drop(child);
     });

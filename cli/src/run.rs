@@ -177,24 +177,25 @@ pub fn main(args: RunArgs) -> i32 {
 }
 
 fn build(args: &RunArgs) -> Command {
-    let mut cmd = Command::new(&args.program[0]).args(&args.program[1..]);
+    let mut cmd = Command::new(&args.program[0]);
+    cmd.args(&args.program[1..]);
     if args.clear_env {
-        cmd = cmd.env_clear();
+        cmd.env_clear();
     }
     for (k, v) in &args.env {
-        cmd = cmd.env(k, v);
+        cmd.env(k, v);
     }
     if let Some(dir) = &args.cwd {
-        cmd = cmd.current_dir(dir);
+        cmd.current_dir(dir);
     }
     if let Some(uid) = args.uid {
-        cmd = cmd.uid(uid);
+        cmd.uid(uid);
     }
     if let Some(gid) = args.gid {
-        cmd = cmd.gid(gid);
+        cmd.gid(gid);
     }
     if let Some(arg0) = &args.arg0 {
-        cmd = cmd.arg0(arg0);
+        cmd.arg0(arg0);
     }
     for (n, spec) in &args.stdio {
         let stdio = match spec {
@@ -202,9 +203,10 @@ fn build(args: &RunArgs) -> Command {
             StdioSpec::Inherit => Stdio::inherit(),
             StdioSpec::Fd(m) => Stdio::inherit_fd(*m),
         };
-        cmd = cmd.stdio(*n, stdio);
+        cmd.stdio(*n, stdio);
     }
-    cmd.detached(args.detach)
+    cmd.detached(args.detach);
+    cmd
 }
 
 async fn run(args: RunArgs) -> i32 {
@@ -265,7 +267,7 @@ async fn run(args: RunArgs) -> i32 {
             };
         }
     };
-    let pid = child.id();
+    let pid = child.id().expect("a child not waited for has its pid");
     if args.detach {
         if args.json {
             println!("{{\"pid\":{pid}}}");

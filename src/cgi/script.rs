@@ -144,7 +144,7 @@ async fn supervise(
     shared: Arc<Shared>,
     done: impl FnOnce(&Shared, Option<Exit>),
 ) {
-    let mut group = GroupKill::new(child.id() as i32);
+    let mut group = GroupKill::new(child.id().expect("a child not waited for has its pid") as i32);
     let permit = watch.permit;
     let feed = feed(stdin, watch.body);
     let errs = log_stderr(stderr, watch.name, watch.log);

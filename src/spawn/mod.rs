@@ -234,11 +234,19 @@ fn child_env(cmd: &Command) -> BTreeMap<OsString, OsString> {
 }
 
 /// Builds the plan: every allocation of the spawn happens here.
-pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
+pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
     let op = spawn_op(&cmd.program);
     let program = cmd.program.as_bytes();
     if program.is_empty() {
         return Err(Error::new(libc::ENOENT, op).with_detail("empty program name"));
+    }
+    if cmd.detached && cmd.process_group.is_some() {
+        // setsid makes the child a group leader of its own; setpgid after it would fail
+        // with EPERM from the child, which says nothing about why.
+        return Err(Error::invalid(
+            op,
+            "detached(true) starts a new session and process group; it cannot be combined with process_group(..)",
+        ));
     }
 
     let ipc_slot = cmd
@@ -329,7 +337,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
     }
 
     // The fd plan: slots 0-2 default to inherit; everything else comes from `cmd.stdio`.
-    let mut stdio = std::mem::take(&mut cmd.stdio);
+    let stdio = &mut cmd.stdio;
     let mut actions = Vec::with_capacity(stdio.len() + 3);
     let mut child_ends = Vec::new();
     let mut parent_ends = Vec::new();
@@ -350,7 +358,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
     // Inherited fds are checked before any pipe is made: a pipe made for one slot could
     // take the number of a closed fd that another slot inherits, and go to the child in
     // its place.
-    for (&slot, s) in &stdio {
+    for (&slot, s) in stdio.iter() {
         let from = match s.0 {
             Kind::Inherit => slot,
             Kind::InheritFd(n) => n,
@@ -361,22 +369,26 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
                 .with_detail(format!("stdio slot {slot}: fd {from} is not open")));
         }
     }
-    for (slot, s) in std::mem::take(&mut stdio) {
+    for (&slot, s) in stdio.iter_mut() {
         fd::check_slot(slot).map_err(|e| e.context(&op))?;
-        let source = match s.0 {
+        let source = match &mut s.0 {
             Kind::Ignore if slot <= 2 => Source::DevNull,
             Kind::Ignore => Source::Close,
-            Kind::Inherit | Kind::InheritFd(_) => {
-                let from = match s.0 {
-                    Kind::InheritFd(n) => n,
-                    _ => slot,
+            Kind::Inherit => Source::Fd(slot),
+            Kind::InheritFd(n) => Source::Fd(*n),
+            Kind::Owned(_) => {
+                // The fd goes to this child only; the parent's copy is closed after the spawn.
+                let Kind::Owned(owned) = std::mem::replace(&mut s.0, Kind::Given) else {
+                    unreachable!()
                 };
-                Source::Fd(from)
-            }
-            Kind::Owned(owned) => {
                 let raw = owned.as_raw_fd();
                 child_ends.push(owned);
                 Source::Fd(raw)
+            }
+            Kind::Given => {
+                return Err(Error::new(libc::EBADF, op).with_detail(format!(
+                    "stdio slot {slot}: its fd was given to an earlier spawn of this Command"
+                )));
             }
             Kind::Pipe { .. } | Kind::Ipc => {
                 let ipc = matches!(s.0, Kind::Ipc);
@@ -389,7 +401,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
                 parent_ends.push((slot, parent, ipc));
                 Source::Fd(raw)
             }
-            Kind::Invalid(e) => return Err(e.context(&op)),
+            Kind::Invalid(e) => return Err(e.clone().context(&op)),
         };
         actions.push(FdAction {
             target: slot,
@@ -434,7 +446,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
 }
 
 /// `Command::spawn`.
-pub(crate) fn spawn(cmd: Command) -> Result<Child> {
+pub(crate) fn spawn(cmd: &mut Command) -> Result<Child> {
     let mut plan = prepare(cmd)?;
     let started = sys::start(&mut plan);
     // The child has its copies now (or failed); the parent's copies of its ends go.
