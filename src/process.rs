@@ -3,15 +3,16 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream as StdUnixStream;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::ChildPipe;
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::reap;
+use crate::spawn::ParentEnd;
 
 /// How a child ended, exactly as libuv's `exit_cb` gets it: `status` is the exit code (0
 /// when killed) and `signal` the terminating signal (0 when it exited).
@@ -102,10 +103,10 @@ pub struct Output {
 ///
 /// Pipes made with [`Stdio::pipe_*`](crate::Stdio) are here: slot 0, 1, 2 as `stdin`,
 /// `stdout`, `stderr`, any other slot with [`take_pipe`](Child::take_pipe). Each is a
-/// `tokio::net::UnixStream` (libuv makes every pipe a socketpair): `AsyncRead` +
-/// `AsyncWrite`, splittable with `into_split`.
-/// Writing to a child that closed its end is an `EPIPE` error, never a SIGPIPE death
-/// (writes to these sockets go through `send` with `MSG_NOSIGNAL`).
+/// [`ChildPipe`]: a kernel pipe for a one-way slot, a socketpair for a duplex one,
+/// `AsyncRead` + `AsyncWrite`, splittable with `into_split`.
+/// Writing to a child that closed its end is an `EPIPE` error, never a SIGPIPE death (see
+/// [`ChildPipe`]).
 ///
 /// [`kill_on_drop`]: crate::Command::kill_on_drop
 pub struct Child {
@@ -114,12 +115,12 @@ pub struct Child {
     exit: Option<Exit>,
     kill_on_drop: bool,
     /// The parent's end of a pipe at slot 0, if any.
-    pub stdin: Option<UnixStream>,
+    pub stdin: Option<ChildPipe>,
     /// The parent's end of a pipe at slot 1, if any.
-    pub stdout: Option<UnixStream>,
+    pub stdout: Option<ChildPipe>,
     /// The parent's end of a pipe at slot 2, if any.
-    pub stderr: Option<UnixStream>,
-    pipes: BTreeMap<i32, UnixStream>,
+    pub stderr: Option<ChildPipe>,
+    pipes: BTreeMap<i32, ChildPipe>,
     channels: BTreeMap<i32, Channel>,
 }
 
@@ -136,7 +137,7 @@ impl Child {
     pub(crate) fn new(
         pid: i32,
         pidfd: Option<OwnedFd>,
-        ends: Vec<(i32, StdUnixStream, bool)>,
+        ends: Vec<(i32, ParentEnd)>,
         kill_on_drop: bool,
     ) -> Result<Child> {
         let mut child = Child {
@@ -151,13 +152,16 @@ impl Child {
             channels: BTreeMap::new(),
         };
         // If a pipe cannot be registered, `child` drops here: killed if asked, and reaped.
-        for (slot, end, ipc) in ends {
-            let end = UnixStream::from_std(end)
-                .map_err(|e| from_io(e, format!("spawn: register pipe of slot {slot}")))?;
-            if ipc {
-                child.channels.insert(slot, Channel::new(end));
-                continue;
-            }
+        for (slot, end) in ends {
+            let op = || format!("spawn: register pipe of slot {slot}");
+            let end = match end {
+                ParentEnd::Ipc(s) => {
+                    let s = UnixStream::from_std(s).map_err(|e| from_io(e, op()))?;
+                    child.channels.insert(slot, Channel::new(s));
+                    continue;
+                }
+                ParentEnd::Pipe(end) => ChildPipe::new(end).map_err(|e| from_io(e, op()))?,
+            };
             match slot {
                 0 => child.stdin = Some(end),
                 1 => child.stdout = Some(end),
@@ -223,7 +227,7 @@ impl Child {
 
     /// Takes the parent's end of the pipe at `slot` (0-2 included, taken from
     /// `stdin`/`stdout`/`stderr`).
-    pub fn take_pipe(&mut self, slot: i32) -> Option<UnixStream> {
+    pub fn take_pipe(&mut self, slot: i32) -> Option<ChildPipe> {
         match slot {
             0 => self.stdin.take(),
             1 => self.stdout.take(),
@@ -240,10 +244,15 @@ impl Child {
 
     /// Waits for the child to end and reaps it. Cancel-safe: drop the future and call again.
     /// Once it has returned, it returns the same report again.
+    ///
+    /// The parent's end of a stdin pipe, if still in [`stdin`](Child::stdin), is closed
+    /// first, as std and tokio do: a child reading its stdin to the end (`cat`, `sort`)
+    /// would otherwise wait for more forever. Take it out first to keep it.
     pub async fn wait(&mut self) -> Result<Exit> {
         if let Some(exit) = self.exit {
             return Ok(exit);
         }
+        drop(self.stdin.take());
         let exit = self
             .pidfd
             .wait()
@@ -314,7 +323,7 @@ impl Child {
             }
             Ok(())
         };
-        async fn read_all(pipe: Option<UnixStream>, what: &str) -> Result<Vec<u8>> {
+        async fn read_all(pipe: Option<ChildPipe>, what: &str) -> Result<Vec<u8>> {
             let mut buf = Vec::new();
             if let Some(mut p) = pipe {
                 p.read_to_end(&mut buf)

@@ -305,7 +305,9 @@ async fn run_script(
         } else {
             Stdio::ignore()
         })
-        .stdout(Stdio::pipe_writable())
+        // A socket, not a kernel pipe: the supervisor's timeout cuts it with shutdown()
+        // even while a grandchild holds the write end (script.rs).
+        .stdout(Stdio::pipe_duplex())
         .stderr(Stdio::pipe_writable());
     let name = if target.script_name.is_empty() {
         target.file.display().to_string()

@@ -7,16 +7,18 @@
 //! `sys::start` (clone, child runs [`child::run`]) → pid + pidfd → [`Child`].
 
 mod child;
+mod raw;
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
 mod sys;
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
+use crate::child_pipe::End;
 use crate::command::Command;
 use crate::error::{Error, Result};
 use crate::fd;
@@ -35,12 +37,21 @@ pub(crate) enum Source {
     Fd(RawFd),
 }
 
+/// The parent's end of a pipe slot.
+#[derive(Debug)]
+pub(crate) enum ParentEnd {
+    Pipe(End),
+    Ipc(StdUnixStream),
+}
+
 /// One slot of the child's fd table.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub(crate) struct FdAction {
     pub target: RawFd,
     pub source: Source,
+    /// Clear `O_NONBLOCK` when the slot is 0-2 (given explicitly from an fd).
+    pub make_blocking: bool,
 }
 
 /// Which step of the child failed; the parent turns it into the error's words.
@@ -50,6 +61,7 @@ pub(crate) enum Stage {
     None = 0,
     Setsid,
     Setpgid,
+    Setgroups,
     Setgid,
     Setuid,
     Chdir,
@@ -87,6 +99,10 @@ pub(crate) struct ChildArgs {
     pub pgid: Option<i32>,
     pub pdeathsig: i32,
     pub parent_pid: i32,
+    /// Every signal to SIG_DFL (libuv), not only caught ones and SIGPIPE (std).
+    pub reset_signals: bool,
+    /// This process runs as root (real uid 0): a failed setgroups is an error.
+    pub as_root: bool,
     pub actions: *mut FdAction,
     pub nactions: usize,
     pub report: *mut Report,
@@ -110,11 +126,12 @@ pub(crate) struct Plan {
     setsid: bool,
     pgid: Option<i32>,
     pdeathsig: i32,
+    reset_signals: bool,
     actions: Vec<FdAction>,
     /// fds the child gets that the parent closes once the child has them.
     child_ends: Vec<OwnedFd>,
-    /// Parent ends of pipes, by slot, and whether each is an IPC channel.
-    parent_ends: Vec<(i32, StdUnixStream, bool)>,
+    /// Parent ends of pipes and IPC channels, by slot.
+    parent_ends: Vec<(i32, ParentEnd)>,
     pub(crate) report: Report,
     kill_on_drop: bool,
 }
@@ -161,6 +178,9 @@ impl Plan {
             } else {
                 0
             },
+            reset_signals: self.reset_signals,
+            // SAFETY: getuid cannot fail and touches no memory.
+            as_root: (self.uid.is_some() || self.gid.is_some()) && unsafe { libc::getuid() } == 0,
             actions: self.actions.as_mut_ptr(),
             nactions: self.actions.len(),
             report: &mut self.report,
@@ -176,6 +196,7 @@ impl Plan {
             Stage::None | Stage::Exec => e,
             Stage::Setsid => e.with_detail("setsid"),
             Stage::Setpgid => e.with_detail(format!("setpgid {}", self.pgid.unwrap_or(0))),
+            Stage::Setgroups => e.with_detail("setgroups (drop supplementary groups)"),
             Stage::Setgid => e.with_detail(format!("setgid {}", self.gid.unwrap_or(0))),
             Stage::Setuid => e.with_detail(format!("setuid {}", self.uid.unwrap_or(0))),
             Stage::Chdir => e.with_detail(format!(
@@ -346,6 +367,7 @@ pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
             actions.push(FdAction {
                 target: fd,
                 source: Source::Fd(fd),
+                make_blocking: false,
             });
         }
     }
@@ -390,6 +412,22 @@ pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
                     "stdio slot {slot}: its fd was given to an earlier spawn of this Command"
                 )));
             }
+            // One-way: a kernel pipe, so the child may open /dev/stdin, /dev/stdout or
+            // /proc/self/fd/N on it (a socket gives ENXIO there). Only the parent's end is
+            // made non-blocking (each end has its own file description).
+            &mut Kind::Pipe { readable, writable } if readable != writable => {
+                let (read, write) = fd::pipe().map_err(|e| e.context(&op))?;
+                let (parent, child, end): (_, OwnedFd, fn(OwnedFd) -> End) = if readable {
+                    (write, read, End::Sender)
+                } else {
+                    (read, write, End::Receiver)
+                };
+                fd::set_nonblocking(parent.as_fd()).map_err(|e| e.context(&op))?;
+                let raw = child.as_raw_fd();
+                child_ends.push(child);
+                parent_ends.push((slot, ParentEnd::Pipe(end(parent))));
+                Source::Fd(raw)
+            }
             Kind::Pipe { .. } | Kind::Ipc => {
                 let ipc = matches!(s.0, Kind::Ipc);
                 let (parent, child) = fd::socketpair().map_err(|e| e.context(&op))?;
@@ -398,14 +436,25 @@ pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
                     .map_err(|e| crate::error::from_io(e, format!("{op}: set_nonblocking")))?;
                 let raw = child.as_raw_fd();
                 child_ends.push(child.into());
-                parent_ends.push((slot, parent, ipc));
+                parent_ends.push((
+                    slot,
+                    if ipc {
+                        ParentEnd::Ipc(parent)
+                    } else {
+                        ParentEnd::Pipe(End::Duplex(parent))
+                    },
+                ));
                 Source::Fd(raw)
             }
             Kind::Invalid(e) => return Err(e.clone().context(&op)),
         };
+        // Only an fd the caller named is made blocking at 0-2: the parent's own stdio,
+        // inherited, is left as it was (its flags are shared with the parent).
+        let make_blocking = matches!(s.0, Kind::InheritFd(_) | Kind::Given);
         actions.push(FdAction {
             target: slot,
             source,
+            make_blocking,
         });
     }
     actions.sort_by_key(|a| a.target);
@@ -426,6 +475,7 @@ pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
         setsid: cmd.detached,
         pgid: cmd.process_group,
         pdeathsig: cmd.parent_death_signal.map_or(0, |s| s.as_raw()),
+        reset_signals: cmd.reset_signals,
         actions,
         child_ends,
         parent_ends,

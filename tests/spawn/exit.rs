@@ -237,13 +237,14 @@ fn basic_dropped_child_after_the_runtime_is_gone_is_reaped() {
             .stdout(Stdio::ignore())
             .spawn()
             .unwrap();
+        // Kept open (wait() would close it).
+        let stdin = child.stdin.take().unwrap().into_owned_fd().unwrap();
         // Registers the pidfd with this runtime's reactor, then gives up.
         assert!(
             tokio::time::timeout(Duration::from_millis(1), child.wait())
                 .await
                 .is_err()
         );
-        let stdin = child.stdin.take().unwrap().into_std().unwrap();
         (child, stdin)
     });
     let pid = pid_of(&child);
@@ -265,12 +266,13 @@ fn basic_wait_moves_between_runtimes() {
             .stdout(Stdio::ignore())
             .spawn()
             .unwrap();
+        // Kept open (wait() would close it).
+        let stdin = child.stdin.take().unwrap().into_owned_fd().unwrap();
         assert!(
             tokio::time::timeout(Duration::from_millis(1), child.wait())
                 .await
                 .is_err()
         );
-        let stdin = child.stdin.take().unwrap().into_std().unwrap();
         (child, stdin)
     });
     let _k = KillGuard(pid_of(&child));
