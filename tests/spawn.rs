@@ -17,6 +17,8 @@ mod env;
 mod errors;
 #[path = "spawn/exit.rs"]
 mod exit;
+#[path = "spawn/parity.rs"]
+mod parity;
 #[path = "spawn/stdio.rs"]
 mod stdio;
 
@@ -197,6 +199,64 @@ fn helper() {
                 drop(stdin);
                 let out = bounded("cat", child.wait_with_output()).await.unwrap();
                 assert_eq!(out.stdout, b"through\n");
+            });
+        }
+        "sig-ign" => rt.block_on(async {
+            // Whatever ignored signals this helper was started with (nohup: SIGHUP), plus
+            // SIGPIPE, ignored by std before main.
+            for reset in [false, true] {
+                let out = bounded(
+                    "cat status",
+                    Command::new("cat")
+                        .arg("/proc/self/status")
+                        .reset_signal_dispositions(reset)
+                        .output(),
+                )
+                .await
+                .unwrap();
+                let text = String::from_utf8(out.stdout).unwrap();
+                let ign = text.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
+                println!("reset={reset} {ign}");
+            }
+        }),
+        "stdio-flags" => {
+            // This helper's stderr (a pipe from the test) made non-blocking, as a program
+            // driving its own stdio through tokio would have it.
+            let flags = || {
+                // SAFETY: F_GETFL only reads fd 2's status flags.
+                unsafe { libc::fcntl(2, libc::F_GETFL) }
+            };
+            // SAFETY: changes fd 2's status flags only.
+            unsafe { libc::fcntl(2, libc::F_SETFL, flags() | libc::O_NONBLOCK) };
+            rt.block_on(async {
+                let exit = bounded("true", Command::new("true").status())
+                    .await
+                    .unwrap();
+                assert!(exit.success());
+                println!("inherited nonblock={}", flags() & libc::O_NONBLOCK != 0);
+                let exit = bounded(
+                    "true",
+                    Command::new("true").stderr(Stdio::inherit_fd(2)).status(),
+                )
+                .await
+                .unwrap();
+                assert!(exit.success());
+                println!("inherit_fd nonblock={}", flags() & libc::O_NONBLOCK != 0);
+            });
+        }
+        "sigpipe-default" => {
+            // As in a C host or a program built with -Zon-broken-pipe=inherit.
+            // SAFETY: resets one disposition of this helper process.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            rt.block_on(async {
+                let mut child = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+                let mut stdin = child.stdin.take().unwrap();
+                assert!(bounded("wait", child.wait()).await.unwrap().success());
+                let err = bounded("write", stdin.write_all(&[0u8; 1 << 20]))
+                    .await
+                    .expect_err("nobody reads the pipe");
+                assert_eq!(err.raw_os_error(), Some(libc::EPIPE), "{err}");
+                println!("EPIPE, still alive");
             });
         }
         other => panic!("unknown helper mode {other}"),

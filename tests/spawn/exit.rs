@@ -92,13 +92,16 @@ async fn basic_child_starts_with_default_signal_state() {
 async fn basic_try_wait() {
     let _g = shared().await;
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-    let _k = KillGuard(pid_of(&child));
+    let pid = pid_of(&child);
+    let _k = KillGuard(pid);
     assert_eq!(child.try_wait().unwrap(), None);
     child.kill(Signum::KILL).unwrap();
-    wait_zombie(pid_of(&child));
+    wait_zombie(pid);
     let exit = child.try_wait().unwrap().expect("exited");
     assert_eq!((exit.status, exit.signal), (0, libc::SIGKILL));
-    assert!(!is_our_child(pid_of(&child)), "try_wait reaped it");
+    assert!(!is_our_child(pid), "try_wait reaped it");
+    // Reaped: the pid is no longer the child's to give (tokio's `id`).
+    assert_eq!(child.id(), None);
     // Again, and wait, give the same report.
     assert_eq!(child.try_wait().unwrap(), Some(exit));
     assert_eq!(bounded("wait", child.wait()).await.unwrap(), exit);
