@@ -282,7 +282,7 @@ pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
     let mut env = if inherit_environ {
         BTreeMap::new()
     } else {
-        child_env(&cmd)
+        child_env(cmd)
     };
     let path_var = if inherit_environ {
         std::env::var_os("PATH")

@@ -9,6 +9,7 @@
 //! back in the return value, the parent only finds its `errno` changed.
 
 /// `Err(errno)` for a kernel return in `-4095..=-1`, else the value.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn result(ret: isize) -> Result<usize, i32> {
     if (-4095..0).contains(&ret) {
         Err(-ret as i32)
