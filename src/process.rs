@@ -97,9 +97,10 @@ pub struct Output {
 
 /// A spawned process (`uv_process_t`).
 ///
-/// Dropping a `Child` never leaves a zombie: if it is still running, brood reaps it in the
-/// background when it exits (and kills it first if [`kill_on_drop`] was set). It does not
-/// keep a runtime or the program alive.
+/// Dropping a `Child` that is still running hands it to a background reaper thread, which
+/// reaps it when it exits (after killing it if [`kill_on_drop`] was set); if that thread
+/// cannot be started, the child stays a zombie until this process exits. A dropped `Child`
+/// does not keep a runtime or the program alive.
 ///
 /// Pipes made with [`Stdio::pipe_*`](crate::Stdio) are here: slot 0, 1, 2 as `stdin`,
 /// `stdout`, `stderr`, any other slot with [`take_pipe`](Child::take_pipe). Each is a

@@ -11,7 +11,8 @@ use crate::fd;
 /// Give one with [`Command::stdio`](crate::Command::stdio) for any fd number: 0, 1 and 2 are
 /// stdin, stdout and stderr, and 3, 9 or any other number are extra slots the child sees
 /// at exactly that number. Slots 0-2 that are not set are inherited; every other fd of the
-/// parent is closed in the child.
+/// parent is closed in the child (on Linux before 5.11, which lacks
+/// `CLOSE_RANGE_CLOEXEC`, only the close-on-exec ones: every fd brood and std make).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {

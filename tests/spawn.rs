@@ -259,6 +259,18 @@ fn helper() {
                 println!("EPIPE, still alive");
             });
         }
+        "setgroups-denied" => rt.block_on(async {
+            // Root in a user namespace whose setgroups is denied (`unshare -Ur`): a uid
+            // change that cannot drop root's supplementary groups must not run.
+            // SAFETY: getuid has no preconditions.
+            assert_eq!(unsafe { libc::getuid() }, 0);
+            for cmd in [Command::new("true").uid(0), Command::new("true").gid(0)] {
+                let err = cmd.spawn().expect_err("setgroups fails here");
+                assert_eq!(err.name(), "EPERM", "{err}");
+                assert!(err.to_string().contains("setgroups"), "{err}");
+            }
+            assert!(children().is_empty(), "a failed spawn left a child");
+        }),
         other => panic!("unknown helper mode {other}"),
     }
     println!("{HELPER_DONE}");

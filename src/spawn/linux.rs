@@ -106,7 +106,9 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
     let use_pidfd = pidfd_supported();
     let mut args = plan.child_args();
-    let Some(stack) = STACK.take().or_else(Stack::new) else {
+    // (`try_with`: a spawn from a thread-local destructor gets a stack of its own.)
+    let cached = STACK.try_with(|s| s.take()).ok().flatten();
+    let Some(stack) = cached.or_else(Stack::new) else {
         return Err(last_errno());
     };
     let top = stack.top();
@@ -118,7 +120,7 @@ pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
     let mut old = raw::EMPTY_SET;
     // SAFETY: `old` has room for a kernel signal set.
     if let Err(e) = unsafe { raw::set_mask(&raw::FULL_SET, &mut old) } {
-        STACK.set(Some(stack));
+        keep(stack);
         return Err(e);
     }
 
@@ -155,7 +157,7 @@ pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
     let clone_errno = last_errno();
     // SAFETY: restores the mask saved above; null: the old one is not wanted.
     let _ = unsafe { raw::set_mask(&old, std::ptr::null_mut()) };
-    STACK.set(Some(stack));
+    keep(stack);
     if pid < 0 {
         return Err(clone_errno);
     }
@@ -168,6 +170,11 @@ pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
         None
     };
     Ok((pid, pidfd))
+}
+
+/// Keeps `stack` for this thread's next spawn (unmapped if the thread is exiting).
+fn keep(stack: Stack) {
+    let _ = STACK.try_with(|s| s.set(Some(stack)));
 }
 
 /// A pidfd for our own child, which cannot have been reaped yet (only brood reaps it), so

@@ -159,8 +159,10 @@ impl Plan {
             npaths: self.paths.len(),
             argv: self.argv_ptrs.as_ptr(),
             envp: if self.inherit_environ {
-                // SAFETY: reading the pointer; `std::env::set_var` is `unsafe` precisely so
-                // that other threads may read `environ` meanwhile (std's spawn does too).
+                // SAFETY: reads the pointer without std's environment lock (std's own spawn
+                // takes it; brood cannot). `std::env::set_var`/`remove_var` are `unsafe`
+                // because of readers like this one: a program that calls them while another
+                // thread spawns breaks their contract, as it would with libc's `getenv`.
                 unsafe { environ }
             } else {
                 self.envp_ptrs.as_ptr()

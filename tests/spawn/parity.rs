@@ -220,3 +220,29 @@ async fn basic_pidfd_is_borrowed_and_id_is_none_after_reap() {
     let _ = w.write_all(b"").await;
     bounded("wait", stdin_writer.wait()).await.unwrap();
 }
+
+#[tokio::test]
+async fn setgroups_failure_as_root_is_an_error() {
+    let _g = shared().await;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        // Unprivileged runners cannot be root in a user namespace here either; the
+        // non-root path is covered by `unprivileged` in errors.rs.
+        eprintln!("setgroups_failure_as_root_is_an_error: needs root, checked as root in CI");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.arg("-Ur")
+        .arg(exe)
+        .args(["--exact", "helper", "--nocapture", "--test-threads=1"])
+        .env(HELPER_ENV, "setgroups-denied")
+        .stdin(Stdio::ignore());
+    let out = bounded("unshare helper", cmd.output()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.exit.success() && stdout.contains(HELPER_DONE),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
