@@ -29,10 +29,20 @@ fn dd_args(mib: usize) -> [String; 5] {
 /// The floor: a kernel pipe, the child on the write end, a blocking read loop on the other.
 fn raw_pipe(mib: usize) -> (usize, Duration) {
     let start = Instant::now();
-    let (mut ours, theirs) = std::io::pipe().unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into `fds` or fails (checked).
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are new and ours alone.
+    let (mut ours, theirs) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
     let mut child = std::process::Command::new("dd")
         .args(dd_args(mib))
-        .stdout(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::from(theirs))
         .spawn()
         .unwrap();
     let mut buf = vec![0u8; CHUNK];
