@@ -198,11 +198,11 @@ impl Command {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
-    /// // The shell reports ignored signals in `trap`; a reset child has none.
-    /// let out = brood::Command::new("sh").args(["-c", "trap"])
+    /// // A reset child ignores no signal (the kernel's `SigIgn` mask is empty).
+    /// let out = brood::Command::new("grep").args(["^SigIgn:", "/proc/self/status"])
     ///     .reset_signal_dispositions(true)
     ///     .output().await?;
-    /// assert!(out.stdout.is_empty());
+    /// assert_eq!(out.stdout, b"SigIgn:\t0000000000000000\n");
     /// # Ok(()) }
     /// ```
     pub fn reset_signal_dispositions(&mut self, reset: bool) -> &mut Command {

@@ -205,3 +205,37 @@ pub(super) fn reap_failed(pid: i32, pidfd: Option<OwnedFd>) {
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The permissions `/proc/self/maps` gives the mapping that holds `addr`.
+    fn perms_at(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let (range, rest) = line.split_once(' ').unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).unwrap(),
+                usize::from_str_radix(hi, 16).unwrap(),
+            );
+            if (lo..hi).contains(&addr) {
+                return rest[..4].to_owned();
+            }
+        }
+        panic!("{addr:#x} is not mapped");
+    }
+
+    #[test]
+    fn child_stack_has_a_guard_page_below_it() {
+        let stack = Stack::new().unwrap();
+        let base = stack.base as usize;
+        // SAFETY: sysconf reads a constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        assert_eq!(perms_at(base), "---p", "the lowest page is the guard");
+        assert_eq!(perms_at(base + page), "rw-p");
+        assert_eq!(perms_at(stack.top() - 16), "rw-p");
+        assert!(stack.top() - (base + page) >= STACK_SIZE - 16);
+    }
+}
