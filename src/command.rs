@@ -191,8 +191,9 @@ impl Command {
     /// as `std::process::Command`, Go and glibc's `posix_spawn` do, so `nohup` and
     /// `trap '' HUP` in front of a brood program still protect its children; only `SIGPIPE`
     /// goes back to `SIG_DFL`, as std does (Rust programs ignore it themselves, the programs
-    /// they run expect to die of it in a pipeline). Caught signals always become `SIG_DFL`:
-    /// exec resets handlers.
+    /// they run expect to die of it in a pipeline), and so do glibc's internal 32 and 33,
+    /// which no program ignores by choice. Caught signals always become `SIG_DFL`: exec
+    /// resets handlers.
     ///
     /// `true` resets every signal to `SIG_DFL`, as libuv does for each spawn.
     ///

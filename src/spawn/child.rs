@@ -65,9 +65,12 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
+            // glibc's own signals (32 and 33, below SIGRTMIN) were not ignored by choice: no
+            // program can set them through glibc.
+            let keep_ignored = sig != libc::SIGPIPE && !(32..args.first_rt_signal).contains(&sig);
             if !args.reset_signals {
                 let handler = sys::handler(sig);
-                if handler == libc::SIG_DFL || handler == libc::SIG_IGN && sig != libc::SIGPIPE {
+                if handler == libc::SIG_DFL || handler == libc::SIG_IGN && keep_ignored {
                     continue;
                 }
             }

@@ -101,6 +101,8 @@ pub(crate) struct ChildArgs {
     pub parent_pid: i32,
     /// Every signal to SIG_DFL (libuv), not only caught ones and SIGPIPE (std).
     pub reset_signals: bool,
+    /// `SIGRTMIN` as the C library gives it (signals from 32 below it are its own).
+    pub first_rt_signal: i32,
     /// This process runs as root (real uid 0): a failed setgroups is an error.
     pub as_root: bool,
     pub actions: *mut FdAction,
@@ -181,6 +183,7 @@ impl Plan {
                 0
             },
             reset_signals: self.reset_signals,
+            first_rt_signal: libc::SIGRTMIN(),
             // SAFETY: getuid cannot fail and touches no memory.
             as_root: (self.uid.is_some() || self.gid.is_some()) && unsafe { libc::getuid() } == 0,
             actions: self.actions.as_mut_ptr(),
