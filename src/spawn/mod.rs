@@ -266,6 +266,17 @@ pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
     if program.is_empty() {
         return Err(Error::new(libc::ENOENT, op).with_detail("empty program name"));
     }
+    // m68k's setuid/setgid take 16-bit ids and the libc crate has no number for their
+    // 32-bit versions there (x86, arm and sparc use setuid32/setgid32 in `child.rs`).
+    #[cfg(target_arch = "m68k")]
+    for (what, id) in [("uid", cmd.uid), ("gid", cmd.gid)] {
+        if id.is_some_and(|id| id > 0xffff) {
+            return Err(Error::invalid(
+                op,
+                format!("{what} above 65535: this platform's set{what} takes 16 bits"),
+            ));
+        }
+    }
     if cmd.detached && cmd.process_group.is_some() {
         // setsid makes the child a group leader of its own; setpgid after it would fail
         // with EPERM from the child, which says nothing about why.
