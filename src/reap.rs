@@ -5,8 +5,8 @@
 //! Kernels with part of pidfd support are handled: 5.2 gives a pidfd with CLONE_PIDFD
 //! but cannot poll it (then `wait` uses the waiter thread), 5.3 polls it but has no
 //! `waitid(P_PIDFD)` (then the reap goes by pid, which cannot have been reused: only brood
-//! reaps its children). `BROOD_NO_PIDFD=1` forces the no-pidfd path and
-//! `BROOD_NO_PIDFD_WAITID=1` the 5.3 one, for tests. Dropped children are reaped by one
+//! reaps its children). `BROOD_NO_PIDFD=1` forces the no-pidfd path,
+//! `BROOD_NO_PIDFD_POLL=1` the 5.2 one and `BROOD_NO_PIDFD_WAITID=1` the 5.3 one, for tests. Dropped children are reaped by one
 //! background thread; if it cannot be started (no memory, thread limit), a dropped child
 //! stays a zombie until this process exits.
 
@@ -94,11 +94,9 @@ impl PidFd {
             let Watch::Fd(fd) = std::mem::take(&mut self.watch) else {
                 unreachable!()
             };
-            // SAFETY: an OwnedFd stays open and the same for the AsyncFd's whole life.
-            match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+            match register(fd) {
                 Ok(a) => self.watch = Watch::Async(a, here),
-                Err(e) => {
-                    let (fd, e) = e.into_parts();
+                Err((fd, e)) => {
                     self.watch = Watch::Fd(fd);
                     // Linux 5.2 makes pidfds that cannot be polled (epoll says EPERM):
                     // wait with the thread below instead.
@@ -200,10 +198,32 @@ fn try_wait_pid(pid: i32) -> Result<Option<Exit>> {
     }
 }
 
-/// Whether `BROOD_NO_PIDFD_WAITID=1` asks to act as Linux 5.3 (pidfds, no `P_PIDFD`).
+/// Whether the environment variable `name` is `1` (read once per name).
+fn forced(name: &str, cell: &'static OnceLock<bool>) -> bool {
+    *cell.get_or_init(|| std::env::var_os(name).is_some_and(|v| v == "1"))
+}
+
+/// Whether to act as Linux 5.3 (pidfds, no `waitid(P_PIDFD)`): `BROOD_NO_PIDFD_WAITID=1`,
+/// or as 5.2 (also no polling): `BROOD_NO_PIDFD_POLL=1`.
 fn no_pidfd_waitid() -> bool {
     static OFF: OnceLock<bool> = OnceLock::new();
-    *OFF.get_or_init(|| std::env::var_os("BROOD_NO_PIDFD_WAITID").is_some_and(|v| v == "1"))
+    forced("BROOD_NO_PIDFD_WAITID", &OFF) || no_pidfd_poll()
+}
+
+/// Whether to act as Linux 5.2, whose pidfds cannot be polled (`BROOD_NO_PIDFD_POLL=1`).
+fn no_pidfd_poll() -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    forced("BROOD_NO_PIDFD_POLL", &OFF)
+}
+
+/// Registers a pidfd with the reactor; `EPERM` (what epoll says on 5.2) when forced.
+fn register(fd: OwnedFd) -> std::result::Result<AsyncFd<OwnedFd>, (OwnedFd, std::io::Error)> {
+    if no_pidfd_poll() {
+        return Err((fd, std::io::Error::from_raw_os_error(libc::EPERM)));
+    }
+    // SAFETY: an OwnedFd stays open and the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts())
 }
 
 /// `waitid(P_PIDFD, WNOHANG)`: `EINVAL` on kernels before 5.4, which lack `P_PIDFD`.
@@ -357,8 +377,11 @@ pub(crate) fn adopt(p: PidFd) {
             events: libc::EPOLLIN as u32,
             u64: raw as u64,
         };
-        // SAFETY: adds our pidfd to our epoll set.
-        if unsafe { libc::epoll_ctl(r.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, &mut ev) } == 0 {
+        let added = !no_pidfd_poll() && {
+            // SAFETY: adds our pidfd to our epoll set.
+            unsafe { libc::epoll_ctl(r.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, &mut ev) == 0 }
+        };
+        if added {
             orphans.insert(raw, (fd, pid));
             return;
         }

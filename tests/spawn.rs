@@ -1,8 +1,9 @@
 //! Spawning real processes: libuv's test-spawn.c as a checklist.
 //!
-//! Tests named `basic_*` run twice: here, and again with `BROOD_NO_PIDFD=1` (the fallback
-//! without pidfds) in a re-executed copy of this binary (`no_pidfd_fallback_runs_basic_tests`),
-//! because brood reads that switch once per process.
+//! Tests named `basic_*` run four times: here, and again in re-executed copies of this binary
+//! with `BROOD_NO_PIDFD=1` (no pidfds: `no_pidfd_fallback_runs_basic_tests`),
+//! `BROOD_NO_PIDFD_POLL=1` (Linux 5.2's shape) and `BROOD_NO_PIDFD_WAITID=1` (5.3's), because
+//! brood reads those switches once per process.
 //!
 //! Tests that count this process's children or zombies take `common::exclusive()`; every
 //! other test takes `common::shared()`, so no other test's child is in the count.
@@ -48,8 +49,11 @@ async fn sh(script: &str, cmd: impl FnOnce(&mut Command) -> &mut Command) -> bro
 #[tokio::test]
 async fn no_pidfd_fallback_runs_basic_tests() {
     let _g = shared().await;
-    if std::env::var_os("BROOD_NO_PIDFD").is_some() {
-        return; // already the re-executed copy
+    if ["BROOD_NO_PIDFD", "BROOD_NO_PIDFD_WAITID", "BROOD_NO_PIDFD_POLL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        return; // already a re-executed copy
     }
     let exe = std::env::current_exe().unwrap();
     let out = tokio::time::timeout(

@@ -175,28 +175,47 @@ async fn basic_command_is_reusable() {
     assert_eq!(err.name(), "EBADF", "{err}");
 }
 
-#[tokio::test]
-async fn no_pidfd_waitid_fallback_runs_basic_tests() {
-    let _g = shared().await;
-    if std::env::var_os("BROOD_NO_PIDFD").is_some()
-        || std::env::var_os("BROOD_NO_PIDFD_WAITID").is_some()
+/// Reruns the `basic_` tests in a copy of this binary with `var=1`.
+async fn rerun_basic_tests(var: &str) {
+    if [
+        "BROOD_NO_PIDFD",
+        "BROOD_NO_PIDFD_WAITID",
+        "BROOD_NO_PIDFD_POLL",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
     {
         return; // already a re-executed copy
     }
-    // Linux 5.3's shape: pidfds that poll, but no waitid(P_PIDFD).
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["basic_"]).env("BROOD_NO_PIDFD_WAITID", "1");
+    cmd.args(["basic_"]).env(var, "1");
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
-        .expect("the 5.3-shape run took over 120 s")
+        .unwrap_or_else(|_| panic!("the {var}=1 run took over 120 s"))
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.exit.success(),
-        "basic tests failed with BROOD_NO_PIDFD_WAITID=1:\n{stdout}\n{}",
+        "basic tests failed with {var}=1:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("basic_dropped_running_child_is_reaped_in_the_background ... ok"));
+    assert!(stdout.contains("basic_wait_closes_stdin ... ok"));
+}
+
+/// Linux 5.3's shape: pidfds that poll, but no `waitid(P_PIDFD)`.
+#[tokio::test]
+async fn no_pidfd_waitid_fallback_runs_basic_tests() {
+    let _g = shared().await;
+    rerun_basic_tests("BROOD_NO_PIDFD_WAITID").await;
+}
+
+/// Linux 5.2's shape: CLONE_PIDFD gives pidfds, but they cannot be polled (and no
+/// `waitid(P_PIDFD)` either).
+#[tokio::test]
+async fn no_pidfd_poll_fallback_runs_basic_tests() {
+    let _g = shared().await;
+    rerun_basic_tests("BROOD_NO_PIDFD_POLL").await;
 }
 
 #[tokio::test]
