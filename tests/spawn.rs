@@ -49,9 +49,13 @@ async fn sh(script: &str, cmd: impl FnOnce(&mut Command) -> &mut Command) -> bro
 #[tokio::test]
 async fn no_pidfd_fallback_runs_basic_tests() {
     let _g = shared().await;
-    if ["BROOD_NO_PIDFD", "BROOD_NO_PIDFD_WAITID", "BROOD_NO_PIDFD_POLL"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
+    if [
+        "BROOD_NO_PIDFD",
+        "BROOD_NO_PIDFD_WAITID",
+        "BROOD_NO_PIDFD_POLL",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
     {
         return; // already a re-executed copy
     }
