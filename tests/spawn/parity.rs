@@ -264,3 +264,22 @@ async fn setgroups_failure_as_root_is_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn basic_child_never_writes_the_parents_errno() {
+    let _g = shared().await;
+    // The child shares this thread's memory and TLS until it execs: a failed glibc wrapper
+    // in it (execve, chdir) would leave its errno in ours.
+    let mut missing = Command::new("/nonexistent/brood-no-such-program");
+    let mut bad_cwd = Command::new("true");
+    bad_cwd.current_dir("/nonexistent/brood-no-such-dir");
+    for cmd in [&mut missing, &mut bad_cwd] {
+        // SAFETY: writes this thread's errno.
+        unsafe { *libc::__errno_location() = 12345 };
+        let err = cmd.spawn().expect_err("the child fails before exec");
+        // SAFETY: reads this thread's errno.
+        let errno = unsafe { *libc::__errno_location() };
+        assert_eq!(err.name(), "ENOENT", "{err}");
+        assert_eq!(errno, 12345, "errno changed by the spawn of {cmd:?}");
+    }
+}
