@@ -359,7 +359,7 @@ async fn sighup_replaces_every_worker_without_a_failed_request() {
         .wait_for(|r| r.iter().all(|r| r.handled > 5), "load")
         .await;
     let old: Vec<u32> = old.iter().map(|r| r.pid).collect();
-    brood::kill(m.child.id() as i32, Signum::HUP).unwrap();
+    brood::kill(m.child.id().unwrap() as i32, Signum::HUP).unwrap();
     m.wait_for(
         |r| {
             r.len() == 2
@@ -563,7 +563,7 @@ async fn a_worker_that_exits_at_once_is_respawned_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigttin_and_sigttou_add_and_remove_a_worker() {
     let m = Master::start("ttin", &["--workers", "2", "--builtin", "echo"]).await;
-    let master = m.child.id() as i32;
+    let master = m.child.id().unwrap() as i32;
     brood::kill(master, Signum::TTIN).unwrap();
     m.wait_for(
         |r| r.len() == 3 && r.iter().all(|r| r.state == "ready"),
@@ -683,7 +683,8 @@ async fn a_second_sigint_ends_a_graceful_shutdown_at_once() {
     let t = Instant::now();
     loop {
         let status =
-            std::fs::read_to_string(format!("/proc/{}/status", master.child.id())).unwrap();
+            std::fs::read_to_string(format!("/proc/{}/status", master.child.id().unwrap()))
+                .unwrap();
         let caught = status
             .lines()
             .find_map(|l| l.strip_prefix("SigCgt:"))

@@ -187,8 +187,8 @@ impl Master {
                 std::env::args_os().skip(1).collect(),
             ),
         };
-        let mut cmd = Command::new(&program)
-            .args(&args)
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
             .env(WORKER_ENV, "1")
             .env(STRATEGY_ENV, cfg.strategy.name())
             .env_remove("LISTEN_FDS")
@@ -197,10 +197,10 @@ impl Master {
             .parent_death_signal(Signum::KILL)
             .kill_on_drop(true);
         for (k, v) in &cfg.env {
-            cmd = cmd.env(k, v);
+            cmd.env(k, v);
         }
         let reuseport_listener;
-        cmd = match &self.cluster.source {
+        match &self.cluster.source {
             Source::Accept(_) | Source::Closed => cmd.stdio(3, Stdio::ipc()),
             Source::Shared(l) => cmd
                 .stdio(3, Stdio::inherit_stream(l))
@@ -219,7 +219,7 @@ impl Master {
         let channel = child.take_channel(3).or_else(|| child.take_channel(4));
         let id = self.next_id;
         self.next_id += 1;
-        let pid = child.id();
+        let pid = child.id().expect("a child not waited for has its pid");
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         let sender = channel.as_ref().map(Channel::sender);
         tokio::spawn(watch_worker(
