@@ -341,7 +341,9 @@ async fn sigterm_lets_accepted_connections_finish_then_everything_exits() {
             .unwrap();
         assert_eq!(buf, msg.as_bytes());
     }
-    // New connections are refused now.
+    // New connections are refused once the master has closed its listener, which it does
+    // before it logs the shutdown: wait for that line, then check.
+    master.wait_log("graceful shutdown", 1).await;
     assert!(TcpStream::connect(&master.addr).await.is_err());
     drop(conns);
     let exit = timeout(LIMIT, master.child.wait()).await.unwrap().unwrap();
@@ -376,7 +378,7 @@ async fn sighup_replaces_every_worker_without_a_failed_request() {
         failed, 0,
         "{failed} failed, {ok} ok during the rolling restart"
     );
-    m.wait_log("rolling restart", 1).await;
+    m.wait_log("rolling restart done", 1).await;
     m.wait_log("worker retired", 2).await;
     assert!(ok > 20);
     for pid in old {
@@ -414,7 +416,9 @@ async fn ctl_status_scale_and_reload() {
     .await;
     assert!(m.ctl("scale 1").await.contains("scaling to 1"));
     let one = m.wait_for(|r| r.len() == 1, "1 worker").await;
-    assert!(m.ctl("reload").await.contains("reloading 1"));
+    // `reload` answers once the rolling restart is over.
+    let answer = m.ctl("reload").await;
+    assert!(answer.contains("reloaded 1 workers"), "{answer}");
     m.wait_for(
         |r| r.len() == 1 && r[0].pid != one[0].pid && r[0].state == "ready",
         "reloaded",
