@@ -51,7 +51,7 @@ impl Master {
         // then retires the workers gracefully.
         let mut cmd = Command::new(&program)
             .args(&args)
-            .env_pid(WORKER_ENV)
+            .env(WORKER_ENV, std::process::id().to_string())
             .env(STRATEGY_ENV, cfg.strategy.name())
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
@@ -151,9 +151,12 @@ impl Master {
         // The master's own copy of a shared listener or reuseport anchor goes now.
         self.cluster.source = super::builder::Source::Closed;
         self.respawns.clear();
+        let reloading = !self.reload.is_empty() || self.reloading.is_some();
         self.reload.clear();
         self.reloading = None;
-        self.finish_reload(Some("the master is shutting down"));
+        if reloading || !self.reload_waiters.is_empty() {
+            self.finish_reload(Some("the master is shutting down"));
+        }
         let ids: Vec<u64> = self.workers.keys().copied().collect();
         for id in ids {
             self.retire(id);

@@ -49,7 +49,8 @@
 //! activation convention); for `round-robin` and `least-connections` a Unix stream socket on
 //! which each connection arrives as the byte `c` with the connection's fd attached
 //! (`SCM_RIGHTS`). `BROOD_CLUSTER_STRATEGY` names the strategy and `BROOD_CLUSTER_WORKER`
-//! holds the worker's own pid (so the worker's own children are not workers). A worker that
+//! holds the master's pid, the worker's parent (so the worker's own children, whose parent
+//! is the worker, are not workers). A worker that
 //! sends the byte `r` on its channel (fd 3, or the channel at `BROOD_CHANNEL_FD` in the
 //! listener strategies) is *brood-aware*: it gets heartbeat pings (byte `p`) it must answer
 //! with `P` within the heartbeat timeout, and may report each connection it accepted itself
@@ -81,7 +82,8 @@ pub use control::ctl;
 pub use policy::Restart;
 pub use worker::{Connection, Worker};
 
-/// The environment variable that marks a worker process: it holds the worker's pid.
+/// The environment variable that marks a worker process: it holds the pid of the master,
+/// the worker's parent.
 pub const WORKER_ENV: &str = "BROOD_CLUSTER_WORKER";
 /// The environment variable that names the strategy in a worker.
 pub const STRATEGY_ENV: &str = "BROOD_CLUSTER_STRATEGY";
@@ -103,15 +105,16 @@ pub(crate) mod wire {
 }
 
 /// Whether this process was started by a [`Cluster`] master as a worker: the variable
-/// `BROOD_CLUSTER_WORKER` names this very process (as `LISTEN_PID` does), so a child the
-/// worker starts itself (`app migrate`) is not taken for a worker.
+/// `BROOD_CLUSTER_WORKER` names this process's parent, so a child the worker starts itself
+/// (`app migrate`), which inherits the variable but has the worker as its parent, is not
+/// taken for a worker.
 ///
 /// ```
 /// // A test process was not started by a master.
 /// assert!(!brood::cluster::is_worker());
 /// ```
 pub fn is_worker() -> bool {
-    std::env::var(WORKER_ENV).is_ok_and(|v| v == std::process::id().to_string())
+    std::env::var(WORKER_ENV).is_ok_and(|v| v == std::os::unix::process::parent_id().to_string())
 }
 
 /// How connections reach workers. See the [module docs](self).

@@ -59,7 +59,7 @@ impl Worker {
         let op = "cluster worker";
         if !super::is_worker() {
             return Err(Error::new(libc::ENOENT, op).with_detail(
-                "not started by a cluster master (BROOD_CLUSTER_WORKER is not this pid)",
+                "not started by a cluster master (BROOD_CLUSTER_WORKER is not the parent's pid)",
             ));
         }
         let strategy: Strategy = std::env::var(STRATEGY_ENV)
