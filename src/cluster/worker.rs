@@ -110,7 +110,9 @@ impl Worker {
                 tokio::spawn(async move {
                     let mut channel = channel;
                     let mut buf = [0u8; 256];
+                    // Errors are logged at most once a second each kind.
                     let (mut errors, mut logged) = (0u64, None::<std::time::Instant>);
+                    let (mut dropped, mut logged_drop) = (0u64, None::<std::time::Instant>);
                     loop {
                         tokio::select! {
                             r = channel.recv(&mut buf) => match r {
@@ -134,10 +136,10 @@ impl Worker {
                                                     // at its fd limit: MSG_CTRUNC) or is not
                                                     // a TCP stream: that connection is lost,
                                                     // the channel goes on.
-                                                    errors += 1;
-                                                    if logged.is_none_or(|t: std::time::Instant| t.elapsed().as_secs() >= 1) {
-                                                        logged = Some(std::time::Instant::now());
-                                                        tracing::warn!(errors, "worker: connection dropped: {e}");
+                                                    dropped += 1;
+                                                    if logged_drop.is_none_or(|t: std::time::Instant| t.elapsed().as_secs() >= 1) {
+                                                        logged_drop = Some(std::time::Instant::now());
+                                                        tracing::warn!(dropped, "worker: connection dropped: {e}");
                                                     }
                                                     while channel.accept_handle().is_some() {}
                                                     if let Some(up) = &up {

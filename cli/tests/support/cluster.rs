@@ -158,6 +158,15 @@ impl Master {
         assert_eq!(self.log_has(needle), count, "{needle:?}");
     }
 
+    /// Waits (bounded) until the log has at least `count` lines with `needle`.
+    pub async fn wait_log_at_least(&self, needle: &str, count: usize) {
+        let start = Instant::now();
+        while self.log_has(needle) < count {
+            assert!(start.elapsed() < LIMIT, "log never had {count}× {needle:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn log_has(&self, needle: &str) -> usize {
         self.log
             .lock()
