@@ -20,7 +20,8 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-async fn rows(ctl: &std::path::Path) -> Vec<(u32, String)> {
+/// (id, pid, state) of each worker.
+async fn rows(ctl: &std::path::Path) -> Vec<(String, u32, String)> {
     let text = timeout(LIMIT, brood::cluster::ctl(ctl, "status"))
         .await
         .unwrap()
@@ -29,7 +30,7 @@ async fn rows(ctl: &std::path::Path) -> Vec<(u32, String)> {
         .skip(2)
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[1].parse().unwrap(), f[2].to_string())
+            (f[0].to_string(), f[1].parse().unwrap(), f[2].to_string())
         })
         .collect()
 }
@@ -81,7 +82,7 @@ async fn workers_survive_the_exit_of_the_thread_that_started_them() {
     let t = Instant::now();
     let first = loop {
         let r = rows(&ctl).await;
-        if r.len() == 2 && r.iter().all(|(_, s)| s == "ready") {
+        if r.len() == 2 && r.iter().all(|(_, _, s)| s == "ready") {
             break r;
         }
         assert!(t.elapsed() < LIMIT, "{r:?}");
@@ -101,13 +102,15 @@ async fn workers_survive_the_exit_of_the_thread_that_started_them() {
     }
     let after = rows(&ctl).await;
     assert_eq!(after, first, "workers were replaced");
-    for (pid, _) in &first {
+    let ids: Vec<&str> = first.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["1", "2"], "the first workers were replaced: {first:?}");
+    for (_, pid, _) in &first {
         assert!(alive(*pid), "worker {pid} died with the spawning thread");
     }
     // SAFETY: kill with our own pid.
     unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
     timeout(LIMIT, master).await.unwrap().unwrap().unwrap();
-    for (pid, _) in &first {
+    for (_, pid, _) in &first {
         assert!(!alive(*pid), "worker {pid} outlived the master");
     }
     let _ = std::fs::remove_dir_all(&dir);
