@@ -72,13 +72,7 @@ async fn a_cluster_master_survives_its_stderr_going_away() {
     brood::kill(pids[0], Signum::KILL).unwrap();
     let answer = status().await.unwrap().unwrap();
     assert!(answer.contains("strategy"), "{answer}");
-    assert!(
-        status()
-            .await
-            .unwrap()
-            .unwrap()
-            .contains("workers")
-    );
+    assert!(status().await.unwrap().unwrap().contains("workers"));
     let _ = timeout(LIMIT, brood::cluster::ctl(&control, "scale 3")).await;
     for i in 0..20 {
         timeout(LIMIT, exchange(&addr, format!("x{i}").as_bytes()))

@@ -180,7 +180,11 @@ async fn at_64_fds_200_connections_leave_the_master_idle_and_its_workers_alive()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let used = (cpu_ticks(master) - cpu0) as f64 / tick / t0.elapsed().as_secs_f64();
-    assert!(used < 0.25, "master used {:.0}% CPU at its fd limit", used * 100.0);
+    assert!(
+        used < 0.25,
+        "master used {:.0}% CPU at its fd limit",
+        used * 100.0
+    );
     assert_eq!(m.log_has("missed its heartbeats"), 0);
     drop(conns);
     // Once the clients leave, it serves again, with the same workers, and idles.
@@ -194,7 +198,11 @@ async fn at_64_fds_200_connections_leave_the_master_idle_and_its_workers_alive()
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = (cpu_ticks(master) - cpu0) as f64 / tick / t0.elapsed().as_secs_f64();
-    assert!(used < 0.25, "master used {:.0}% CPU after the clients left", used * 100.0);
+    assert!(
+        used < 0.25,
+        "master used {:.0}% CPU after the clients left",
+        used * 100.0
+    );
     let rows = m.status().await;
     assert_eq!(rows.iter().map(|r| r.pid).collect::<Vec<_>>(), pids);
     m.stop().await;

@@ -72,8 +72,8 @@ async fn brood_ctl(m: &Master, cmd: &[&str]) -> (bool, String) {
         .stderr(Stdio::piped())
         .output();
     let out = timeout(LIMIT * 2, out).await.unwrap().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.exit.success(), text)
 }
 
@@ -186,8 +186,12 @@ async fn a_worker_deaf_to_its_channel_gets_the_stop_signal_after_grace_then_sigk
     let line = retired_line(&m, victim).unwrap();
     assert!(line.contains("signal=9"), "{line}");
     m.wait_log("grace period over; sending SIGUSR1", 1).await;
-    m.wait_log("still running after SIGUSR1; killing it", 1).await;
-    assert!(took >= Duration::from_secs(1), "grace and kill-after: {took:?}");
+    m.wait_log("still running after SIGUSR1; killing it", 1)
+        .await;
+    assert!(
+        took >= Duration::from_secs(1),
+        "grace and kill-after: {took:?}"
+    );
     py_exchange(&m.addr, "still").await;
     m.stop().await;
 }
@@ -222,7 +226,10 @@ async fn a_reload_to_workers_that_never_get_ready_keeps_the_old_ones_serving() {
         std::fs::write(&mode, broken).unwrap();
         let (ok, text) = brood_ctl(&m, &["reload"]).await;
         assert!(!ok, "ctl reload must fail: {text}");
-        assert!(text.contains("reload failed") && text.contains(why), "{text}");
+        assert!(
+            text.contains("reload failed") && text.contains(why),
+            "{text}"
+        );
         let rows = m
             .wait_for(|r| r.len() == 2, "the failed replacement gone")
             .await;
@@ -239,7 +246,10 @@ async fn a_reload_to_workers_that_never_get_ready_keeps_the_old_ones_serving() {
     assert!(ok, "{text}");
     assert!(text.contains("reloaded 2 workers"), "{text}");
     let rows = m
-        .wait_for(|r| r.len() == 2 && r.iter().all(|r| r.state == "ready"), "2 new")
+        .wait_for(
+            |r| r.len() == 2 && r.iter().all(|r| r.state == "ready"),
+            "2 new",
+        )
         .await;
     assert!(rows.iter().all(|r| !old.contains(&r.pid)), "{rows:?}");
     py_exchange(&m.addr, "new").await;
@@ -489,5 +499,54 @@ async fn max_restarts_within_marks_the_slot_failed() {
     assert_eq!(rows[0].restarts, 2, "{rows:?}");
     m.wait_log("not restarting it", 1).await;
     assert_eq!(m.log_has("worker started"), 3);
+    m.stop().await;
+}
+
+/// A round-robin worker that, for its first connection, starts `brood cluster` itself (as an
+/// app would run `app migrate`) and reports that child's first stderr line.
+const PY_PARENT: &str = r#"
+import socket, subprocess, sys
+ch = socket.socket(fileno=3)
+while True:
+    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
+    if not msg:
+        break
+    for fd in fds:
+        c = socket.socket(fileno=fd)
+        p = subprocess.Popen([sys.argv[1], "cluster", "--listen", "127.0.0.1:0",
+                              "--workers", "1", "--builtin", "echo"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        line = p.stderr.readline()
+        p.terminate()
+        p.wait()
+        c.sendall(line)
+        c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_own_child_is_not_a_worker() {
+    let m = Master::start(
+        "marker",
+        &[
+            "--workers",
+            "1",
+            "--",
+            "python3",
+            "-c",
+            PY_PARENT,
+            env!("CARGO_BIN_EXE_brood"),
+        ],
+    )
+    .await;
+    let mut s = TcpStream::connect(&m.addr).await.unwrap();
+    let mut line = String::new();
+    timeout(LIMIT, s.read_to_string(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.starts_with("brood cluster: listening on"),
+        "the worker's child took itself for a worker: {line:?}"
+    );
     m.stop().await;
 }

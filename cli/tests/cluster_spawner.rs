@@ -36,6 +36,7 @@ async fn rows(ctl: &std::path::Path) -> Vec<(String, u32, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::async_yields_async)] // the thread's block_on returns the master's JoinHandle
 async fn workers_survive_the_exit_of_the_thread_that_started_them() {
     let dir = std::env::temp_dir().join(format!("brood-spawner-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -61,6 +62,7 @@ async fn workers_survive_the_exit_of_the_thread_that_started_them() {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         let master = handle.block_on(async move {
+            // Returns the master's JoinHandle, awaited by the test below.
             let mut run = Box::pin(cluster.run());
             std::future::poll_fn(|cx| {
                 assert!(run.as_mut().poll(cx).is_pending());
@@ -103,7 +105,11 @@ async fn workers_survive_the_exit_of_the_thread_that_started_them() {
     let after = rows(&ctl).await;
     assert_eq!(after, first, "workers were replaced");
     let ids: Vec<&str> = first.iter().map(|(id, _, _)| id.as_str()).collect();
-    assert_eq!(ids, ["1", "2"], "the first workers were replaced: {first:?}");
+    assert_eq!(
+        ids,
+        ["1", "2"],
+        "the first workers were replaced: {first:?}"
+    );
     for (_, pid, _) in &first {
         assert!(alive(*pid), "worker {pid} died with the spawning thread");
     }

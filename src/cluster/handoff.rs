@@ -56,7 +56,9 @@ fn try_send(chan: &UnixStream, byte: u8, fd: Option<BorrowedFd<'_>>) -> Sent {
         }
         None => &[],
     };
-    match chan.try_io(Interest::WRITABLE, || crate::ipc::send_raw(sock, &[byte], fds)) {
+    match chan.try_io(Interest::WRITABLE, || {
+        crate::ipc::send_raw(sock, &[byte], fds)
+    }) {
         Ok(_) => Sent::Yes,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Sent::Full,
         Err(_) => Sent::Broken,
@@ -209,7 +211,10 @@ impl AcceptBackoff {
             self.delay = (self.delay * 2).clamp(PAUSE_MIN, PAUSE_MAX);
             self.until = Some(Instant::now() + self.delay);
         }
-        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
             self.logged = Some(Instant::now());
             if exhausted {
                 tracing::warn!(

@@ -31,7 +31,9 @@ fn master_end(channel: &Channel) -> Result<Arc<UnixStream>> {
     let std = std::os::unix::net::UnixStream::from(fd);
     let _ = socket2::SockRef::from(&std).set_send_buffer_size(CHANNEL_SNDBUF);
     std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
-    Ok(Arc::new(UnixStream::from_std(std).map_err(|e| from_io(e, op))?))
+    Ok(Arc::new(
+        UnixStream::from_std(std).map_err(|e| from_io(e, op))?,
+    ))
 }
 
 impl Master {
@@ -220,7 +222,11 @@ impl Master {
         while self.slots() > self.target {
             let victim = if let Some(old) = self.reload.pop_back() {
                 Some(old)
-            } else if let Some(Reloading { old: Some(old), new }) = self.reloading {
+            } else if let Some(Reloading {
+                old: Some(old),
+                new,
+            }) = self.reloading
+            {
                 // The replacement takes the old one's place and stays.
                 self.reloading = Some(Reloading { old: None, new });
                 Some(old)
@@ -373,7 +379,10 @@ impl Master {
                 }
             } else if r.old == Some(id) {
                 // The replacement fills this slot.
-                self.reloading = Some(Reloading { old: None, new: r.new });
+                self.reloading = Some(Reloading {
+                    old: None,
+                    new: r.new,
+                });
                 return;
             }
         }

@@ -173,11 +173,23 @@ mod tests {
         let p = policy();
         let mut l = Lineage::default();
         for _ in 0..5 {
-            let v = p.on_exit(&mut l, KILLED, Duration::from_millis(50), true, Instant::now());
+            let v = p.on_exit(
+                &mut l,
+                KILLED,
+                Duration::from_millis(50),
+                true,
+                Instant::now(),
+            );
             assert_eq!(v, Verdict::Respawn(Duration::ZERO));
         }
         // Killed before it was ready: that counts.
-        let v = p.on_exit(&mut l, KILLED, Duration::from_millis(50), false, Instant::now());
+        let v = p.on_exit(
+            &mut l,
+            KILLED,
+            Duration::from_millis(50),
+            false,
+            Instant::now(),
+        );
         assert_eq!(v, Verdict::Respawn(Duration::from_millis(100)));
     }
 
@@ -203,11 +215,20 @@ mod tests {
         p.restart = Restart::Always;
         p.max_restarts = Some((2, Duration::from_secs(10)));
         let mut l = Lineage::default();
-        assert!(matches!(p.on_exit(&mut l, CRASH, lived, true, now), Verdict::Respawn(_)));
-        assert!(matches!(p.on_exit(&mut l, CRASH, lived, true, now), Verdict::Respawn(_)));
+        assert!(matches!(
+            p.on_exit(&mut l, CRASH, lived, true, now),
+            Verdict::Respawn(_)
+        ));
+        assert!(matches!(
+            p.on_exit(&mut l, CRASH, lived, true, now),
+            Verdict::Respawn(_)
+        ));
         assert_eq!(p.on_exit(&mut l, CRASH, lived, true, now), Verdict::Failed);
         // Outside the window the old restarts no longer count.
         let later = now + Duration::from_secs(11);
-        assert!(matches!(p.on_exit(&mut l, CRASH, lived, true, later), Verdict::Respawn(_)));
+        assert!(matches!(
+            p.on_exit(&mut l, CRASH, lived, true, later),
+            Verdict::Respawn(_)
+        ));
     }
 }

@@ -28,7 +28,10 @@ fn spawner() -> Result<&'static Mutex<Sender<Job>>> {
             }
         });
     if let Err(e) = started {
-        return Err(Error::new(e.raw_os_error().unwrap_or(libc::EAGAIN), "cluster: start the spawner thread"));
+        return Err(Error::new(
+            e.raw_os_error().unwrap_or(libc::EAGAIN),
+            "cluster: start the spawner thread",
+        ));
     }
     // Two callers racing here both start a thread; the loser's thread ends at once (its
     // sender is dropped), so one spawner remains.

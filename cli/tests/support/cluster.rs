@@ -244,7 +244,6 @@ pub fn load(
     (stop_tx, handle)
 }
 
-
 /// A process's resident set peak (VmHWM) and now (VmRSS), in KiB.
 pub fn rss_kib(pid: u32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -269,7 +268,9 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// How many fds a process has open.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// The pids of a master's workers (children of `master`), from /proc.
