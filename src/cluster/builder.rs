@@ -141,6 +141,24 @@ impl ClusterBuilder {
     }
 
     /// The signal a retiring worker gets when the grace period is over (default `SIGTERM`).
+    ///
+    /// ```
+    /// use brood::{Signum, cluster::Cluster};
+    /// use std::time::Duration;
+    ///
+    /// // Retire: close the channel, wait 10 s, SIGQUIT, SIGKILL 2 s later.
+    /// let cluster = Cluster::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .workers(1)
+    ///     .grace(Duration::from_secs(10))
+    ///     .stop_signal(Signum::QUIT)
+    ///     .kill_after(Duration::from_secs(2))
+    ///     .ready_timeout(Duration::from_secs(5))
+    ///     .max_workers(8)
+    ///     .build()?;
+    /// # drop(cluster);
+    /// # Ok::<(), brood::Error>(())
+    /// ```
     pub fn stop_signal(mut self, signal: Signum) -> Self {
         self.stop_signal = signal;
         self

@@ -7,6 +7,22 @@ use std::time::{Duration, Instant};
 use crate::Exit;
 
 /// When the master starts a new worker in place of one that exited on its own (not retired).
+///
+/// ```
+/// use brood::cluster::{Cluster, Restart};
+/// use std::time::Duration;
+///
+/// // Restart crashed workers only, and give up on a slot after 5 restarts in a minute.
+/// let cluster = Cluster::builder()
+///     .listen("127.0.0.1:0")
+///     .workers(2)
+///     .restart(Restart::OnFailure)
+///     .max_restarts(5, Duration::from_secs(60))
+///     .build()?;
+/// assert_ne!(cluster.local_addr().port(), 0);
+/// assert_eq!("never".parse::<Restart>()?, Restart::Never);
+/// # Ok::<(), brood::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Restart {
     /// Always (the default).
