@@ -109,7 +109,9 @@ enum Builtin {
 /// Send a command to a cluster master's control socket and print the answer.
 ///
 /// Commands: `status` (a table of workers: pid, state, uptime, connections handled and
-/// open, restarts), `reload` (rolling restart), `scale N`.
+/// open, restarts; `failed`/`exited` for slots left empty), `reload` (rolling restart:
+/// answers when it is over, and exits 1 if it failed and the old workers kept serving),
+/// `scale N` (at most --max-workers).
 #[derive(Args, Debug)]
 pub struct CtlArgs {
     /// The master's --control socket.
