@@ -15,7 +15,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
 use super::master::{Event, Master, State};
-use super::{Strategy, wire};
+use super::{Every, Strategy, wire};
 
 /// The send buffer asked for on each worker channel: the kernel doubles it to 8 KiB, room
 /// for about 11 handed-off connections waiting for the worker to read them.
@@ -184,8 +184,7 @@ fn notify_writable(id: u64, chan: Arc<UnixStream>, events: tokio::sync::mpsc::Se
 pub(super) struct AcceptBackoff {
     until: Option<Instant>,
     delay: Duration,
-    failed: u64,
-    logged: Option<Instant>,
+    log: Every,
 }
 
 const PAUSE_MIN: Duration = Duration::from_millis(20);
@@ -202,7 +201,6 @@ impl AcceptBackoff {
     }
 
     pub fn failed(&mut self, e: &std::io::Error) {
-        self.failed += 1;
         let exhausted = matches!(
             e.raw_os_error(),
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -211,21 +209,39 @@ impl AcceptBackoff {
             self.delay = (self.delay * 2).clamp(PAUSE_MIN, PAUSE_MAX);
             self.until = Some(Instant::now() + self.delay);
         }
-        if self
-            .logged
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.logged = Some(Instant::now());
+        if let Some(failed) = self.log.hit() {
             if exhausted {
                 tracing::warn!(
-                    failed = self.failed,
+                    failed,
                     pause_ms = self.delay.as_millis() as u64,
                     "accept: {e}; pausing accepts"
                 );
             } else {
-                tracing::warn!(failed = self.failed, "accept: {e}");
+                tracing::warn!(failed, "accept: {e}");
             }
-            self.failed = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_of_exhaustion_pause_with_a_doubling_delay() {
+        let mut b = AcceptBackoff::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        b.failed(&emfile);
+        assert!(b.paused());
+        assert_eq!(b.delay, PAUSE_MIN);
+        for _ in 0..10 {
+            b.failed(&emfile);
+        }
+        assert_eq!(b.delay, PAUSE_MAX);
+        b.ok();
+        assert!(!b.paused());
+        // Other errors (a connection reset before accept) do not pause.
+        b.failed(&std::io::Error::from_raw_os_error(libc::ECONNABORTED));
+        assert!(!b.paused());
     }
 }

@@ -104,6 +104,28 @@ pub(crate) mod wire {
     pub const ACCEPTED: u8 = b'a';
 }
 
+/// A log limiter: `hit` counts an occurrence and says whether to log now (at most once a
+/// second), with how many occurred since the last log.
+#[derive(Debug, Default)]
+pub(crate) struct Every {
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl Every {
+    pub(crate) fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 /// Whether this process was started by a [`Cluster`] master as a worker: the variable
 /// `BROOD_CLUSTER_WORKER` names this process's parent, so a child the worker starts itself
 /// (`app migrate`), which inherits the variable but has the worker as its parent, is not

@@ -3,12 +3,12 @@
 //! per byte), the events queue is bounded (a flooding worker waits for the master, so the
 //! master's memory stays flat), and fds a worker attaches to its messages are closed at once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::master::Event;
-use super::wire;
+use super::{Every, wire};
 use crate::ipc::Channel;
 use crate::{Exit, Signum};
 
@@ -51,7 +51,7 @@ pub(super) async fn watch_worker(
     events: mpsc::Sender<Event>,
 ) {
     let mut buf = [0u8; 4096];
-    let (mut errors, mut logged) = (0u64, None::<Instant>);
+    let mut errors = Every::default();
     if let Some(ch) = &mut channel {
         // A worker never sends handles: take as many as the kernel allows, so none is an
         // error, and close them (below).
@@ -77,10 +77,8 @@ pub(super) async fn watch_worker(
                         }
                     }
                     Err(e) => {
-                        errors += 1;
-                        if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                            logged = Some(Instant::now());
-                            tracing::warn!(id, errors, "worker channel: {e}");
+                        if let Some(n) = errors.hit() {
+                            tracing::warn!(id, errors = n, "worker channel: {e}");
                         }
                         tokio::time::sleep(ERROR_PAUSE).await;
                     }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::{STRATEGY_ENV, Strategy, wire};
+use super::{Every, STRATEGY_ENV, Strategy, wire};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::{CHANNEL_FD_ENV, Channel, Sender, own_inherited};
 
@@ -111,8 +111,7 @@ impl Worker {
                     let mut channel = channel;
                     let mut buf = [0u8; 256];
                     // Errors are logged at most once a second each kind.
-                    let (mut errors, mut logged) = (0u64, None::<std::time::Instant>);
-                    let (mut dropped, mut logged_drop) = (0u64, None::<std::time::Instant>);
+                    let (mut errors, mut dropped) = (Every::default(), Every::default());
                     loop {
                         tokio::select! {
                             r = channel.recv(&mut buf) => match r {
@@ -136,12 +135,12 @@ impl Worker {
                                                     // at its fd limit: MSG_CTRUNC) or is not
                                                     // a TCP stream: that connection is lost,
                                                     // the channel goes on.
-                                                    dropped += 1;
-                                                    if logged_drop.is_none_or(|t: std::time::Instant| t.elapsed().as_secs() >= 1) {
-                                                        logged_drop = Some(std::time::Instant::now());
-                                                        tracing::warn!(dropped, "worker: connection dropped: {e}");
+                                                    if e.errno() != libc::EAGAIN {
+                                                        drop(channel.accept_handle());
                                                     }
-                                                    while channel.accept_handle().is_some() {}
+                                                    if let Some(n) = dropped.hit() {
+                                                        tracing::warn!(dropped = n, "worker: connection dropped: {e}");
+                                                    }
                                                     if let Some(up) = &up {
                                                         let _ = up.send(wire::DONE);
                                                     }
@@ -154,10 +153,8 @@ impl Worker {
                                 // A read that failed (handles cut off at the fd limit, whose
                                 // bytes still come) ends neither the channel nor the worker.
                                 Err(e) => {
-                                    errors += 1;
-                                    if logged.is_none_or(|t: std::time::Instant| t.elapsed().as_secs() >= 1) {
-                                        logged = Some(std::time::Instant::now());
-                                        tracing::warn!(errors, "worker: channel: {e}");
+                                    if let Some(n) = errors.hit() {
+                                        tracing::warn!(errors = n, "worker: channel: {e}");
                                     }
                                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                                 }
