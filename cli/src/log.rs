@@ -1,24 +1,12 @@
 //! The CLI's diagnostics on stderr, for every subcommand: a closed stderr (a terminal gone,
 //! a FIFO whose reader left: `EPIPE`) must never end a server. Every write here drops its
-//! error and counts it; nothing panics (`eprintln!` would).
+//! error: the line is lost, nothing panics (`eprintln!` would) and nothing retries.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Lines that could not be written to stderr.
-static LOST: AtomicU64 = AtomicU64::new(0);
-
-/// How many diagnostic lines were lost to a failing stderr.
-#[allow(dead_code)]
-pub fn lost() -> u64 {
-    LOST.load(Ordering::Relaxed)
-}
-
-/// Writes `text` to stderr in one write; a failure is counted, never raised.
+/// Writes `text` to stderr; a failure drops the text.
 pub fn write(text: &[u8]) {
-    if std::io::stderr().lock().write_all(text).is_err() {
-        LOST.fetch_add(1, Ordering::Relaxed);
-    }
+    let _ = std::io::stderr().lock().write_all(text);
 }
 
 /// `eprintln!` that never panics.
@@ -29,7 +17,7 @@ macro_rules! say {
 }
 pub(crate) use say;
 
-/// stderr as a `tracing` writer whose errors are counted and dropped.
+/// stderr as a `tracing` writer whose errors are dropped.
 pub struct Stderr;
 
 impl Write for Stderr {
