@@ -55,6 +55,7 @@ async fn a_stopped_worker_stops_getting_connections_and_the_rest_are_served() {
     let rows = m.status().await;
     let stuck = rows.iter().find(|r| r.pid == frozen).unwrap().handled - handled_before;
     brood::kill(frozen as i32, Signum::CONT).unwrap();
+    eprintln!("stopped worker: {failed} failed, {ok} ok, {stuck} handed to it");
     assert!(
         failed <= 16 && stuck <= 16,
         "{failed} failed, {ok} ok, {stuck} handed to the stopped worker"
@@ -104,6 +105,7 @@ async fn a_flooding_worker_leaves_the_master_small_and_still_heard() {
     let master = m.child.id();
     let (peak, _) = rss_kib(master);
     let fds = fd_count(master);
+    eprintln!("after the flood: master VmHWM {peak} KiB, {fds} fds");
     assert!(peak < 64 * 1024, "master RSS peaked at {peak} KiB");
     assert!(fds < 40, "master holds {fds} fds");
     // A control-socket line with no newline is cut off at its limit.
