@@ -274,11 +274,12 @@ async fn crashes_during_a_reload_converge_to_the_target_count() {
             "-c",
             PY_AWARE,
             mode.to_str().unwrap(),
-            "0.5",
+            "2",
         ],
     )
     .await;
     let master = m.child.id() as i32;
+    // Workers take 2 s to get ready: the kills below land while a replacement starts.
     // 1: the replacement dies before it is ready.
     brood::kill(master, Signum::HUP).unwrap();
     let rows = m
@@ -328,7 +329,7 @@ async fn sigttou_during_a_reload_retires_an_old_worker_not_the_replacement() {
             "-c",
             PY_AWARE,
             mode.to_str().unwrap(),
-            "1",
+            "2",
         ],
     )
     .await;
