@@ -12,20 +12,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
+/// README's round-robin worker as an echo server: no heartbeats, no reports.
+const PY_ECHO_RR: &str = r#"
+import socket
+ch = socket.socket(fileno=3)
+while True:
+    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
+    if not msg:
+        break
+    for fd in fds:
+        c = socket.socket(fileno=fd)
+        c.sendall(c.recv(100))
+        c.close()
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_stops_getting_connections_and_the_rest_are_served() {
-    let m = Master::start(
-        "stopped",
-        &[
-            "--workers",
-            "2",
-            "--heartbeat-timeout",
-            "60",
-            "--builtin",
-            "echo",
-        ],
-    )
-    .await;
+    let args = ["--workers", "2", "--heartbeat-timeout", "60"];
+    stopped_worker("stopped", &[&args[..], &["--builtin", "echo"]].concat()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_any_language_worker_stops_getting_connections() {
+    let args = [
+        "--workers",
+        "2",
+        "--grace",
+        "1",
+        "--",
+        "python3",
+        "-c",
+        PY_ECHO_RR,
+    ];
+    stopped_worker("stopped-py", &args).await;
+}
+
+async fn stopped_worker(tag: &str, args: &[&str]) {
+    let m = Master::start(tag, args).await;
     let rows = m.status().await;
     let (frozen, handled_before) = (rows[0].pid, rows[0].handled);
     brood::kill(frozen as i32, Signum::STOP).unwrap();
