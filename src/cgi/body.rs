@@ -158,10 +158,6 @@ impl Body for ScriptBody {
         if this.run.is_none() {
             return Poll::Ready(None);
         }
-        if !this.first.is_empty() {
-            let data = std::mem::take(&mut this.first);
-            return Poll::Ready(this.sent(data));
-        }
         if let Some(wait) = &mut this.exit {
             let Poll::Ready(well) = wait.as_mut().poll(cx) else {
                 return Poll::Pending;
@@ -183,8 +179,21 @@ impl Body for ScriptBody {
         if this.cut.as_mut().poll(cx).is_ready() {
             return this.cut_error();
         }
-        // Read what the pipe has now, up to one frame.
+        // The bytes that came with the header block, then what the pipe has now, up to one
+        // frame: however many pieces the script wrote them in.
         let mut filled = 0;
+        if !this.first.is_empty() {
+            let first = std::mem::take(&mut this.first);
+            this.chunk = this.chunk.max(first.len().next_power_of_two()).min(CHUNK);
+            if first.len() >= this.chunk {
+                return Poll::Ready(this.sent(first));
+            }
+            if this.buf.len() < this.chunk {
+                this.buf.resize(this.chunk, 0);
+            }
+            this.buf[..first.len()].copy_from_slice(&first);
+            filled = first.len();
+        }
         let mut eof = false;
         loop {
             if this.buf.len() < this.chunk {
@@ -209,8 +218,10 @@ impl Body for ScriptBody {
                     }
                     filled += n;
                     if filled == this.chunk {
+                        if this.chunk == CHUNK {
+                            break;
+                        }
                         this.chunk = (this.chunk * 2).min(CHUNK);
-                        break;
                     }
                 }
             }

@@ -10,3 +10,4 @@ mod limits;
 mod meta;
 mod paths;
 mod raw;
+mod safety;
