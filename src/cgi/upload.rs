@@ -85,7 +85,7 @@ pub(crate) async fn read_all(
             Ok(Some(Err(e))) => {
                 return Err(UploadError::Broken {
                     why: e.to_string(),
-                    gone: e.is_incomplete_message(),
+                    gone: client_gone(&e),
                 });
             }
             Ok(Some(Ok(f))) => f,
@@ -116,6 +116,25 @@ pub(crate) async fn read_all(
             Ok(Upload::File(f, total))
         }
     }
+}
+
+/// Whether a body error is the client going away (rather than a malformed body).
+fn client_gone(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Writes to the temporary file. A plain write: a frame (at most hyper's read buffer) into

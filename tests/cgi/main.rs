@@ -5,6 +5,7 @@
 mod support;
 
 mod body;
+mod faults;
 mod headers;
 mod limits;
 mod meta;

@@ -35,7 +35,17 @@ async fn git_setup(root: &Root) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&work).unwrap();
     for args in [
         &["init", "-q", "-b", "main"][..],
-        &["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "--allow-empty", "-m", "pushed"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "pushed",
+        ],
     ] {
         let (ok, err) = git(&work, args).await;
         assert!(ok, "{err}");
@@ -54,9 +64,12 @@ fn backend(root: &Root, repos: &Path, logs: &Logs) -> Cgi {
 }
 
 async fn pushed(repos: &Path) -> bool {
-    git(&repos.join("r.git"), &["rev-parse", "--verify", "-q", "refs/heads/main"])
-        .await
-        .0
+    git(
+        &repos.join("r.git"),
+        &["rev-parse", "--verify", "-q", "refs/heads/main"],
+    )
+    .await
+    .0
 }
 
 #[tokio::test]
@@ -90,7 +103,10 @@ async fn a_push_needs_a_user_brood_checked() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
-    assert!(answer.contains("www-authenticate: Basic realm=\"git\""), "{answer}");
+    assert!(
+        answer.contains("www-authenticate: Basic realm=\"git\""),
+        "{answer}"
+    );
     let url = format!("http://mallory:anything@{}/git/r.git", server.addr);
     let (ok, _) = git(&work, &["push", "-q", &url, "main"]).await;
     assert!(!ok);
@@ -124,11 +140,19 @@ async fn query_words_that_look_like_options_never_reach_argv() {
         "x+-s",
         "x+%2Dn",
     ] {
-        let (_, body) = send(&mut s, req("GET", &format!("/cgi-bin/env.py?{q}"), Bytes::new())).await;
+        let (_, body) = send(
+            &mut s,
+            req("GET", &format!("/cgi-bin/env.py?{q}"), Bytes::new()),
+        )
+        .await;
         assert_eq!(argv(&body), serde_json::json!([]), "{q}");
     }
     // A plain search query still gives words, for GET only.
-    let (_, body) = send(&mut s, req("GET", "/cgi-bin/env.py?two+words%21", Bytes::new())).await;
+    let (_, body) = send(
+        &mut s,
+        req("GET", "/cgi-bin/env.py?two+words%21", Bytes::new()),
+    )
+    .await;
     assert_eq!(argv(&body), serde_json::json!(["two", "words!"]));
     let (_, body) = send(&mut s, req("POST", "/cgi-bin/env.py?two+words", "x")).await;
     assert_eq!(argv(&body), serde_json::json!([]));
@@ -139,7 +163,10 @@ async fn query_words_that_look_like_options_never_reach_argv() {
 #[tokio::test]
 async fn a_symlink_swapped_after_the_check_runs_nothing_outside_the_root() {
     let root = Root::new();
-    root.script("inside", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\ninside'\n");
+    root.script(
+        "inside",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\ninside'\n",
+    );
     let evil = root.write_exec(
         &root.dir.join("outside/evil"),
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nEVIL'\n",
