@@ -48,14 +48,10 @@ pub struct CgiArgs {
     /// Directory of the scripts.
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// URL path the scripts are under, with --root (`/` for all paths).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/cgi-bin",
-        requires = "root"
-    )]
-    prefix: String,
+    /// URL path the scripts are under (`/` for all paths): /cgi-bin by default with
+    /// --root; with --script the part of the path that is SCRIPT_NAME (none by default).
+    #[arg(long, value_name = "PATH", conflicts_with = "raw")]
+    prefix: Option<String>,
     /// One script that answers every path.
     #[arg(long, value_name = "FILE")]
     script: Option<PathBuf>,
@@ -218,11 +214,20 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         Box::pin(raw.serve(listener)) as std::pin::Pin<Box<dyn Future<Output = _>>>
     } else {
         let (mut cgi, what) = match (&args.root, &args.script) {
-            (Some(root), _) => (
-                Cgi::root(root).prefix(&args.prefix),
-                format!("root {}, prefix {}", root.display(), args.prefix),
-            ),
-            (None, Some(file)) => (Cgi::script(file), format!("script {}", file.display())),
+            (Some(root), _) => {
+                let prefix = args.prefix.as_deref().unwrap_or("/cgi-bin");
+                (
+                    Cgi::root(root).prefix(prefix),
+                    format!("root {}, prefix {prefix}", root.display()),
+                )
+            }
+            (None, Some(file)) => {
+                let prefix = args.prefix.as_deref().unwrap_or("");
+                (
+                    Cgi::script(file).prefix(prefix),
+                    format!("script {}, prefix {prefix}", file.display()),
+                )
+            }
             (None, None) => unreachable!("clap requires a mode"),
         };
         cgi = cgi
