@@ -71,6 +71,24 @@ impl Run {
         let _ = self.end.send(());
     }
 
+    /// Reads and throws away the rest of stdout (a `HEAD` or 304 answer sends none of it),
+    /// then [`finish`](Run::finish)es: the script writes its whole output and ends on its
+    /// own rather than on `SIGPIPE`. Bounded by the timeout, which cuts stdout.
+    pub(crate) async fn discard_rest(mut self) {
+        let mut cut = self.shared.cut.subscribe();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                r = self.stdout.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
+                _ = cut.wait_for(|c| *c) => break,
+            }
+        }
+        self.finish();
+    }
+
     /// [`finish`](Run::finish), then waits until the script has ended and released its
     /// `max_children` slot (bounded by the timeout): a local redirect runs the next script
     /// in the same slot, so it never gets 503 from its own first half.

@@ -601,8 +601,9 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let body = if bodyless {
-        // Nothing of stdout goes out: the script may finish on its own.
-        run.finish();
+        // Nothing of stdout goes out: it is read and dropped, so the script may finish on
+        // its own.
+        state.tasks.spawn(run.discard_rest());
         Empty::new().map_err(|never| match never {}).boxed_unsync()
     } else {
         let length = headers

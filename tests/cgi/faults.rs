@@ -166,6 +166,10 @@ async fn a_complete_response_lets_the_script_finish_on_its_own() {
         "notmod",
         "#!/bin/sh\nprintf 'Status: 304 Not Modified\\n\\n'\nexec >&-\nread x < \"$GATE2\"\necho after > \"$MARKS/notmod\"\n",
     );
+    root.script(
+        "bulky",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nhead -c 200000 /dev/zero\n",
+    );
     let gate = root.fifo("gate");
     let gate2 = root.fifo("gate2");
     let logs = Logs::default();
@@ -180,6 +184,12 @@ async fn a_complete_response_lets_the_script_finish_on_its_own() {
     assert_eq!((resp.status(), &body[..]), (StatusCode::OK, &b"hello"[..]));
     let (resp, _) = send(&mut s, req("GET", "/cgi-bin/notmod", Bytes::new())).await;
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    // HEAD: the script writes its whole body (200 KB, more than a pipe holds) and exits 0.
+    let (resp, body) = send(&mut s, req("HEAD", "/cgi-bin/bulky", Bytes::new())).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(body.is_empty());
+    logs.wait_for("\"HEAD /cgi-bin/bulky\" 200 0B").await;
+    assert!(logs.has("\"HEAD /cgi-bin/bulky\" 200 0B"));
     // Both responses are done; the scripts still run. Let them go on.
     for g in [gate, gate2] {
         tokio::task::spawn_blocking(move || std::fs::write(g, "go\n"))
@@ -189,7 +199,7 @@ async fn a_complete_response_lets_the_script_finish_on_its_own() {
     }
     logs.wait_for("\"GET /cgi-bin/sized\" 200 5B").await;
     logs.wait_for("\"GET /cgi-bin/notmod\" 304").await;
-    assert_eq!(logs.count("exit=0"), 2, "a finished script was killed");
+    assert_eq!(logs.count("exit=0"), 3, "a finished script was killed");
     assert_eq!(
         std::fs::read_to_string(marks.join("sized")).unwrap(),
         "after\n"

@@ -210,3 +210,45 @@ async fn stopping_the_server_kills_running_scripts() {
     server.stop().await;
     root.assert_no_process_left().await;
 }
+
+#[tokio::test]
+async fn a_client_gone_is_noticed_while_the_script_ignores_its_stdin() {
+    let root = Root::new();
+    let fifo = root.fifo("never");
+    // Reads nothing of its (300 KB, so file-backed) body; blocks on a fifo nobody opens.
+    root.script(
+        "deaf",
+        "#!/bin/sh\nread x < \"$NEVER\"\nprintf 'Content-Type: text/plain\\n\\nlate'\n",
+    );
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs).env("NEVER", &fifo)).await;
+    {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let mut req =
+            b"POST /cgi-bin/deaf HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n".to_vec();
+        req.extend(std::iter::repeat_n(b'b', 300_000));
+        tcp.write_all(&req).await.unwrap();
+        // The script is running once its pid is recorded.
+        timeout(T, async {
+            while root.recorded_pids().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the script starts");
+    }
+    logs.wait_for("\"POST /cgi-bin/deaf\" 499").await;
+    root.assert_no_process_left().await;
+    server.stop().await;
+}
+
+#[test]
+fn defaults_bound_one_client() {
+    let cgi = format!("{:?}", Cgi::root("/tmp"));
+    assert!(cgi.contains("timeout: Some(300s)"), "{cgi}");
+    let n = brood::cgi::default_max_children();
+    assert!(n >= 16);
+    assert!(cgi.contains(&format!("max_children: Some({n})")), "{cgi}");
+    assert_eq!(brood::cgi::DEFAULT_BODY_TIMEOUT, Duration::from_secs(30));
+    assert_eq!(brood::cgi::DEFAULT_MAX_BODY, 1 << 30);
+}
