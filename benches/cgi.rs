@@ -2,8 +2,9 @@
 //! here with gcc), a minimal one and a cgit-like one that writes an 8 KB page in 200
 //! flushed pieces, with 16 concurrent keep-alive clients, brood against Python's
 //! `http.server --cgi` and, when installed, lighttpd's mod_cgi. Every server runs in its
-//! own process; the load generator is a raw-TCP HTTP/1.1 client bounded by time, which
-//! reconnects when a server closes the connection (Python answers HTTP/1.0).
+//! own process; the load generator is `wrk` when installed, else a raw-TCP HTTP/1.1 client
+//! bounded by time, which reconnects when a server closes the connection (Python answers
+//! HTTP/1.0).
 //!
 //! `BROOD_BENCH_QUICK=1` runs each cell for a shorter time. Timing never gates a test.
 
@@ -257,8 +258,55 @@ async fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<bool> {
     Ok(!close)
 }
 
-/// 16 clients asking for `path` for `secs`: completed requests per second.
+/// `wrk` with 16 connections for `secs` on 2 threads: its `Requests/sec`, counting only
+/// 2xx answers (wrk reports the others apart, and they are subtracted).
+async fn wrk(bin: PathBuf, addr: SocketAddr, path: &'static str, secs: f64) -> f64 {
+    let url = format!("http://{addr}{path}");
+    let dur = format!("{}s", secs.ceil().max(1.0) as u64);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["-t2", &format!("-c{CLIENTS}"), &format!("-d{dur}"), &url])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let rate = field("Requests/sec:");
+    let total = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_string())
+        })
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let bad = field("Non-2xx or 3xx responses:");
+    if total > 0.0 {
+        rate * (total - bad) / total
+    } else {
+        0.0
+    }
+}
+
+/// Requests per second for `path`: through `wrk` when it is installed, else the bench's
+/// own client.
 async fn load(addr: SocketAddr, path: &'static str, secs: f64) -> f64 {
+    match which("wrk") {
+        Some(bin) if secs >= 1.0 => wrk(bin, addr, path, secs).await,
+        _ => own_load(addr, path, secs).await,
+    }
+}
+
+/// 16 clients asking for `path` for `secs`: completed requests per second.
+async fn own_load(addr: SocketAddr, path: &'static str, secs: f64) -> f64 {
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
@@ -322,6 +370,12 @@ async fn bench() {
         Some(c) => contenders.push(c),
         None => println!("lighttpd: not installed (or did not start), skipped"),
     }
+    let generator = if which("wrk").is_some() {
+        "wrk -t2"
+    } else {
+        "the bench's own client (wrk not installed)"
+    };
+    println!("load generator: {generator}");
     println!(
         "brood cgi benchmark: compiled C CGI programs, {CLIENTS} keep-alive clients, \
          {secs} s per cell, 3 rounds with the contenders interleaved, median of the \
@@ -344,7 +398,7 @@ async fn bench() {
             "server", "requests/s", "brood ÷ it"
         );
         for (i, c) in contenders.iter().enumerate() {
-            if rates[i].iter().any(|r| *r == 0.0) {
+            if rates[i].contains(&0.0) {
                 println!("  {:<28} answered no request with 200: void", c.name);
                 continue;
             }

@@ -266,7 +266,7 @@ fn access_log_file_in_common_format() {
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nok'\n",
     );
     let log = root.join("access.log");
-    let mut server = Server::start(&[
+    let server = Server::start(&[
         "--root",
         root.to_str().unwrap(),
         "--access-log",
