@@ -2,17 +2,23 @@
 //! program's stdin and stdout are the TCP connection itself ([`Raw`]).
 //!
 //! [`Cgi`] maps `PREFIX/script/extra?query` to an executable file under a root directory
-//! (or every path to one script), runs it in a process group of its own with every
-//! RFC 3875 meta-variable, streams the request body to its stdin, parses the header block
-//! it prints (`Status`, `Location`, `Content-Type`, any other header) and streams the rest
-//! of its stdout to the client. Scripts named `nph-*` write their own status line.
+//! (or every path to one script), reads the request body whole (memory, then a temporary
+//! file), runs the script it opened and checked (the file that runs is the file that was
+//! checked) in a process group of its own with every RFC 3875 meta-variable and
+//! `CONTENT_LENGTH`, parses the header block it prints (`Status`, `Location`,
+//! `Content-Type`, any other header) and streams the rest of its stdout to the client,
+//! coalesced. Scripts named `nph-*` write their own status line.
 //!
-//! Faults are answered, never hung on: a script that ends before its headers or prints a
-//! malformed block gives 502, one that outlives [`Cgi::timeout`] is killed with its whole
-//! process group (504 when nothing was sent yet), more than [`Cgi::max_children`] at once
-//! gives 503, and a client that goes away kills the script it was waiting for. Paths never
-//! leave the root: `..` in any spelling is refused, and symlinks may only lead to files
-//! inside it.
+//! Safe by default: `REMOTE_USER` only for users checked against [`Cgi::htpasswd`]; a
+//! query never puts a word starting with `-` in argv; [`DEFAULT_TIMEOUT`],
+//! [`default_max_children`], [`DEFAULT_MAX_BODY`] and [`DEFAULT_BODY_TIMEOUT`] bound what
+//! one client can hold. Faults are answered, never hung on: a script that ends before its
+//! headers or prints a malformed block gives 502, one that outlives the timeout is ended
+//! with its whole process group (504 when nothing was sent yet), more than
+//! [`Cgi::max_children`] at once gives 503. A client that goes away before its response is
+//! complete ends its script's group (SIGTERM, then SIGKILL); a script whose response is
+//! complete is never signalled. Paths never leave the root: `..` in any spelling is
+//! refused, and symlinks may only lead to files inside it.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -135,6 +141,17 @@ pub enum LogFormat {
 impl LogLine {
     /// The line in `format` (which changes only access lines), with a timestamp: RFC 3339
     /// UTC at the start in brood's format, `[day/Mon/year:h:m:s +0000]` in the others.
+    ///
+    /// ```
+    /// use brood::cgi::{Cgi, LogFormat};
+    /// // Access lines in the Common Log Format, everything else in brood's own.
+    /// let cgi = Cgi::root("/srv/cgi-bin").on_log(|line| {
+    ///     eprintln!("{}", line.format(LogFormat::Common));
+    /// });
+    /// # drop(cgi);
+    /// let line = brood::cgi::LogLine::Error("bad header block".into()).format(LogFormat::Brood);
+    /// assert!(line.ends_with("Z error: bad header block"));
+    /// ```
     pub fn format(&self, format: LogFormat) -> String {
         let LogLine::Access(a) = self else {
             return format!("{} {self}", time::rfc3339(SystemTime::now()));
@@ -327,6 +344,19 @@ impl Cgi {
     /// otherwise. The user becomes the script's `REMOTE_USER`. Without it, no script ever
     /// gets a `REMOTE_USER`, whatever `Authorization` header the client sends. The file is
     /// read when the server starts.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = std::env::temp_dir().join(format!("brood-htpasswd-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// // `htpasswd -nbs alice password` (apr1 and bcrypt lines work the same way).
+    /// std::fs::write(dir.join("users"), "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")?;
+    /// let cgi = brood::cgi::Cgi::root(&dir).htpasswd(dir.join("users")).realm("staff");
+    /// cgi.check()?; // the file is read and every line understood
+    /// assert!(brood::cgi::Cgi::root(&dir).htpasswd(dir.join("missing")).check().is_err());
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     pub fn htpasswd(mut self, path: impl AsRef<Path>) -> Cgi {
         self.htpasswd = Some(path.as_ref().to_path_buf());
         self
