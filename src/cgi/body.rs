@@ -92,6 +92,10 @@ pub(crate) struct ScriptBody {
     cut: Waiting,
     /// After EOF: resolves to whether the script ended well.
     exit: Option<Waiting>,
+    /// What `exit` resolved to.
+    well: Option<bool>,
+    /// A failed end has given hyper its turn to flush.
+    flushed: bool,
 }
 
 fn ended_well(exit: Option<Exit>) -> bool {
@@ -111,6 +115,8 @@ impl ScriptBody {
                 true
             }),
             exit: None,
+            well: None,
+            flushed: false,
             run: Some(run),
         }
     }
@@ -159,11 +165,30 @@ impl Body for ScriptBody {
             return Poll::Ready(None);
         }
         if let Some(wait) = &mut this.exit {
-            let Poll::Ready(well) = wait.as_mut().poll(cx) else {
-                return Poll::Pending;
+            let well = match this.well {
+                Some(w) => w,
+                None => {
+                    let Poll::Ready(w) = wait.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    this.well = Some(w);
+                    w
+                }
             };
+            let failed = !well
+                || this
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.shared.timed_out.load(Ordering::SeqCst));
+            if failed && !this.flushed {
+                // One turn for hyper to flush what was already sent (the head and the
+                // first bytes) before the error closes the connection.
+                this.flushed = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let run = this.run.take().expect("checked above");
-            if !well || run.shared.timed_out.load(Ordering::SeqCst) {
+            if failed {
                 return Poll::Ready(Some(Err(io::Error::other(
                     "CGI script died before the end of its output",
                 ))));
