@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use tokio::time::Instant;
 
+use super::upload::Reservation;
 use super::{Log, LogLine};
 use crate::{Child, Exit, Signum};
 
@@ -142,8 +143,9 @@ impl Drop for GroupKill {
 
 /// Everything the supervisor of one script needs besides the child.
 pub(crate) struct Watch {
-    /// The whole request body, for a stdin pipe (a body in a file is the stdin itself).
-    pub body: Option<Bytes>,
+    /// The whole request body, for a stdin pipe (a body in a file is the stdin itself),
+    /// with its share of the memory budget.
+    pub body: Option<(Bytes, Option<Reservation>)>,
     pub deadline: Option<Instant>,
     pub permit: Option<OwnedSemaphorePermit>,
     pub name: String,
@@ -264,9 +266,9 @@ async fn supervise(
 
 /// Writes the request body to the script's stdin, then closes it (EOF for the script). A
 /// script that stops reading ends this with `EPIPE`.
-async fn feed(stdin: Option<Writer>, body: Option<Bytes>) {
+async fn feed(stdin: Option<Writer>, body: Option<(Bytes, Option<Reservation>)>) {
     let Some(mut w) = stdin else { return };
-    if let Some(body) = body {
+    if let Some((body, _budget)) = body {
         if w.write_all(&body).await.is_err() {
             return;
         }

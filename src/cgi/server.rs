@@ -441,7 +441,7 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
     let length = upload.as_ref().map(Upload::len);
     let (stdin, fed) = match &upload {
         Some(Upload::File(f, _)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
-        Some(Upload::Memory(b)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
+        Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
         _ => (Stdio::null(), None),
     };
     let cmd = Command::new(opened.program())
@@ -470,7 +470,11 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
     // The exec has happened when spawn returns: the open script and body file may go.
     let spawned = cmd.spawn();
     drop(opened);
-    drop(upload);
+    // A body in memory keeps its share of the budget until the script has read it.
+    let budget = match upload {
+        Some(Upload::Memory(_, r)) => Some(r),
+        _ => None,
+    };
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -484,7 +488,7 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
         }
     };
     let watch = Watch {
-        body: fed,
+        body: fed.map(|b| (b, budget)),
         deadline: state.timeout.map(|t| Instant::now() + t),
         permit,
         name: name.clone(),

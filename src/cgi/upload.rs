@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,10 +18,49 @@ use hyper::body::Incoming;
 /// Bodies up to this size stay in memory.
 pub(crate) const MEMORY_LIMIT: usize = 256 * 1024;
 
+/// Request body bytes held in memory by all requests of the process together; past it,
+/// bodies go to temporary files however small they are.
+pub(crate) const MEMORY_BUDGET: usize = 64 * 1024 * 1024;
+
+static IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
+
+/// A share of [`MEMORY_BUDGET`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation(usize);
+
+impl Reservation {
+    fn take(n: usize) -> Option<Reservation> {
+        let before = IN_MEMORY.fetch_add(n, Ordering::Relaxed);
+        if before + n > MEMORY_BUDGET {
+            IN_MEMORY.fetch_sub(n, Ordering::Relaxed);
+            return None;
+        }
+        Some(Reservation(n))
+    }
+
+    fn grow(&mut self, n: usize) -> bool {
+        match Reservation::take(n) {
+            Some(more) => {
+                self.0 += more.0;
+                std::mem::forget(more);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        IN_MEMORY.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
 /// A whole request body.
 #[derive(Debug)]
 pub(crate) enum Upload {
-    Memory(Bytes),
+    /// With its share of the memory budget, to hold until the script has it all.
+    Memory(Bytes, Reservation),
     /// Rewound to its start.
     File(File, u64),
 }
@@ -28,7 +68,7 @@ pub(crate) enum Upload {
 impl Upload {
     pub(crate) fn len(&self) -> u64 {
         match self {
-            Upload::Memory(b) => b.len() as u64,
+            Upload::Memory(b, _) => b.len() as u64,
             Upload::File(_, n) => *n,
         }
     }
@@ -76,6 +116,7 @@ pub(crate) async fn read_all(
     idle: Duration,
 ) -> Result<Upload, UploadError> {
     let mut mem = BytesMut::new();
+    let mut held = Reservation::take(0).expect("nothing fits");
     let mut file: Option<File> = None;
     let mut total: u64 = 0;
     loop {
@@ -99,18 +140,21 @@ pub(crate) async fn read_all(
         }
         match &mut file {
             Some(f) => write(f, &data)?,
-            None if mem.len() + data.len() <= MEMORY_LIMIT => mem.extend_from_slice(&data),
+            None if mem.len() + data.len() <= MEMORY_LIMIT && held.grow(data.len()) => {
+                mem.extend_from_slice(&data)
+            }
             None => {
                 let mut f = temp_file().map_err(UploadError::Storage)?;
                 write(&mut f, &mem)?;
                 write(&mut f, &data)?;
                 mem = BytesMut::new();
+                held = Reservation::take(0).expect("nothing fits");
                 file = Some(f);
             }
         }
     }
     match file {
-        None => Ok(Upload::Memory(mem.freeze())),
+        None => Ok(Upload::Memory(mem.freeze(), held)),
         Some(mut f) => {
             f.seek(SeekFrom::Start(0)).map_err(UploadError::Storage)?;
             Ok(Upload::File(f, total))
@@ -168,5 +212,20 @@ fn temp_file() -> std::io::Result<File> {
             let _ = std::fs::remove_file(&path);
             Ok(f)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_budget_is_shared_and_given_back() {
+        let all = Reservation::take(MEMORY_BUDGET).expect("the whole budget is free");
+        assert!(Reservation::take(1).is_none());
+        let mut none = Reservation::take(0).unwrap();
+        assert!(!none.grow(1));
+        drop(all);
+        assert!(none.grow(1));
     }
 }
