@@ -191,7 +191,10 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
     let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
 
-    let serve = if args.raw {
+    // A signal starts a graceful stop: the HTTP server ends its scripts with SIGTERM, then
+    // SIGKILL after a grace; raw mode's programs are killed at once.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut serve = if args.raw {
         let mut raw = Raw::new(&args.program[0])
             .args(&args.program[1..])
             .queue(queue)
@@ -251,18 +254,20 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         }
         cgi.check().map_err(|e| e.to_string())?;
         say(&format!("brood cgi: listening on http://{addr} ({what})"));
-        Box::pin(cgi.serve(listener))
+        Box::pin(cgi.serve_until(listener, async {
+            let _ = stopped.await;
+        }))
     };
 
-    tokio::select! {
-        r = serve => r.map_err(|e| e.to_string()),
-        Some(_) = int.recv() => {
-            say("brood cgi: SIGINT, stopping");
-            Ok(())
-        }
-        Some(_) = term.recv() => {
-            say("brood cgi: SIGTERM, stopping");
-            Ok(())
-        }
+    let name = tokio::select! {
+        r = &mut serve => return r.map_err(|e| e.to_string()),
+        Some(_) = int.recv() => "SIGINT",
+        Some(_) = term.recv() => "SIGTERM",
+    };
+    say(&format!("brood cgi: {name}, stopping"));
+    if args.raw {
+        return Ok(());
     }
+    let _ = stop.send(());
+    serve.await.map_err(|e| e.to_string())
 }

@@ -473,6 +473,8 @@ impl Cgi {
             max_header: self.max_header,
             log: self.log,
             tasks: server::Tasks::default(),
+            stopping: tokio::sync::watch::channel(false).0,
+            live: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -488,8 +490,34 @@ impl Cgi {
     /// with its process group. Configuration errors (no such root, bad prefix) come back at
     /// once.
     pub async fn serve(self, listener: TcpListener) -> Result<()> {
+        self.serve_until(listener, std::future::pending()).await
+    }
+
+    /// [`serve`](Cgi::serve) until `shutdown` resolves, then stops gracefully: no new
+    /// connection, every running script's process group gets SIGTERM and, 2 s later,
+    /// SIGKILL (as lighttpd does); returns once they are gone (or after 4 s at most), with
+    /// whatever is still open aborted.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let server = tokio::spawn(
+    ///     brood::cgi::Cgi::root(std::env::temp_dir()).serve_until(listener, async {
+    ///         let _ = stopped.await;
+    ///     }),
+    /// );
+    /// stop.send(()).unwrap();
+    /// server.await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_until(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let state = Arc::new(self.state()?);
-        server::serve(state, listener).await
+        server::serve(state, listener, shutdown).await
     }
 }
 

@@ -143,6 +143,10 @@ impl Drop for GroupKill {
 
 /// Everything the supervisor of one script needs besides the child.
 pub(crate) struct Watch {
+    /// Becomes `true` when the server stops gracefully.
+    pub stopping: watch::Receiver<bool>,
+    /// Held while the supervisor runs.
+    pub live: super::server::LiveGuard,
     /// The whole request body, for a stdin pipe (a body in a file is the stdin itself),
     /// with its share of the memory budget.
     pub body: Option<(Bytes, Option<Reservation>)>,
@@ -194,6 +198,9 @@ async fn supervise(
 ) {
     let mut group = GroupKill::new(child.id() as i32);
     let permit = watch.permit;
+    let _live = watch.live;
+    let mut stopping = watch.stopping;
+    let mut stop_seen = false;
     let feed = feed(stdin, watch.body);
     let errs = log_stderr(stderr, watch.name, watch.log);
     tokio::pin!(feed, errs);
@@ -246,6 +253,14 @@ async fn supervise(
                 answer.as_mut().reset(Instant::now() + KILL_GRACE * 2);
             }
             _ = &mut answer, if timed_out && !ended => gave_up = true,
+            r = stopping.wait_for(|s| *s), if !stop_seen => {
+                stop_seen = true;
+                if r.is_ok() && exit.is_none() && !ending {
+                    group.term();
+                    ending = true;
+                    kill.as_mut().reset(Instant::now() + KILL_GRACE);
+                }
+            }
             _ = &mut kill, if ending => {
                 group.kill();
                 ending = false;

@@ -23,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -87,6 +87,10 @@ pub(crate) struct State {
     pub body_timeout: Duration,
     pub log: Log,
     pub tasks: Tasks,
+    /// Set when a graceful stop begins: supervisors end their groups.
+    pub stopping: watch::Sender<bool>,
+    /// Supervisors still running.
+    pub live: Arc<watch::Sender<usize>>,
 }
 
 /// Whether an accept error concerns one connection (go on) or the listener (stop).
@@ -97,10 +101,19 @@ pub(crate) fn accept_is_fatal(e: &io::Error) -> bool {
     )
 }
 
-pub(crate) async fn serve(state: Arc<State>, listener: TcpListener) -> Result<()> {
+pub(crate) async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let _stop = AbortOnDrop(state.tasks.clone());
+    tokio::pin!(shutdown);
     loop {
-        let (tcp, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (tcp, remote) = match accepted {
             Ok(c) => c,
             Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi: accept")),
             Err(e) => {
@@ -126,6 +139,29 @@ pub(crate) async fn serve(state: Arc<State>, listener: TcpListener) -> Result<()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+    // Graceful stop: no new connection; every running script's group gets SIGTERM, then
+    // SIGKILL after the grace (its supervisor sees `stopping`); then the rest is aborted.
+    drop(listener);
+    state.stopping.send_replace(true);
+    let mut live = state.live.subscribe();
+    let _ = tokio::time::timeout(script::KILL_GRACE * 2, live.wait_for(|n| *n == 0)).await;
+    Ok(())
+}
+
+/// Counts a running supervisor in [`State::live`] while it exists.
+pub(crate) struct LiveGuard(Arc<watch::Sender<usize>>);
+
+impl LiveGuard {
+    pub(crate) fn new(live: &Arc<watch::Sender<usize>>) -> LiveGuard {
+        live.send_modify(|n| *n += 1);
+        LiveGuard(live.clone())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 
@@ -488,6 +524,8 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
         }
     };
     let watch = Watch {
+        stopping: state.stopping.subscribe(),
+        live: LiveGuard::new(&state.live),
         body: fed.map(|b| (b, budget)),
         deadline: state.timeout.map(|t| Instant::now() + t),
         permit,

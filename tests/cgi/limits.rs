@@ -252,3 +252,51 @@ fn defaults_bound_one_client() {
     assert_eq!(brood::cgi::DEFAULT_BODY_TIMEOUT, Duration::from_secs(30));
     assert_eq!(brood::cgi::DEFAULT_MAX_BODY, 1 << 30);
 }
+
+#[tokio::test]
+async fn a_graceful_stop_sends_sigterm_then_sigkill() {
+    let root = Root::new();
+    let marks = root.dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    root.script(
+        "polite",
+        "#!/bin/sh\ntrap 'echo term > \"$MARKS/polite\"; exit 0' TERM\nprintf 'Content-Type: text/plain\\n\\nrunning'\nwhile :; do sleep 0.05; done\n",
+    );
+    root.script(
+        "stubborn",
+        "#!/bin/sh\ntrap '' TERM\nprintf 'Content-Type: text/plain\\n\\nrunning'\nwhile :; do sleep 0.05; done\n",
+    );
+    let logs = Logs::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        root.cgi(&logs)
+            .env("MARKS", &marks)
+            .serve_until(listener, async {
+                let _ = stopped.await;
+            }),
+    );
+    let mut held = Vec::new();
+    for name in ["polite", "stubborn"] {
+        let mut s = connect(addr).await;
+        let resp = timeout(
+            T,
+            s.send_request(req("GET", &format!("/cgi-bin/{name}"), Bytes::new())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        held.push((s, resp));
+    }
+    stop.send(()).unwrap();
+    timeout(T, server).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(marks.join("polite")).unwrap(),
+        "term\n"
+    );
+    assert!(logs.has("\"GET /cgi-bin/polite\" 200"));
+    logs.wait_for("signal=9").await;
+    root.assert_no_process_left().await;
+}
