@@ -29,6 +29,9 @@ use clap::{ArgGroup, Args};
 /// for GET/HEAD and never a word starting with `-`. The file that runs is the file that was
 /// checked to be inside the root (opened once, then executed).
 ///
+/// Fixed limits: a client has 30 s to send a request head, of at most 64 KiB (431 beyond);
+/// request bodies held in memory share 64 MiB for the whole server (beyond, temp files).
+///
 /// One access line per request (with a timestamp) goes to stderr or --access-log, as do
 /// the scripts' stderr lines, prefixed with the script name. SIGINT or SIGTERM stops the
 /// server and kills the scripts still running.

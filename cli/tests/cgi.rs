@@ -293,3 +293,57 @@ fn access_log_file_in_common_format() {
     assert_eq!(server.stop(), 0);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// brood's peak resident memory in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn many_big_uploads_at_once_stay_out_of_memory() {
+    let root = temp_root("uploads");
+    script(
+        &root.join("sink"),
+        "#!/bin/sh\nn=$(wc -c)\nprintf 'Content-Type: text/plain\\n\\n%s' \"$n\"\n",
+    );
+    let server = Server::start(&["--root", root.to_str().unwrap()]);
+    let before = peak_rss_kib(server.child.id());
+    // 24 clients each send 8 MB chunked, all at once: 192 MB in flight.
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut tcp = TcpStream::connect(&addr).unwrap();
+                tcp.set_read_timeout(Some(T)).unwrap();
+                tcp.write_all(
+                    b"POST /cgi-bin/sink HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+                )
+                .unwrap();
+                let piece = vec![b'u'; 64 * 1024];
+                for _ in 0..128 {
+                    tcp.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
+                    tcp.write_all(&piece).unwrap();
+                    tcp.write_all(b"\r\n").unwrap();
+                }
+                tcp.write_all(b"0\r\n\r\n").unwrap();
+                let mut out = String::new();
+                tcp.read_to_string(&mut out).unwrap();
+                out
+            })
+        })
+        .collect();
+    for c in clients {
+        let out = c.join().unwrap();
+        assert!(out.contains("\r\n8388608\r\n"), "{out}");
+    }
+    let grown = peak_rss_kib(server.child.id()).saturating_sub(before);
+    eprintln!("peak RSS grew by {grown} KiB for 192 MB of bodies");
+    // Bodies go to temporary files past 256 KiB each: far below what came in.
+    assert!(grown < 48 * 1024, "peak RSS grew by {grown} KiB");
+    let _ = std::fs::remove_dir_all(&root);
+}
