@@ -388,3 +388,39 @@ async fn access_lines_have_a_time_and_common_format() {
     server.stop().await;
     root.assert_no_process_left().await;
 }
+
+#[tokio::test]
+async fn output_already_in_the_pipe_goes_out_as_one_frame() {
+    let root = Root::new();
+    // One write of the header block and 40 KB: all of it is in the pipe before brood reads.
+    root.script(
+        "burst",
+        &format!(
+            "#!{}\nimport os\nwith open(os.path.join(os.environ['PIDS'], 'py-%d' % os.getpid()), 'w') as f: f.write(str(os.getpid()))\ndata = b'Content-Type: text/plain\\r\\n\\r\\n' + b'x' * 40000\nwhile data: data = data[os.write(1, data):]\n",
+            python()
+        ),
+    );
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs)).await;
+    let answer = raw(
+        server.addr,
+        b"GET /cgi-bin/burst HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, mut rest) = split(&answer);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut sizes = Vec::new();
+    loop {
+        let nl = rest.find("\r\n").unwrap();
+        let size = usize::from_str_radix(&rest[..nl], 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        sizes.push(size);
+        rest = &rest[nl + 2 + size + 2..];
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 40000);
+    assert_eq!(sizes, [40000], "not coalesced");
+    server.stop().await;
+    root.assert_no_process_left().await;
+}
