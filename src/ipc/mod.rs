@@ -16,9 +16,11 @@
 //! handles attached to the line's first byte.
 
 mod channel;
+mod framing;
 mod handle;
+mod inherit;
 mod wire;
 
 pub(crate) use channel::own_inherited;
 pub use channel::{CHANNEL_FD_ENV, Channel, Sender};
-pub use handle::{FromHandle, Handle, HandleType, handle_type};
+pub use handle::{FromHandle, Handle, HandleType, LISTEN_BACKLOG, handle_type};
