@@ -205,7 +205,7 @@ async fn passes_a_udp_socket() {
 #[tokio::test]
 async fn passes_a_kernel_pipe_and_a_file() {
     // A kernel pipe (FIFO type).
-    let (mut reader, writer) = std::io::pipe().unwrap();
+    let (mut reader, writer) = kernel_pipe();
     let (child, ch) = spawn_child("fifo");
     let w: OwnedFd = writer.into();
     ch.send_msg(
@@ -332,7 +332,7 @@ async fn interoperates_with_python_send_fds_and_recv_fds() {
         .spawn()
         .unwrap();
     let mut ch = child.take_channel(3).unwrap();
-    let (mut reader, writer) = std::io::pipe().unwrap();
+    let (mut reader, writer) = kernel_pipe();
     let w: OwnedFd = writer.into();
     ch.send_with_handles(b"w", &[w.as_fd()]).await.unwrap();
     drop(w);
@@ -538,4 +538,18 @@ async fn a_slow_reader_makes_the_sender_wait() {
     assert_eq!(timeout(LIMIT, reader2).await.unwrap().unwrap(), data.len());
     // The first reader saw whatever part of the stalled send reached the socket.
     assert!(timeout(LIMIT, reader).await.unwrap().unwrap() < data.len());
+}
+
+/// A kernel pipe: (read end, write end) as files (std's `io::pipe` is newer than our MSRV).
+fn kernel_pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are new and ours alone.
+    unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    }
 }

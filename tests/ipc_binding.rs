@@ -39,7 +39,7 @@ impl Rng {
 
 /// A pipe's read end whose write end has written `text` and is closed.
 fn pipe_saying(text: &str) -> OwnedFd {
-    let (r, mut w) = std::io::pipe().unwrap();
+    let (r, mut w) = kernel_pipe();
     std::io::Write::write_all(&mut w, text.as_bytes()).unwrap();
     r.into()
 }
@@ -198,4 +198,18 @@ async fn byte_layer_makes_a_handle_pending_only_with_the_byte_it_came_with() {
     let mut said = String::new();
     f.read_to_string(&mut said).unwrap();
     assert_eq!(said, "c's");
+}
+
+/// A kernel pipe: (read end, write end) as files (std's `io::pipe` is newer than our MSRV).
+fn kernel_pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are new and ours alone.
+    unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    }
 }

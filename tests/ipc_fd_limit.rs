@@ -83,7 +83,11 @@ fn child_side() {
         // 2: one of its three fits, two are lost.
         let err = ch.recv_msg::<u32>().await.unwrap_err();
         assert_eq!(err.name(), "EMFILE", "{err}");
-        assert_eq!(open_below(limit), base + 3, "the one that arrived was closed");
+        assert_eq!(
+            open_below(limit),
+            base + 3,
+            "the one that arrived was closed"
+        );
         drop(first);
         // 3: the channel goes on.
         let (id, third): (u32, Vec<Handle>) = ch.recv_msg().await.unwrap().unwrap();
@@ -111,7 +115,7 @@ fn child_side() {
 }
 
 fn pipe_saying(text: &str) -> OwnedFd {
-    let (r, mut w) = std::io::pipe().unwrap();
+    let (r, mut w) = kernel_pipe();
     std::io::Write::write_all(&mut w, text.as_bytes()).unwrap();
     r.into()
 }
@@ -155,4 +159,18 @@ async fn a_receiver_at_its_fd_limit_gets_emfile_for_that_message_and_keeps_going
     assert!(exit.success(), "child {exit}: {err}");
     assert!(matches!(done, Ok(Ok(1))), "{done:?}");
     assert_eq!(&k, b"k");
+}
+
+/// A kernel pipe: (read end, write end) as files (std's `io::pipe` is newer than our MSRV).
+fn kernel_pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are new and ours alone.
+    unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    }
 }

@@ -23,7 +23,11 @@ async fn a_peer_that_closes_with_our_data_unread_is_end_of_stream() {
     drop(a);
     let mut buf = [0u8; 64];
     let n = b.recv(&mut buf).await.unwrap();
-    assert_eq!(&buf[..n], b"last words\n", "what the peer sent is read first");
+    assert_eq!(
+        &buf[..n],
+        b"last words\n",
+        "what the peer sent is read first"
+    );
     assert_eq!(b.recv(&mut buf).await.unwrap(), 0, "then end of stream");
     assert_eq!(b.recv(&mut buf).await.unwrap(), 0, "and it stays so");
 
