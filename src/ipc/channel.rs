@@ -4,6 +4,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,6 +13,7 @@ use tokio::net::UnixStream;
 
 use super::framing::{Framer, Truncated};
 use super::handle::{FromHandle, Handle, HandleType, check_kind};
+use super::node::{self, Protocol};
 use super::wire;
 use crate::error::{Error, Result, from_io};
 
@@ -19,6 +21,11 @@ use crate::error::{Error, Result, from_io};
 /// `NODE_CHANNEL_FD`): set by [`Stdio::ipc`](crate::Stdio::ipc), read by
 /// [`Channel::from_env`].
 pub const CHANNEL_FD_ENV: &str = "BROOD_CHANNEL_FD";
+
+/// The variable through which Node.js tells a child its IPC channel's fd
+/// (`child_process.fork`, or `'ipc'` in `stdio`); [`Channel::from_env`] takes it when
+/// `BROOD_CHANNEL_FD` is not set, and speaks Node's protocol on it.
+pub const NODE_CHANNEL_FD_ENV: &str = "NODE_CHANNEL_FD";
 
 /// How much one read asks the kernel for.
 const READ_CHUNK: usize = 64 * 1024;
@@ -31,6 +38,10 @@ struct Io {
     stream: UnixStream,
     /// Serialises writers so the bytes of two sends never interleave.
     write: tokio::sync::Mutex<()>,
+    /// Node.js's protocol on the JSON lines (`Protocol::Node`) when set.
+    node: AtomicBool,
+    /// Node's protocol: the handle sent and not yet acknowledged.
+    acks: node::Acks,
 }
 
 /// An IPC channel: a Unix stream socket that carries bytes and open handles (TCP and Unix
@@ -104,6 +115,8 @@ impl Channel {
                 io: Arc::new(Io {
                     stream,
                     write: tokio::sync::Mutex::new(()),
+                    node: AtomicBool::new(false),
+                    acks: node::Acks::default(),
                 }),
             },
             rx: Framer::default(),
@@ -149,6 +162,11 @@ impl Channel {
     /// found through the `BROOD_CHANNEL_FD` variable (as Node's `NODE_CHANNEL_FD`). Needs a
     /// tokio runtime.
     ///
+    /// In a child of a Node.js parent (`child_process.fork`, or `'ipc'` in `spawn`'s
+    /// `stdio`), the channel is found through `NODE_CHANNEL_FD` instead and speaks
+    /// [`Protocol::Node`]; `NODE_CHANNEL_SERIALIZATION_MODE` must be `json` (the default):
+    /// `advanced` (V8's structured clone) is `EPROTONOSUPPORT`. Both variables are removed.
+    ///
     /// The fd is taken once per process: the first call removes the variable from the
     /// environment (so this process's children do not inherit a stale one), checks the fd,
     /// and owns it, close-on-exec. Errors, which never close or take the fd:
@@ -176,8 +194,42 @@ impl Channel {
     /// # let _ = n; Ok(()) }
     /// ```
     pub fn from_env() -> Result<Channel> {
-        let fd = super::inherit::take_channel_fd(CHANNEL_FD_ENV)?;
-        Channel::from_fd(fd).map_err(|e| e.context("ipc channel from BROOD_CHANNEL_FD"))
+        let (fd, protocol) = super::inherit::take_channel_fd()?;
+        let mut ch =
+            Channel::from_fd(fd).map_err(|e| e.context("ipc channel from the environment"))?;
+        ch.set_protocol(protocol);
+        Ok(ch)
+    }
+
+    /// The protocol of the JSON-lines layer: [`Protocol::Brood`] unless set, or
+    /// [`Protocol::Node`] for a channel [`from_env`](Channel::from_env) found through
+    /// `NODE_CHANNEL_FD`.
+    pub fn protocol(&self) -> Protocol {
+        if self.tx.io.node.load(Ordering::Relaxed) {
+            Protocol::Node
+        } else {
+            Protocol::Brood
+        }
+    }
+
+    /// Speaks `protocol` on the JSON-lines layer ([`send_msg`](Sender::send_msg),
+    /// [`recv_msg`](Channel::recv_msg)); the byte layer is never changed. With
+    /// [`Protocol::Node`], the peer is a Node.js process (`process.send`, `child.send`):
+    ///
+    /// - `send_msg` with one handle wraps the message in Node's
+    ///   `{"cmd":"NODE_HANDLE","type":"net.Socket"|"net.Server"|"dgram.Socket","msg":..}`;
+    ///   only TCP, Unix and UDP sockets, one per message (else `EINVAL`). The next handle
+    ///   waits for Node's `NODE_HANDLE_ACK`, which `recv_msg` reads: keep receiving while
+    ///   sending handles, as Node itself does. A `NODE_HANDLE_NACK` sends it again (three
+    ///   times at most).
+    /// - `recv_msg` unwraps Node's `NODE_HANDLE` messages into the user's message and its
+    ///   handle and acknowledges them (or asks again when the fd was lost on the way); Node's
+    ///   internal messages (`cmd` starting with `NODE_`) never reach the caller.
+    pub fn set_protocol(&mut self, protocol: Protocol) {
+        self.tx
+            .io
+            .node
+            .store(protocol == Protocol::Node, Ordering::Relaxed);
     }
 
     /// At most this many handles may arrive with one write (default 64, at most 253, the
@@ -232,6 +284,9 @@ impl Channel {
     /// way that message is consumed, its handles are closed, and the next call receives the
     /// next message.
     pub async fn recv_msg<T: DeserializeOwned>(&mut self) -> Result<Option<(T, Vec<Handle>)>> {
+        if self.tx.io.node.load(Ordering::Relaxed) {
+            return self.recv_node_msg().await;
+        }
         loop {
             let max_handles = self.max_handles;
             let line = self.rx.take_line(|bytes, bound| {
@@ -258,6 +313,60 @@ impl Channel {
                 return Err(Error::new(libc::EPIPE, "recv_msg")
                     .with_detail("the peer closed the channel in the middle of a message"));
             }
+        }
+    }
+
+    /// `recv_msg` in Node's protocol: unwraps `NODE_HANDLE`, answers it, handles Node's
+    /// internal messages.
+    async fn recv_node_msg<T: DeserializeOwned>(&mut self) -> Result<Option<(T, Vec<Handle>)>> {
+        loop {
+            let line = self
+                .rx
+                .take_line(|bytes, bound| (node::classify(bytes), bound));
+            let Some((line, bound)) = line else {
+                if self.rx.unterminated() > self.max_message {
+                    return Err(Error::new(libc::EMSGSIZE, "recv_msg")
+                        .with_detail(format!("no end of line within {} bytes", self.max_message)));
+                }
+                if !self.fill().await? {
+                    if self.rx.buffered() == 0 {
+                        return Ok(None);
+                    }
+                    return Err(Error::new(libc::EPIPE, "recv_msg")
+                        .with_detail("the peer closed the channel in the middle of a message"));
+                }
+                continue;
+            };
+            let user = match line? {
+                node::Line::User(v) => v,
+                node::Line::Handle(v) => {
+                    if bound.handles.is_empty() {
+                        // The fd did not arrive (or was lost): Node sends it again.
+                        send(&self.tx.io, node::NACK, &[]).await?;
+                        continue;
+                    }
+                    send(&self.tx.io, node::ACK, &[]).await?;
+                    v
+                }
+                node::Line::Ack => {
+                    self.tx.io.acks.ack();
+                    continue;
+                }
+                node::Line::Nack => {
+                    if let Some((line, fd)) = self.tx.io.acks.nack() {
+                        send(&self.tx.io, &line, &[fd.as_fd()]).await?;
+                    }
+                    continue;
+                }
+                node::Line::Internal => continue,
+            };
+            if let Some(lost) = bound.lost {
+                return Err(self.lost("recv_msg", lost));
+            }
+            return match serde_json::from_value::<T>(user) {
+                Ok(msg) => Ok(Some((msg, bound.handles))),
+                Err(e) => Err(Error::invalid("recv_msg", format!("bad message: {e}"))),
+            };
         }
     }
 
@@ -415,10 +524,53 @@ fn shutdown_write(io: &Io) -> Result<()> {
 }
 
 async fn send_msg<T: Serialize>(io: &Io, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
+    if io.node.load(Ordering::Relaxed) && !handles.is_empty() {
+        return send_node_handle(io, msg, handles).await;
+    }
     let mut line =
         serde_json::to_vec(msg).map_err(|e| Error::invalid("send_msg", e.to_string()))?;
     line.push(b'\n');
     send(io, &line, handles).await
+}
+
+/// `send_msg` with a handle in Node's protocol: wrapped, one at a time, kept until the ACK.
+async fn send_node_handle<T: Serialize>(
+    io: &Io,
+    msg: &T,
+    handles: &[BorrowedFd<'_>],
+) -> Result<()> {
+    let op = "send_msg";
+    let [handle] = handles else {
+        return Err(Error::invalid(op, "Node takes one handle per message"));
+    };
+    let kind = super::handle_type(*handle);
+    let ipv6 = socket2::SockRef::from(handle)
+        .domain()
+        .is_ok_and(|d| d == socket2::Domain::IPV6);
+    let line = node::wrap(msg, kind, ipv6)?;
+    let keep = handle.try_clone_to_owned().map_err(|e| {
+        from_io(
+            e,
+            format!("{op}: keep the handle until Node acknowledges it"),
+        )
+    })?;
+    // Wait until the previous handle was acknowledged (recv_msg reads the ACK).
+    io.acks
+        .permit
+        .acquire()
+        .await
+        .map_err(|_| Error::new(libc::EPIPE, op))?
+        .forget();
+    *io.acks.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(node::InFlight {
+        line: line.clone(),
+        fd: keep,
+        tries: 0,
+    });
+    let sent = send(io, &line, handles).await;
+    if sent.is_err() {
+        io.acks.ack(); // nothing in flight after all
+    }
+    sent
 }
 
 /// Writes all of `data`, the fds with the first byte. Not cancel-safe once started (as

@@ -37,8 +37,10 @@ mod channel;
 mod framing;
 mod handle;
 mod inherit;
+mod node;
 mod wire;
 
 pub(crate) use channel::own_inherited;
-pub use channel::{CHANNEL_FD_ENV, Channel, Sender};
+pub use channel::{CHANNEL_FD_ENV, Channel, NODE_CHANNEL_FD_ENV, Sender};
 pub use handle::{FromHandle, Handle, HandleType, LISTEN_BACKLOG, handle_type};
+pub use node::Protocol;
