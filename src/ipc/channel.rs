@@ -302,10 +302,7 @@ impl Channel {
             if let Some(line) = line {
                 return line.map(Some);
             }
-            if self.rx.unterminated() > self.max_message {
-                return Err(Error::new(libc::EMSGSIZE, "recv_msg")
-                    .with_detail(format!("no end of line within {} bytes", self.max_message)));
-            }
+            self.check_partial()?;
             if !self.fill().await? {
                 if self.rx.buffered() == 0 {
                     return Ok(None);
@@ -324,10 +321,7 @@ impl Channel {
                 .rx
                 .take_line(|bytes, bound| (node::classify(bytes), bound));
             let Some((line, bound)) = line else {
-                if self.rx.unterminated() > self.max_message {
-                    return Err(Error::new(libc::EMSGSIZE, "recv_msg")
-                        .with_detail(format!("no end of line within {} bytes", self.max_message)));
-                }
+                self.check_partial()?;
                 if !self.fill().await? {
                     if self.rx.buffered() == 0 {
                         return Ok(None);
@@ -407,8 +401,30 @@ impl Channel {
         &self.tx.io.stream
     }
 
+    /// Bounds a line still coming: its length, and the handles bound to it (a peer sending
+    /// one byte at a time, each with fds, would otherwise grow the queue without end).
+    fn check_partial(&self) -> Result<()> {
+        if self.rx.unterminated() > self.max_message {
+            return Err(Error::new(libc::EMSGSIZE, "recv_msg")
+                .with_detail(format!("no end of line within {} bytes", self.max_message)));
+        }
+        if self.rx.bound() > self.max_handles {
+            return Err(Error::new(libc::EMSGSIZE, "recv_msg").with_detail(format!(
+                "more than {} handles came with one message",
+                self.max_handles
+            )));
+        }
+        Ok(())
+    }
+
     fn lost(&self, op: &str, lost: Truncated) -> Error {
         lost_error(op, lost, self.max_handles)
+    }
+
+    /// The peer is gone: a Node-protocol handle send waiting for an ACK fails (`EPIPE`).
+    fn set_eof(&mut self) {
+        self.eof = true;
+        self.tx.io.acks.permit.close();
     }
 
     /// Reads more from the socket. `false` at end of stream.
@@ -441,14 +457,14 @@ impl Channel {
             // A Unix socket whose peer closed with our data unread reports ECONNRESET once,
             // after everything the peer sent has been read: that is the end of the stream.
             Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                self.eof = true;
+                self.set_eof();
                 return Ok(false);
             }
             Err(e) => return Err(from_io(e, "recv")),
         };
         if r.bytes == 0 {
             self.fds.clear();
-            self.eof = true;
+            self.set_eof();
             return Ok(false);
         }
         let lost = r.truncated.then_some(Truncated {

@@ -222,6 +222,11 @@ impl<H> Framer<H> {
         self.scanned.max(self.start) - self.start
     }
 
+    /// Handles (and losses) bound to bytes not consumed yet.
+    pub fn bound(&self) -> usize {
+        self.marks.len()
+    }
+
     /// Handles waiting for the byte layer's [`pop_pending`](Framer::pop_pending).
     pub fn pending_len(&self) -> usize {
         self.pending.len()
