@@ -89,8 +89,9 @@ pub(crate) fn send(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize>
 /// What one `recvmsg` gave.
 pub(crate) struct Received {
     pub bytes: usize,
-    /// The control data did not fit (`MSG_CTRUNC`): some fds were lost on the way, and the
-    /// ones in `fds` should be closed by the caller as part of the error.
+    /// `MSG_CTRUNC`: some fds were lost on the way (more than `max_fds`, or this process at
+    /// its fd limit, where the kernel installs what fits); the caller closes the ones in
+    /// `fds` and reports the loss.
     pub truncated: bool,
 }
 
