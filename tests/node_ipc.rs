@@ -28,6 +28,7 @@ const [exe, mode] = process.argv.slice(1);
 const child = spawn(exe, ['--exact', 'child_side', '--nocapture', '--test-threads=1'], {
   stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   env: Object.assign({}, process.env, { BROOD_NODE_IPC_CHILD: mode }),
+  serialization: mode === 'advanced' ? 'advanced' : 'json',
 });
 const inbox = [];
 const waiters = [];
@@ -130,6 +131,7 @@ async function main() {
     assert.deepStrictEqual(m, { echo: { bye: true } });
     await disconnected; // brood closed its end
   }
+  // 'advanced': the brood child checks that it is refused, and exits.
   const { code, signal } = await exited;
   assert.strictEqual(code, 0, `brood child exited ${code} ${signal}`);
   assert.strictEqual(inbox.length, 0, `unexpected messages: ${JSON.stringify(inbox.map((x) => x.m))}`);
@@ -150,6 +152,12 @@ fn child_side() {
         .build()
         .unwrap();
     rt.block_on(async move {
+        if mode == "advanced" {
+            let err = Channel::from_env().unwrap_err();
+            assert_eq!(err.name(), "EPROTONOSUPPORT", "{err}");
+            assert!(err.to_string().contains("advanced"), "{err}");
+            return;
+        }
         let mut ch = Channel::from_env().unwrap();
         assert_eq!(ch.protocol(), Protocol::Node);
         assert!(std::env::var_os(NODE_CHANNEL_FD_ENV).is_none());
@@ -240,4 +248,9 @@ async fn a_node_parent_and_a_brood_child_echo_messages_and_pass_sockets_both_way
 #[tokio::test]
 async fn a_brood_child_that_closes_the_channel_disconnects_its_node_parent() {
     run_node("hangup").await;
+}
+
+#[tokio::test]
+async fn nodes_advanced_serialization_is_refused_with_a_clear_error() {
+    run_node("advanced").await;
 }
