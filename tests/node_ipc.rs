@@ -254,3 +254,77 @@ async fn a_brood_child_that_closes_the_channel_disconnects_its_node_parent() {
 async fn nodes_advanced_serialization_is_refused_with_a_clear_error() {
     run_node("advanced").await;
 }
+
+/// A Node child of a brood parent: echoes every message with its handle, after writing to
+/// a socket it got; leaves at `{"bye": true}`.
+const NODE_CHILD: &str = r#"
+'use strict';
+const net = require('net');
+process.on('message', (m, h) => {
+  if (m && m.bye) { process.disconnect(); return; }
+  if (h instanceof net.Socket) {
+    h.write('node child\n', () => process.send({ echo: m }, h));
+  } else {
+    process.send({ echo: m });
+  }
+});
+"#;
+
+#[tokio::test]
+async fn a_brood_parent_talks_to_a_node_child_with_set_protocol() {
+    use tokio::io::AsyncReadExt;
+    let mut child = brood::Command::new("node")
+        .args(["-e", NODE_CHILD])
+        .env(NODE_CHANNEL_FD_ENV, "3")
+        .stdio(3, brood::Stdio::ipc())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed (CI installs it)");
+    let mut ch = child.take_channel(3).unwrap();
+    ch.set_protocol(Protocol::Node);
+    for i in 0..1000 {
+        ch.send_msg(&json!({ "i": i }), &[]).await.unwrap();
+    }
+    for i in 0..1000 {
+        let (m, hs) = timeout(LIMIT, ch.recv_msg::<Value>())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(m, json!({ "echo": { "i": i } }));
+        assert!(hs.is_empty());
+    }
+    // A TCP connection to the child and back.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (server_side, _) = l.accept().await.unwrap();
+    ch.send_msg(&json!({ "kind": "tcp" }), &[server_side.as_fd()])
+        .await
+        .unwrap();
+    drop(server_side);
+    let (m, mut hs) = timeout(LIMIT, ch.recv_msg::<Value>())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m, json!({ "echo": { "kind": "tcp" } }));
+    assert_eq!(hs.len(), 1);
+    let mut s: TcpStream = hs.remove(0).accept().unwrap();
+    s.write_all(b"brood parent\n").await.unwrap();
+    drop(s);
+    let mut got = String::new();
+    timeout(LIMIT, client.read_to_string(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "node child\nbrood parent\n");
+    // Node's disconnect is end of stream here.
+    ch.send_msg(&json!({ "bye": true }), &[]).await.unwrap();
+    let end = timeout(LIMIT, ch.recv_msg::<Value>())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(end.is_none());
+    let exit = timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "node child {exit}");
+}
