@@ -328,3 +328,76 @@ async fn a_brood_parent_talks_to_a_node_child_with_set_protocol() {
     let exit = timeout(LIMIT, child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "node child {exit}");
 }
+
+/// The example binary next to this test's own (cargo builds examples before tests).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+/// Node forks the example with `execPath` and echoes messages and a socket through it.
+const NODE_FORK: &str = r#"
+'use strict';
+const { fork } = require('child_process');
+const net = require('net');
+const assert = require('assert');
+const path = process.argv[1];
+const child = fork(path, [], { execPath: path });
+const inbox = [];
+const waiters = [];
+child.on('message', (m, h) => {
+  if (waiters.length) waiters.shift()({ m, h }); else inbox.push({ m, h });
+});
+const next = () => inbox.length ? Promise.resolve(inbox.shift()) : new Promise((r) => waiters.push(r));
+const once = (em, ev) => new Promise((r) => em.once(ev, (...a) => r(a)));
+(async () => {
+  for (let i = 0; i < 100; i++) child.send({ i });
+  for (let i = 0; i < 100; i++) assert.deepStrictEqual((await next()).m, { echo: { i } });
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const client = net.connect(server.address().port, '127.0.0.1');
+  const [sock] = await once(server, 'connection');
+  child.send({ s: 1 }, sock);
+  const { m, h } = await next();
+  assert.deepStrictEqual(m, { echo: { s: 1 } });
+  h.end('round trip\n');
+  let got = '';
+  client.setEncoding('utf8');
+  client.on('data', (d) => { got += d; });
+  await once(client, 'end');
+  assert.strictEqual(got, 'round trip\n');
+  server.close();
+  child.disconnect();
+  const [code] = await once(child, 'exit');
+  assert.strictEqual(code, 0);
+  console.log('all ok');
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[tokio::test]
+async fn the_node_echo_example_runs_under_nodes_fork() {
+    let out = timeout(
+        LIMIT,
+        tokio::process::Command::new("node")
+            .args(["-e", NODE_FORK])
+            .arg(example("node_echo"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node did not finish")
+    .expect("node must be installed (CI installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("all ok"),
+        "node {}: {stdout}\n{stderr}",
+        out.status
+    );
+}
