@@ -409,6 +409,88 @@ mod tests {
         }
     }
 
+    /// The byte layer under the same kernel model, consumed in random-sized pieces: a
+    /// handle is never pending before a byte of its own write has been consumed, and always
+    /// pending once its write's last byte has been.
+    #[test]
+    fn random_writes_byte_layer_never_gives_a_handle_early_or_late() {
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+            // Per write: its stream offsets [start, end) and handles.
+            let mut writes: Vec<(u64, u64, Vec<u32>)> = Vec::new();
+            let mut queue: VecDeque<(Vec<u8>, Vec<u32>)> = VecDeque::new();
+            let mut off = 0u64;
+            let mut next_handle = 0u32;
+            for _ in 0..2000 {
+                let len = 1 + rng.below(30);
+                let hs: Vec<u32> = (0..rng.below(4))
+                    .map(|_| {
+                        next_handle += 1;
+                        next_handle
+                    })
+                    .collect();
+                writes.push((off, off + len, hs.clone()));
+                queue.push_back((vec![b'x'; len as usize], hs));
+                off += len;
+            }
+            // start offset of each handle's write, by handle number
+            let mut start_of = vec![0u64; next_handle as usize + 1];
+            for (start, _, hs) in &writes {
+                for &h in hs {
+                    start_of[h as usize] = *start;
+                }
+            }
+            let mut f = Framer::default();
+            let mut consumed = 0u64;
+            let mut taken = 0usize;
+            // Writes fully consumed so far, and how many handles they carried.
+            let (mut done_writes, mut due) = (0usize, 0usize);
+            loop {
+                // Sometimes read from the "kernel", sometimes consume what is buffered.
+                if f.buffered() == 0 || rng.below(3) == 0 {
+                    if queue.is_empty() && f.buffered() == 0 {
+                        break;
+                    }
+                    let room = 1 + rng.below(100) as usize;
+                    let mut read = Vec::new();
+                    let mut fds = Vec::new();
+                    while read.len() < room {
+                        let Some((bytes, hs)) = queue.front_mut() else {
+                            break;
+                        };
+                        let take = (room - read.len()).min(bytes.len());
+                        read.extend(bytes.drain(..take));
+                        let had_fds = !hs.is_empty();
+                        fds.append(hs);
+                        if bytes.is_empty() {
+                            queue.pop_front();
+                        }
+                        if had_fds {
+                            break;
+                        }
+                    }
+                    f.push(&read, fds, None);
+                }
+                let mut out = vec![0u8; 1 + rng.below(40) as usize];
+                let n = f.read(&mut out).unwrap();
+                consumed += n as u64;
+                while let Some(h) = f.pop_pending() {
+                    assert!(
+                        start_of[h as usize] < consumed,
+                        "seed {seed}: handle {h} early"
+                    );
+                    taken += 1;
+                }
+                while writes.get(done_writes).is_some_and(|w| w.1 <= consumed) {
+                    due += writes[done_writes].2.len();
+                    done_writes += 1;
+                }
+                assert!(taken >= due, "seed {seed}: a handle late at {consumed}");
+            }
+            assert_eq!(taken, next_handle as usize);
+        }
+    }
+
     /// Simulates the kernel: writes of one line each, 0-3 handles on their first byte, read
     /// with random buffer sizes, merging fd-less writes into a read that ends in the write
     /// with fds (as `unix_stream_read_generic` does).
