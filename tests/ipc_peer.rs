@@ -114,6 +114,18 @@ async fn a_connected_tcp_stream_is_not_accepted_as_a_listener_and_stays_pending(
 }
 
 #[tokio::test]
+async fn an_unbound_tcp_socket_is_not_made_a_listener_on_a_random_port() {
+    let (a, mut b) = Channel::pair().unwrap();
+    let sock = TcpSocket::new_v4().unwrap();
+    a.send_with_handles(b"u", &[sock.as_fd()]).await.unwrap();
+    let mut byte = [0u8; 1];
+    b.recv(&mut byte).await.unwrap();
+    let err = b.accept::<TcpListener>().unwrap_err();
+    assert_eq!(err.name(), "EINVAL", "{err}");
+    assert_eq!(b.pending_count(), 1, "still pending");
+}
+
+#[tokio::test]
 async fn pending_type_follows_the_senders_listen_after_write() {
     // libuv's ipc_listen_after_write: write the bound handle, then listen on our copy.
     let (a, mut b) = Channel::pair().unwrap();

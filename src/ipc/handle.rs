@@ -174,11 +174,17 @@ pub trait FromHandle: Sized {
     fn from_fd(fd: OwnedFd) -> Result<Self>;
 }
 
-/// A stream socket that is not listening and has no peer: one that was bound (or not) and
-/// sent before `listen`.
+/// A stream socket that is not listening and has no peer: one that was bound and sent
+/// before `listen`. A TCP socket must be bound to a port (`listen` on an unbound one would
+/// pick a port on every address); a Unix one may be unbound (then Linux autobinds it).
 fn unconnected(fd: BorrowedFd<'_>) -> bool {
     let sock = socket2::SockRef::from(&fd);
-    matches!(sock.is_listener(), Ok(false))
+    let bound = match sock.local_addr() {
+        Ok(a) => a.as_socket().is_none_or(|s| s.port() != 0),
+        Err(_) => false,
+    };
+    bound
+        && matches!(sock.is_listener(), Ok(false))
         && sock
             .peer_addr()
             .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
