@@ -87,6 +87,17 @@ fn child_side() {
                 let err = Channel::from_env().unwrap_err();
                 assert_eq!(err.name(), "EBADF", "{err}");
             }
+            "stale-inherited" => {
+                // This process was given a stale BROOD_CHANNEL_FD=77 and never took it; its
+                // own child with a channel at slot 5 must be told 5, not 77.
+                let mut grandchild = Command::new("sh");
+                grandchild
+                    .args(["-c", "echo $BROOD_CHANNEL_FD"])
+                    .stdio(5, Stdio::ipc())
+                    .stdout(Stdio::piped());
+                let out = grandchild.output().await.unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+            }
             "unset" => {
                 let err = Channel::from_env().unwrap_err();
                 assert_eq!(err.name(), "ENOENT", "{err}");
@@ -163,6 +174,17 @@ async fn a_variable_naming_an_inherited_file_is_enotsock_and_the_file_stays_open
 #[tokio::test]
 async fn a_variable_naming_a_closed_fd_is_ebadf() {
     succeeds(child("closed").env(CHANNEL_FD_ENV, "77").spawn().unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_stale_inherited_variable_never_reaches_a_child_given_a_channel() {
+    succeeds(
+        child("stale-inherited")
+            .env(CHANNEL_FD_ENV, "77")
+            .spawn()
+            .unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test]
