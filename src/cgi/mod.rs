@@ -44,12 +44,12 @@
 //! ```
 
 mod body;
-mod map;
+pub(crate) mod map;
 mod meta;
 mod raw;
-mod response;
+pub(crate) mod response;
 mod script;
-mod server;
+pub(crate) mod server;
 
 use std::ffi::OsString;
 use std::fmt;

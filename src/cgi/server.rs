@@ -196,8 +196,9 @@ fn log_access(
 }
 
 /// RFC 3875 4.4: a query with no `=` is a search string, given to the script as
-/// arguments (split on `+`, decoded); none when any word does not decode cleanly.
-fn search_args(query: Option<&str>) -> Vec<OsString> {
+/// arguments (split on `+`, decoded); none when any word does not decode cleanly or
+/// starts with `-`.
+pub(crate) fn search_args(query: Option<&str>) -> Vec<OsString> {
     let Some(q) = query.filter(|q| !q.is_empty() && !q.contains('=')) else {
         return Vec::new();
     };
@@ -205,7 +206,8 @@ fn search_args(query: Option<&str>) -> Vec<OsString> {
         .split('+')
         .map(|w| percent_decode_str(w).collect())
         .collect();
-    if words.iter().any(|w| w.contains(&0)) {
+    // A word starting with `-` would be an option to the script (CVE-2012-1823).
+    if words.iter().any(|w| w.contains(&0) || w.first() == Some(&b'-')) {
         return Vec::new();
     }
     words.into_iter().map(OsString::from_vec).collect()

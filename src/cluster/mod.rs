@@ -60,7 +60,7 @@
 //! (`PR_SET_PDEATHSIG`).
 
 mod builder;
-mod control;
+pub(crate) mod control;
 mod listen;
 mod master;
 mod worker;

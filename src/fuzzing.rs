@@ -1,0 +1,120 @@
+//! Thin entry points into brood's internal parsers, for the fuzz targets (`fuzz/`) and the
+//! property tests (`tests/prop_*.rs`). Not part of brood's API: names and types here follow
+//! the internals and change with them. Each function is a wrapper of a few lines, so when a
+//! parser moves only this file changes. See `docs/testing.md`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use hyper::{Response, StatusCode};
+
+use crate::cgi::map::{Mapping, Target};
+use crate::cgi::response::{self, Reply};
+
+/// What a CGI header block makes brood do.
+#[derive(Debug)]
+pub enum CgiReply {
+    /// The response head brood sends (status, headers, reason phrase extension), built the
+    /// way `cgi/server.rs` builds it; the body is the rest of the script's stdout.
+    Document(Response<()>),
+    /// A local redirect to this path (the request is answered as if made for it).
+    LocalRedirect(String),
+}
+
+/// Parses a CGI header block (`nph`: an NPH script's own status line and headers) and
+/// builds the response head the server would send.
+pub fn cgi_reply(block: &[u8], nph: bool) -> Result<CgiReply, String> {
+    let reply = if nph {
+        response::parse_nph(block)?
+    } else {
+        response::parse_cgi(block)?
+    };
+    Ok(match reply {
+        Reply::LocalRedirect(path) => CgiReply::LocalRedirect(path),
+        Reply::Document {
+            status,
+            reason,
+            headers,
+        } => CgiReply::Document(document(status, reason, headers)),
+    })
+}
+
+/// The same steps as the end of `cgi/server.rs`'s `run_script`.
+fn document(
+    status: StatusCode,
+    reason: Option<String>,
+    headers: hyper::HeaderMap,
+) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    if let Some(reason) = reason.filter(|r| Some(r.as_str()) != status.canonical_reason()) {
+        if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
+            resp.extensions_mut().insert(r);
+        }
+    }
+    resp
+}
+
+/// Where the header block in `buf` ends, scanning from `from` as the reading loop does
+/// (`(end of block, start of body)`).
+pub fn cgi_head_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    response::find_end_from(buf, from)
+}
+
+/// A request path resolved to a script.
+#[derive(Debug, Clone)]
+pub struct CgiTarget {
+    /// The file that runs (`SCRIPT_FILENAME`).
+    pub file: PathBuf,
+    /// `SCRIPT_NAME`, decoded.
+    pub script_name: OsString,
+    /// `PATH_INFO`, decoded.
+    pub path_info: OsString,
+    /// Whether the script is NPH.
+    pub nph: bool,
+}
+
+impl From<Target> for CgiTarget {
+    fn from(t: Target) -> CgiTarget {
+        CgiTarget {
+            file: t.file,
+            script_name: t.script_name,
+            path_info: t.path_info,
+            nph: t.nph,
+        }
+    }
+}
+
+/// Resolves a raw request path (`uri.path()`) under a scripts directory `root` (absolute
+/// and canonical) mounted at `prefix`: the target, or the status of the refusal.
+pub fn cgi_resolve_root(root: &Path, prefix: &str, path: &str) -> Result<CgiTarget, u16> {
+    let m = Mapping::Root {
+        root: root.to_path_buf(),
+        prefix: prefix.to_string(),
+    };
+    m.resolve(path)
+        .map(CgiTarget::from)
+        .map_err(|r| r.status.as_u16())
+}
+
+/// Resolves a raw request path for a single script `file` mounted at `prefix`.
+pub fn cgi_resolve_script(file: &Path, prefix: &str, path: &str) -> Result<CgiTarget, u16> {
+    let m = Mapping::Script {
+        file: file.to_path_buf(),
+        prefix: prefix.to_string(),
+    };
+    m.resolve(path)
+        .map(CgiTarget::from)
+        .map_err(|r| r.status.as_u16())
+}
+
+/// The script's arguments for a request's query string (RFC 3875 4.4 search strings).
+pub fn cgi_argv(query: Option<&str>) -> Vec<OsString> {
+    crate::cgi::server::search_args(query)
+}
+
+/// A control-socket line as the master understands it (`None`: refused).
+pub fn cluster_control(line: &str) -> Option<String> {
+    crate::cluster::control::parse(line).map(|r| format!("{r:?}"))
+}
