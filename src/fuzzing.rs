@@ -40,11 +40,7 @@ pub fn cgi_reply(block: &[u8], nph: bool) -> Result<CgiReply, String> {
 }
 
 /// The same steps as the end of `cgi/server.rs`'s `run_script`.
-fn document(
-    status: StatusCode,
-    reason: Option<String>,
-    headers: hyper::HeaderMap,
-) -> Response<()> {
+fn document(status: StatusCode, reason: Option<String>, headers: hyper::HeaderMap) -> Response<()> {
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;

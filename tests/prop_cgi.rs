@@ -128,3 +128,18 @@ fn status_codes_are_three_digits() {
         props::check_cgi_reply(b, true);
     }
 }
+
+/// Found by `cgi_header_blocks_give_only_what_the_script_sent`: hyper closed the connection
+/// on an empty Content-Length, and folding an empty continuation left a trailing space.
+#[test]
+fn framing_headers_and_folded_values_are_sent_as_decided() {
+    for b in [
+        &b"Content-Length: \r\nLocation: "[..],
+        b"Content-Type: text/plain\nContent-Length: x1\n",
+        b"Content-Type: text/plain\nContent-Length: 5\n",
+        b"Location: \r\n ",
+        b"Content-Type: text/plain\nX-A: \n\tb\n",
+    ] {
+        props::check_cgi_reply(b, false);
+    }
+}

@@ -63,10 +63,7 @@ async fn rows(control: &std::path::Path) -> Vec<(String, u64, u64, u32)> {
 }
 
 async fn check(bytes: Vec<u8>, tag: usize) {
-    let dir = std::env::temp_dir().join(format!(
-        "brood-prop-cluster-{}-{tag}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("brood-prop-cluster-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let control = dir.join("ctl.sock");
@@ -103,7 +100,11 @@ async fn check(bytes: Vec<u8>, tag: usize) {
         let (state, handled, open, restarts) = r[0].clone();
         assert_eq!(state, "ready");
         assert_eq!(restarts, 0, "the worker was restarted");
-        assert!(handled <= want.0, "handled {handled} > {} for {bytes:?}", want.0);
+        assert!(
+            handled <= want.0,
+            "handled {handled} > {} for {bytes:?}",
+            want.0
+        );
         if (handled, open) == want {
             break;
         }
@@ -114,7 +115,10 @@ async fn check(bytes: Vec<u8>, tag: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     master.kill(brood::Signum::TERM).unwrap();
-    let exit = tokio::time::timeout(LIMIT, master.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(LIMIT, master.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "master: {exit}");
     let _ = std::fs::remove_dir_all(&dir);
 }

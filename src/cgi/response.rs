@@ -109,8 +109,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 fn value(name: &HeaderName, v: &[u8]) -> Result<HeaderValue, String> {
     // hyper will not send a response whose Content-Length is not a number: it would close
     // the connection instead of answering. Refused here, the client gets a 502.
-    if name == hyper::header::CONTENT_LENGTH && (v.is_empty() || !v.iter().all(u8::is_ascii_digit)) {
-        return Err(format!("bad Content-Length {:?}", String::from_utf8_lossy(v)));
+    if name == hyper::header::CONTENT_LENGTH && (v.is_empty() || !v.iter().all(u8::is_ascii_digit))
+    {
+        return Err(format!(
+            "bad Content-Length {:?}",
+            String::from_utf8_lossy(v)
+        ));
     }
     HeaderValue::from_bytes(v).map_err(|_| format!("bad value for header {name}"))
 }

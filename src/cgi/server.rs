@@ -207,7 +207,10 @@ pub(crate) fn search_args(query: Option<&str>) -> Vec<OsString> {
         .map(|w| percent_decode_str(w).collect())
         .collect();
     // A word starting with `-` would be an option to the script (CVE-2012-1823).
-    if words.iter().any(|w| w.contains(&0) || w.first() == Some(&b'-')) {
+    if words
+        .iter()
+        .any(|w| w.contains(&0) || w.first() == Some(&b'-'))
+    {
         return Vec::new();
     }
     words.into_iter().map(OsString::from_vec).collect()

@@ -103,12 +103,7 @@ pub fn wire_head(head: Response<()>) -> Vec<u8> {
             let head = std::sync::Mutex::new(Some(parts));
             let svc = hyper::service::service_fn(move |_req| {
                 let parts = head.lock().unwrap().take().expect("one request");
-                async move {
-                    Ok::<_, Infallible>(Response::from_parts(
-                        parts,
-                        Unsized,
-                    ))
-                }
+                async move { Ok::<_, Infallible>(Response::from_parts(parts, Unsized)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
@@ -202,7 +197,10 @@ pub fn check_cgi_reply(block: &[u8], nph: bool) {
                 }
                 None => assert_eq!(status, StatusCode::OK),
             }
-            assert!(status.as_u16() >= 200, "interim status {status} as a final answer");
+            assert!(
+                status.as_u16() >= 200,
+                "interim status {status} as a final answer"
+            );
             // Every header sent is one the script wrote, not hop-by-hop.
             for (name, value) in resp.headers() {
                 assert!(!HOP_BY_HOP.contains(&name.as_str()), "{name} passed on");

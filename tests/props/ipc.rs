@@ -89,19 +89,31 @@ fn layout(case: &Case) -> (Vec<u8>, Vec<(usize, usize, u8)>) {
         } else {
             stream.extend_from_slice(&w.body);
         }
-        let fds = if stream.len() > start { w.fds.min(3) } else { 0 };
+        let fds = if stream.len() > start {
+            w.fds.min(3)
+        } else {
+            0
+        };
         spans.push((start, stream.len(), fds));
     }
     (stream, spans)
 }
 
 /// The reads `recvmsg` may return: `(start, end, index of the write whose fds come along)`.
-fn chunks(case: &Case, total: usize, spans: &[(usize, usize, u8)]) -> Vec<(usize, usize, Option<usize>)> {
+fn chunks(
+    case: &Case,
+    total: usize,
+    spans: &[(usize, usize, u8)],
+) -> Vec<(usize, usize, Option<usize>)> {
     let mut out = Vec::new();
     let mut pos = 0;
     let mut k = 0;
     while pos < total {
-        let want = case.cuts.get(k % case.cuts.len().max(1)).copied().unwrap_or(total);
+        let want = case
+            .cuts
+            .get(k % case.cuts.len().max(1))
+            .copied()
+            .unwrap_or(total);
         k += 1;
         let mut end = pos.saturating_add(want.max(1)).min(total);
         let carrier = spans
@@ -149,7 +161,8 @@ pub fn check(case: &Case) {
                         None => Vec::new(),
                     };
                     sent_inodes.push(fds.iter().map(|(_, i)| *i).collect::<Vec<_>>());
-                    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|(f, _)| f.as_fd()).collect();
+                    let borrowed: Vec<BorrowedFd<'_>> =
+                        fds.iter().map(|(f, _)| f.as_fd()).collect();
                     a.send_with_handles(&stream[s..e], &borrowed).await.unwrap();
                     drop(fds); // the receiver has its own copies
                     // The next write only once this one has been read, so the reads are
@@ -168,7 +181,9 @@ pub fn check(case: &Case) {
                             got.push((Ok(msg), handles.iter().map(|h| inode(h.as_fd())).collect()));
                         }
                         Ok(None) => break,
-                        Err(e) if e.errno() == libc::EINVAL => got.push((Err(e.errno()), Vec::new())),
+                        Err(e) if e.errno() == libc::EINVAL => {
+                            got.push((Err(e.errno()), Vec::new()))
+                        }
                         Err(e) => {
                             got.push((Err(e.errno()), Vec::new()));
                             break;
@@ -228,7 +243,10 @@ pub fn check(case: &Case) {
             "messages or their handles differ from the model; reads {:?}",
             reads
                 .iter()
-                .map(|&(s, e, c)| (String::from_utf8_lossy(&stream[s..e]).into_owned(), c.map(|j| spans[j].2)))
+                .map(|&(s, e, c)| (
+                    String::from_utf8_lossy(&stream[s..e]).into_owned(),
+                    c.map(|j| spans[j].2)
+                ))
                 .collect::<Vec<_>>()
         );
     })
