@@ -114,3 +114,34 @@ pub fn cgi_argv(query: Option<&str>) -> Vec<OsString> {
 pub fn cluster_control(line: &str) -> Option<String> {
     crate::cluster::control::parse(line).map(|r| format!("{r:?}"))
 }
+
+/// The CGI meta-variables brood sets for a request (method, target, headers) to the script
+/// `script_name` (`PATH_INFO` `path_info`) under `/srv/www`, from 192.0.2.1:40000 to
+/// 127.0.0.1:8080.
+pub fn cgi_variables(
+    request: &hyper::Request<()>,
+    script_name: &str,
+    path_info: &str,
+    content_length: Option<u64>,
+) -> Vec<(OsString, OsString)> {
+    use crate::cgi::meta::{self, Head, Peer};
+    let head = Head {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        version: request.version(),
+        headers: request.headers().clone(),
+    };
+    let target = Target {
+        file: PathBuf::from("/srv/www").join(script_name.trim_start_matches('/')),
+        dir: PathBuf::from("/srv/www"),
+        script_name: script_name.into(),
+        path_info: path_info.into(),
+        document_root: PathBuf::from("/srv/www"),
+        nph: false,
+    };
+    let peer = Peer {
+        remote: "192.0.2.1:40000".parse().expect("an address"),
+        local: "127.0.0.1:8080".parse().expect("an address"),
+    };
+    meta::variables(&head, &target, &peer, content_length)
+}

@@ -34,7 +34,7 @@ fn block() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn cgi_header_blocks_give_only_what_the_script_sent(b in block()) {
@@ -61,6 +61,34 @@ proptest! {
     fn request_paths_stay_inside_the_root(t in request_target()) {
         props::check_request_target(t.as_bytes());
     }
+
+    #[test]
+    fn request_headers_become_variables_that_cannot_pose_as_others(
+        target in request_target(),
+        headers in proptest::collection::vec((header_name(), "[ -~]{0,12}"), 0..8),
+    ) {
+        let mut head = format!("GET {target} HTTP/1.1\r\n");
+        for (n, v) in headers {
+            head += &format!("{n}: {v}\r\n");
+        }
+        head += "\r\n";
+        props::check_request_head(head.as_bytes());
+    }
+}
+
+fn header_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("Host".to_string()),
+        Just("Proxy".to_string()),
+        Just("Authorization".to_string()),
+        Just("Content-Length".to_string()),
+        Just("Content-Type".to_string()),
+        Just("Cookie".to_string()),
+        Just("X_Forwarded_For".to_string()),
+        Just("X-Forwarded-For".to_string()),
+        Just("Remote-Addr".to_string()),
+        "[A-Za-z][-_A-Za-z0-9]{0,10}",
+    ]
 }
 
 /// Request targets made of the pieces traversals are made of.

@@ -1,10 +1,10 @@
 //! The `brood` command's argument parsing as a library, so that the fuzz targets (`fuzz/`)
 //! and the property tests reach it without running the binary. The binary (`main.rs`) keeps
-//! its own copy of the modules; this crate only compiles `run.rs` a second time.
+//! its own copy of the modules; this crate only compiles `run` a second time.
 
-// Only the parsing half of `run.rs` is used here.
+// Only the parsing half of `run` is used here. (`mod run;` finds `run.rs` or `run/mod.rs`,
+// the same module file the binary compiles.)
 #[allow(dead_code)]
-#[path = "run.rs"]
 mod run;
 
 #[doc(hidden)]

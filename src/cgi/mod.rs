@@ -45,7 +45,7 @@
 
 mod body;
 pub(crate) mod map;
-mod meta;
+pub(crate) mod meta;
 mod raw;
 pub(crate) mod response;
 mod script;

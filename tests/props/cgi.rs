@@ -443,3 +443,133 @@ fn check_argv(argv: &[OsString], query: Option<&str>) {
         }
     }
 }
+
+/// A request head as a client sends it → the script's meta-variables: every name is
+/// `[A-Z][A-Z0-9_]*` and set once, no value holds a NUL, the request's own values arrive as
+/// sent, and a header becomes `HTTP_*` only when no other header or meta-variable could
+/// claim that name (`_` in the name, `Proxy` (httpoxy), credentials, the two with their own).
+pub fn check_request_head(raw: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(raw) else {
+        return;
+    };
+    let mut b = hyper::Request::builder()
+        .method(req.method.unwrap_or("GET"))
+        .uri(req.path.unwrap_or("/"))
+        .version(if req.version == Some(0) {
+            hyper::Version::HTTP_10
+        } else {
+            hyper::Version::HTTP_11
+        });
+    for h in req.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    // What hyper refuses never reaches brood.
+    let Ok(request) = b.body(()) else {
+        return;
+    };
+    let file = tree().root.join("a.cgi");
+    let (name, info) = match fuzzing::cgi_resolve_script(&file, "/cgi-bin", request.uri().path()) {
+        Ok(t) => (
+            t.script_name.to_string_lossy().into_owned(),
+            t.path_info.to_string_lossy().into_owned(),
+        ),
+        Err(_) => ("/cgi-bin".to_string(), String::new()),
+    };
+    let length = request
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let vars = fuzzing::cgi_variables(&request, &name, &info, length);
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, v) in &vars {
+        let k = k.to_str().expect("an ASCII name");
+        let mut chars = k.chars();
+        assert!(
+            chars.next().is_some_and(|c| c.is_ascii_uppercase())
+                && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'),
+            "variable name {k:?}"
+        );
+        assert!(seen.insert(k.to_string()), "{k} set twice: {vars:?}");
+        assert!(!v.as_bytes().contains(&0), "NUL in {k}");
+        assert!(
+            !matches!(
+                k,
+                "HTTP_PROXY"
+                    | "HTTP_AUTHORIZATION"
+                    | "HTTP_PROXY_AUTHORIZATION"
+                    | "HTTP_CONTENT_LENGTH"
+                    | "HTTP_CONTENT_TYPE"
+            ),
+            "{k} from a request header"
+        );
+        if let Some(h) = k.strip_prefix("HTTP_") {
+            let header = h.to_ascii_lowercase().replace('_', "-");
+            assert!(
+                request.headers().contains_key(header.as_str()),
+                "{k} without a {header} header"
+            );
+        }
+    }
+    let get = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_bytes().to_vec())
+    };
+    assert_eq!(
+        get("REQUEST_METHOD").unwrap(),
+        request.method().as_str().as_bytes()
+    );
+    assert_eq!(
+        get("QUERY_STRING").unwrap(),
+        request.uri().query().unwrap_or("").as_bytes()
+    );
+    assert_eq!(get("SCRIPT_NAME").unwrap(), name.as_bytes());
+    assert_eq!(get("PATH_INFO").unwrap(), info.as_bytes());
+    assert_eq!(get("GATEWAY_INTERFACE").unwrap(), b"CGI/1.1");
+    assert_eq!(
+        get("CONTENT_LENGTH"),
+        length.map(|n: u64| n.to_string().into_bytes())
+    );
+    // Each HTTP_* variable is the values of exactly one header that may have one.
+    let skipped = |n: &str| {
+        n.contains('_')
+            || matches!(
+                n,
+                "proxy"
+                    | "authorization"
+                    | "proxy-authorization"
+                    | "content-length"
+                    | "content-type"
+            )
+    };
+    for name in request.headers().keys() {
+        let n = name.as_str();
+        let var = format!("HTTP_{}", n.to_ascii_uppercase().replace('-', "_"));
+        if skipped(n) {
+            continue;
+        }
+        let sep: &[u8] = if n == "cookie" { b"; " } else { b", " };
+        let joined = request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+            .join(sep);
+        assert_eq!(get(&var), Some(joined), "{n} → {var}");
+    }
+    for (k, _) in &vars {
+        let k = k.to_str().unwrap();
+        if let Some(h) = k.strip_prefix("HTTP_") {
+            let from: Vec<_> = request
+                .headers()
+                .keys()
+                .filter(|n| !skipped(n.as_str()))
+                .filter(|n| n.as_str().to_ascii_uppercase().replace('-', "_") == h)
+                .collect();
+            assert_eq!(from.len(), 1, "{k} from {from:?}");
+        }
+    }
+}
