@@ -78,7 +78,7 @@ fn unread(fd: RawFd) -> usize {
 }
 
 /// The stream's bytes and each write's `(start, end, fds)`.
-fn layout(case: &Case) -> (Vec<u8>, Vec<(usize, usize, u8)>) {
+pub fn layout(case: &Case) -> (Vec<u8>, Vec<(usize, usize, u8)>) {
     let mut stream = Vec::new();
     let mut spans = Vec::new();
     for w in &case.writes {
@@ -100,7 +100,7 @@ fn layout(case: &Case) -> (Vec<u8>, Vec<(usize, usize, u8)>) {
 }
 
 /// The reads `recvmsg` may return: `(start, end, index of the write whose fds come along)`.
-fn chunks(
+pub fn chunks(
     case: &Case,
     total: usize,
     spans: &[(usize, usize, u8)],
