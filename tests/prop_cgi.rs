@@ -88,7 +88,18 @@ fn header_name() -> impl Strategy<Value = String> {
         Just("X-Forwarded-For".to_string()),
         Just("Remote-Addr".to_string()),
         "[A-Za-z][-_A-Za-z0-9]{0,10}",
+        "[A-Za-z][-!#$%&'*+.^_`|~A-Za-z0-9]{0,6}",
     ]
+}
+
+/// Found by the `cgi_meta` fuzz target: a header name with `|` (a token character) became
+/// the variable `HTTP_AUTHORIZA|ION`.
+#[test]
+fn header_names_with_token_punctuation_get_no_variable() {
+    props::check_request_head(
+        b"GET /cgi-bin/a.cgi?word HTTP/1.1\r\nHost: [::1]:80\r\nAuthoriza|ion: Bearer xyz\r\nRemote-Addr: 10.0.0.1\r\n\r\n",
+    );
+    props::check_request_head(b"GET / HTTP/1.1\r\nX.Forwarded~For: a\r\nA'b: c\r\n\r\n");
 }
 
 /// Request targets made of the pieces traversals are made of.

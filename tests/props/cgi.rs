@@ -447,7 +447,8 @@ fn check_argv(argv: &[OsString], query: Option<&str>) {
 /// A request head as a client sends it → the script's meta-variables: every name is
 /// `[A-Z][A-Z0-9_]*` and set once, no value holds a NUL, the request's own values arrive as
 /// sent, and a header becomes `HTTP_*` only when no other header or meta-variable could
-/// claim that name (`_` in the name, `Proxy` (httpoxy), credentials, the two with their own).
+/// claim that name and the name is one a shell can use (only letters, digits and `-`; not
+/// `Proxy` (httpoxy), credentials, or the two with their own variables).
 pub fn check_request_head(raw: &[u8]) {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
@@ -534,7 +535,7 @@ pub fn check_request_head(raw: &[u8]) {
     );
     // Each HTTP_* variable is the values of exactly one header that may have one.
     let skipped = |n: &str| {
-        n.contains('_')
+        !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             || matches!(
                 n,
                 "proxy"
