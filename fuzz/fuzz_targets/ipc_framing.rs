@@ -6,33 +6,8 @@
 #[path = "../../tests/props/ipc.rs"]
 mod props;
 
-fn decode(data: &[u8]) -> Option<props::Case> {
-    let (&mode, rest) = data.split_first()?;
-    let (&n, rest) = rest.split_first()?;
-    let n = (n as usize % 8 + 1).min(rest.len());
-    let (cuts, mut rest) = rest.split_at(n);
-    let mut writes = Vec::new();
-    while let Some((&h, more)) = rest.split_first() {
-        let len = ((h >> 2) & 15) as usize;
-        let len = len.min(more.len());
-        writes.push(props::Write {
-            body: more[..len].to_vec(),
-            fds: h & 3,
-        });
-        rest = &more[len..];
-        if writes.len() == 32 {
-            break;
-        }
-    }
-    Some(props::Case {
-        writes,
-        cuts: cuts.iter().map(|&c| c as usize).collect(),
-        lines: mode & 1 == 1,
-    })
-}
-
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Some(case) = decode(data) {
+    if let Some(case) = props::decode(data) {
         props::check(&case);
     }
 });

@@ -48,7 +48,11 @@ pub fn check(case: &Case, sizes: &[usize]) {
     for (r, &(s, e, _)) in reads.iter().enumerate() {
         f.push(&stream[s..e], ids(r));
         while f.buffered() > 0 {
-            let want = sizes.get(k % sizes.len().max(1)).copied().unwrap_or(1).max(1);
+            let want = sizes
+                .get(k % sizes.len().max(1))
+                .copied()
+                .unwrap_or(1)
+                .max(1);
             k += 1;
             let mut out = vec![0u8; want];
             let n = f.read(&mut out);
