@@ -119,6 +119,20 @@ fn value(name: &HeaderName, v: &[u8]) -> Result<HeaderValue, String> {
     HeaderValue::from_bytes(v).map_err(|_| format!("bad value for header {name}"))
 }
 
+/// One Content-Length at most: hyper would merge equal ones and refuse different ones
+/// (closing the connection instead of answering).
+fn one_length(headers: &HeaderMap) -> Result<(), String> {
+    if headers
+        .get_all(hyper::header::CONTENT_LENGTH)
+        .iter()
+        .count()
+        > 1
+    {
+        return Err("two Content-Length headers".into());
+    }
+    Ok(())
+}
+
 /// `NNN reason` → the status and its reason phrase.
 fn status_line(v: &[u8]) -> Result<(StatusCode, Option<String>), String> {
     let text = std::str::from_utf8(v).map_err(|_| "Status is not text".to_string())?;
@@ -170,6 +184,7 @@ pub(crate) fn parse_cgi(block: &[u8]) -> Result<Reply, String> {
         let v = value(&name, &v)?;
         headers.append(name, v);
     }
+    one_length(&headers)?;
     match (&location, &status) {
         (Some(loc), None) if loc.starts_with('/') && !loc.starts_with("//") => {
             return Ok(Reply::LocalRedirect(loc.clone()));
@@ -218,6 +233,7 @@ pub(crate) fn parse_nph(block: &[u8]) -> Result<Reply, String> {
         let v = value(&name, &v)?;
         headers.append(name, v);
     }
+    one_length(&headers)?;
     Ok(Reply::Document {
         status,
         reason,
