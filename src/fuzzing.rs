@@ -145,3 +145,38 @@ pub fn cgi_variables(
     };
     meta::variables(&head, &target, &peer, content_length)
 }
+
+/// The receive side of an IPC channel without its socket (`ipc/framing.rs`), with plain
+/// numbers standing for handles.
+#[derive(Default)]
+pub struct IpcFramer(crate::ipc::framing::Framer<u32>);
+
+impl IpcFramer {
+    /// One read: its bytes and the handles that came with it.
+    pub fn push(&mut self, bytes: &[u8], handles: Vec<u32>) {
+        let n = bytes.len();
+        self.0.space(n)[..n].copy_from_slice(bytes);
+        self.0.commit(n, handles, None);
+    }
+
+    /// The next complete line (without its newline) and the handles bound to it.
+    pub fn take_line(&mut self) -> Option<(Vec<u8>, Vec<u32>)> {
+        self.0
+            .take_line(|line, bound| (line.to_vec(), bound.handles))
+    }
+
+    /// Byte layer: copies unread bytes into `out`; their handles become pending.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        self.0.read(out).unwrap_or(0)
+    }
+
+    /// The next pending handle.
+    pub fn pop_pending(&mut self) -> Option<u32> {
+        self.0.pop_pending()
+    }
+
+    /// Unread bytes.
+    pub fn buffered(&self) -> usize {
+        self.0.buffered()
+    }
+}
