@@ -34,6 +34,8 @@ pub mod cluster;
 mod command;
 mod error;
 mod fd;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ipc;
 pub mod pipe;
 mod process;
