@@ -89,9 +89,18 @@ pub fn cgi_resolve_root(root: &Path, prefix: &str, path: &str) -> Result<CgiTarg
         root: root.to_path_buf(),
         prefix: prefix.to_string(),
     };
-    m.resolve(path)
-        .map(CgiTarget::from)
-        .map_err(|r| r.status.as_u16())
+    resolve_and_open(&m, path)
+}
+
+/// What the server does with a request path: resolve it, then open the file and check
+/// where the open file really is (the root check lives in that second step). The target
+/// names the real file that would run.
+fn resolve_and_open(m: &Mapping, path: &str) -> Result<CgiTarget, u16> {
+    let target = m.resolve(path).map_err(|r| r.status.as_u16())?;
+    let opened = m.open(&target).map_err(|r| r.status.as_u16())?;
+    let mut t = CgiTarget::from(target);
+    t.file = opened.real;
+    Ok(t)
 }
 
 /// Resolves a raw request path for a single script `file` mounted at `prefix`.
@@ -100,9 +109,7 @@ pub fn cgi_resolve_script(file: &Path, prefix: &str, path: &str) -> Result<CgiTa
         file: file.to_path_buf(),
         prefix: prefix.to_string(),
     };
-    m.resolve(path)
-        .map(CgiTarget::from)
-        .map_err(|r| r.status.as_u16())
+    resolve_and_open(&m, path)
 }
 
 /// The script's arguments for a `GET` request's query string (RFC 3875 4.4 search
