@@ -22,7 +22,8 @@
 //! - [`pipe`]: Unix domain socket servers and clients (`uv_pipe_t`);
 //! - [`ipc`]: channels that carry bytes and open handles (`ipc` pipes, `uv_write2`);
 //! - [`cluster`]: a master that hands connections to worker processes (Node's `cluster`);
-//! - [`cgi`]: a CGI/1.1 server on hyper, and the seed's raw mode.
+//! - [`cgi`]: a CGI/1.1 server on hyper, and the seed's raw mode;
+//! - [`init`]: what an init needs: child subreaper, reaping orphans by pid (`tini`).
 //!
 //! Linux is the tested platform; see README.md for what is Linux-only.
 
@@ -33,6 +34,7 @@ pub mod cluster;
 mod command;
 mod error;
 mod fd;
+pub mod init;
 pub mod ipc;
 pub mod pipe;
 mod process;
