@@ -105,7 +105,10 @@ fn children_of(pid: i32) -> Result<Vec<i32>> {
     for task in dir.flatten() {
         // A thread that ended while we read has no file left, and no children.
         if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
         }
     }
     Ok(pids)
@@ -116,7 +119,11 @@ fn parents() -> Result<HashMap<i32, Vec<i32>>> {
     let dir = std::fs::read_dir("/proc").map_err(|e| from_io(e, "read /proc"))?;
     let mut map: HashMap<i32, Vec<i32>> = HashMap::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
