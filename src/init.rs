@@ -215,4 +215,28 @@ mod tests {
         child.wait().unwrap();
         assert!(!children().unwrap().contains(&pid));
     }
+
+    #[test]
+    fn descendants_lists_grandchildren_after_their_parents() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let all = descendants().unwrap();
+        let (c, g) = (
+            all.iter().position(|&p| p == child.id() as i32),
+            all.iter().position(|&p| p == grandchild),
+        );
+        assert!(matches!((c, g), (Some(c), Some(g)) if c < g), "{all:?}");
+        crate::kill(grandchild, crate::Signum::KILL).unwrap();
+        child.wait().unwrap();
+    }
 }
