@@ -27,7 +27,8 @@
 //! Linux only: children are read from `/proc/PID/task/TID/children` (or, on kernels built
 //! without it, from every `/proc/PID/stat`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -172,6 +173,180 @@ pub fn reap_orphans(keep: impl Fn(i32) -> bool) -> Result<Vec<(i32, Exit)>> {
         // (the snapshot was stale). Neither is an error for the caller.
     }
     Ok(reaped)
+}
+
+/// The pids this process holds a pidfd for (read from `/proc/self/fd` and
+/// `/proc/self/fdinfo`): every child a [`Child`](crate::Child) watches, dropped ones the
+/// background reaper still waits for, and pidfds made by other libraries (tokio's process
+/// module makes them too).
+pub fn pidfd_pids() -> Result<HashSet<i32>> {
+    let dir = std::fs::read_dir("/proc/self/fd").map_err(|e| from_io(e, "read /proc/self/fd"))?;
+    let mut pids = HashSet::new();
+    for entry in dir.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed meanwhile (or the directory's own fd)
+        };
+        let target = target.as_os_str().as_encoded_bytes();
+        if !(target.starts_with(b"anon_inode:[pidfd]") || target.starts_with(b"pidfd:")) {
+            continue;
+        }
+        let info = format!("/proc/self/fdinfo/{}", entry.file_name().to_string_lossy());
+        let pid = std::fs::read_to_string(info).ok().and_then(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("Pid:"))
+                .and_then(|p| p.trim().parse::<i32>().ok())
+        });
+        if let Some(pid) = pid.filter(|&p| p > 0) {
+            pids.insert(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// Reaps every ended child of this process that no pidfd of it watches: the orphans, for
+/// a process whose own children are all [`Child`](crate::Child)ren (each holds its child's
+/// pidfd from the `clone` until it has reaped it, so the two can never both reap one).
+/// Looks at the pidfds only when a child has ended. Gives `ENOSYS` where children get no
+/// pidfds (Linux before 5.2, or `BROOD_NO_PIDFD=1`): there it cannot tell the orphans apart.
+/// A child made without a pidfd (`std::process::Command`) that ends is reaped here too.
+pub fn reap_unwatched_orphans() -> Result<Vec<(i32, Exit)>> {
+    if !pidfds_work() {
+        return Err(Error::new(libc::ENOSYS, "reap orphans")
+            .with_detail("children have no pidfds here: own children and orphans look alike"));
+    }
+    let ended: Vec<i32> = children()?.into_iter().filter(|&p| is_zombie(p)).collect();
+    if ended.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Read after `ended`: a child of ours that ended has had its pidfd since before it ran,
+    // and keeps it until its owner has reaped it.
+    let watched = pidfd_pids()?;
+    reap_orphans(|p| watched.contains(&p) || !ended.contains(&p))
+}
+
+/// Whether this process's children get pidfds: `pidfd_open` works, and `BROOD_NO_PIDFD=1`
+/// does not turn them off.
+fn pidfds_work() -> bool {
+    static WORK: OnceLock<bool> = OnceLock::new();
+    *WORK.get_or_init(|| {
+        if std::env::var_os("BROOD_NO_PIDFD").is_some_and(|v| v == "1") {
+            return false;
+        }
+        // SAFETY: pidfd_open of our own pid with no flags returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: the fd was just returned by pidfd_open and is ours alone.
+        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
+        true
+    })
+}
+
+/// Whether `pid` has ended and waits to be reaped (state `Z` in `/proc/PID/stat`).
+pub(crate) fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z")
+    })
+}
+
+/// Makes this process a child subreaper and reaps the orphans that land on it, on a tokio
+/// task of the current runtime, until the returned handle is dropped: what a long-running
+/// server that spawns programs (`brood cluster`, `brood cgi`) needs, so that the background
+/// jobs of its workers or scripts never pile up as zombies. Every child of this process
+/// must be a [`Child`](crate::Child) (see [`reap_unwatched_orphans`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+/// let reaper = brood::init::OrphanReaper::start()?;
+/// // A script that leaves a background job behind.
+/// let out = brood::Command::new("sh").args(["-c", "sleep 0.05 >/dev/null & echo $!"])
+///     .stdout(brood::Stdio::piped()).output().await?;
+/// let orphan: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+/// // The orphan ends 50 ms later and is reaped then.
+/// for _ in 0..3000 {
+///     if reaper.reaped_pids().contains(&orphan) { break }
+///     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+/// }
+/// assert!(reaper.reaped_pids().contains(&orphan));
+/// # Ok(()) }
+/// ```
+pub struct OrphanReaper {
+    task: tokio::task::JoinHandle<()>,
+    reaped: std::sync::Arc<std::sync::Mutex<ReapLog>>,
+}
+
+/// The last pids reaped (at most [`ReapLog::KEEP`]) and the count.
+#[derive(Default)]
+struct ReapLog {
+    count: u64,
+    last: std::collections::VecDeque<i32>,
+}
+
+impl ReapLog {
+    const KEEP: usize = 64;
+}
+
+impl OrphanReaper {
+    /// Becomes a subreaper, watches SIGCHLD, and starts reaping (the orphans already here
+    /// first). Needs a tokio runtime; fails with `ENOSYS` without pidfds.
+    pub fn start() -> Result<OrphanReaper> {
+        if !pidfds_work() {
+            return Err(Error::new(libc::ENOSYS, "reap orphans")
+                .with_detail("children have no pidfds here: own children and orphans look alike"));
+        }
+        let mut sigchld = crate::signal::Signal::new(crate::Signum::CHLD)?;
+        set_child_subreaper()?;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::invalid("reap orphans", "needs a tokio runtime"))?;
+        let reaped = std::sync::Arc::new(std::sync::Mutex::new(ReapLog::default()));
+        let log = reaped.clone();
+        let task = handle.spawn(async move {
+            loop {
+                if let Ok(done) = reap_unwatched_orphans() {
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    for (pid, _) in done {
+                        log.count += 1;
+                        if log.last.len() == ReapLog::KEEP {
+                            log.last.pop_front();
+                        }
+                        log.last.push_back(pid);
+                    }
+                }
+                if sigchld.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+        Ok(OrphanReaper { task, reaped })
+    }
+
+    /// How many orphans it has reaped.
+    pub fn reaped(&self) -> u64 {
+        self.reaped.lock().unwrap_or_else(|p| p.into_inner()).count
+    }
+
+    /// The pids of the last orphans it reaped (at most 64), oldest first.
+    pub fn reaped_pids(&self) -> Vec<i32> {
+        let log = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        log.last.iter().copied().collect()
+    }
+}
+
+impl Drop for OrphanReaper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for OrphanReaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrphanReaper")
+            .field("reaped", &self.reaped())
+            .finish()
+    }
 }
 
 /// Ignores SIGTTIN and SIGTTOU in this process (`SIG_IGN`), as `tini` does: an init that
