@@ -23,7 +23,8 @@
 //! - [`ipc`]: channels that carry bytes and open handles (`ipc` pipes, `uv_write2`);
 //! - [`cluster`]: a master that hands connections to worker processes (Node's `cluster`);
 //! - [`cgi`]: a CGI/1.1 server on hyper, and the seed's raw mode;
-//! - [`init`]: what an init needs: child subreaper, reaping orphans by pid (`tini`).
+//! - [`init`]: what an init needs: child subreaper, reaping orphans by pid (`tini`);
+//! - [`notify`]: systemd's readiness protocol (`sd_notify`, `Type=notify`).
 //!
 //! Linux is the tested platform; see README.md for what is Linux-only.
 
@@ -36,6 +37,7 @@ mod error;
 mod fd;
 pub mod init;
 pub mod ipc;
+pub mod notify;
 pub mod pipe;
 mod process;
 mod reap;
