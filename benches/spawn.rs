@@ -144,14 +144,13 @@ fn raw_spawn_wait(argv: &[*const c_char; 2]) {
 
 impl Bench {
     fn brood_cmd(&self, opts: bool) -> brood::Command {
-        let cmd = brood::Command::new(TRUE);
+        let mut cmd = brood::Command::new(TRUE);
         if opts {
             cmd.detached(true)
                 .current_dir("/tmp")
-                .stdio(3, brood::Stdio::inherit_fd(self.slot_fd.as_raw_fd()))
-        } else {
-            cmd
+                .stdio(3, brood::Stdio::inherit_fd(self.slot_fd.as_raw_fd()));
         }
+        cmd
     }
 
     fn tokio_cmd(&self, opts: bool) -> tokio::process::Command {
@@ -292,8 +291,7 @@ async fn par_task(
             Who::Brood | Who::BroodOpts => {
                 let mut cmd = brood::Command::new(TRUE);
                 if who == Who::BroodOpts {
-                    cmd = cmd
-                        .detached(true)
+                    cmd.detached(true)
                         .current_dir("/tmp")
                         .stdio(3, brood::Stdio::inherit_fd(slot_fd));
                 }

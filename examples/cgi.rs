@@ -44,7 +44,7 @@ async fn invoke_cgi_script(tick: PathBuf, interval: u64, client: TcpStream) {
     drop(client);
     match spawned {
         Ok(mut child) => match child.wait().await {
-            Ok(exit) => eprintln!("cgi: tick {} {exit}", child.id()),
+            Ok(exit) => eprintln!("cgi: tick {exit}"),
             Err(e) => eprintln!("cgi: {e}"),
         },
         Err(e) => eprintln!("cgi: {e}"),

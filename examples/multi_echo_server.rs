@@ -59,7 +59,7 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
             .kill_on_drop(true)
             .spawn()?;
         let channel = child.take_channel(0).expect("slot 0 is an IPC channel");
-        eprintln!("Started worker {}", child.id());
+        eprintln!("Started worker {}", child.id().unwrap());
         workers.push(Worker { child, channel });
     }
     let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
@@ -91,7 +91,7 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
                     handed = true;
                     break;
                 }
-                Err(e) => eprintln!("worker {}: {e}", w.child.id()),
+                Err(e) => eprintln!("worker {}: {e}", w.child.id().unwrap()),
             }
         }
         if !handed {

@@ -15,7 +15,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("Launched process with ID {}", child.id());
+    eprintln!("Launched process with ID {}", child.id().unwrap());
     match child.wait().await {
         Ok(exit) => eprintln!(
             "Process exited with status {}, signal {}",

@@ -1,6 +1,6 @@
 //! Small fd helpers shared by the modules. Every fd made here is close-on-exec.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use crate::error::{Error, Result, from_io};
@@ -15,6 +15,29 @@ pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
 /// what libuv makes for `UV_CREATE_PIPE`.
 pub(crate) fn socketpair() -> Result<(StdUnixStream, StdUnixStream)> {
     StdUnixStream::pair().map_err(|e| from_io(e, "socketpair"))
+}
+
+/// A kernel pipe, both ends close-on-exec and blocking: `(read end, write end)`.
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two fds into `fds` or fails.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::last("pipe2"));
+    }
+    // SAFETY: pipe2 succeeded: both are new fds that only we own.
+    unsafe { Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+}
+
+/// Sets `O_NONBLOCK` on `fd` (its open file description).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: F_GETFL/F_SETFL change only the status flags of `fd`.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(Error::last("fcntl O_NONBLOCK"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `fd` is open in this process (`fcntl(F_GETFD)` succeeds).

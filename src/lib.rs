@@ -7,7 +7,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
 //! let mut child = brood::Command::new("true").spawn()?;
-//! println!("Launched process with ID {}", child.id());
+//! println!("Launched process with ID {}", child.id().unwrap());
 //! let exit = child.wait().await?;
 //! println!("Process exited with status {}, signal {}", exit.status, exit.signal);
 //! assert!(exit.success());
@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod cgi;
+mod child_pipe;
 pub mod cluster;
 mod command;
 mod error;
@@ -46,6 +47,7 @@ mod signum;
 mod spawn;
 mod stdio;
 
+pub use child_pipe::ChildPipe;
 pub use command::Command;
 pub use error::{Error, Result, errno_name};
 pub use fd::open_fd_count;

@@ -2,16 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::ChildPipe;
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::reap;
+use crate::spawn::ParentEnd;
 
 /// How a child ended, exactly as libuv's `exit_cb` gets it: `status` is the exit code (0
 /// when killed) and `signal` the terminating signal (0 when it exited).
@@ -96,16 +97,17 @@ pub struct Output {
 
 /// A spawned process (`uv_process_t`).
 ///
-/// Dropping a `Child` never leaves a zombie: if it is still running, brood reaps it in the
-/// background when it exits (and kills it first if [`kill_on_drop`] was set). It does not
-/// keep a runtime or the program alive.
+/// Dropping a `Child` that is still running hands it to a background reaper thread, which
+/// reaps it when it exits (after killing it if [`kill_on_drop`] was set); if that thread
+/// cannot be started, the child stays a zombie until this process exits. A dropped `Child`
+/// does not keep a runtime or the program alive.
 ///
 /// Pipes made with [`Stdio::pipe_*`](crate::Stdio) are here: slot 0, 1, 2 as `stdin`,
 /// `stdout`, `stderr`, any other slot with [`take_pipe`](Child::take_pipe). Each is a
-/// `tokio::net::UnixStream` (libuv makes every pipe a socketpair): `AsyncRead` +
-/// `AsyncWrite`, splittable with `into_split`.
-/// Writing to a child that closed its end is an `EPIPE` error, never a SIGPIPE death
-/// (writes to these sockets go through `send` with `MSG_NOSIGNAL`).
+/// [`ChildPipe`]: a kernel pipe for a one-way slot, a socketpair for a duplex one,
+/// `AsyncRead` + `AsyncWrite`, splittable with `into_split`.
+/// Writing to a child that closed its end is an `EPIPE` error, never a SIGPIPE death (see
+/// [`ChildPipe`]).
 ///
 /// [`kill_on_drop`]: crate::Command::kill_on_drop
 pub struct Child {
@@ -114,12 +116,12 @@ pub struct Child {
     exit: Option<Exit>,
     kill_on_drop: bool,
     /// The parent's end of a pipe at slot 0, if any.
-    pub stdin: Option<UnixStream>,
+    pub stdin: Option<ChildPipe>,
     /// The parent's end of a pipe at slot 1, if any.
-    pub stdout: Option<UnixStream>,
+    pub stdout: Option<ChildPipe>,
     /// The parent's end of a pipe at slot 2, if any.
-    pub stderr: Option<UnixStream>,
-    pipes: BTreeMap<i32, UnixStream>,
+    pub stderr: Option<ChildPipe>,
+    pipes: BTreeMap<i32, ChildPipe>,
     channels: BTreeMap<i32, Channel>,
 }
 
@@ -136,7 +138,7 @@ impl Child {
     pub(crate) fn new(
         pid: i32,
         pidfd: Option<OwnedFd>,
-        ends: Vec<(i32, StdUnixStream, bool)>,
+        ends: Vec<(i32, ParentEnd)>,
         kill_on_drop: bool,
     ) -> Result<Child> {
         let mut child = Child {
@@ -151,13 +153,16 @@ impl Child {
             channels: BTreeMap::new(),
         };
         // If a pipe cannot be registered, `child` drops here: killed if asked, and reaped.
-        for (slot, end, ipc) in ends {
-            let end = UnixStream::from_std(end)
-                .map_err(|e| from_io(e, format!("spawn: register pipe of slot {slot}")))?;
-            if ipc {
-                child.channels.insert(slot, Channel::new(end));
-                continue;
-            }
+        for (slot, end) in ends {
+            let op = || format!("spawn: register pipe of slot {slot}");
+            let end = match end {
+                ParentEnd::Ipc(s) => {
+                    let s = UnixStream::from_std(s).map_err(|e| from_io(e, op()))?;
+                    child.channels.insert(slot, Channel::new(s));
+                    continue;
+                }
+                ParentEnd::Pipe(end) => ChildPipe::new(end).map_err(|e| from_io(e, op()))?,
+            };
             match slot {
                 0 => child.stdin = Some(end),
                 1 => child.stdout = Some(end),
@@ -170,19 +175,60 @@ impl Child {
         Ok(child)
     }
 
-    /// The child's process id (`uv_process_get_pid`).
-    pub fn id(&self) -> u32 {
-        self.pid as u32
+    /// The child's process id (`uv_process_get_pid`) while it has not been reaped, `None`
+    /// after [`wait`](Child::wait) or [`try_wait`](Child::try_wait) has reported its exit.
+    ///
+    /// This is tokio's choice (`tokio::process::Child::id`), not std's (which always gives
+    /// the number): once reaped, the number is free and may already name another process,
+    /// so signalling or inspecting it would hit a stranger.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// let mut child = brood::Command::new("true").spawn()?;
+    /// assert!(child.id().is_some());
+    /// child.wait().await?;
+    /// assert_eq!(child.id(), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn id(&self) -> Option<u32> {
+        self.exit.is_none().then_some(self.pid as u32)
     }
 
-    /// The child's pidfd, when the kernel gave one (Linux 5.2+).
-    pub fn pidfd(&self) -> Option<RawFd> {
-        self.pidfd.fd().map(|fd| fd.as_raw_fd())
+    /// The child's pidfd (Linux 5.3+, `None` on older kernels or with `BROOD_NO_PIDFD=1`),
+    /// borrowed: it stays open as long as the `Child`, also after the exit, so polling it
+    /// or `pidfd_getfd` on it never touches a recycled fd number.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use std::os::fd::AsRawFd;
+    /// let mut child = brood::Command::new("true").spawn()?;
+    /// if let Some(fd) = child.pidfd() {
+    ///     assert!(fd.as_raw_fd() > 2);
+    /// }
+    /// child.wait().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.fd()
+    }
+
+    /// Sends `SIGKILL` without waiting for the exit (`tokio::process::Child::start_kill`):
+    /// call [`wait`](Child::wait) to reap. A child that has already ended gives `ESRCH`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// let mut child = brood::Command::new("sleep").arg("100").spawn()?;
+    /// child.start_kill()?;
+    /// assert_eq!(child.wait().await?.signal, libc::SIGKILL);
+    /// # Ok(()) }
+    /// ```
+    pub fn start_kill(&mut self) -> Result<()> {
+        self.kill(Signum::KILL)
     }
 
     /// Takes the parent's end of the pipe at `slot` (0-2 included, taken from
     /// `stdin`/`stdout`/`stderr`).
-    pub fn take_pipe(&mut self, slot: i32) -> Option<UnixStream> {
+    pub fn take_pipe(&mut self, slot: i32) -> Option<ChildPipe> {
         match slot {
             0 => self.stdin.take(),
             1 => self.stdout.take(),
@@ -199,10 +245,15 @@ impl Child {
 
     /// Waits for the child to end and reaps it. Cancel-safe: drop the future and call again.
     /// Once it has returned, it returns the same report again.
+    ///
+    /// The parent's end of a stdin pipe, if still in [`stdin`](Child::stdin), is closed
+    /// first, as std and tokio do: a child reading its stdin to the end (`cat`, `sort`)
+    /// would otherwise wait for more forever. Take it out first to keep it.
     pub async fn wait(&mut self) -> Result<Exit> {
         if let Some(exit) = self.exit {
             return Ok(exit);
         }
+        drop(self.stdin.take());
         let exit = self
             .pidfd
             .wait()
@@ -273,7 +324,7 @@ impl Child {
             }
             Ok(())
         };
-        async fn read_all(pipe: Option<UnixStream>, what: &str) -> Result<Vec<u8>> {
+        async fn read_all(pipe: Option<ChildPipe>, what: &str) -> Result<Vec<u8>> {
             let mut buf = Vec::new();
             if let Some(mut p) = pipe {
                 p.read_to_end(&mut buf)

@@ -1,6 +1,14 @@
 //! Knowing when a child ends, and reaping it: through its pidfd on the tokio reactor (no
 //! global SIGCHLD handler), a blocking waiter thread where the kernel has no pidfds, and a
-//! background reaper for children whose `Child` was dropped, so no zombie is ever left.
+//! background reaper for children whose `Child` was dropped.
+//!
+//! Kernels with part of pidfd support are handled: 5.2 gives a pidfd with CLONE_PIDFD
+//! but cannot poll it (then `wait` uses the waiter thread), 5.3 polls it but has no
+//! `waitid(P_PIDFD)` (then the reap goes by pid, which cannot have been reused: only brood
+//! reaps its children). `BROOD_NO_PIDFD=1` forces the no-pidfd path,
+//! `BROOD_NO_PIDFD_POLL=1` the 5.2 one and `BROOD_NO_PIDFD_WAITID=1` the 5.3 one, for tests. Dropped children are reaped by one
+//! background thread; if it cannot be started (no memory, thread limit), a dropped child
+//! stays a zombie until this process exits.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -63,14 +71,7 @@ impl PidFd {
                 other => return other,
             }
         }
-        let mut status = 0;
-        // SAFETY: waitpid on our own child's pid, which cannot be reused before we reap it.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        match r {
-            0 => Ok(None),
-            r if r > 0 => Ok(Some(Exit::from_wait_status(status))),
-            _ => Err(Error::last("waitpid")),
-        }
+        try_wait_pid(self.pid)
     }
 
     /// Waits for the exit and reaps.
@@ -93,13 +94,15 @@ impl PidFd {
             let Watch::Fd(fd) = std::mem::take(&mut self.watch) else {
                 unreachable!()
             };
-            // SAFETY: an OwnedFd stays open and the same for the AsyncFd's whole life.
-            match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+            match register(fd) {
                 Ok(a) => self.watch = Watch::Async(a, here),
-                Err(e) => {
-                    let (fd, e) = e.into_parts();
+                Err((fd, e)) => {
                     self.watch = Watch::Fd(fd);
-                    return Err(from_io(e, "register pidfd"));
+                    // Linux 5.2 makes pidfds that cannot be polled (epoll says EPERM):
+                    // wait with the thread below instead.
+                    if e.raw_os_error() != Some(libc::EPERM) {
+                        return Err(from_io(e, "register pidfd"));
+                    }
                 }
             }
         }
@@ -183,7 +186,51 @@ pub(crate) fn kill_pid(pid: i32, signal: Signum) -> Result<()> {
     Ok(())
 }
 
+/// Reaps `pid` if it has exited.
+fn try_wait_pid(pid: i32) -> Result<Option<Exit>> {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child's pid, which cannot be reused before we reap it.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match r {
+        0 => Ok(None),
+        r if r > 0 => Ok(Some(Exit::from_wait_status(status))),
+        _ => Err(Error::last("waitpid")),
+    }
+}
+
+/// Whether the environment variable `name` is `1` (read once per name).
+fn forced(name: &str, cell: &'static OnceLock<bool>) -> bool {
+    *cell.get_or_init(|| std::env::var_os(name).is_some_and(|v| v == "1"))
+}
+
+/// Whether to act as Linux 5.3 (pidfds, no `waitid(P_PIDFD)`): `BROOD_NO_PIDFD_WAITID=1`,
+/// or as 5.2 (also no polling): `BROOD_NO_PIDFD_POLL=1`.
+fn no_pidfd_waitid() -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    forced("BROOD_NO_PIDFD_WAITID", &OFF) || no_pidfd_poll()
+}
+
+/// Whether to act as Linux 5.2, whose pidfds cannot be polled (`BROOD_NO_PIDFD_POLL=1`).
+fn no_pidfd_poll() -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    forced("BROOD_NO_PIDFD_POLL", &OFF)
+}
+
+/// Registers a pidfd with the reactor; `EPERM` (what epoll says on 5.2) when forced.
+fn register(fd: OwnedFd) -> std::result::Result<AsyncFd<OwnedFd>, (OwnedFd, std::io::Error)> {
+    if no_pidfd_poll() {
+        return Err((fd, std::io::Error::from_raw_os_error(libc::EPERM)));
+    }
+    // SAFETY: an OwnedFd stays open and the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts())
+}
+
+/// `waitid(P_PIDFD, WNOHANG)`: `EINVAL` on kernels before 5.4, which lack `P_PIDFD`.
 fn waitid_pidfd(fd: BorrowedFd<'_>) -> Result<Option<Exit>> {
+    if no_pidfd_waitid() {
+        return Err(Error::new(libc::EINVAL, "waitid"));
+    }
     // SAFETY: zeroed siginfo is a valid out-parameter; waitid fills it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid with P_PIDFD on a pidfd we own.
@@ -238,7 +285,8 @@ fn wait_no_reap(pid: i32) {
 /// The background reaper: one thread, one epoll set of the pidfds of dropped children.
 struct Reaper {
     epoll: OwnedFd,
-    orphans: Mutex<HashMap<RawFd, OwnedFd>>,
+    /// The pidfd of each orphan, and its pid.
+    orphans: Mutex<HashMap<RawFd, (OwnedFd, i32)>>,
 }
 
 static REAPER: OnceLock<Option<Reaper>> = OnceLock::new();
@@ -285,15 +333,21 @@ fn reaper_loop() {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&fd);
-            let Some(owned) = owned else { continue };
-            if let Ok(None) = waitid_pidfd(owned.as_fd()) {
+            let Some((owned, pid)) = owned else { continue };
+            let reaped = match waitid_pidfd(owned.as_fd()) {
+                // No P_PIDFD (5.3): the pid is still this child's until it is reaped.
+                Err(e) if e.errno() == libc::EINVAL => try_wait_pid(pid),
+                other => other,
+            };
+            if let Ok(None) = reaped {
                 // Not exited yet (a spurious event): keep it; it is still in the set.
                 r.orphans
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(fd, owned);
+                    .insert(fd, (owned, pid));
                 continue;
             }
+            // Reaped, or an error that says it is not our child any more (ECHILD).
             // Remove it from the set explicitly before closing: a child being spawned on
             // another thread holds a copy of every fd until its exec, and while any copy
             // lives, closing ours would leave the registration behind, firing (it is
@@ -323,9 +377,12 @@ pub(crate) fn adopt(p: PidFd) {
             events: libc::EPOLLIN as u32,
             u64: raw as u64,
         };
-        // SAFETY: adds our pidfd to our epoll set.
-        if unsafe { libc::epoll_ctl(r.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, &mut ev) } == 0 {
-            orphans.insert(raw, fd);
+        let added = !no_pidfd_poll() && {
+            // SAFETY: adds our pidfd to our epoll set.
+            unsafe { libc::epoll_ctl(r.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, &mut ev) == 0 }
+        };
+        if added {
+            orphans.insert(raw, (fd, pid));
             return;
         }
     }

@@ -11,7 +11,8 @@ use crate::fd;
 /// Give one with [`Command::stdio`](crate::Command::stdio) for any fd number: 0, 1 and 2 are
 /// stdin, stdout and stderr, and 3, 9 or any other number are extra slots the child sees
 /// at exactly that number. Slots 0-2 that are not set are inherited; every other fd of the
-/// parent is closed in the child.
+/// parent is closed in the child (on Linux before 5.11, which lacks
+/// `CLOSE_RANGE_CLOEXEC`, only the close-on-exec ones: every fd brood and std make).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
@@ -43,10 +44,13 @@ pub(crate) enum Kind {
     InheritFd(RawFd),
     /// An fd brood owns (a dup of a stream, or one given by value).
     Owned(OwnedFd),
-    /// A socketpair; `read`/`write` say what the child may do, as libuv's flags.
+    /// A kernel pipe when one-way, a socketpair when both; `readable`/`writable` say what
+    /// the child may do, as libuv's flags.
     Pipe { readable: bool, writable: bool },
     /// A socketpair in IPC mode: the parent gets a `brood::ipc::Channel`.
     Ipc,
+    /// An `Owned` fd already handed to a child by an earlier spawn of the same `Command`.
+    Given,
     /// A bad argument found when the `Stdio` was made, reported by `spawn`.
     Invalid(Error),
 }
@@ -57,17 +61,21 @@ impl Stdio {
         Stdio(Kind::Ignore)
     }
 
-    /// The same as [`ignore`](Stdio::ignore), for users of `std::process::Stdio::null`.
+    /// An alias of [`ignore`](Stdio::ignore), the name `std::process::Stdio::null` users know.
     pub fn null() -> Stdio {
         Stdio::ignore()
     }
 
     /// The parent's own fd of the same number as the slot (`UV_INHERIT_FD` with `fd == slot`).
+    /// The same as `inherit_fd(slot)`, except that at 0-2 the fd's flags are left as they
+    /// are (the parent's own stdio), where `inherit_fd` makes it blocking.
     pub fn inherit() -> Stdio {
         Stdio(Kind::Inherit)
     }
 
     /// `UV_INHERIT_FD`: the parent's fd `fd`, which must stay open until `spawn` returns.
+    /// At slots 0-2 it is made blocking, as libuv does (see
+    /// [`inherit_stream`](Stdio::inherit_stream)).
     pub fn inherit_fd(fd: RawFd) -> Stdio {
         Stdio(Kind::InheritFd(fd))
     }
@@ -90,8 +98,9 @@ impl Stdio {
         }
     }
 
-    /// `UV_CREATE_PIPE | UV_READABLE_PIPE`: a pipe the child reads from (its stdin, say).
-    /// The parent's end, on [`Child`](crate::Child), is for writing.
+    /// `UV_CREATE_PIPE | UV_READABLE_PIPE`: a kernel pipe the child reads from (its stdin,
+    /// say). The parent's end, a [`ChildPipe`](crate::ChildPipe) on
+    /// [`Child`](crate::Child), is for writing.
     pub fn pipe_readable() -> Stdio {
         Stdio(Kind::Pipe {
             readable: true,
@@ -99,8 +108,9 @@ impl Stdio {
         })
     }
 
-    /// `UV_CREATE_PIPE | UV_WRITABLE_PIPE`: a pipe the child writes to (its stdout, say).
-    /// The parent's end, on [`Child`](crate::Child), is for reading.
+    /// `UV_CREATE_PIPE | UV_WRITABLE_PIPE`: a kernel pipe the child writes to (its stdout,
+    /// say). The parent's end, a [`ChildPipe`](crate::ChildPipe) on
+    /// [`Child`](crate::Child), is for reading.
     pub fn pipe_writable() -> Stdio {
         Stdio(Kind::Pipe {
             readable: false,
@@ -108,7 +118,8 @@ impl Stdio {
         })
     }
 
-    /// A pipe both sides read and write (a socketpair, as libuv makes every pipe).
+    /// A pipe both sides read and write: a Unix stream socketpair, as libuv makes every
+    /// pipe. (The child cannot reopen it by path: `/dev/stdin` on a socket is `ENXIO`.)
     pub fn pipe_duplex() -> Stdio {
         Stdio(Kind::Pipe {
             readable: true,
@@ -116,8 +127,10 @@ impl Stdio {
         })
     }
 
-    /// A pipe in the natural direction for the slot it is put in, as `std`'s `Stdio::piped`:
-    /// readable by the child at 0, writable at 1 and 2, duplex elsewhere.
+    /// An alias that picks the natural direction for the slot it is put in, as `std`'s
+    /// `Stdio::piped`: [`pipe_readable`](Stdio::pipe_readable) at 0,
+    /// [`pipe_writable`](Stdio::pipe_writable) at 1 and 2,
+    /// [`pipe_duplex`](Stdio::pipe_duplex) elsewhere.
     pub fn piped() -> Stdio {
         // The direction is decided by `Command::stdio` from the slot number.
         Stdio(Kind::Pipe {

@@ -288,7 +288,7 @@ async fn cgi_serves_twenty_concurrent_clients_ten_ticks_each() {
         assert!(line.ends_with("exited with status 0"), "{line}");
     }
     assert_eq!(
-        children_of(cgi.id()),
+        children_of(cgi.id().unwrap()),
         Vec::<String>::new(),
         "a tick is left"
     );
@@ -319,7 +319,7 @@ async fn cgi_kills_running_ticks_when_it_stops() {
         .unwrap()
         .unwrap();
     assert_eq!(&line, b"tick\n");
-    assert_eq!(children_of(cgi.id()).len(), 1);
+    assert_eq!(children_of(cgi.id().unwrap()).len(), 1);
 
     cgi.kill(Signum::TERM).unwrap();
     assert!(timeout(T, cgi.wait()).await.unwrap().unwrap().success());

@@ -112,7 +112,7 @@ async fn peer_credentials_of_a_child_are_the_child() {
     let mut server = start_echo_example(&path).await;
     let client = timeout(T, pipe::connect(&path)).await.unwrap().unwrap();
     let cred = pipe::peer_credentials(&client).unwrap();
-    assert_eq!(cred.pid, Some(server.id() as i32));
+    assert_eq!(cred.pid, Some(server.id().unwrap() as i32));
     server.kill(brood::Signum::INT).unwrap();
     let exit = timeout(T, server.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "{exit}");
@@ -351,11 +351,10 @@ async fn errors_leak_no_fd() {
     if std::env::var_os(ALONE).is_none() {
         // The fd count is per process and the other tests open fds in parallel: count in a
         // process of our own that runs only this test.
-        let out = brood::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "errors_leak_no_fd", "--test-threads=1"])
-            .env(ALONE, "1")
-            .output();
-        let out = timeout(T, out).await.unwrap().unwrap();
+        let mut cmd = brood::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "errors_leak_no_fd", "--test-threads=1"])
+            .env(ALONE, "1");
+        let out = timeout(T, cmd.output()).await.unwrap().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.exit.success(),

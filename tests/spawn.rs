@@ -1,8 +1,9 @@
 //! Spawning real processes: libuv's test-spawn.c as a checklist.
 //!
-//! Tests named `basic_*` run twice: here, and again with `BROOD_NO_PIDFD=1` (the fallback
-//! without pidfds) in a re-executed copy of this binary (`no_pidfd_fallback_runs_basic_tests`),
-//! because brood reads that switch once per process.
+//! Tests named `basic_*` run four times: here, and again in re-executed copies of this binary
+//! with `BROOD_NO_PIDFD=1` (no pidfds: `no_pidfd_fallback_runs_basic_tests`),
+//! `BROOD_NO_PIDFD_POLL=1` (Linux 5.2's shape) and `BROOD_NO_PIDFD_WAITID=1` (5.3's), because
+//! brood reads those switches once per process.
 //!
 //! Tests that count this process's children or zombies take `common::exclusive()`; every
 //! other test takes `common::shared()`, so no other test's child is in the count.
@@ -17,6 +18,8 @@ mod env;
 mod errors;
 #[path = "spawn/exit.rs"]
 mod exit;
+#[path = "spawn/parity.rs"]
+mod parity;
 #[path = "spawn/stdio.rs"]
 mod stdio;
 
@@ -30,17 +33,14 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pid_of(child: &brood::Child) -> i32 {
-    child.id() as i32
+    child.id().unwrap() as i32
 }
 
 /// Runs `sh -c script` with stdout and stderr piped and returns (exit, stdout, stderr).
-async fn sh(script: &str, cmd: impl FnOnce(Command) -> Command) -> brood::Output {
-    bounded(
-        script,
-        cmd(Command::new("sh").arg("-c").arg(script)).output(),
-    )
-    .await
-    .unwrap()
+async fn sh(script: &str, cmd: impl FnOnce(&mut Command) -> &mut Command) -> brood::Output {
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(script);
+    bounded(script, cmd(&mut sh).output()).await.unwrap()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -49,8 +49,15 @@ async fn sh(script: &str, cmd: impl FnOnce(Command) -> Command) -> brood::Output
 #[tokio::test]
 async fn no_pidfd_fallback_runs_basic_tests() {
     let _g = shared().await;
-    if std::env::var_os("BROOD_NO_PIDFD").is_some() {
-        return; // already the re-executed copy
+    if [
+        "BROOD_NO_PIDFD",
+        "BROOD_NO_PIDFD_WAITID",
+        "BROOD_NO_PIDFD_POLL",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
+    {
+        return; // already a re-executed copy
     }
     let exe = std::env::current_exe().unwrap();
     let out = tokio::time::timeout(
@@ -143,15 +150,19 @@ fn helper() {
             // SAFETY: sets this helper process's supplementary groups from a valid array.
             assert_eq!(unsafe { libc::setgroups(2, groups.as_ptr()) }, 0);
             rt.block_on(async {
-                let id_g = |cmd: Command| async {
+                let id_g = |mut cmd: Command| async move {
                     let out = bounded("id -G", cmd.arg("-G").output()).await.unwrap();
                     assert!(out.exit.success());
                     String::from_utf8(out.stdout).unwrap().trim().to_owned()
                 };
                 // Control: without uid/gid the groups are inherited.
                 assert_eq!(id_g(Command::new("id")).await, "0 4242 4343");
-                assert_eq!(id_g(Command::new("id").gid(65533)).await, "65533");
-                assert_eq!(id_g(Command::new("id").uid(65534)).await, "0");
+                let mut id = Command::new("id");
+                id.gid(65533);
+                assert_eq!(id_g(id).await, "65533");
+                let mut id = Command::new("id");
+                id.uid(65534);
+                assert_eq!(id_g(id).await, "0");
             });
         }
         "closed-stdin" => {
@@ -198,6 +209,76 @@ fn helper() {
                 assert_eq!(out.stdout, b"through\n");
             });
         }
+        "sig-ign" => rt.block_on(async {
+            // Whatever ignored signals this helper was started with (nohup: SIGHUP), plus
+            // SIGPIPE, ignored by std before main.
+            for reset in [false, true] {
+                let out = bounded(
+                    "cat status",
+                    Command::new("cat")
+                        .arg("/proc/self/status")
+                        .reset_signal_dispositions(reset)
+                        .output(),
+                )
+                .await
+                .unwrap();
+                let text = String::from_utf8(out.stdout).unwrap();
+                let ign = text.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
+                println!("reset={reset} {ign}");
+            }
+        }),
+        "stdio-flags" => {
+            // This helper's stderr (a pipe from the test) made non-blocking, as a program
+            // driving its own stdio through tokio would have it.
+            let flags = || {
+                // SAFETY: F_GETFL only reads fd 2's status flags.
+                unsafe { libc::fcntl(2, libc::F_GETFL) }
+            };
+            // SAFETY: changes fd 2's status flags only.
+            unsafe { libc::fcntl(2, libc::F_SETFL, flags() | libc::O_NONBLOCK) };
+            rt.block_on(async {
+                let exit = bounded("true", Command::new("true").status())
+                    .await
+                    .unwrap();
+                assert!(exit.success());
+                println!("inherited nonblock={}", flags() & libc::O_NONBLOCK != 0);
+                let exit = bounded(
+                    "true",
+                    Command::new("true").stderr(Stdio::inherit_fd(2)).status(),
+                )
+                .await
+                .unwrap();
+                assert!(exit.success());
+                println!("inherit_fd nonblock={}", flags() & libc::O_NONBLOCK != 0);
+            });
+        }
+        "sigpipe-default" => {
+            // As in a C host or a program built with -Zon-broken-pipe=inherit.
+            // SAFETY: resets one disposition of this helper process.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            rt.block_on(async {
+                let mut child = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+                let mut stdin = child.stdin.take().unwrap();
+                assert!(bounded("wait", child.wait()).await.unwrap().success());
+                let err = bounded("write", stdin.write_all(&[0u8; 1 << 20]))
+                    .await
+                    .expect_err("nobody reads the pipe");
+                assert_eq!(err.raw_os_error(), Some(libc::EPIPE), "{err}");
+                println!("EPIPE, still alive");
+            });
+        }
+        "setgroups-denied" => rt.block_on(async {
+            // Root in a user namespace whose setgroups is denied (`unshare -Ur`): a uid
+            // change that cannot drop root's supplementary groups must not run.
+            // SAFETY: getuid has no preconditions.
+            assert_eq!(unsafe { libc::getuid() }, 0);
+            for cmd in [Command::new("true").uid(0), Command::new("true").gid(0)] {
+                let err = cmd.spawn().expect_err("setgroups fails here");
+                assert_eq!(err.name(), "EPERM", "{err}");
+                assert!(err.to_string().contains("setgroups"), "{err}");
+            }
+            assert!(children().is_empty(), "a failed spawn left a child");
+        }),
         other => panic!("unknown helper mode {other}"),
     }
     println!("{HELPER_DONE}");

@@ -8,6 +8,8 @@
 //! after killing it (this machine's pid 1 does not reap orphans).
 
 mod common;
+#[path = "examples_bin/mod.rs"]
+mod examples_bin;
 
 use brood::{Command, Stdio};
 use common::*;
@@ -90,7 +92,7 @@ fn helper() {
             .stderr(Stdio::ignore())
             .spawn()
             .unwrap();
-        println!("pdeathsig-pid={}", child.id());
+        println!("pdeathsig-pid={}", child.id().unwrap());
         // Forgotten, not dropped: brood's reaper in this process would otherwise reap the
         // child if it died before this process is gone, and the test could not see how it
         // died. Unreaped, it goes to the test process (a subreaper) with its exit status.
@@ -108,9 +110,41 @@ fn helper() {
             .stderr(Stdio::ignore())
             .spawn()
             .unwrap();
-        println!("detached-pid={} {}", child.id(), std::process::id());
+        println!(
+            "detached-pid={} {}",
+            child.id().unwrap(),
+            std::process::id()
+        );
         // Dropped, not waited for: it must not keep this process or its runtime alive.
         drop(child);
     });
     println!("{HELPER_DONE}");
+}
+
+/// `out=$(cargo run --example detach)`: the captured stdout reaches EOF when the example
+/// exits, not when its detached sleep ends 100 s later.
+#[tokio::test]
+async fn detach_example_does_not_hold_the_callers_stdout() {
+    let exe = examples_bin::example("detach");
+    let mut cmd = Command::new(exe);
+    cmd.stdin(Stdio::ignore())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = bounded("detach example's stdout to EOF", cmd.output())
+        .await
+        .unwrap();
+    assert!(out.exit.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    let pid: i32 = text
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"));
+    // The sleep has /dev/null at 0-2; then it is stopped (it is no child of ours).
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd}");
+    }
+    brood::kill(pid, brood::Signum::KILL).unwrap();
 }

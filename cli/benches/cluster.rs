@@ -81,12 +81,12 @@ struct Server {
 }
 
 /// Starts a server process and reads its address from a `listening on ADDR` line.
-async fn start(name: &str, cmd: Command, from_stderr: bool) -> Option<Server> {
-    let cmd = if from_stderr {
-        cmd.stderr(Stdio::piped()).stdout(Stdio::null())
+async fn start(name: &str, mut cmd: Command, from_stderr: bool) -> Option<Server> {
+    if from_stderr {
+        cmd.stderr(Stdio::piped()).stdout(Stdio::null());
     } else {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null())
-    };
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    }
     let mut child = match cmd.kill_on_drop(true).spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -181,7 +181,8 @@ async fn bench() {
     let mut servers = Vec::new();
     println!("starting servers…");
     for strategy in ["round-robin", "least-connections", "shared", "reuseport"] {
-        let cmd = Command::new(brood).args([
+        let mut cmd = Command::new(brood);
+        cmd.args([
             "cluster",
             "--listen",
             "127.0.0.1:0",
@@ -194,7 +195,8 @@ async fn bench() {
         ]);
         servers.extend(start(&format!("brood {strategy}"), cmd, true).await);
     }
-    let tokio_cmd = Command::new(&exe).env("BROOD_BENCH_ECHO_SERVER", "1");
+    let mut tokio_cmd = Command::new(&exe);
+    tokio_cmd.env("BROOD_BENCH_ECHO_SERVER", "1");
     servers.extend(start("tokio (1 process)", tokio_cmd, false).await);
     // Node's cluster with 2 workers, SCHED_RR (its default on Linux), on a free port.
     let port = {
@@ -204,9 +206,8 @@ async fn bench() {
     // cluster.fork() re-runs the script file, so the script must be a file.
     let script = std::env::temp_dir().join(format!("brood-node-cluster-{}.js", std::process::id()));
     std::fs::write(&script, NODE_CLUSTER).unwrap();
-    let node = Command::new("node")
-        .arg(&script)
-        .env("PORT", port.to_string());
+    let mut node = Command::new("node");
+    node.arg(&script).env("PORT", port.to_string());
     servers.extend(start("node cluster (2, RR)", node, false).await);
 
     println!(

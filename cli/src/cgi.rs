@@ -1,6 +1,7 @@
 //! `brood cgi`: a CGI/1.1 server (scripts under a root, or one script), or the libuv
 //! guide's raw mode where each connection is a program's stdin and stdout.
 
+use crate::log::say;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,14 +98,14 @@ pub fn main(args: CgiArgs) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("brood cgi: cannot start the runtime: {e}");
+            say!("brood cgi: cannot start the runtime: {e}");
             return 1;
         }
     };
     match rt.block_on(run(args)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("brood cgi: {e}");
+            say!("brood cgi: {e}");
             1
         }
     }
@@ -128,7 +129,8 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     let serve = if args.raw {
         let mut raw = Raw::new(&args.program[0])
             .args(&args.program[1..])
-            .queue(queue);
+            .queue(queue)
+            .on_log(|line| say!("{line}"));
         if let Some(t) = timeout {
             raw = raw.timeout(t);
         }
@@ -141,7 +143,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         for name in &args.pass_env {
             raw = raw.pass_env(name);
         }
-        eprintln!(
+        say!(
             "brood cgi: listening on {addr} (raw: {})",
             args.program[0].to_string_lossy()
         );
@@ -155,7 +157,10 @@ async fn run(args: CgiArgs) -> Result<(), String> {
             (None, Some(file)) => (Cgi::script(file), format!("script {}", file.display())),
             (None, None) => unreachable!("clap requires a mode"),
         };
-        cgi = cgi.queue(queue).max_header_bytes(args.max_header_bytes);
+        cgi = cgi
+            .queue(queue)
+            .max_header_bytes(args.max_header_bytes)
+            .on_log(|line| say!("{line}"));
         if let Some(t) = timeout {
             cgi = cgi.timeout(t);
         }
@@ -168,18 +173,18 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         for name in &args.pass_env {
             cgi = cgi.pass_env(name);
         }
-        eprintln!("brood cgi: listening on http://{addr} ({what})");
+        say!("brood cgi: listening on http://{addr} ({what})");
         Box::pin(cgi.serve(listener))
     };
 
     tokio::select! {
         r = serve => r.map_err(|e| e.to_string()),
         Some(_) = int.recv() => {
-            eprintln!("brood cgi: SIGINT, stopping");
+            say!("brood cgi: SIGINT, stopping");
             Ok(())
         }
         Some(_) = term.recv() => {
-            eprintln!("brood cgi: SIGTERM, stopping");
+            say!("brood cgi: SIGTERM, stopping");
             Ok(())
         }
     }

@@ -4,14 +4,19 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use brood::cluster::{Cluster, Strategy, Worker};
+use brood::cluster::{Cluster, Restart, Strategy, Worker};
+
+use crate::log::say;
 use clap::{Args, ValueEnum};
 
 /// Run a multi-process server: a master that starts workers and hands them connections.
 ///
-/// Signals to the master: SIGTERM/SIGINT stop gracefully (workers finish their open
-/// connections within --grace seconds), SIGHUP restarts the workers one by one with no
-/// connection lost, SIGTTIN/SIGTTOU add/remove a worker.
+/// Signals to the master: SIGTERM/SIGINT stop gracefully, SIGHUP restarts the workers one
+/// by one with no connection lost, SIGTTIN/SIGTTOU add/remove a worker.
+///
+/// Retiring a worker (reload, scale down, stop): the master stops handing it connections and
+/// closes its channel (end of stream = finish and exit), waits up to --grace seconds for it
+/// to exit, then sends --stop-signal, then SIGKILL after --kill-after seconds.
 ///
 /// Strategies: round-robin and least-connections (the master accepts and passes each
 /// connection over a Unix socket: fd 3 of the worker receives the byte `c` with the
@@ -36,9 +41,36 @@ pub struct ClusterArgs {
     /// How connections reach workers.
     #[arg(long, value_enum, default_value_t = StrategyArg::RoundRobin)]
     strategy: StrategyArg,
-    /// Seconds retiring workers get to finish their connections before SIGKILL.
+    /// Seconds a retiring worker gets to finish and exit before --stop-signal.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     grace: f64,
+    /// Signal for a retiring worker still running after --grace.
+    #[arg(long, value_name = "SIGNAL", default_value = "SIGTERM")]
+    stop_signal: String,
+    /// Seconds after --stop-signal before SIGKILL.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    kill_after: f64,
+    /// Treat a PROGRAM worker as ready only once it writes `r` to its channel (the builtin
+    /// workers always do).
+    #[arg(long)]
+    wait_ready: bool,
+    /// Seconds a worker that says when it is ready may take to say so; a late worker is
+    /// stopped (in a reload: the reload fails and the old workers keep serving).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    ready_timeout: f64,
+    /// Most workers `ctl scale` and SIGTTIN may ask for [default: 4 x CPUs].
+    #[arg(long, value_name = "N")]
+    max_workers: Option<usize>,
+    /// When to replace a worker that exited on its own.
+    #[arg(long, value_enum, default_value_t = RestartArg::Always)]
+    restart: RestartArg,
+    /// Stop restarting a worker slot after N restarts within --within seconds (shown as
+    /// `failed` by `ctl status`).
+    #[arg(long, value_name = "N", requires = "within")]
+    max_restarts: Option<u32>,
+    /// The window of --max-restarts, in seconds.
+    #[arg(long, value_name = "SECS", requires = "max_restarts")]
+    within: Option<f64>,
     /// Seconds without a heartbeat answer before a brood worker is replaced.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     heartbeat_timeout: f64,
@@ -62,6 +94,13 @@ enum StrategyArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum RestartArg {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Builtin {
     Echo,
     Http,
@@ -70,7 +109,9 @@ enum Builtin {
 /// Send a command to a cluster master's control socket and print the answer.
 ///
 /// Commands: `status` (a table of workers: pid, state, uptime, connections handled and
-/// open, restarts), `reload` (rolling restart), `scale N`.
+/// open, restarts; `failed`/`exited` for slots left empty), `reload` (rolling restart:
+/// answers when it is over, and exits 1 if it failed and the old workers kept serving),
+/// `scale N` (at most --max-workers).
 #[derive(Args, Debug)]
 pub struct CtlArgs {
     /// The master's --control socket.
@@ -87,14 +128,14 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
     };
     b.enable_all().build().unwrap_or_else(|e| {
-        eprintln!("brood: cannot start the runtime: {e}");
+        say!("brood: cannot start the runtime: {e}");
         std::process::exit(125)
     })
 }
 
 fn secs(name: &str, v: f64) -> Duration {
     if !(v.is_finite() && v >= 0.0) {
-        eprintln!("brood cluster: --{name} takes seconds, 0 or more");
+        say!("brood cluster: --{name} takes seconds, 0 or more");
         std::process::exit(2);
     }
     Duration::from_secs_f64(v)
@@ -105,17 +146,21 @@ pub fn main(args: ClusterArgs) -> i32 {
         // Started by our own master: run the built-in worker on one thread (one process
         // per core is the point of the cluster).
         let builtin = args.builtin.unwrap_or(Builtin::Echo);
+        crate::log::init();
         return runtime(false).block_on(worker(builtin));
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    crate::log::init();
     if args.builtin.is_none() && args.program.is_empty() {
-        eprintln!("brood cluster: give --builtin echo|http or -- PROGRAM [ARGS]");
+        say!("brood cluster: give --builtin echo|http or -- PROGRAM [ARGS]");
         return 2;
     }
+    let stop_signal: brood::Signum = match args.stop_signal.parse() {
+        Ok(s) => s,
+        Err(e) => {
+            say!("brood cluster: --stop-signal: {e}");
+            return 2;
+        }
+    };
     let strategy = match args.strategy {
         StrategyArg::RoundRobin => Strategy::RoundRobin,
         StrategyArg::LeastConnections => Strategy::LeastConnections,
@@ -127,12 +172,29 @@ pub fn main(args: ClusterArgs) -> i32 {
         .listen(&args.listen)
         .strategy(strategy)
         .grace(secs("grace", args.grace))
+        .stop_signal(stop_signal)
+        .kill_after(secs("kill-after", args.kill_after))
+        .ready_timeout(secs("ready-timeout", args.ready_timeout))
+        .restart(match args.restart {
+            RestartArg::Always => Restart::Always,
+            RestartArg::OnFailure => Restart::OnFailure,
+            RestartArg::Never => Restart::Never,
+        })
         .heartbeat(
             (hb_timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
             hb_timeout,
         );
     if let Some(n) = args.workers {
         b = b.workers(n);
+    }
+    if let Some(n) = args.max_workers {
+        b = b.max_workers(n);
+    }
+    if let (Some(n), Some(within)) = (args.max_restarts, args.within) {
+        b = b.max_restarts(n, secs("within", within));
+    }
+    if args.wait_ready {
+        b = b.expect_ready(true);
     }
     if let Some(path) = &args.control {
         b = b.control(path);
@@ -143,13 +205,13 @@ pub fn main(args: ClusterArgs) -> i32 {
     let rt = runtime(false);
     let result = rt.block_on(async move {
         let cluster = b.build()?;
-        eprintln!("brood cluster: listening on {}", cluster.local_addr());
+        say!("brood cluster: listening on {}", cluster.local_addr());
         cluster.run().await
     });
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("brood cluster: {e}");
+            say!("brood cluster: {e}");
             1
         }
     }
@@ -163,7 +225,7 @@ pub fn ctl(args: CtlArgs) -> i32 {
             if answer.starts_with("error:") { 1 } else { 0 }
         }
         Err(e) => {
-            eprintln!("brood ctl: {e}");
+            say!("brood ctl: {e}");
             1
         }
     }
@@ -173,13 +235,15 @@ async fn worker(builtin: Builtin) -> i32 {
     let mut worker = match Worker::from_env().await {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("brood worker: {e}");
+            say!("brood worker: {e}");
             return 1;
         }
     };
+    let mut pause = Duration::from_millis(10);
     loop {
         match worker.accept().await {
             Ok(Some(conn)) => {
+                pause = Duration::from_millis(10);
                 match builtin {
                     Builtin::Echo => tokio::spawn(brood::pipe::echo(conn)),
                     Builtin::Http => tokio::spawn(http(conn)),
@@ -187,8 +251,11 @@ async fn worker(builtin: Builtin) -> i32 {
             }
             Ok(None) => break,
             Err(e) => {
-                eprintln!("brood worker {}: {e}", std::process::id());
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Out of fds or memory: accept fails at once until something closes.
+                tracing::warn!("brood worker {}: {e}", std::process::id());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
             }
         }
     }

@@ -2,6 +2,7 @@
 
 mod cgi;
 mod cluster;
+mod log;
 mod pipe_echo;
 mod run;
 

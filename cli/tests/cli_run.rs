@@ -23,7 +23,9 @@ async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
 }
 
 fn run_cmd(args: &[&str]) -> Command {
-    Command::new(BROOD).arg("run").args(args)
+    let mut cmd = Command::new(BROOD);
+    cmd.arg("run").args(args);
+    cmd
 }
 
 /// `brood run ARGS` with stdin ignored and stdout/stderr captured.
@@ -197,7 +199,7 @@ async fn detach_prints_the_pid_and_returns_while_the_child_lives_on() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let brood_pid = brood.id();
+        let brood_pid = brood.id().unwrap();
         let mut stdout = brood.stdout.take().unwrap();
         // brood exits at once, though the child runs on.
         let exit = bounded("brood --detach", brood.wait()).await.unwrap();

@@ -1,223 +1,15 @@
 //! `brood cluster` end to end: real master and worker processes, real signals, loopback load.
 
-use std::sync::{Arc, Mutex};
+#[path = "support/cluster.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use brood::{Command, Signum, Stdio};
+use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-
-const LIMIT: Duration = Duration::from_secs(30);
-
-struct Master {
-    child: brood::Child,
-    addr: String,
-    control: std::path::PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir(tag: &str) -> TempDir {
-    let p = std::env::temp_dir().join(format!("brood-cluster-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    TempDir(p)
-}
-
-#[derive(Debug, Clone)]
-struct Row {
-    pid: u32,
-    state: String,
-    handled: u64,
-    restarts: u32,
-}
-
-impl Master {
-    async fn start(tag: &str, extra: &[&str]) -> Master {
-        let dir = tempdir(tag);
-        let control = dir.0.join("ctl.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_brood"))
-            .arg("cluster")
-            .args(["--listen", "127.0.0.1:0", "--control"])
-            .arg(&control)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = timeout(LIMIT, async {
-            loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("master exited early");
-                log.lock().unwrap().push(line.clone());
-                if let Some(a) = line.strip_prefix("brood cluster: listening on ") {
-                    return a.to_string();
-                }
-            }
-        })
-        .await
-        .unwrap();
-        let l2 = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let m = Master {
-            child,
-            addr,
-            control,
-            log,
-            _dir: dir,
-        };
-        m.wait_for(
-            |rows| !rows.is_empty() && rows.iter().all(|r| r.state == "ready"),
-            "workers ready",
-        )
-        .await;
-        m
-    }
-
-    async fn ctl(&self, cmd: &str) -> String {
-        timeout(LIMIT, brood::cluster::ctl(&self.control, cmd))
-            .await
-            .unwrap()
-            .unwrap()
-    }
-
-    async fn status(&self) -> Vec<Row> {
-        let text = self.ctl("status").await;
-        text.lines()
-            .skip(2)
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                Row {
-                    pid: f[1].parse().unwrap(),
-                    state: f[2].to_string(),
-                    handled: f[4].parse().unwrap(),
-                    restarts: f[6].parse().unwrap(),
-                }
-            })
-            .collect()
-    }
-
-    /// Polls `status` until `ok` holds (the control socket is the event source here).
-    async fn wait_for(&self, ok: impl Fn(&[Row]) -> bool, what: &str) -> Vec<Row> {
-        let start = Instant::now();
-        loop {
-            let rows = self.status().await;
-            if ok(&rows) {
-                return rows;
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "timed out waiting for {what}: {rows:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits (bounded) until the master's log has `count` lines with `needle`: the log is
-    /// read by a task, so a line written just before a status answer may still be in flight.
-    async fn wait_log(&self, needle: &str, count: usize) {
-        let start = Instant::now();
-        while self.log_has(needle) < count {
-            assert!(start.elapsed() < LIMIT, "log never had {count}× {needle:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(self.log_has(needle), count, "{needle:?}");
-    }
-
-    fn log_has(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    async fn stop(mut self) -> Vec<u32> {
-        let pids: Vec<u32> = self.status().await.iter().map(|r| r.pid).collect();
-        self.child.kill(Signum::TERM).unwrap();
-        let exit = timeout(LIMIT, self.child.wait()).await.unwrap().unwrap();
-        assert!(exit.success(), "master: {exit}");
-        pids
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie counts as gone: it no longer runs.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
-async fn exchange(addr: &str, msg: &[u8]) -> std::io::Result<()> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(msg).await?;
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).await?;
-    if got != msg {
-        return Err(std::io::Error::other("wrong echo"));
-    }
-    Ok(())
-}
-
-/// A steady load of new-connection exchanges until `stop`; returns (ok, failed).
-fn load(
-    addr: String,
-    clients: usize,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<(u64, u64)>,
-) {
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let handle = tokio::spawn(async move {
-        let mut tasks = Vec::new();
-        for i in 0..clients {
-            let addr = addr.clone();
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, 0);
-                while !*stop.borrow() {
-                    match timeout(
-                        Duration::from_secs(5),
-                        exchange(&addr, format!("c{i}").as_bytes()),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => ok += 1,
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            }));
-        }
-        let mut total = (0, 0);
-        for t in tasks {
-            let (o, f) = t.await.unwrap();
-            total.0 += o;
-            total.1 += f;
-        }
-        total
-    });
-    (stop_tx, handle)
-}
 
 async fn serve_200(strategy: &str) {
     let m = Master::start(
@@ -341,7 +133,9 @@ async fn sigterm_lets_accepted_connections_finish_then_everything_exits() {
             .unwrap();
         assert_eq!(buf, msg.as_bytes());
     }
-    // New connections are refused now.
+    // New connections are refused once the master has closed its listener, which it does
+    // before it logs the shutdown: wait for that line, then check.
+    master.wait_log("graceful shutdown", 1).await;
     assert!(TcpStream::connect(&master.addr).await.is_err());
     drop(conns);
     let exit = timeout(LIMIT, master.child.wait()).await.unwrap().unwrap();
@@ -359,7 +153,7 @@ async fn sighup_replaces_every_worker_without_a_failed_request() {
         .wait_for(|r| r.iter().all(|r| r.handled > 5), "load")
         .await;
     let old: Vec<u32> = old.iter().map(|r| r.pid).collect();
-    brood::kill(m.child.id() as i32, Signum::HUP).unwrap();
+    brood::kill(m.child.id().unwrap() as i32, Signum::HUP).unwrap();
     m.wait_for(
         |r| {
             r.len() == 2
@@ -376,7 +170,7 @@ async fn sighup_replaces_every_worker_without_a_failed_request() {
         failed, 0,
         "{failed} failed, {ok} ok during the rolling restart"
     );
-    m.wait_log("rolling restart", 1).await;
+    m.wait_log("rolling restart done", 1).await;
     m.wait_log("worker retired", 2).await;
     assert!(ok > 20);
     for pid in old {
@@ -414,7 +208,9 @@ async fn ctl_status_scale_and_reload() {
     .await;
     assert!(m.ctl("scale 1").await.contains("scaling to 1"));
     let one = m.wait_for(|r| r.len() == 1, "1 worker").await;
-    assert!(m.ctl("reload").await.contains("reloading 1"));
+    // `reload` answers once the rolling restart is over.
+    let answer = m.ctl("reload").await;
+    assert!(answer.contains("reloaded 1 workers"), "{answer}");
     m.wait_for(
         |r| r.len() == 1 && r[0].pid != one[0].pid && r[0].state == "ready",
         "reloaded",
@@ -563,7 +359,7 @@ async fn a_worker_that_exits_at_once_is_respawned_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigttin_and_sigttou_add_and_remove_a_worker() {
     let m = Master::start("ttin", &["--workers", "2", "--builtin", "echo"]).await;
-    let master = m.child.id() as i32;
+    let master = m.child.id().unwrap() as i32;
     brood::kill(master, Signum::TTIN).unwrap();
     m.wait_for(
         |r| r.len() == 3 && r.iter().all(|r| r.state == "ready"),
@@ -683,7 +479,8 @@ async fn a_second_sigint_ends_a_graceful_shutdown_at_once() {
     let t = Instant::now();
     loop {
         let status =
-            std::fs::read_to_string(format!("/proc/{}/status", master.child.id())).unwrap();
+            std::fs::read_to_string(format!("/proc/{}/status", master.child.id().unwrap()))
+                .unwrap();
         let caught = status
             .lines()
             .find_map(|l| l.strip_prefix("SigCgt:"))

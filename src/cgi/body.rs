@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
+use crate::ChildPipe;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
-use tokio::net::UnixStream;
 
 use super::response::find_end_from;
 use super::script::Run;
@@ -32,7 +32,7 @@ pub(crate) enum HeadError {
 
 /// Reads stdout until the end of the header block: `(block, first body bytes)`.
 pub(crate) async fn read_head(
-    stdout: &mut UnixStream,
+    stdout: &mut ChildPipe,
     limit: usize,
 ) -> Result<(Bytes, Bytes), HeadError> {
     let mut buf = BytesMut::with_capacity(4096);

@@ -180,8 +180,8 @@ impl Raw {
         let local = tcp.local_addr().ok();
         // The spawn engine makes stdio 0-2 blocking in the child, as libuv does (programs
         // expect it: a non-blocking socket makes a big write fail with EAGAIN).
-        let mut cmd = Command::new(&self.program)
-            .args(&self.args)
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PROTO", "TCP")
@@ -193,8 +193,7 @@ impl Raw {
             .stdout(Stdio::inherit_stream(&tcp))
             .stderr(Stdio::pipe_writable());
         if let Some(local) = local {
-            cmd = cmd
-                .env("TCPLOCALIP", local.ip().to_string())
+            cmd.env("TCPLOCALIP", local.ip().to_string())
                 .env("TCPLOCALPORT", local.port().to_string());
         }
         let spawned = cmd.spawn();
@@ -207,7 +206,8 @@ impl Raw {
                 return;
             }
         };
-        let mut group = GroupKill::new(child.id() as i32);
+        let mut group =
+            GroupKill::new(child.id().expect("a child not waited for has its pid") as i32);
         let errs = log_stderr(child.stderr.take(), name.clone(), self.log.clone());
         let wait = async {
             match self.timeout {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::ChildPipe;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
@@ -32,7 +32,7 @@ pub(crate) struct Shared {
 /// The request side of a running script. Dropping it before [`finish`](Run::finish) means
 /// the response was abandoned (client gone, bad headers): the process group is killed.
 pub(crate) struct Run {
-    pub stdout: UnixStream,
+    pub stdout: ChildPipe,
     pub shared: Arc<Shared>,
     end: oneshot::Sender<()>,
     /// Closed when the supervisor is done (the script has ended, its slot is free).
@@ -138,13 +138,13 @@ async fn supervise(
     mut child: Child,
     mut end_rx: oneshot::Receiver<()>,
     cut: StdUnixStream,
-    stdin: Option<UnixStream>,
-    stderr: Option<UnixStream>,
+    stdin: Option<ChildPipe>,
+    stderr: Option<ChildPipe>,
     watch: Watch,
     shared: Arc<Shared>,
     done: impl FnOnce(&Shared, Option<Exit>),
 ) {
-    let mut group = GroupKill::new(child.id() as i32);
+    let mut group = GroupKill::new(child.id().expect("a child not waited for has its pid") as i32);
     let permit = watch.permit;
     let feed = feed(stdin, watch.body);
     let errs = log_stderr(stderr, watch.name, watch.log);
@@ -200,7 +200,7 @@ async fn supervise(
 
 /// Copies the request body to the script's stdin, then closes it (EOF for the script). A
 /// script that stops reading ends this with `EPIPE`.
-async fn feed(stdin: Option<UnixStream>, body: Option<Incoming>) {
+async fn feed(stdin: Option<ChildPipe>, body: Option<Incoming>) {
     let (Some(mut w), Some(mut body)) = (stdin, body) else {
         return;
     };
@@ -222,7 +222,7 @@ const GRACE: Duration = Duration::from_secs(1);
 const MAX_LINE: usize = 8192;
 
 /// Logs the script's stderr line by line, with its name.
-pub(crate) async fn log_stderr(stderr: Option<UnixStream>, name: String, log: Log) {
+pub(crate) async fn log_stderr(stderr: Option<ChildPipe>, name: String, log: Log) {
     let Some(mut r) = stderr else { return };
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];

@@ -292,8 +292,8 @@ async fn run_script(
     let has_body = body.is_some()
         && (length.is_some_and(|n| n > 0)
             || length.is_none() && head.headers.contains_key(header::TRANSFER_ENCODING));
-    let cmd = Command::new(&target.file)
-        .args(search_args(head.uri.query()))
+    let mut cmd = Command::new(&target.file);
+    cmd.args(search_args(head.uri.query()))
         .env_clear()
         .envs(state.env.iter().map(|(k, v)| (k, v)))
         .envs(meta::variables(&head, &target, &peer, length))
@@ -305,7 +305,9 @@ async fn run_script(
         } else {
             Stdio::ignore()
         })
-        .stdout(Stdio::pipe_writable())
+        // A socket, not a kernel pipe: the supervisor's timeout cuts it with shutdown()
+        // even while a grandchild holds the write end (script.rs).
+        .stdout(Stdio::pipe_duplex())
         .stderr(Stdio::pipe_writable());
     let name = if target.script_name.is_empty() {
         target.file.display().to_string()

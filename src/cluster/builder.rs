@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::master::Master;
-use super::{Strategy, Timings, control, listen};
+use super::master::{EVENTS_MAX, Master};
+use super::{Restart, Strategy, Timings, control, listen};
+use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
 /// Builds a [`Cluster`].
@@ -23,6 +24,10 @@ pub struct ClusterBuilder {
     pub(super) expect_ready: Option<bool>,
     pub(super) control: Option<PathBuf>,
     pub(super) env: Vec<(OsString, OsString)>,
+    pub(super) stop_signal: Signum,
+    pub(super) max_workers: Option<usize>,
+    pub(super) restart: Restart,
+    pub(super) max_restarts: Option<(u32, Duration)>,
 }
 
 /// A master process of a multi-process server. See the [module docs](super).
@@ -30,6 +35,7 @@ pub struct ClusterBuilder {
 pub struct Cluster {
     pub(super) cfg: ClusterBuilder,
     pub(super) workers: usize,
+    pub(super) max_workers: usize,
     pub(super) local_addr: SocketAddr,
     pub(super) source: Source,
     control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
@@ -63,6 +69,10 @@ impl Cluster {
             expect_ready: None,
             control: None,
             env: Vec::new(),
+            stop_signal: Signum::TERM,
+            max_workers: None,
+            restart: Restart::Always,
+            max_restarts: None,
         }
     }
 
@@ -75,7 +85,7 @@ impl Cluster {
     /// worker is gone. `SIGHUP` restarts the workers one by one, `SIGTTIN`/`SIGTTOU` add or
     /// remove one.
     pub async fn run(mut self) -> Result<()> {
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(EVENTS_MAX);
         let control = match self.control.take() {
             Some((path, l)) => {
                 control::serve(l, events_tx.clone())?;
@@ -123,9 +133,68 @@ impl ClusterBuilder {
         self
     }
 
-    /// How long retiring workers may take to finish their connections before `SIGKILL`.
+    /// How long a retiring worker (its channel closed) may take to finish its connections
+    /// and exit before it gets the [stop signal](Self::stop_signal) (default 30 s).
     pub fn grace(mut self, d: Duration) -> Self {
         self.timings.grace = d;
+        self
+    }
+
+    /// The signal a retiring worker gets when the grace period is over (default `SIGTERM`).
+    ///
+    /// ```
+    /// use brood::{Signum, cluster::Cluster};
+    /// use std::time::Duration;
+    ///
+    /// // Retire: close the channel, wait 10 s, SIGQUIT, SIGKILL 2 s later.
+    /// let cluster = Cluster::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .workers(1)
+    ///     .grace(Duration::from_secs(10))
+    ///     .stop_signal(Signum::QUIT)
+    ///     .kill_after(Duration::from_secs(2))
+    ///     .ready_timeout(Duration::from_secs(5))
+    ///     .max_workers(8)
+    ///     .build()?;
+    /// # drop(cluster);
+    /// # Ok::<(), brood::Error>(())
+    /// ```
+    pub fn stop_signal(mut self, signal: Signum) -> Self {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// How long after the stop signal a worker still running gets `SIGKILL` (default 5 s).
+    pub fn kill_after(mut self, d: Duration) -> Self {
+        self.timings.kill_after = d;
+        self
+    }
+
+    /// How long a worker that says when it is ready (see [`expect_ready`](Self::expect_ready))
+    /// may take to say so (default 30 s). A late worker is stopped and counts as a failed
+    /// start; in a rolling restart, the reload stops and the old workers keep serving.
+    pub fn ready_timeout(mut self, d: Duration) -> Self {
+        self.timings.ready_timeout = d;
+        self
+    }
+
+    /// The most workers `ctl scale` and `SIGTTIN` may ask for (default 4 × CPUs, at least
+    /// the initial count).
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// When a worker that exited on its own is replaced (default [`Restart::Always`]).
+    pub fn restart(mut self, policy: Restart) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// After `n` restarts of one worker slot within `within`, the master stops restarting
+    /// it, logs it, and `ctl status` shows the slot as `failed` (a reload starts it again).
+    pub fn max_restarts(mut self, n: u32, within: Duration) -> Self {
+        self.max_restarts = Some((n, within));
         self
     }
 
@@ -185,6 +254,16 @@ impl ClusterBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let max_workers = match self.max_workers {
+            Some(m) if m < workers => {
+                return Err(Error::invalid(
+                    "cluster",
+                    format!("{workers} workers is more than --max-workers {m}"),
+                ));
+            }
+            Some(m) => m,
+            None => (4 * std::thread::available_parallelism().map_or(1, |n| n.get())).max(workers),
+        };
         let (source, local_addr) = match self.strategy {
             Strategy::RoundRobin | Strategy::LeastConnections | Strategy::Shared => {
                 let l = listen::listener(&addr)?;
@@ -209,6 +288,7 @@ impl ClusterBuilder {
         Ok(Cluster {
             cfg: self,
             workers,
+            max_workers,
             local_addr,
             source,
             control,

@@ -1,10 +1,12 @@
 //! The control socket of a cluster master (`--control PATH`) and its client, `brood ctl`.
 //!
-//! One command per connection, one line: `status`, `reload` or `scale N`; the answer is text
-//! and the master closes the connection. The socket is mode 0600 and the master also checks
+//! One command per connection, one line of at most 1 KiB: `status`, `reload` (answered when
+//! the rolling restart is over) or `scale N`; the answer is text and the master closes the
+//! connection. The socket is mode 0600 and the master also checks
 //! the peer's uid (`SO_PEERCRED`): only the same user (or root) may use it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -12,6 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::master::Event;
 use crate::error::{Error, Result, from_io};
+
+/// The longest command line read.
+const MAX_LINE: u64 = 1024;
 
 /// A command from `brood ctl`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,15 +61,26 @@ pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
 /// Serves the control socket in a task.
 pub(crate) fn serve(
     listener: std::os::unix::net::UnixListener,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) -> Result<()> {
     let listener = UnixListener::from_std(listener).map_err(|e| from_io(e, "control socket"))?;
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
     tokio::spawn(async move {
+        // Out of fds, accept fails at once until some close: pause instead of spinning.
+        let mut pause = Duration::from_millis(10);
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => {
+                    pause = Duration::from_millis(10);
+                    conn
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: accept: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
             };
             let events = events.clone();
             tokio::spawn(async move {
@@ -81,15 +97,17 @@ pub(crate) fn serve(
                     return;
                 }
                 let mut line = String::new();
+                // At most MAX_LINE bytes are read: a line without its newline is refused
+                // with no more memory than that.
                 let read = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    conn.read_line(&mut line),
+                    Duration::from_secs(5),
+                    (&mut conn).take(MAX_LINE).read_line(&mut line),
                 )
                 .await;
                 let answer = match (read, parse(&line)) {
                     (Ok(Ok(_)), Some(req)) => {
                         let (tx, rx) = oneshot::channel();
-                        if events.send(Event::Control(req, tx)).is_err() {
+                        if events.send(Event::Control(req, tx)).await.is_err() {
                             return;
                         }
                         rx.await

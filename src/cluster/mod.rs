@@ -48,30 +48,42 @@
 //! socket, with `LISTEN_FDS=1` and `LISTEN_PID` = the worker's own pid (systemd's socket
 //! activation convention); for `round-robin` and `least-connections` a Unix stream socket on
 //! which each connection arrives as the byte `c` with the connection's fd attached
-//! (`SCM_RIGHTS`). `BROOD_CLUSTER_STRATEGY` names the strategy. A worker that sends the byte
-//! `r` on its channel (fd 3, or the channel at `BROOD_CHANNEL_FD` in the listener
-//! strategies) is *brood-aware*: it is then treated as ready only once it said so, gets
-//! heartbeat pings (byte `p`) it must answer with `P` within the heartbeat timeout, and may
-//! report each connection it accepted itself with `a` and each finished connection with `d`
-//! (least-connections uses that). Any other program
-//! just accepts connections. To retire a worker the master closes its channel (end of
-//! stream: accept what is still queued, finish open connections, exit) and sends `SIGTERM`;
-//! after the grace period it sends `SIGKILL`. Workers die with the master
-//! (`PR_SET_PDEATHSIG`).
+//! (`SCM_RIGHTS`). `BROOD_CLUSTER_STRATEGY` names the strategy and `BROOD_CLUSTER_WORKER`
+//! holds the master's pid, the worker's parent (so the worker's own children, whose parent
+//! is the worker, are not workers). A worker that
+//! sends the byte `r` on its channel (fd 3, or the channel at `BROOD_CHANNEL_FD` in the
+//! listener strategies) is *brood-aware*: it gets heartbeat pings (byte `p`) it must answer
+//! with `P` within the heartbeat timeout, and may report each connection it accepted itself
+//! with `a` and each finished connection with `d` (least-connections uses that).
+//!
+//! Retiring a worker (reload, scale down, shutdown) is always the same protocol: the master
+//! stops handing it connections and closes its channel (end of stream: take what is still
+//! queued, finish open connections, exit); after the grace period it sends the stop signal
+//! (`SIGTERM` by default), and `SIGKILL` after the kill timeout. Workers run in their own
+//! process group, so a terminal's Ctrl-C reaches only the master, and die with the master
+//! process (`PR_SET_PDEATHSIG`, set from a spawning thread that lives as long as the
+//! process). The full lifecycle is in `docs/cluster.md`.
 
 mod builder;
 mod control;
+mod handoff;
+mod lifecycle;
 mod listen;
 mod master;
+mod policy;
+mod spawner;
+mod watch;
 mod worker;
 
 use std::time::Duration;
 
 pub use builder::{Cluster, ClusterBuilder};
 pub use control::ctl;
+pub use policy::Restart;
 pub use worker::{Connection, Worker};
 
-/// The environment variable that marks a worker process.
+/// The environment variable that marks a worker process: it holds the pid of the master,
+/// the worker's parent.
 pub const WORKER_ENV: &str = "BROOD_CLUSTER_WORKER";
 /// The environment variable that names the strategy in a worker.
 pub const STRATEGY_ENV: &str = "BROOD_CLUSTER_STRATEGY";
@@ -92,9 +104,39 @@ pub(crate) mod wire {
     pub const ACCEPTED: u8 = b'a';
 }
 
-/// Whether this process was started by a [`Cluster`] master as a worker.
+/// A log limiter: `hit` counts an occurrence and says whether to log now (at most once a
+/// second), with how many occurred since the last log.
+#[derive(Debug, Default)]
+pub(crate) struct Every {
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl Every {
+    pub(crate) fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+/// Whether this process was started by a [`Cluster`] master as a worker: the variable
+/// `BROOD_CLUSTER_WORKER` names this process's parent, so a child the worker starts itself
+/// (`app migrate`), which inherits the variable but has the worker as its parent, is not
+/// taken for a worker.
+///
+/// ```
+/// // A test process was not started by a master.
+/// assert!(!brood::cluster::is_worker());
+/// ```
 pub fn is_worker() -> bool {
-    std::env::var_os(WORKER_ENV).is_some_and(|v| v == "1")
+    std::env::var(WORKER_ENV).is_ok_and(|v| v == std::os::unix::process::parent_id().to_string())
 }
 
 /// How connections reach workers. See the [module docs](self).
@@ -161,8 +203,10 @@ pub(crate) struct Timings {
     pub backoff_max: Duration,
     /// A worker that lived this long is healthy: its crash resets the backoff.
     pub healthy_after: Duration,
-    /// How long a new worker may take to say it is ready during a rolling restart.
+    /// How long a worker that says when it is ready may take to say so.
     pub ready_timeout: Duration,
+    /// After the stop signal, how long before `SIGKILL`.
+    pub kill_after: Duration,
 }
 
 impl Default for Timings {
@@ -175,6 +219,7 @@ impl Default for Timings {
             backoff_max: Duration::from_secs(10),
             healthy_after: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(30),
+            kill_after: Duration::from_secs(5),
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::{STRATEGY_ENV, Strategy, wire};
+use super::{Every, STRATEGY_ENV, Strategy, wire};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::{CHANNEL_FD_ENV, Channel, Sender, own_inherited};
 
@@ -53,9 +53,15 @@ pub struct Connection {
 
 impl Worker {
     /// Sets the worker up from what the master gave it (fd 3 and the environment), tells the
-    /// master it is ready, and starts answering heartbeats. Needs a tokio runtime.
+    /// master it is ready, and starts answering heartbeats. Needs a tokio runtime. Fails
+    /// unless [`is_worker`](super::is_worker) (the marker names this process).
     pub async fn from_env() -> Result<Worker> {
         let op = "cluster worker";
+        if !super::is_worker() {
+            return Err(Error::new(libc::ENOENT, op).with_detail(
+                "not started by a cluster master (BROOD_CLUSTER_WORKER is not the parent's pid)",
+            ));
+        }
         let strategy: Strategy = std::env::var(STRATEGY_ENV)
             .map_err(|_| {
                 Error::new(libc::ENOENT, op).with_detail("not started by a cluster master")
@@ -104,10 +110,12 @@ impl Worker {
                 tokio::spawn(async move {
                     let mut channel = channel;
                     let mut buf = [0u8; 256];
+                    // Errors are logged at most once a second each kind.
+                    let (mut errors, mut dropped) = (Every::default(), Every::default());
                     loop {
                         tokio::select! {
                             r = channel.recv(&mut buf) => match r {
-                                Ok(0) | Err(_) => break,
+                                Ok(0) => break,
                                 Ok(n) => {
                                     for &b in &buf[..n] {
                                         match b {
@@ -116,16 +124,39 @@ impl Worker {
                                                     let _ = up.send(wire::PONG);
                                                 }
                                             }
-                                            wire::CONN => {
-                                                if let Ok(c) = channel.accept::<TcpStream>() {
+                                            wire::CONN => match channel.accept::<TcpStream>() {
+                                                Ok(c) => {
                                                     if conn_tx.send(c).await.is_err() {
                                                         break;
                                                     }
                                                 }
-                                            }
+                                                Err(e) => {
+                                                    // Its fd did not arrive (this process is
+                                                    // at its fd limit: MSG_CTRUNC) or is not
+                                                    // a TCP stream: that connection is lost,
+                                                    // the channel goes on.
+                                                    if e.errno() != libc::EAGAIN {
+                                                        drop(channel.accept_handle());
+                                                    }
+                                                    if let Some(n) = dropped.hit() {
+                                                        tracing::warn!(dropped = n, "worker: connection dropped: {e}");
+                                                    }
+                                                    if let Some(up) = &up {
+                                                        let _ = up.send(wire::DONE);
+                                                    }
+                                                }
+                                            },
                                             _ => {}
                                         }
                                     }
+                                }
+                                // A read that failed (handles cut off at the fd limit, whose
+                                // bytes still come) ends neither the channel nor the worker.
+                                Err(e) => {
+                                    if let Some(n) = errors.hit() {
+                                        tracing::warn!(errors = n, "worker: channel: {e}");
+                                    }
+                                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                                 }
                             },
                             // Round-robin workers stop at end of channel, after taking

@@ -22,3 +22,5 @@ mod wire;
 pub(crate) use channel::own_inherited;
 pub use channel::{CHANNEL_FD_ENV, Channel, Sender};
 pub use handle::{FromHandle, Handle, HandleType, handle_type};
+/// One non-blocking `sendmsg` (for the cluster master's sends that must never wait).
+pub(crate) use wire::send as send_raw;

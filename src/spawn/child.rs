@@ -1,21 +1,17 @@
 //! The child side of a spawn: what runs between clone and exec.
 //!
-//! It runs on a borrowed stack in memory it shares with the parent (CLONE_VM), with every
-//! signal blocked. So it must be async-signal-safe: no allocation, no lock, no panic, no
-//! unwinding, nothing that touches the parent's heap or glibc's thread list. Only plain
-//! system calls on data the parent prepared (see `ChildArgs`). Credential changes use raw
-//! syscalls: glibc's `setuid` would broadcast to the parent's threads (setxid), which share
-//! this memory. The order follows Go's `forkAndExecInChild1`: session and group, then
-//! credentials, cwd, parent-death signal, fds, signal state, exec.
+//! It runs on a stack of its own (mmap'ed, with a guard page) in memory it shares with the
+//! parent (CLONE_VM), with every signal blocked (the full kernel mask, glibc's 32 and 33
+//! included). So it must be async-signal-safe and more: no allocation, no lock, no panic,
+//! no unwinding, nothing that touches the parent's heap or glibc's thread list, and no
+//! glibc wrapper, since those write the parent thread's `errno` (see `raw.rs`). Only raw
+//! system calls on data the parent prepared (see `ChildArgs`); credential changes that way
+//! also keep glibc from broadcasting them to the parent's threads (setxid). The order
+//! follows Go's `forkAndExecInChild1`: signal dispositions, session and group, credentials,
+//! cwd, parent-death signal, fds, signal mask, exec.
 
+use super::raw::{self, syscall};
 use super::{ChildArgs, FdAction, Report, Source, Stage};
-
-/// The errno of the last failed call.
-fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EINVAL)
-}
 
 /// Writes the report and exits with 127, as a shell does for "could not run".
 ///
@@ -26,8 +22,29 @@ unsafe fn fail(args: &ChildArgs, stage: Stage, errno: i32, slot: i32) -> ! {
     // report; volatile keeps the compiler from dropping a write it cannot see being read.
     unsafe {
         std::ptr::write_volatile(args.report, Report { stage, errno, slot });
-        libc::_exit(127)
+        exit(127)
     }
+}
+
+/// `exit_group(code)`.
+unsafe fn exit(code: i32) -> ! {
+    loop {
+        // SAFETY: ends this process; it returns only if the kernel refused, then try again.
+        let _ = unsafe { syscall(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]) };
+    }
+}
+
+/// Runs `syscall`, or fails the spawn at `stage` with its errno.
+macro_rules! must {
+    ($args:expr, $stage:expr, $slot:expr, $nr:expr, $($a:expr),*) => {{
+        let mut a = [0usize; 6];
+        let given: &[usize] = &[$($a as usize),*];
+        a[..given.len()].copy_from_slice(&given);
+        match syscall($nr, a) {
+            Ok(v) => v,
+            Err(e) => fail($args, $stage, e, $slot),
+        }
+    }};
 }
 
 /// Runs the child to `execve`; never returns.
@@ -39,60 +56,74 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
     // SAFETY (whole function): every pointer in `args` is into the parent's live `Plan`,
     // arrays are the lengths given, and only this child touches them until it execs.
     unsafe {
-        // 1. Signal dispositions back to default, so no parent handler runs in this shared
-        //    memory, and the program starts as if from a fresh fork+exec. All signals stay
-        //    blocked until just before exec.
+        // 1. Signal dispositions. A caught signal becomes SIG_DFL, so no parent handler can
+        //    run in this shared memory once the mask is emptied (exec would reset it
+        //    anyway). An ignored one stays ignored, as std, Go and posix_spawn leave it
+        //    (nohup, `trap '' HUP`), except SIGPIPE, reset as std does; with
+        //    `reset_signal_dispositions(true)` every one goes back to SIG_DFL, as libuv.
         for sig in 1..crate::signum::max_signal() + 1 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                sys::default_disposition(sig);
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
             }
+            // glibc's own signals (32 and 33, below SIGRTMIN) were not ignored by choice: no
+            // program can set them through glibc.
+            let keep_ignored = sig != libc::SIGPIPE && !(32..args.first_rt_signal).contains(&sig);
+            if !args.reset_signals {
+                let handler = sys::handler(sig);
+                if handler == libc::SIG_DFL || handler == libc::SIG_IGN && keep_ignored {
+                    continue;
+                }
+            }
+            sys::default_disposition(sig);
         }
 
         // 2. Session and process group.
-        if args.setsid && libc::setsid() < 0 {
-            fail(args, Stage::Setsid, errno(), -1);
+        if args.setsid {
+            must!(args, Stage::Setsid, -1, libc::SYS_setsid,);
         }
         if let Some(pgid) = args.pgid {
-            if libc::setpgid(0, pgid) < 0 {
-                fail(args, Stage::Setpgid, errno(), -1);
-            }
+            must!(args, Stage::Setpgid, -1, libc::SYS_setpgid, 0, pgid);
         }
 
         // 3. Credentials: supplementary groups first (while we may still change them), then
-        //    gid, then uid. Groups the caller listed must be set; otherwise a uid/gid change
-        //    drops them, as libuv, best effort (it fails when not root, and then
-        //    setgid/setuid say EPERM themselves).
+        //    gid, then uid. Groups the caller listed must be set. Otherwise a uid/gid change
+        //    drops them; as std does, a failed drop is an error when this process runs as
+        //    root (a child that kept root's groups after a uid change would be a hole), and
+        //    expected to fail otherwise (setgid/setuid then say EPERM themselves).
         if args.set_groups {
-            if sys::setgroups(args.ngroups, args.groups) < 0 {
-                fail(args, Stage::Setgroups, errno(), -1);
-            }
+            must!(args, Stage::Setgroups, -1, sys::SETGROUPS, args.ngroups, args.groups);
         } else if args.uid.is_some() || args.gid.is_some() {
-            sys::setgroups_none();
+            if let Err(e) = syscall(sys::SETGROUPS, [0; 6]) {
+                if args.as_root {
+                    fail(args, Stage::Setgroups, e, -1);
+                }
+            }
         }
         if let Some(gid) = args.gid {
-            if sys::setgid(gid) < 0 {
-                fail(args, Stage::Setgid, errno(), -1);
-            }
+            must!(args, Stage::Setgid, -1, sys::SETGID, gid);
         }
         if let Some(uid) = args.uid {
-            if sys::setuid(uid) < 0 {
-                fail(args, Stage::Setuid, errno(), -1);
-            }
+            must!(args, Stage::Setuid, -1, sys::SETUID, uid);
         }
 
         // 4. Working directory.
-        if !args.cwd.is_null() && libc::chdir(args.cwd) < 0 {
-            fail(args, Stage::Chdir, errno(), -1);
+        if !args.cwd.is_null() {
+            must!(args, Stage::Chdir, -1, libc::SYS_chdir, args.cwd);
         }
 
         // 5. Parent-death signal (after the credential change, which would clear it).
         if args.pdeathsig != 0 {
-            if sys::set_pdeathsig(args.pdeathsig) < 0 {
-                fail(args, Stage::ParentDeath, errno(), -1);
-            }
+            must!(
+                args,
+                Stage::ParentDeath,
+                -1,
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG,
+                args.pdeathsig
+            );
             // The parent may have died before the call: then nobody would ever signal us.
-            if libc::getppid() != args.parent_pid {
-                libc::_exit(127);
+            if syscall(libc::SYS_getppid, [0; 6]) != Ok(args.parent_pid as usize) {
+                exit(127);
             }
         }
 
@@ -102,19 +133,27 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
 
         // 7. The environment's own-pid entry (LISTEN_PID and the like).
         if !args.pid_digits.is_null() {
-            write_decimal(args.pid_digits, libc::getpid() as u32);
+            let pid = syscall(libc::SYS_getpid, [0; 6]).unwrap_or(0);
+            write_decimal(args.pid_digits, pid as u32);
         }
 
         // 8. An empty signal mask, then exec each candidate as execvp does.
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        let _ = raw::set_mask(&raw::EMPTY_SET, std::ptr::null_mut());
 
         let mut err = libc::ENOENT;
         let mut saw_eacces = false;
         for i in 0..args.npaths {
-            libc::execve(*args.paths.add(i), args.argv, args.envp);
-            err = errno();
+            let exec = [
+                *args.paths.add(i) as usize,
+                args.argv as usize,
+                args.envp as usize,
+                0,
+                0,
+                0,
+            ];
+            err = syscall(libc::SYS_execve, exec)
+                .err()
+                .unwrap_or(libc::ENOEXEC);
             match err {
                 libc::EACCES => saw_eacces = true,
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
@@ -125,9 +164,7 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
             err = libc::EACCES;
         }
         // The exec failed: block signals again so a signal cannot kill us before the report.
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        let _ = raw::set_mask(&raw::FULL_SET, std::ptr::null_mut());
         fail(args, Stage::Exec, err, -1)
     }
 }
@@ -145,11 +182,16 @@ unsafe fn setup_fds(args: &ChildArgs, actions: &mut [FdAction]) {
         for a in actions.iter_mut() {
             if let Source::Fd(src) = a.source {
                 if src < a.target {
-                    let moved = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, count);
-                    if moved < 0 {
-                        fail(args, Stage::Stdio, errno(), a.target);
-                    }
-                    a.source = Source::Fd(moved);
+                    let moved = must!(
+                        args,
+                        Stage::Stdio,
+                        a.target,
+                        libc::SYS_fcntl,
+                        src,
+                        libc::F_DUPFD_CLOEXEC,
+                        count
+                    );
+                    a.source = Source::Fd(moved as i32);
                 }
             }
         }
@@ -157,44 +199,64 @@ unsafe fn setup_fds(args: &ChildArgs, actions: &mut [FdAction]) {
             let t = a.target;
             match a.source {
                 Source::Fd(src) if src == t => {
-                    if libc::fcntl(t, libc::F_SETFD, 0) < 0 {
-                        fail(args, Stage::Stdio, errno(), t);
-                    }
+                    must!(args, Stage::Stdio, t, libc::SYS_fcntl, t, libc::F_SETFD, 0);
                 }
                 Source::Fd(src) => {
-                    if libc::dup2(src, t) < 0 {
-                        fail(args, Stage::Stdio, errno(), t);
-                    }
+                    must!(args, Stage::Stdio, t, libc::SYS_dup3, src, t, 0);
                 }
                 Source::DevNull => {
                     let flags = if t == 0 { libc::O_RDONLY } else { libc::O_RDWR };
-                    let fd = libc::open(c"/dev/null".as_ptr(), flags);
-                    if fd < 0 {
-                        fail(args, Stage::Stdio, errno(), t);
-                    }
+                    let fd = must!(
+                        args,
+                        Stage::Stdio,
+                        t,
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        c"/dev/null".as_ptr(),
+                        flags,
+                        0
+                    ) as i32;
                     if fd != t {
-                        if libc::dup2(fd, t) < 0 {
-                            fail(args, Stage::Stdio, errno(), t);
-                        }
-                        libc::close(fd);
+                        must!(args, Stage::Stdio, t, libc::SYS_dup3, fd, t, 0);
+                        let _ = syscall(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
                     }
                 }
                 Source::Close => {
-                    libc::close(t);
+                    let _ = syscall(libc::SYS_close, [t as usize, 0, 0, 0, 0, 0]);
                 }
             }
-            // stdin, stdout and stderr given from an fd of the parent are made blocking, as
-            // libuv does: programs do not expect EAGAIN there, and a stream the parent
-            // holds for tokio (an accepted TCP connection: the CGI case) is non-blocking.
-            // The flag is the open file description's, so the parent's copy changes too.
-            if t <= 2 && matches!(a.source, Source::Fd(_)) {
-                let fl = libc::fcntl(t, libc::F_GETFL);
-                if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-                    libc::fcntl(t, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            // stdin, stdout and stderr the caller gave explicitly from an fd
+            // (`inherit_fd`, `inherit_stream`, `Stdio::from`) are made blocking, as libuv
+            // does: programs do not expect EAGAIN there, and a stream the parent holds for
+            // tokio (an accepted TCP connection: the CGI case) is non-blocking. The flag is
+            // the open file description's, so the parent's copy changes too: that is why
+            // the parent's own stdio, inherited by default, is left as it is.
+            if t <= 2 && a.make_blocking {
+                if let Ok(fl) = syscall(
+                    libc::SYS_fcntl,
+                    [t as usize, libc::F_GETFL as usize, 0, 0, 0, 0],
+                ) {
+                    let fl = fl as i32;
+                    if fl & libc::O_NONBLOCK != 0 {
+                        let _ = syscall(
+                            libc::SYS_fcntl,
+                            [
+                                t as usize,
+                                libc::F_SETFL as usize,
+                                (fl & !libc::O_NONBLOCK) as usize,
+                                0,
+                                0,
+                                0,
+                            ],
+                        );
+                    }
                 }
             }
         }
-        // Every other fd is closed at exec: the child gets exactly its slots.
+        // Every other fd is marked close-on-exec, so the child gets exactly its slots. Linux
+        // before 5.11 has no CLOSE_RANGE_CLOEXEC: then an fd this process inherited without
+        // close-on-exec (and never marked, see `disable_stdio_inheritance`) does reach the
+        // child. Every fd brood and Rust's std open is close-on-exec already.
         let mut from = 0;
         for a in actions.iter() {
             if a.target > from {
@@ -230,73 +292,87 @@ unsafe fn write_decimal(out: *mut u8, mut n: u32) {
     }
 }
 
-/// The raw system calls of the child, per platform.
+/// The child's system calls that differ per platform.
 #[cfg(target_os = "linux")]
 mod sys {
-    /// Drops supplementary groups; errors ignored (see the caller).
-    pub unsafe fn setgroups_none() {
-        // SAFETY: a raw syscall with a null list of length 0.
-        unsafe {
-            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
-        }
-    }
+    use super::raw::{SIGSET_SIZE, syscall};
 
-    /// `setgroups(n, list)`: the 32-bit-id call on the 32-bit targets whose plain
-    /// `SYS_setgroups` takes 16-bit ids.
-    pub unsafe fn setgroups(n: usize, list: *const libc::gid_t) -> libc::c_long {
-        #[cfg(any(target_arch = "x86", target_arch = "arm"))]
-        const NR: libc::c_long = libc::SYS_setgroups32;
-        #[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
-        const NR: libc::c_long = libc::SYS_setgroups;
-        // SAFETY: the kernel reads `n` gids from `list`, which the caller's plan holds (a
-        // null list is only passed with n = 0).
-        unsafe { libc::syscall(NR, n, list) }
-    }
+    /// The 32-bit id calls: on 32-bit x86, arm and sparc `SYS_setuid` and friends take
+    /// 16-bit ids (`.uid(65536)` would become `setuid(0)`).
+    #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+    pub const SETUID: libc::c_long = libc::SYS_setuid32;
+    #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+    pub const SETGID: libc::c_long = libc::SYS_setgid32;
+    #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+    #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+    pub const SETUID: libc::c_long = libc::SYS_setuid;
+    #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+    pub const SETGID: libc::c_long = libc::SYS_setgid;
+    #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups;
 
-    /// `SIG_DFL` for `sig`, through the raw syscall: glibc's `sigaction` refuses 32 and 33
-    /// (its own), so an ignored 32 would otherwise reach the program. An all-zero kernel
-    /// `sigaction` is `SIG_DFL` with no flags and an empty mask on every architecture.
-    pub unsafe fn default_disposition(sig: i32) {
-        let dfl = [0u64; 4];
-        // SAFETY: the kernel reads a `struct sigaction` (at most 32 bytes) from `dfl`.
-        unsafe {
-            libc::syscall(
+    /// Where the handler is in the kernel's `struct sigaction`, in words: MIPS puts
+    /// `sa_flags` first.
+    #[cfg(any(target_arch = "mips", target_arch = "mips64"))]
+    const HANDLER_AT: usize = 1;
+    #[cfg(not(any(target_arch = "mips", target_arch = "mips64")))]
+    const HANDLER_AT: usize = 0;
+
+    /// The current handler of `sig` (`SIG_DFL`, `SIG_IGN` or a function), through the raw
+    /// syscall (glibc's `sigaction` refuses its own 32 and 33). `SIG_DFL` if it cannot be read.
+    pub unsafe fn handler(sig: i32) -> libc::sighandler_t {
+        // Room for the largest kernel `struct sigaction` (32 bytes).
+        let mut old = [0usize; 8];
+        // SAFETY: the kernel writes at most one `struct sigaction` into `old`.
+        let r = unsafe {
+            syscall(
                 libc::SYS_rt_sigaction,
-                sig,
-                dfl.as_ptr(),
-                std::ptr::null_mut::<u64>(),
-                8usize,
-            );
+                [
+                    sig as usize,
+                    0,
+                    old.as_mut_ptr() as usize,
+                    SIGSET_SIZE,
+                    0,
+                    0,
+                ],
+            )
+        };
+        match r {
+            Ok(_) => old[HANDLER_AT] as libc::sighandler_t,
+            Err(_) => libc::SIG_DFL,
         }
     }
 
-    pub unsafe fn setgid(gid: u32) -> libc::c_long {
-        // SAFETY: raw syscall, changes only this (child) process.
-        unsafe { libc::syscall(libc::SYS_setgid, gid) }
+    /// `SIG_DFL` for `sig`, through the raw syscall. An all-zero kernel `sigaction` is
+    /// `SIG_DFL` with no flags and an empty mask on every architecture.
+    pub unsafe fn default_disposition(sig: i32) {
+        let dfl = [0usize; 8];
+        // SAFETY: the kernel reads one `struct sigaction` (at most 32 bytes) from `dfl`.
+        let _ = unsafe {
+            syscall(
+                libc::SYS_rt_sigaction,
+                [sig as usize, dfl.as_ptr() as usize, 0, SIGSET_SIZE, 0, 0],
+            )
+        };
     }
 
-    pub unsafe fn setuid(uid: u32) -> libc::c_long {
-        // SAFETY: raw syscall, changes only this (child) process.
-        unsafe { libc::syscall(libc::SYS_setuid, uid) }
-    }
-
-    pub unsafe fn set_pdeathsig(sig: i32) -> libc::c_int {
-        // SAFETY: prctl with an integer argument.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) }
-    }
-
-    /// Marks fds `first..=last` close-on-exec. Kernels before 5.11 lack the flag; then
-    /// only brood's own close-on-exec fds are kept from the child.
+    /// Marks fds `first..=last` close-on-exec (Linux 5.11+; a no-op before, see the caller).
     pub unsafe fn cloexec_range(first: u32, last: u32) {
-        // SAFETY: raw syscall on this process's fd table.
-        unsafe {
-            libc::syscall(
+        // SAFETY: changes only the close-on-exec flags of this process's fds.
+        let _ = unsafe {
+            syscall(
                 libc::SYS_close_range,
-                first,
-                last,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-        }
+                [
+                    first as usize,
+                    last as usize,
+                    libc::CLOSE_RANGE_CLOEXEC as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
     }
 }
 

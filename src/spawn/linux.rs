@@ -8,13 +8,68 @@
 //! gives a pidfd atomically with the pid; kernels before 5.2 refuse the flag and then brood
 //! asks for one with `pidfd_open` (5.3), or goes on with the pid alone.
 
+use std::cell::Cell;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::{Plan, child};
+use super::{Plan, child, raw};
 
 /// The child's stack. Its code is a few small frames; 64 KiB leaves a wide margin.
 const STACK_SIZE: usize = 64 * 1024;
+
+/// A child stack: `STACK_SIZE` bytes above one inaccessible guard page, so an overflow
+/// faults instead of writing into whatever the parent has below.
+struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    fn new() -> Option<Stack> {
+        // SAFETY: sysconf reads a constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = STACK_SIZE + page;
+        // SAFETY: a new private anonymous mapping; checked for MAP_FAILED below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let stack = Stack { base, len };
+        // SAFETY: the lowest page of our own mapping becomes the guard.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return None; // `stack` unmaps on drop
+        }
+        Some(stack)
+    }
+
+    /// The initial stack pointer: the top, 16-byte aligned (the stack grows down on every
+    /// Linux architecture Rust supports).
+    fn top(&self) -> usize {
+        (self.base as usize + self.len) & !15
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+thread_local! {
+    /// One stack per spawning thread, reused: a thread is suspended while its child uses
+    /// the stack (CLONE_VFORK), so it never serves two children at once.
+    static STACK: Cell<Option<Stack>> = const { Cell::new(None) };
+}
 
 const UNKNOWN: u8 = 0;
 const YES: u8 = 1;
@@ -51,21 +106,22 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
     let use_pidfd = pidfd_supported();
     let mut args = plan.child_args();
-    // The stack grows down on every Linux architecture Rust supports but parisc; align the
-    // top to 16 bytes as the ABIs want.
-    // Uninitialised is fine for a stack (the child writes before it reads), and saves
-    // zeroing 64 KiB per spawn.
-    let mut stack: Vec<u8> = Vec::with_capacity(STACK_SIZE);
-    let top = (stack.as_mut_ptr() as usize + STACK_SIZE) & !15;
+    // (`try_with`: a spawn from a thread-local destructor gets a stack of its own.)
+    let cached = STACK.try_with(|s| s.take()).ok().flatten();
+    let Some(stack) = cached.or_else(Stack::new) else {
+        return Err(last_errno());
+    };
+    let top = stack.top();
 
-    // Block every signal so no handler runs in the child while it shares our memory; the
-    // child unblocks them after resetting dispositions.
-    // SAFETY: plain sigset manipulation on local values.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    // Block every signal, with the raw call and a full kernel set (glibc's
+    // pthread_sigmask would leave its own 32 and 33 open), so no handler runs in the
+    // child while it shares our memory; the child unblocks them after resetting the
+    // dispositions that have handlers.
+    let mut old = raw::EMPTY_SET;
+    // SAFETY: `old` has room for a kernel signal set.
+    if let Err(e) = unsafe { raw::set_mask(&raw::FULL_SET, &mut old) } {
+        keep(stack);
+        return Err(e);
     }
 
     let mut pidfd: libc::c_int = -1;
@@ -99,11 +155,9 @@ pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
         break;
     }
     let clone_errno = last_errno();
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    }
-    drop(stack);
+    // SAFETY: restores the mask saved above; null: the old one is not wanted.
+    let _ = unsafe { raw::set_mask(&old, std::ptr::null_mut()) };
+    keep(stack);
     if pid < 0 {
         return Err(clone_errno);
     }
@@ -116,6 +170,11 @@ pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
         None
     };
     Ok((pid, pidfd))
+}
+
+/// Keeps `stack` for this thread's next spawn (unmapped if the thread is exiting).
+fn keep(stack: Stack) {
+    let _ = STACK.try_with(|s| s.set(Some(stack)));
 }
 
 /// A pidfd for our own child, which cannot have been reaped yet (only brood reaps it), so
@@ -145,4 +204,38 @@ pub(super) fn reap_failed(pid: i32, pidfd: Option<OwnedFd>) {
 
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The permissions `/proc/self/maps` gives the mapping that holds `addr`.
+    fn perms_at(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let (range, rest) = line.split_once(' ').unwrap();
+            let (lo, hi) = range.split_once('-').unwrap();
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).unwrap(),
+                usize::from_str_radix(hi, 16).unwrap(),
+            );
+            if (lo..hi).contains(&addr) {
+                return rest[..4].to_owned();
+            }
+        }
+        panic!("{addr:#x} is not mapped");
+    }
+
+    #[test]
+    fn child_stack_has_a_guard_page_below_it() {
+        let stack = Stack::new().unwrap();
+        let base = stack.base as usize;
+        // SAFETY: sysconf reads a constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        assert_eq!(perms_at(base), "---p", "the lowest page is the guard");
+        assert_eq!(perms_at(base + page), "rw-p");
+        assert_eq!(perms_at(stack.top() - 16), "rw-p");
+        assert!(stack.top() - (base + page) >= STACK_SIZE - 16);
+    }
 }

@@ -7,16 +7,18 @@
 //! `sys::start` (clone, child runs [`child::run`]) → pid + pidfd → [`Child`].
 
 mod child;
+mod raw;
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
 mod sys;
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
+use crate::child_pipe::End;
 use crate::command::Command;
 use crate::error::{Error, Result};
 use crate::fd;
@@ -35,12 +37,21 @@ pub(crate) enum Source {
     Fd(RawFd),
 }
 
+/// The parent's end of a pipe slot.
+#[derive(Debug)]
+pub(crate) enum ParentEnd {
+    Pipe(End),
+    Ipc(StdUnixStream),
+}
+
 /// One slot of the child's fd table.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub(crate) struct FdAction {
     pub target: RawFd,
     pub source: Source,
+    /// Clear `O_NONBLOCK` when the slot is 0-2 (given explicitly from an fd).
+    pub make_blocking: bool,
 }
 
 /// Which step of the child failed; the parent turns it into the error's words.
@@ -92,6 +103,12 @@ pub(crate) struct ChildArgs {
     pub pgid: Option<i32>,
     pub pdeathsig: i32,
     pub parent_pid: i32,
+    /// Every signal to SIG_DFL (libuv), not only caught ones and SIGPIPE (std).
+    pub reset_signals: bool,
+    /// `SIGRTMIN` as the C library gives it (signals from 32 below it are its own).
+    pub first_rt_signal: i32,
+    /// This process runs as root (real uid 0): a failed setgroups is an error.
+    pub as_root: bool,
     pub actions: *mut FdAction,
     pub nactions: usize,
     pub report: *mut Report,
@@ -116,11 +133,12 @@ pub(crate) struct Plan {
     setsid: bool,
     pgid: Option<i32>,
     pdeathsig: i32,
+    reset_signals: bool,
     actions: Vec<FdAction>,
     /// fds the child gets that the parent closes once the child has them.
     child_ends: Vec<OwnedFd>,
-    /// Parent ends of pipes, by slot, and whether each is an IPC channel.
-    parent_ends: Vec<(i32, StdUnixStream, bool)>,
+    /// Parent ends of pipes and IPC channels, by slot.
+    parent_ends: Vec<(i32, ParentEnd)>,
     pub(crate) report: Report,
     kill_on_drop: bool,
 }
@@ -148,8 +166,10 @@ impl Plan {
             npaths: self.paths.len(),
             argv: self.argv_ptrs.as_ptr(),
             envp: if self.inherit_environ {
-                // SAFETY: reading the pointer; `std::env::set_var` is `unsafe` precisely so
-                // that other threads may read `environ` meanwhile (std's spawn does too).
+                // SAFETY: reads the pointer without std's environment lock (std's own spawn
+                // takes it; brood cannot). `std::env::set_var`/`remove_var` are `unsafe`
+                // because of readers like this one: a program that calls them while another
+                // thread spawns breaks their contract, as it would with libc's `getenv`.
                 unsafe { environ }
             } else {
                 self.envp_ptrs.as_ptr()
@@ -173,6 +193,10 @@ impl Plan {
             } else {
                 0
             },
+            reset_signals: self.reset_signals,
+            first_rt_signal: libc::SIGRTMIN(),
+            // SAFETY: getuid cannot fail and touches no memory.
+            as_root: (self.uid.is_some() || self.gid.is_some()) && unsafe { libc::getuid() } == 0,
             actions: self.actions.as_mut_ptr(),
             nactions: self.actions.len(),
             report: &mut self.report,
@@ -188,13 +212,11 @@ impl Plan {
             Stage::None | Stage::Exec => e,
             Stage::Setsid => e.with_detail("setsid"),
             Stage::Setpgid => e.with_detail(format!("setpgid {}", self.pgid.unwrap_or(0))),
-            Stage::Setgroups => {
-                let groups = self.groups.as_deref().unwrap_or_default();
-                e.with_detail(match groups.len() {
-                    ..=16 => format!("setgroups {groups:?}"),
-                    n => format!("setgroups ({n} groups)"),
-                })
-            }
+            Stage::Setgroups => match self.groups.as_deref() {
+                None => e.with_detail("setgroups (drop supplementary groups)"),
+                Some(groups) if groups.len() <= 16 => e.with_detail(format!("setgroups {groups:?}")),
+                Some(groups) => e.with_detail(format!("setgroups ({} groups)", groups.len())),
+            },
             Stage::Setgid => e.with_detail(format!("setgid {}", self.gid.unwrap_or(0))),
             Stage::Setuid => e.with_detail(format!("setuid {}", self.uid.unwrap_or(0))),
             Stage::Chdir => e.with_detail(format!(
@@ -253,11 +275,30 @@ fn child_env(cmd: &Command) -> BTreeMap<OsString, OsString> {
 }
 
 /// Builds the plan: every allocation of the spawn happens here.
-pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
+pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
     let op = spawn_op(&cmd.program);
     let program = cmd.program.as_bytes();
     if program.is_empty() {
         return Err(Error::new(libc::ENOENT, op).with_detail("empty program name"));
+    }
+    // m68k's setuid/setgid take 16-bit ids and the libc crate has no number for their
+    // 32-bit versions there (x86, arm and sparc use setuid32/setgid32 in `child.rs`).
+    #[cfg(target_arch = "m68k")]
+    for (what, id) in [("uid", cmd.uid), ("gid", cmd.gid)] {
+        if id.is_some_and(|id| id > 0xffff) {
+            return Err(Error::invalid(
+                op,
+                format!("{what} above 65535: this platform's set{what} takes 16 bits"),
+            ));
+        }
+    }
+    if cmd.detached && cmd.process_group.is_some() {
+        // setsid makes the child a group leader of its own; setpgid after it would fail
+        // with EPERM from the child, which says nothing about why.
+        return Err(Error::invalid(
+            op,
+            "detached(true) starts a new session and process group; it cannot be combined with process_group(..)",
+        ));
     }
 
     let ipc_slot = cmd
@@ -272,7 +313,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
     let mut env = if inherit_environ {
         BTreeMap::new()
     } else {
-        child_env(&cmd)
+        child_env(cmd)
     };
     let path_var = if inherit_environ {
         std::env::var_os("PATH")
@@ -348,7 +389,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
     }
 
     // The fd plan: slots 0-2 default to inherit; everything else comes from `cmd.stdio`.
-    let mut stdio = std::mem::take(&mut cmd.stdio);
+    let stdio = &mut cmd.stdio;
     let mut actions = Vec::with_capacity(stdio.len() + 3);
     let mut child_ends = Vec::new();
     let mut parent_ends = Vec::new();
@@ -357,6 +398,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
             actions.push(FdAction {
                 target: fd,
                 source: Source::Fd(fd),
+                make_blocking: false,
             });
         }
     }
@@ -369,7 +411,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
     // Inherited fds are checked before any pipe is made: a pipe made for one slot could
     // take the number of a closed fd that another slot inherits, and go to the child in
     // its place.
-    for (&slot, s) in &stdio {
+    for (&slot, s) in stdio.iter() {
         let from = match s.0 {
             Kind::Inherit => slot,
             Kind::InheritFd(n) => n,
@@ -380,21 +422,41 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
                 .with_detail(format!("stdio slot {slot}: fd {from} is not open")));
         }
     }
-    for (slot, s) in std::mem::take(&mut stdio) {
+    for (&slot, s) in stdio.iter_mut() {
         fd::check_slot(slot).map_err(|e| e.context(&op))?;
-        let source = match s.0 {
+        let source = match &mut s.0 {
             Kind::Ignore if slot <= 2 => Source::DevNull,
             Kind::Ignore => Source::Close,
-            Kind::Inherit | Kind::InheritFd(_) => {
-                let from = match s.0 {
-                    Kind::InheritFd(n) => n,
-                    _ => slot,
+            Kind::Inherit => Source::Fd(slot),
+            Kind::InheritFd(n) => Source::Fd(*n),
+            Kind::Owned(_) => {
+                // The fd goes to this child only; the parent's copy is closed after the spawn.
+                let Kind::Owned(owned) = std::mem::replace(&mut s.0, Kind::Given) else {
+                    unreachable!()
                 };
-                Source::Fd(from)
-            }
-            Kind::Owned(owned) => {
                 let raw = owned.as_raw_fd();
                 child_ends.push(owned);
+                Source::Fd(raw)
+            }
+            Kind::Given => {
+                return Err(Error::new(libc::EBADF, op).with_detail(format!(
+                    "stdio slot {slot}: its fd was given to an earlier spawn of this Command"
+                )));
+            }
+            // One-way: a kernel pipe, so the child may open /dev/stdin, /dev/stdout or
+            // /proc/self/fd/N on it (a socket gives ENXIO there). Only the parent's end is
+            // made non-blocking (each end has its own file description).
+            &mut Kind::Pipe { readable, writable } if readable != writable => {
+                let (read, write) = fd::pipe().map_err(|e| e.context(&op))?;
+                let (parent, child, end): (_, OwnedFd, fn(OwnedFd) -> End) = if readable {
+                    (write, read, End::Sender)
+                } else {
+                    (read, write, End::Receiver)
+                };
+                fd::set_nonblocking(parent.as_fd()).map_err(|e| e.context(&op))?;
+                let raw = child.as_raw_fd();
+                child_ends.push(child);
+                parent_ends.push((slot, ParentEnd::Pipe(end(parent))));
                 Source::Fd(raw)
             }
             Kind::Pipe { .. } | Kind::Ipc => {
@@ -405,14 +467,25 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
                     .map_err(|e| crate::error::from_io(e, format!("{op}: set_nonblocking")))?;
                 let raw = child.as_raw_fd();
                 child_ends.push(child.into());
-                parent_ends.push((slot, parent, ipc));
+                parent_ends.push((
+                    slot,
+                    if ipc {
+                        ParentEnd::Ipc(parent)
+                    } else {
+                        ParentEnd::Pipe(End::Duplex(parent))
+                    },
+                ));
                 Source::Fd(raw)
             }
-            Kind::Invalid(e) => return Err(e.context(&op)),
+            Kind::Invalid(e) => return Err(e.clone().context(&op)),
         };
+        // Only an fd the caller named is made blocking at 0-2: the parent's own stdio,
+        // inherited, is left as it was (its flags are shared with the parent).
+        let make_blocking = matches!(s.0, Kind::InheritFd(_) | Kind::Given);
         actions.push(FdAction {
             target: slot,
             source,
+            make_blocking,
         });
     }
     actions.sort_by_key(|a| a.target);
@@ -430,10 +503,11 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
         cwd,
         uid: cmd.uid,
         gid: cmd.gid,
-        groups: cmd.groups.take(),
+        groups: cmd.groups.clone(),
         setsid: cmd.detached,
         pgid: cmd.process_group,
         pdeathsig: cmd.parent_death_signal.map_or(0, |s| s.as_raw()),
+        reset_signals: cmd.reset_signals,
         actions,
         child_ends,
         parent_ends,
@@ -454,7 +528,7 @@ pub(crate) fn prepare(mut cmd: Command) -> Result<Plan> {
 }
 
 /// `Command::spawn`.
-pub(crate) fn spawn(cmd: Command) -> Result<Child> {
+pub(crate) fn spawn(cmd: &mut Command) -> Result<Child> {
     let mut plan = prepare(cmd)?;
     let started = sys::start(&mut plan);
     // The child has its copies now (or failed); the parent's copies of its ends go.

@@ -165,7 +165,7 @@ pub fn warm_up_reaper() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = child.id() as i32;
+    let pid = child.id().unwrap() as i32;
     drop(child);
     wait_reaped(pid);
 }

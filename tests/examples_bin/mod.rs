@@ -11,6 +11,7 @@ const NEEDED: &[&str] = &[
     "proc_streams",
     "proc_streams_child",
     "pipe_echo_server",
+    "detach",
 ];
 
 /// The path of example `name`, built.

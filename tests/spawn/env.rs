@@ -86,7 +86,7 @@ async fn basic_env_pid_is_the_childs_own_pid() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
+    let pid = child.id().unwrap();
     let out = bounded("output", child.wait_with_output()).await.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -106,8 +106,8 @@ async fn basic_arg0() {
     // spawn returns once the child has released our memory inside execve, which is just
     // before the kernel switches it to the new program's memory (until then /proc shows our
     // own command line) and puts the new argv there (until then it is empty): wait for both.
-    let path = format!("/proc/{}/cmdline", child.id());
-    let exe = format!("/proc/{}/exe", child.id());
+    let path = format!("/proc/{}/cmdline", child.id().unwrap());
+    let exe = format!("/proc/{}/exe", child.id().unwrap());
     poll_until("new program's cmdline in place", || {
         std::fs::read_link(&exe).unwrap().ends_with("sleep")
             && !std::fs::read(&path).unwrap().is_empty()
@@ -115,7 +115,7 @@ async fn basic_arg0() {
     let cmdline = std::fs::read(&path).unwrap();
     assert_eq!(cmdline, b"brood-custom-argv0\x0030\x00");
     // The program itself was still found by its name.
-    let exe = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", child.id().unwrap())).unwrap();
     assert!(exe.ends_with("sleep"), "{exe:?}");
     child.kill(Signum::KILL).unwrap();
     bounded("wait", child.wait()).await.unwrap();

@@ -19,7 +19,9 @@ async fn basic_spawn_errors_name_the_path_and_leave_no_child() {
     let cases: Vec<(Command, &str, String)> = vec![
         (
             // (A PATH of our own: an entry we may not search would make it EACCES, as execvp.)
-            Command::new("brood-no-such-program").env("PATH", "/usr/bin:/bin"),
+            with(Command::new("brood-no-such-program"), |c| {
+                c.env("PATH", "/usr/bin:/bin")
+            }),
             "ENOENT",
             "brood-no-such-program".into(),
         ),
@@ -40,18 +42,18 @@ async fn basic_spawn_errors_name_the_path_and_leave_no_child() {
         ),
         (Command::new(in_file), "ENOTDIR", in_file.into()),
         (
-            Command::new("true").current_dir(&missing),
+            with(Command::new("true"), |c| c.current_dir(&missing)),
             "ENOENT",
             missing.display().to_string(),
         ),
         (
-            Command::new("true").current_dir(&not_exec),
+            with(Command::new("true"), |c| c.current_dir(&not_exec)),
             "ENOTDIR",
             not_exec.display().to_string(),
         ),
         (Command::new(""), "ENOENT", "spawn \"\"".into()),
     ];
-    for (cmd, name, path) in cases {
+    for (mut cmd, name, path) in cases {
         let program = cmd.get_program().to_owned();
         let err = cmd.spawn().expect_err("spawn must fail");
         assert_eq!(err.name(), name, "{program:?}: {err}");
@@ -159,4 +161,10 @@ async fn basic_setuid_setgid_fail_with_eperm_when_unprivileged() {
     // The helper drops to uid/gid 65534 itself first when we run as root, then spawns with
     // uid 0 and gid 0.
     run_helper("unprivileged", &[]).await;
+}
+
+/// `cmd` after `f` configured it.
+fn with(mut cmd: Command, f: impl FnOnce(&mut Command) -> &mut Command) -> Command {
+    f(&mut cmd);
+    cmd
 }

@@ -92,13 +92,16 @@ async fn basic_child_starts_with_default_signal_state() {
 async fn basic_try_wait() {
     let _g = shared().await;
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-    let _k = KillGuard(pid_of(&child));
+    let pid = pid_of(&child);
+    let _k = KillGuard(pid);
     assert_eq!(child.try_wait().unwrap(), None);
     child.kill(Signum::KILL).unwrap();
-    wait_zombie(pid_of(&child));
+    wait_zombie(pid);
     let exit = child.try_wait().unwrap().expect("exited");
     assert_eq!((exit.status, exit.signal), (0, libc::SIGKILL));
-    assert!(!is_our_child(pid_of(&child)), "try_wait reaped it");
+    assert!(!is_our_child(pid), "try_wait reaped it");
+    // Reaped: the pid is no longer the child's to give (tokio's `id`).
+    assert_eq!(child.id(), None);
     // Again, and wait, give the same report.
     assert_eq!(child.try_wait().unwrap(), Some(exit));
     assert_eq!(bounded("wait", child.wait()).await.unwrap(), exit);
@@ -237,13 +240,14 @@ fn basic_dropped_child_after_the_runtime_is_gone_is_reaped() {
             .stdout(Stdio::ignore())
             .spawn()
             .unwrap();
+        // Kept open (wait() would close it).
+        let stdin = child.stdin.take().unwrap().into_owned_fd().unwrap();
         // Registers the pidfd with this runtime's reactor, then gives up.
         assert!(
             tokio::time::timeout(Duration::from_millis(1), child.wait())
                 .await
                 .is_err()
         );
-        let stdin = child.stdin.take().unwrap().into_std().unwrap();
         (child, stdin)
     });
     let pid = pid_of(&child);
@@ -265,12 +269,13 @@ fn basic_wait_moves_between_runtimes() {
             .stdout(Stdio::ignore())
             .spawn()
             .unwrap();
+        // Kept open (wait() would close it).
+        let stdin = child.stdin.take().unwrap().into_owned_fd().unwrap();
         assert!(
             tokio::time::timeout(Duration::from_millis(1), child.wait())
                 .await
                 .is_err()
         );
-        let stdin = child.stdin.take().unwrap().into_std().unwrap();
         (child, stdin)
     });
     let _k = KillGuard(pid_of(&child));

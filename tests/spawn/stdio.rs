@@ -253,7 +253,7 @@ async fn basic_child_has_exactly_the_fds_given() {
     assert_eq!(fds_of(pid), BTreeSet::from([0, 1, 2, 9]));
     assert_eq!(fd_target(pid, 2), std::path::Path::new("/dev/null"));
     assert_eq!(fd_target(pid, 9), dir.path().join("nine"));
-    assert!(fd_target(pid, 0).to_string_lossy().starts_with("socket:"));
+    assert!(fd_target(pid, 0).to_string_lossy().starts_with("pipe:"));
     drop(stdin);
     assert!(bounded("wait", child.wait()).await.unwrap().success());
     drop(leaky);

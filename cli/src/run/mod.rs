@@ -364,35 +364,37 @@ fn open(slot: i32, path: &std::path::Path, mode: FileMode, op: &str) -> Result<F
 }
 
 fn build(args: &RunArgs, setup: Setup) -> Command {
-    let mut cmd = Command::new(&args.program[0]).args(&args.program[1..]);
+    let mut cmd = Command::new(&args.program[0]);
+    cmd.args(&args.program[1..]);
     if args.clear_env {
-        cmd = cmd.env_clear();
+        cmd.env_clear();
     }
     for (k, v) in &args.env {
-        cmd = cmd.env(k, v);
+        cmd.env(k, v);
     }
     if let Some(dir) = &args.cwd {
-        cmd = cmd.current_dir(dir);
+        cmd.current_dir(dir);
     }
     if let Some(groups) = setup.creds.groups {
-        cmd = cmd.groups(groups);
+        cmd.groups(groups);
     }
     if let Some(gid) = setup.creds.gid {
-        cmd = cmd.gid(gid);
+        cmd.gid(gid);
     }
     if let Some(uid) = setup.creds.uid {
-        cmd = cmd.uid(uid);
+        cmd.uid(uid);
     }
     if let Some(arg0) = &args.arg0 {
-        cmd = cmd.arg0(arg0);
+        cmd.arg0(arg0);
     }
     for (n, stdio) in setup.stdio {
-        cmd = cmd.stdio(n, stdio);
+        cmd.stdio(n, stdio);
     }
     if setup.timeout.is_some_and(|t| t.group) {
-        cmd = cmd.process_group(0);
+        cmd.process_group(0);
     }
-    cmd.detached(args.detach)
+    cmd.detached(args.detach);
+    cmd
 }
 
 /// A spawn that failed: the message, and 127 (not found), 126 (cannot execute) or 125.
@@ -477,7 +479,7 @@ async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
         Ok(child) => child,
         Err(e) => return spawn_failed(out, &e),
     };
-    let pid = child.id();
+    let pid = child.id().expect("a child not waited for has its pid");
     if args.detach {
         out.stdout(&pid.to_string());
         out.json(&format!("{{\"pid\":{pid},\"detached\":true}}"));

@@ -23,7 +23,9 @@ pub async fn bounded_by<F: std::future::Future>(limit: Duration, what: &str, fut
 }
 
 pub fn run_cmd(args: &[&str]) -> Command {
-    Command::new(BROOD).arg("run").args(args)
+    let mut cmd = Command::new(BROOD);
+    cmd.arg("run").args(args);
+    cmd
 }
 
 /// `brood run ARGS` with stdin ignored and stdout/stderr captured.

@@ -1,0 +1,285 @@
+//! `brood cluster` under faults: a stopped worker, a worker flooding its channel, the fd
+//! limit in the master and in a worker. Memory and CPU are measured from /proc.
+
+#[path = "support/cluster.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use brood::Signum;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::timeout;
+
+/// README's round-robin worker as an echo server: no heartbeats, no reports.
+const PY_ECHO_RR: &str = r#"
+import socket
+ch = socket.socket(fileno=3)
+while True:
+    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
+    if not msg:
+        break
+    for fd in fds:
+        c = socket.socket(fileno=fd)
+        c.sendall(c.recv(100))
+        c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_stops_getting_connections_and_the_rest_are_served() {
+    let args = ["--workers", "2", "--heartbeat-timeout", "60"];
+    stopped_worker("stopped", &[&args[..], &["--builtin", "echo"]].concat()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_any_language_worker_stops_getting_connections() {
+    let args = [
+        "--workers",
+        "2",
+        "--grace",
+        "1",
+        "--",
+        "python3",
+        "-c",
+        PY_ECHO_RR,
+    ];
+    stopped_worker("stopped-py", &args).await;
+}
+
+async fn stopped_worker(tag: &str, args: &[&str]) {
+    let m = Master::start(tag, args).await;
+    let rows = m.status().await;
+    let (frozen, handled_before) = (rows[0].pid, rows[0].handled);
+    brood::kill(frozen as i32, Signum::STOP).unwrap();
+    // 8 clients, 300 exchanges, each given 3 s: only what sits in the stopped worker's
+    // channel may hang.
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let addr = m.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            for i in 0..300 / 8 {
+                let msg = format!("{c}/{i}");
+                match timeout(Duration::from_secs(3), exchange(&addr, msg.as_bytes())).await {
+                    Ok(Ok(())) => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    let rows = m.status().await;
+    let stuck = rows.iter().find(|r| r.pid == frozen).unwrap().handled - handled_before;
+    brood::kill(frozen as i32, Signum::CONT).unwrap();
+    eprintln!("stopped worker: {failed} failed, {ok} ok, {stuck} handed to it");
+    assert!(
+        failed <= 16 && stuck <= 16,
+        "{failed} failed, {ok} ok, {stuck} handed to the stopped worker"
+    );
+    assert!(ok >= 280, "{ok} ok");
+    m.stop().await;
+}
+
+/// A worker that floods its channel with bytes and with fds, then says it is ready and
+/// answers heartbeats.
+const PY_FLOOD: &str = r#"
+import os, socket
+ch = socket.socket(fileno=3)
+r, w = os.pipe()
+chunk = b"x" * 65536
+for i in range(100):
+    ch.sendall(chunk)
+for i in range(3000):
+    socket.send_fds(ch, [b"x"], [r, w])
+ch.send(b"r")
+while True:
+    data, fds, _, _ = socket.recv_fds(ch, 64, 8)
+    if not data:
+        break
+    for fd in fds:
+        os.close(fd)
+    if b"p" in data:
+        ch.send(b"P")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_worker_leaves_the_master_small_and_still_heard() {
+    let m = Master::start(
+        "flood",
+        &[
+            "--workers",
+            "1",
+            "--wait-ready",
+            "--",
+            "python3",
+            "-c",
+            PY_FLOOD,
+        ],
+    )
+    .await;
+    // It got through: the master read all the flood and the `r` after it.
+    let master = m.child.id().unwrap();
+    let (peak, _) = rss_kib(master);
+    let fds = fd_count(master);
+    eprintln!("after the flood: master VmHWM {peak} KiB, {fds} fds");
+    assert!(peak < 64 * 1024, "master RSS peaked at {peak} KiB");
+    assert!(fds < 40, "master holds {fds} fds");
+    // A control-socket line with no newline is cut off at its limit.
+    let mut s = UnixStream::connect(&m.control).await.unwrap();
+    let junk = vec![b'a'; 1 << 20];
+    let writer = async {
+        for _ in 0..100 {
+            if s.write_all(&junk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    };
+    let refused = timeout(LIMIT, writer).await.unwrap();
+    assert!(refused, "the master kept reading a 100 MiB line");
+    let (peak, _) = rss_kib(master);
+    assert!(peak < 64 * 1024, "master RSS peaked at {peak} KiB");
+    let rows = m.status().await;
+    assert_eq!(rows[0].state, "ready");
+    m.stop().await;
+}
+
+/// Sets the fd limit of the master and its workers to 64.
+const ULIMIT_64: [&str; 3] = ["sh", "-c", "ulimit -n 64 && exec \"$0\" \"$@\""];
+
+async fn connect_many(addr: &str, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(
+            timeout(LIMIT, TcpStream::connect(addr))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    conns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_64_fds_200_connections_leave_the_master_idle_and_its_workers_alive() {
+    let m = Master::launch(
+        "emfile",
+        &ULIMIT_64,
+        &[
+            "--workers",
+            "2",
+            "--heartbeat-timeout",
+            "1",
+            "--builtin",
+            "echo",
+        ],
+    )
+    .await;
+    let pids: Vec<u32> = m
+        .wait_for(
+            |r| r.len() == 2 && r.iter().all(|r| r.state == "ready"),
+            "ready",
+        )
+        .await
+        .iter()
+        .map(|r| r.pid)
+        .collect();
+    let master = m.child.id().unwrap();
+    let conns = connect_many(&m.addr, 200).await;
+    // Past the accept burst, over a window longer than the heartbeat timeout: the master
+    // idles, answers ctl, and keeps both workers.
+    let tick = 100.0; // USER_HZ
+    let window = Duration::from_secs(2);
+    let cpu0 = cpu_ticks(master);
+    let t0 = Instant::now();
+    while t0.elapsed() < window {
+        let rows = m.status().await;
+        assert_eq!(rows.iter().map(|r| r.pid).collect::<Vec<_>>(), pids);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let used = (cpu_ticks(master) - cpu0) as f64 / tick / t0.elapsed().as_secs_f64();
+    eprintln!("master CPU at its fd limit: {:.1}%", used * 100.0);
+    assert!(
+        used < 0.25,
+        "master used {:.0}% CPU at its fd limit",
+        used * 100.0
+    );
+    assert_eq!(m.log_has("missed its heartbeats"), 0);
+    drop(conns);
+    // Once the clients leave, it serves again, with the same workers, and idles.
+    for i in 0..10 {
+        timeout(LIMIT, exchange(&m.addr, format!("again {i}").as_bytes()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let cpu0 = cpu_ticks(master);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = (cpu_ticks(master) - cpu0) as f64 / tick / t0.elapsed().as_secs_f64();
+    assert!(
+        used < 0.25,
+        "master used {:.0}% CPU after the clients left",
+        used * 100.0
+    );
+    let rows = m.status().await;
+    assert_eq!(rows.iter().map(|r| r.pid).collect::<Vec<_>>(), pids);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_at_its_fd_limit_drops_that_connection_and_keeps_its_channel() {
+    let m = Master::launch(
+        "ctrunc",
+        &ULIMIT_64,
+        &[
+            "--workers",
+            "1",
+            "--heartbeat-timeout",
+            "1",
+            "--builtin",
+            "echo",
+        ],
+    )
+    .await;
+    let pid = m
+        .wait_for(|r| r.len() == 1 && r[0].state == "ready", "ready")
+        .await[0]
+        .pid;
+    let conns = connect_many(&m.addr, 100).await;
+    // The worker logs the cut-off handles (as a channel error or a dropped connection).
+    until("the worker logs a dropped connection", || {
+        m.log_has("worker: channel") + m.log_has("worker: connection dropped") > 0
+    })
+    .await;
+    // Longer than the heartbeat timeout: the worker still answers its heartbeats.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        let rows = m.status().await;
+        assert_eq!(rows[0].pid, pid, "the worker was replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conns);
+    // And it still takes connections from its channel.
+    for i in 0..10 {
+        let msg = format!("after {i}");
+        let mut s = TcpStream::connect(&m.addr).await.unwrap();
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        timeout(LIMIT, s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let rows = m.status().await;
+    assert_eq!((rows[0].pid, rows[0].restarts), (pid, 0));
+    assert_eq!(m.log_has("missed its heartbeats"), 0);
+    m.stop().await;
+}

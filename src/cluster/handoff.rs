@@ -1,0 +1,247 @@
+//! Handing connections and pings to workers without ever waiting for one, and accepting
+//! with a backoff when the process is out of fds or memory.
+//!
+//! Each send is one non-blocking `sendmsg` on the master's end of the worker's channel. The
+//! channel's send buffer is kept small (`CHANNEL_SNDBUF`), so a worker that stops reading
+//! (stopped, hung) holds at most a handful of connections before its channel is full; from
+//! then on it is skipped, and the connections go to the other workers, until the kernel
+//! says its channel has room again.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::{TcpStream, UnixStream};
+
+use super::master::{Event, Master, State};
+use super::{Every, Strategy, wire};
+
+/// The send buffer asked for on each worker channel: the kernel doubles it to 8 KiB, room
+/// for about 11 handed-off connections waiting for the worker to read them.
+pub(super) const CHANNEL_SNDBUF: usize = 4096;
+
+/// The most accepted connections the master holds while no worker can take them: half the
+/// fd limit (the other half stays for workers' channels, pidfds and `ctl`), at most 4096.
+pub(super) fn backlog_max() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    (soft / 2).clamp(1, 4096) as usize
+}
+
+enum Sent {
+    Yes,
+    /// The channel is full (the worker is not reading).
+    Full,
+    /// The channel is broken (the worker is gone; its exit follows).
+    Broken,
+}
+
+/// One non-blocking send of `byte` with `fd` attached.
+fn try_send(chan: &UnixStream, byte: u8, fd: Option<BorrowedFd<'_>>) -> Sent {
+    let sock = chan.as_raw_fd();
+    let one;
+    let fds: &[RawFd] = match fd {
+        Some(fd) => {
+            one = [fd.as_raw_fd()];
+            &one
+        }
+        None => &[],
+    };
+    match chan.try_io(Interest::WRITABLE, || {
+        crate::ipc::send_raw(sock, &[byte], fds)
+    }) {
+        Ok(_) => Sent::Yes,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Sent::Full,
+        Err(_) => Sent::Broken,
+    }
+}
+
+impl Master {
+    /// Gives a connection to a worker, or queues it until one can take it.
+    pub(super) fn hand_out(&mut self, conn: TcpStream) {
+        // Workers get a blocking socket, as from accept(2) on a blocking listener (what a
+        // worker in any language expects); brood workers make it non-blocking themselves.
+        // The flag lives on the shared file description, so it is set here, before the
+        // handoff.
+        let conn = match conn
+            .into_std()
+            .and_then(|c| c.set_nonblocking(false).map(|()| c))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accepted connection unusable: {e}");
+                return;
+            }
+        };
+        self.backlog.push_back(conn);
+        self.flush_backlog();
+    }
+
+    /// Hands queued connections out while some ready worker has room.
+    pub(super) fn flush_backlog(&mut self) {
+        while let Some(conn) = self.backlog.pop_front() {
+            let mut tried = Vec::new();
+            let mut handed = false;
+            while let Some(id) = self.pick(&tried) {
+                tried.push(id);
+                let w = self.workers.get_mut(&id).expect("picked");
+                let Some(chan) = w.chan.clone() else {
+                    continue;
+                };
+                match try_send(&chan, wire::CONN, Some(conn.as_fd())) {
+                    Sent::Yes => {
+                        w.handled += 1;
+                        w.open += 1;
+                        handed = true;
+                        break;
+                    }
+                    Sent::Full => {
+                        w.full = true;
+                        notify_writable(id, chan, self.events_tx.clone());
+                    }
+                    Sent::Broken => w.chan = None,
+                }
+            }
+            if !handed {
+                self.backlog.push_front(conn);
+                return;
+            }
+            // `conn` drops here: the master's copy closes; the worker has its own.
+        }
+    }
+
+    /// The next worker by the strategy, among ready ones with room not yet tried.
+    fn pick(&mut self, tried: &[u64]) -> Option<u64> {
+        let ready = self.workers.iter().filter(|(id, w)| {
+            w.state == State::Ready && w.chan.is_some() && !w.full && !tried.contains(id)
+        });
+        match self.cluster.cfg.strategy {
+            Strategy::LeastConnections => ready
+                .min_by_key(|(id, w)| (w.open, w.handled, **id))
+                .map(|(id, _)| *id),
+            _ => {
+                let mut first = None;
+                let mut next = None;
+                for (id, _) in ready {
+                    first.get_or_insert(*id);
+                    if *id > self.rr {
+                        next = Some(*id);
+                        break;
+                    }
+                }
+                let id = next.or(first)?;
+                self.rr = id;
+                Some(id)
+            }
+        }
+    }
+
+    /// Pings brood-aware workers and kills the ones silent for too long. A worker whose
+    /// channel is full gets no ping (it is not reading): its silence grows.
+    pub(super) fn heartbeat(&mut self) {
+        let t = self.cluster.cfg.timings;
+        for (id, w) in &mut self.workers {
+            if !w.aware || w.state != State::Ready {
+                continue;
+            }
+            if w.last_pong.elapsed() > t.heartbeat_timeout {
+                tracing::warn!(pid = w.pid, id, "worker missed its heartbeats; killing it");
+                let _ = w.kill.send(crate::Signum::KILL);
+                w.last_pong = Instant::now(); // once per timeout, not every tick
+                continue;
+            }
+            if let Some(chan) = &w.chan {
+                if let Sent::Broken = try_send(chan, wire::PING, None) {
+                    w.chan = None;
+                }
+            }
+        }
+    }
+}
+
+/// Reports `Event::Writable(id)` once the channel has room again.
+fn notify_writable(id: u64, chan: Arc<UnixStream>, events: tokio::sync::mpsc::Sender<Event>) {
+    tokio::spawn(async move {
+        if chan.writable().await.is_ok() {
+            let _ = events.send(Event::Writable(id)).await;
+        }
+    });
+}
+
+/// Backoff of the accept loop after errors that come back at once until something else
+/// changes (out of fds or memory): pause accepting, doubling up to a second, and log at
+/// most once a second how many failed.
+#[derive(Default)]
+pub(super) struct AcceptBackoff {
+    until: Option<Instant>,
+    delay: Duration,
+    log: Every,
+}
+
+const PAUSE_MIN: Duration = Duration::from_millis(20);
+const PAUSE_MAX: Duration = Duration::from_secs(1);
+
+impl AcceptBackoff {
+    pub fn paused(&self) -> bool {
+        self.until.is_some_and(|t| Instant::now() < t)
+    }
+
+    pub fn ok(&mut self) {
+        self.delay = Duration::ZERO;
+        self.until = None;
+    }
+
+    pub fn failed(&mut self, e: &std::io::Error) {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if exhausted {
+            self.delay = (self.delay * 2).clamp(PAUSE_MIN, PAUSE_MAX);
+            self.until = Some(Instant::now() + self.delay);
+        }
+        if let Some(failed) = self.log.hit() {
+            if exhausted {
+                tracing::warn!(
+                    failed,
+                    pause_ms = self.delay.as_millis() as u64,
+                    "accept: {e}; pausing accepts"
+                );
+            } else {
+                tracing::warn!(failed, "accept: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_of_exhaustion_pause_with_a_doubling_delay() {
+        let mut b = AcceptBackoff::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        b.failed(&emfile);
+        assert!(b.paused());
+        assert_eq!(b.delay, PAUSE_MIN);
+        for _ in 0..10 {
+            b.failed(&emfile);
+        }
+        assert_eq!(b.delay, PAUSE_MAX);
+        b.ok();
+        assert!(!b.paused());
+        // Other errors (a connection reset before accept) do not pause.
+        b.failed(&std::io::Error::from_raw_os_error(libc::ECONNABORTED));
+        assert!(!b.paused());
+    }
+}

@@ -1,0 +1,112 @@
+//! Raw Linux system calls for the code between clone and exec.
+//!
+//! The child shares the parent's memory and thread pointer (CLONE_VM without CLONE_SETTLS),
+//! so glibc's wrappers, which store a failure in the *parent thread's* `errno`, would write
+//! into the suspended parent. On x86_64 and aarch64 these calls are made with inline
+//! assembly: the error comes back in the return value (`-errno`) and nothing else is
+//! written. On other architectures they go through `libc::syscall`, which also sets the
+//! calling thread's `errno` on failure (the parent thread's, then): the error still comes
+//! back in the return value, the parent only finds its `errno` changed.
+
+/// `Err(errno)` for a kernel return in `-4095..=-1`, else the value.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn result(ret: isize) -> Result<usize, i32> {
+    if (-4095..0).contains(&ret) {
+        Err(-ret as i32)
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// System call `nr` with up to six word arguments.
+///
+/// # Safety
+/// The arguments must be what the kernel expects for `nr` (valid pointers for its reads and
+/// writes); the call may change this process as the system call does.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn syscall(nr: libc::c_long, a: [usize; 6]) -> Result<usize, i32> {
+    let ret: isize;
+    // SAFETY: the x86_64 Linux system call convention; rcx and r11 are clobbered by the
+    // `syscall` instruction; the caller vouches for the arguments.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+            in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    result(ret)
+}
+
+/// System call `nr` with up to six word arguments.
+///
+/// # Safety
+/// As for x86_64 above.
+#[cfg(target_arch = "aarch64")]
+pub(super) unsafe fn syscall(nr: libc::c_long, a: [usize; 6]) -> Result<usize, i32> {
+    let ret: isize;
+    // SAFETY: the aarch64 Linux system call convention (number in x8, result in x0); the
+    // caller vouches for the arguments.
+    unsafe {
+        core::arch::asm!(
+            "svc 0",
+            in("x8") nr as usize,
+            inlateout("x0") a[0] => ret,
+            in("x1") a[1], in("x2") a[2], in("x3") a[3], in("x4") a[4], in("x5") a[5],
+            options(nostack),
+        );
+    }
+    result(ret)
+}
+
+/// System call `nr` through `libc::syscall` (which also sets `errno` on failure).
+///
+/// # Safety
+/// As for x86_64 above.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(super) unsafe fn syscall(nr: libc::c_long, a: [usize; 6]) -> Result<usize, i32> {
+    // SAFETY: the caller vouches for the arguments.
+    let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+    if r == -1 {
+        // SAFETY: reads this thread's errno right after the failed call.
+        return Err(unsafe { *libc::__errno_location() });
+    }
+    Ok(r as usize)
+}
+
+/// The size of the kernel's signal set, in bytes (`_NSIG / 8`).
+#[cfg(any(target_arch = "mips", target_arch = "mips64"))]
+pub(super) const SIGSET_SIZE: usize = 16;
+/// The size of the kernel's signal set, in bytes (`_NSIG / 8`).
+#[cfg(not(any(target_arch = "mips", target_arch = "mips64")))]
+pub(super) const SIGSET_SIZE: usize = 8;
+
+/// A kernel signal set with every bit set: glibc's `sigfillset` leaves out its own 32 and
+/// 33, this one does not.
+pub(super) const FULL_SET: [u64; 2] = [u64::MAX; 2];
+/// An empty kernel signal set.
+pub(super) const EMPTY_SET: [u64; 2] = [0; 2];
+
+/// `rt_sigprocmask(SIG_SETMASK, set, old)`.
+///
+/// # Safety
+/// `old` is null or has room for a kernel signal set.
+pub(super) unsafe fn set_mask(set: &[u64; 2], old: *mut [u64; 2]) -> Result<usize, i32> {
+    // SAFETY: both sets are 16 bytes, at least SIGSET_SIZE.
+    unsafe {
+        syscall(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as usize,
+                set.as_ptr() as usize,
+                old as usize,
+                SIGSET_SIZE,
+                0,
+                0,
+            ],
+        )
+    }
+}
