@@ -112,7 +112,10 @@ impl Notifier {
             return;
         };
         let now = Instant::now();
-        if self.last_ping.is_some_and(|t| now.duration_since(t) < every) {
+        if self
+            .last_ping
+            .is_some_and(|t| now.duration_since(t) < every)
+        {
             return;
         }
         self.last_ping = Some(now);

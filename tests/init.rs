@@ -17,7 +17,7 @@ async fn orphans_are_reaped_by_pid_and_a_kept_child_keeps_its_exit_status() {
     let mut sigchld = Signal::new(Signum::CHLD).unwrap();
     // The kept child ends first with 5, while ten orphans of another shell land here.
     let mut kept = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();
-    let keep = kept.id() as i32;
+    let keep = kept.id().unwrap() as i32;
     let mut maker = Command::new("sh")
         .args([
             "-c",
@@ -40,13 +40,16 @@ async fn orphans_are_reaped_by_pid_and_a_kept_child_keeps_its_exit_status() {
     assert_eq!(orphans.len(), 10);
     let mut reaped = Vec::new();
     tokio::time::timeout(LIMIT, async {
-        while orphans.iter().any(|p| !reaped.contains(p)) {
+        loop {
             let got = init::reap_orphans(|p| p == keep).unwrap();
             assert!(
                 got.iter().all(|(p, exit)| *p != keep && exit.success()),
                 "{got:?}"
             );
             reaped.extend(got.into_iter().map(|(p, _)| p));
+            if orphans.iter().all(|p| reaped.contains(p)) {
+                break;
+            }
             sigchld.recv().await;
         }
     })

@@ -51,7 +51,7 @@ impl Init {
 /// A script run by an init that is PID 1 of a new PID namespace, stdin and stdout piped.
 struct Namespace {
     unshare: Child,
-    stdout: tokio::net::UnixStream,
+    stdout: brood::ChildPipe,
     /// The init's pid as this test sees it (it is 1 inside).
     init: i32,
     /// Kills the init (and so the namespace) if the test fails half-way.
@@ -76,7 +76,7 @@ impl Namespace {
         let line = read_line(&mut stdout, "the script's first line").await;
         assert_eq!(line, "ready", "{init_argv:?}");
         // unshare --fork has one child: the init, PID 1 inside.
-        let inits = children(unshare.id() as i32);
+        let inits = children(unshare.id().unwrap() as i32);
         assert_eq!(inits.len(), 1, "unshare's children: {inits:?}");
         Namespace {
             init: inits[0],
@@ -418,7 +418,7 @@ async fn tstp_stops_child_and_brood_cont_resumes_both_ttou_is_ignored() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let me = brood.id() as i32;
+    let me = brood.id().unwrap() as i32;
     let mut child = None;
     until(
         "brood's child sleep runs",

@@ -132,13 +132,13 @@ pub(super) async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
 
     let mut cmd = super::build(args, setup);
     if opts.group {
-        cmd = cmd.process_group(0);
+        cmd.process_group(0);
     }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return super::spawn_failed(out, &e),
     };
-    let pid = child.id() as i32;
+    let pid = child.id().expect("a child not waited for has its pid") as i32;
     let target = Target {
         pid,
         group: opts.group,
