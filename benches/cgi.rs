@@ -1,8 +1,10 @@
-//! `cargo bench --bench cgi`: requests per second for a minimal compiled CGI program (C,
-//! built here with gcc) with 16 concurrent keep-alive clients, brood against Python's
+//! `cargo bench --bench cgi`: requests per second for two compiled CGI programs (C, built
+//! here with gcc), a minimal one and a cgit-like one that writes an 8 KB page in 200
+//! flushed pieces, with 16 concurrent keep-alive clients, brood against Python's
 //! `http.server --cgi` and, when installed, lighttpd's mod_cgi. Every server runs in its
-//! own process; the load generator is a raw-TCP HTTP/1.1 client bounded by time, which
-//! reconnects when a server closes the connection (Python answers HTTP/1.0).
+//! own process; the load generator is `wrk` when installed, else a raw-TCP HTTP/1.1 client
+//! bounded by time, which reconnects when a server closes the connection (Python answers
+//! HTTP/1.0).
 //!
 //! `BROOD_BENCH_QUICK=1` runs each cell for a shorter time. Timing never gates a test.
 
@@ -22,6 +24,25 @@ int main(void) {
     return 0;
 }
 "#;
+
+/// cgit writes its pages in many small pieces: 200 flushed writes of 40 bytes.
+const PIECES_C: &str = r#"#include <stdio.h>
+int main(void) {
+    fputs("Content-Type: text/html\r\n\r\n", stdout);
+    fflush(stdout);
+    for (int i = 0; i < 200; i++) {
+        printf("<tr><td>row %03d</td><td>commit text</td></tr>\n", i);
+        fflush(stdout);
+    }
+    return 0;
+}
+"#;
+
+/// The cases: a name and the path of the program.
+const CASES: [(&str, &str); 2] = [
+    ("minimal program", "/cgi-bin/hello"),
+    ("200 small writes (cgit-like)", "/cgi-bin/pieces"),
+];
 
 fn quick() -> bool {
     std::env::var_os("BROOD_BENCH_QUICK").is_some()
@@ -61,21 +82,23 @@ fn serve_brood(root: &Path) {
     });
 }
 
-/// A directory with `cgi-bin/hello` compiled from C.
+/// A directory with `cgi-bin/hello` and `cgi-bin/pieces` compiled from C.
 fn build_root() -> PathBuf {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cgi-bench");
     let bin = root.join("cgi-bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let src = root.join("hello.c");
-    std::fs::write(&src, HELLO_C).unwrap();
-    let ok = std::process::Command::new("gcc")
-        .args(["-O2", "-o"])
-        .arg(bin.join("hello"))
-        .arg(&src)
-        .status()
-        .expect("gcc is needed to build the CGI program")
-        .success();
-    assert!(ok, "gcc failed");
+    for (name, text) in [("hello", HELLO_C), ("pieces", PIECES_C)] {
+        let src = root.join(format!("{name}.c"));
+        std::fs::write(&src, text).unwrap();
+        let ok = std::process::Command::new("gcc")
+            .args(["-O2", "-o"])
+            .arg(bin.join(name))
+            .arg(&src)
+            .status()
+            .expect("gcc is needed to build the CGI programs")
+            .success();
+        assert!(ok, "gcc failed");
+    }
     root
 }
 
@@ -235,12 +258,61 @@ async fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<bool> {
     Ok(!close)
 }
 
-/// 16 clients for `secs`: completed requests per second.
-async fn load(addr: SocketAddr, secs: f64) -> f64 {
+/// `wrk` with 16 connections for `secs` on 2 threads: its `Requests/sec`, counting only
+/// 2xx answers (wrk reports the others apart, and they are subtracted).
+async fn wrk(bin: PathBuf, addr: SocketAddr, path: &'static str, secs: f64) -> f64 {
+    let url = format!("http://{addr}{path}");
+    let dur = format!("{}s", secs.ceil().max(1.0) as u64);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["-t2", &format!("-c{CLIENTS}"), &format!("-d{dur}"), &url])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let rate = field("Requests/sec:");
+    let total = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_string())
+        })
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let bad = field("Non-2xx or 3xx responses:");
+    if total > 0.0 {
+        rate * (total - bad) / total
+    } else {
+        0.0
+    }
+}
+
+/// Requests per second for `path`: through `wrk` when it is installed, else the bench's
+/// own client.
+async fn load(addr: SocketAddr, path: &'static str, secs: f64) -> f64 {
+    match which("wrk") {
+        Some(bin) if secs >= 1.0 => wrk(bin, addr, path, secs).await,
+        _ => own_load(addr, path, secs).await,
+    }
+}
+
+/// 16 clients asking for `path` for `secs`: completed requests per second.
+async fn own_load(addr: SocketAddr, path: &'static str, secs: f64) -> f64 {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
+        let request = request.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             let mut conn: Option<BufReader<TcpStream>> = None;
@@ -255,10 +327,7 @@ async fn load(addr: SocketAddr, secs: f64) -> f64 {
                         Err(_) => continue,
                     },
                 };
-                let sent = r
-                    .get_mut()
-                    .write_all(b"GET /cgi-bin/hello HTTP/1.1\r\nHost: bench\r\n\r\n")
-                    .await;
+                let sent = r.get_mut().write_all(request.as_bytes()).await;
                 let left = end.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
                 let answer = match sent {
                     Ok(()) => tokio::time::timeout(left, read_response(r)).await,
@@ -301,37 +370,47 @@ async fn bench() {
         Some(c) => contenders.push(c),
         None => println!("lighttpd: not installed (or did not start), skipped"),
     }
+    let generator = if which("wrk").is_some() {
+        "wrk -t2"
+    } else {
+        "the bench's own client (wrk not installed)"
+    };
+    println!("load generator: {generator}");
     println!(
-        "brood cgi benchmark: minimal C CGI program, {CLIENTS} keep-alive clients, \
-         {secs} s per cell, median of 3 rounds, contenders interleaved (2 shared cores)\n"
+        "brood cgi benchmark: compiled C CGI programs, {CLIENTS} keep-alive clients, \
+         {secs} s per cell, 3 rounds with the contenders interleaved, median of the \
+         per-round ratios (2 shared cores)\n"
     );
-    // Warm-up, then rounds.
-    for c in &contenders {
-        load(c.addr, 0.3).await;
-    }
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
-    for _ in 0..3 {
-        for (i, c) in contenders.iter().enumerate() {
-            results[i].push(load(c.addr, secs).await);
+    for (case, path) in CASES {
+        // Warm-up, then rounds.
+        for c in &contenders {
+            load(c.addr, path, 0.3).await;
         }
-    }
-    let rates: Vec<f64> = results.into_iter().map(median).collect();
-    if let Some(i) = rates.iter().position(|r| *r == 0.0) {
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+        for _ in 0..3 {
+            for (i, c) in contenders.iter().enumerate() {
+                rates[i].push(load(c.addr, path, secs).await);
+            }
+        }
+        println!("{case} ({path})");
         println!(
-            "{} answered no request with 200: its figures are void",
-            contenders[i].name
+            "  {:<28} {:>12} {:>14}",
+            "server", "requests/s", "brood ÷ it"
         );
-    }
-    println!("{:<28} {:>12} {:>14}", "server", "requests/s", "brood ÷ it");
-    for (c, r) in contenders.iter().zip(&rates) {
-        println!("{:<28} {:>12.0} {:>13.2}×", c.name, r, rates[0] / r);
-    }
-    let best_other = rates[1..].iter().cloned().fold(0.0, f64::max);
-    if best_other > 0.0 {
-        println!(
-            "\nbrood vs the best of the others: {:.2}× (bar: ≥ 1.0×)",
-            rates[0] / best_other
-        );
+        for (i, c) in contenders.iter().enumerate() {
+            if rates[i].contains(&0.0) {
+                println!("  {:<28} answered no request with 200: void", c.name);
+                continue;
+            }
+            let ratios: Vec<f64> = rates[0].iter().zip(&rates[i]).map(|(b, o)| b / o).collect();
+            println!(
+                "  {:<28} {:>12.0} {:>13.2}×",
+                c.name,
+                median(rates[i].clone()),
+                median(ratios)
+            );
+        }
+        println!();
     }
     for mut c in contenders {
         drop(c.child.stdin.take());

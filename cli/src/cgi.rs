@@ -1,14 +1,13 @@
 //! `brood cgi`: a CGI/1.1 server (scripts under a root, or one script), or the libuv
 //! guide's raw mode where each connection is a program's stdin and stdout.
 
-use crate::log::say;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use brood::Signum;
-use brood::cgi::{Cgi, Raw};
+use brood::cgi::{Cgi, LogFormat, LogLine, Raw};
 use brood::signal::Signal;
 use clap::{ArgGroup, Args};
 
@@ -24,9 +23,18 @@ use clap::{ArgGroup, Args};
 /// With --raw, each connection runs PROGRAM with stdin and stdout set to the socket and
 /// TCPREMOTEIP / TCPREMOTEPORT in its environment; the connection closes when it exits.
 ///
-/// One access line per request goes to stderr (client, request, status, bytes, ms, exit),
-/// as do the scripts' stderr lines, prefixed with the script name. SIGINT or SIGTERM stops
-/// the server and kills the scripts still running.
+/// Request bodies are read whole before the script starts (memory, then a temporary file)
+/// and given with CONTENT_LENGTH. REMOTE_USER is set only for users checked against
+/// --htpasswd; without it no script gets one. A query without `=` becomes arguments only
+/// for GET/HEAD and never a word starting with `-`. The file that runs is the file that was
+/// checked to be inside the root (opened once, then executed).
+///
+/// Fixed limits: a client has 30 s to send a request head, of at most 64 KiB (431 beyond);
+/// request bodies held in memory share 64 MiB for the whole server (beyond, temp files).
+///
+/// One access line per request (with a timestamp) goes to stderr or --access-log, as do
+/// the scripts' stderr lines, prefixed with the script name. SIGINT or SIGTERM stops the
+/// server and kills the scripts still running.
 ///
 /// Examples:
 ///   brood cgi --listen 127.0.0.1:8080 --root ./cgi-bin
@@ -43,26 +51,47 @@ pub struct CgiArgs {
     /// Directory of the scripts.
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// URL path the scripts are under, with --root (`/` for all paths).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/cgi-bin",
-        requires = "root"
-    )]
-    prefix: String,
+    /// URL path the scripts are under (`/` for all paths): /cgi-bin by default with
+    /// --root; with --script the part of the path that is SCRIPT_NAME (none by default).
+    #[arg(long, value_name = "PATH", conflicts_with = "raw")]
+    prefix: Option<String>,
     /// One script that answers every path.
     #[arg(long, value_name = "FILE")]
     script: Option<PathBuf>,
     /// Raw mode: run PROGRAM per connection with the socket as its stdin and stdout.
     #[arg(long, requires = "program")]
     raw: bool,
-    /// Kill a script and its whole process group after SECS (504 if nothing was sent).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
-    /// At most N scripts at once; more get 503 (or wait, with --queue).
+    /// End a script and its process group after SECS (SIGTERM, SIGKILL 2 s later; 504 if
+    /// nothing was sent, a cut response otherwise); 0 for no limit.
+    #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_TIMEOUT.as_secs_f64())]
+    timeout: f64,
+    /// At most N scripts at once; more get 503 (or wait, with --queue). Default: 16 per CPU.
     #[arg(long, value_name = "N")]
     max_children: Option<usize>,
+    /// Require HTTP Basic credentials of a user in this Apache htpasswd file (bcrypt,
+    /// apr1-MD5 or SHA-1), answering 401 otherwise; the user becomes REMOTE_USER.
+    #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+    htpasswd: Option<PathBuf>,
+    /// The realm of the 401 challenge, with --htpasswd.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "brood",
+        requires = "htpasswd"
+    )]
+    realm: String,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = brood::cgi::DEFAULT_MAX_BODY)]
+    max_body: u64,
+    /// A request body that stalls this long between two pieces ends the request (408).
+    #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
+    body_timeout: f64,
+    /// Append access lines to FILE instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    access_log: Option<PathBuf>,
+    /// Access line format: brood, common (CLF) or combined (CLF + referer, user agent).
+    #[arg(long, value_name = "FORMAT", default_value = "brood", value_parser = ["brood", "common", "combined"])]
+    log_format: String,
     /// With --max-children: wait up to SECS for a free slot before answering 503.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     queue: f64,
@@ -91,6 +120,12 @@ fn seconds(what: &str, s: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("{what} takes seconds, 0 or more"))
 }
 
+/// One line to stderr; a closed or broken stderr is ignored, never a panic.
+/// One line to stderr through the CLI's never-panicking writer.
+fn say(text: &str) {
+    crate::log::write(format!("{text}\n").as_bytes());
+}
+
 pub fn main(args: CgiArgs) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,25 +133,58 @@ pub fn main(args: CgiArgs) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            say!("brood cgi: cannot start the runtime: {e}");
+            say(&format!("brood cgi: cannot start the runtime: {e}"));
             return 1;
         }
     };
     match rt.block_on(run(args)) {
         Ok(()) => 0,
         Err(e) => {
-            say!("brood cgi: {e}");
+            say(&format!("brood cgi: {e}"));
             1
         }
     }
+}
+
+/// Where log lines go: access lines to `--access-log` (when given) in `--log-format`,
+/// everything else to stderr; write errors are ignored.
+fn logger(args: &CgiArgs) -> Result<impl Fn(&LogLine) + Send + Sync + 'static, String> {
+    use std::io::Write;
+    let format = match args.log_format.as_str() {
+        "common" => LogFormat::Common,
+        "combined" => LogFormat::Combined,
+        _ => LogFormat::Brood,
+    };
+    let file = match &args.access_log {
+        None => None,
+        Some(p) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("--access-log {}: {e}", p.display()))?,
+        )),
+    };
+    Ok(move |line: &LogLine| {
+        let text = line.format(format);
+        match (&file, line) {
+            (Some(f), LogLine::Access(_)) => {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = writeln!(f, "{text}");
+            }
+            _ => say(&text),
+        }
+    })
 }
 
 async fn run(args: CgiArgs) -> Result<(), String> {
     if !args.program.is_empty() && !args.raw {
         return Err("a PROGRAM is given only with --raw".into());
     }
-    let timeout = args.timeout.map(|t| seconds("--timeout", t)).transpose()?;
+    let timeout = Some(seconds("--timeout", args.timeout)?).filter(|t| !t.is_zero());
     let queue = seconds("--queue", args.queue)?;
+    let body_timeout = seconds("--body-timeout", args.body_timeout)?;
+    let log = logger(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", args.listen))?;
@@ -126,14 +194,15 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
     let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
 
-    let serve = if args.raw {
+    // A signal starts a graceful stop: the HTTP server ends its scripts with SIGTERM, then
+    // SIGKILL after a grace; raw mode's programs are killed at once.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut serve = if args.raw {
         let mut raw = Raw::new(&args.program[0])
             .args(&args.program[1..])
             .queue(queue)
-            .on_log(|line| say!("{line}"));
-        if let Some(t) = timeout {
-            raw = raw.timeout(t);
-        }
+            .timeout(timeout)
+            .on_log(log);
         if let Some(n) = args.max_children {
             raw = raw.max_children(n);
         }
@@ -143,26 +212,39 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         for name in &args.pass_env {
             raw = raw.pass_env(name);
         }
-        say!(
+        raw.check().map_err(|e| e.to_string())?;
+        say(&format!(
             "brood cgi: listening on {addr} (raw: {})",
             args.program[0].to_string_lossy()
-        );
+        ));
         Box::pin(raw.serve(listener)) as std::pin::Pin<Box<dyn Future<Output = _>>>
     } else {
         let (mut cgi, what) = match (&args.root, &args.script) {
-            (Some(root), _) => (
-                Cgi::root(root).prefix(&args.prefix),
-                format!("root {}, prefix {}", root.display(), args.prefix),
-            ),
-            (None, Some(file)) => (Cgi::script(file), format!("script {}", file.display())),
+            (Some(root), _) => {
+                let prefix = args.prefix.as_deref().unwrap_or("/cgi-bin");
+                (
+                    Cgi::root(root).prefix(prefix),
+                    format!("root {}, prefix {prefix}", root.display()),
+                )
+            }
+            (None, Some(file)) => {
+                let prefix = args.prefix.as_deref().unwrap_or("");
+                (
+                    Cgi::script(file).prefix(prefix),
+                    format!("script {}, prefix {prefix}", file.display()),
+                )
+            }
             (None, None) => unreachable!("clap requires a mode"),
         };
         cgi = cgi
             .queue(queue)
             .max_header_bytes(args.max_header_bytes)
-            .on_log(|line| say!("{line}"));
-        if let Some(t) = timeout {
-            cgi = cgi.timeout(t);
+            .timeout(timeout)
+            .max_body(args.max_body)
+            .body_timeout(body_timeout)
+            .on_log(log);
+        if let Some(file) = &args.htpasswd {
+            cgi = cgi.htpasswd(file).realm(&args.realm);
         }
         if let Some(n) = args.max_children {
             cgi = cgi.max_children(n);
@@ -173,19 +255,22 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         for name in &args.pass_env {
             cgi = cgi.pass_env(name);
         }
-        say!("brood cgi: listening on http://{addr} ({what})");
-        Box::pin(cgi.serve(listener))
+        cgi.check().map_err(|e| e.to_string())?;
+        say(&format!("brood cgi: listening on http://{addr} ({what})"));
+        Box::pin(cgi.serve_until(listener, async {
+            let _ = stopped.await;
+        }))
     };
 
-    tokio::select! {
-        r = serve => r.map_err(|e| e.to_string()),
-        Some(_) = int.recv() => {
-            say!("brood cgi: SIGINT, stopping");
-            Ok(())
-        }
-        Some(_) = term.recv() => {
-            say!("brood cgi: SIGTERM, stopping");
-            Ok(())
-        }
+    let name = tokio::select! {
+        r = &mut serve => return r.map_err(|e| e.to_string()),
+        Some(_) = int.recv() => "SIGINT",
+        Some(_) = term.recv() => "SIGTERM",
+    };
+    say(&format!("brood cgi: {name}, stopping"));
+    if args.raw {
+        return Ok(());
     }
+    let _ = stop.send(());
+    serve.await.map_err(|e| e.to_string())
 }

@@ -198,3 +198,156 @@ fn bad_arguments_are_refused() {
         "a mode is required (a usage error: 125)"
     );
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_server() {
+    let root = temp_root("closed-stderr");
+    script(
+        &root.join("noisy"),
+        "#!/bin/sh\necho complaint >&2\nprintf 'Content-Type: text/plain\\n\\nfine'\n",
+    );
+    let mut server = Server::start(&["--root", root.to_str().unwrap()]);
+    // Close the read end of brood's stderr: every log line now fails with EPIPE.
+    let (tx, lines) = channel();
+    drop(std::mem::replace(&mut server.lines, lines));
+    drop(tx);
+    // The reader thread ends at its next line; make lines until the pipe is surely closed.
+    for i in 0..50 {
+        let answer = exchange(
+            &server.addr,
+            &format!("GET /cgi-bin/noisy?{i} HTTP/1.0\r\n\r\n"),
+        );
+        assert!(answer.ends_with("fine"), "request {i}: {answer:?}");
+    }
+    assert!(server.child.try_wait().unwrap().is_none(), "brood cgi died");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn configuration_is_checked_before_listening() {
+    for args in [
+        &["--root", "/no/such/dir"][..],
+        &["--script", "/no/such/script"],
+        &["--root", "/tmp", "--htpasswd", "/no/such/htpasswd"],
+        &["--raw", "--", "/no/such/program"],
+        &["--raw", "--", "no-such-program-in-path"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .args(["cgi", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("listening"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_gives_every_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .args(["cgi", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "--timeout <SECS>",
+        "[default: 300]",
+        "Default: 16 per CPU",
+        "[default: 1073741824]",
+        "[default: 30]",
+        "--htpasswd <FILE>",
+    ] {
+        assert!(help.contains(want), "{want} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn access_log_file_in_common_format() {
+    let root = temp_root("access-log");
+    script(
+        &root.join("ok"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nok'\n",
+    );
+    let log = root.join("access.log");
+    let server = Server::start(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--access-log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "common",
+    ]);
+    let answer = exchange(&server.addr, "GET /cgi-bin/ok HTTP/1.0\r\n\r\n");
+    assert!(answer.ends_with("ok"));
+    let deadline = Instant::now() + T;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\n") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no access line in {log:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(text.starts_with("127.0.0.1 - - ["), "{text}");
+    assert!(
+        text.contains("+0000] \"GET /cgi-bin/ok HTTP/1.0\" 200 2\n"),
+        "{text}"
+    );
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// brood's peak resident memory in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn many_big_uploads_at_once_stay_out_of_memory() {
+    let root = temp_root("uploads");
+    script(
+        &root.join("sink"),
+        "#!/bin/sh\nn=$(wc -c)\nprintf 'Content-Type: text/plain\\n\\n%s' \"$n\"\n",
+    );
+    let server = Server::start(&["--root", root.to_str().unwrap()]);
+    let before = peak_rss_kib(server.child.id());
+    // 24 clients each send 8 MB chunked, all at once: 192 MB in flight.
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut tcp = TcpStream::connect(&addr).unwrap();
+                tcp.set_read_timeout(Some(T)).unwrap();
+                tcp.write_all(
+                    b"POST /cgi-bin/sink HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+                )
+                .unwrap();
+                let piece = vec![b'u'; 64 * 1024];
+                for _ in 0..128 {
+                    tcp.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
+                    tcp.write_all(&piece).unwrap();
+                    tcp.write_all(b"\r\n").unwrap();
+                }
+                tcp.write_all(b"0\r\n\r\n").unwrap();
+                let mut out = String::new();
+                tcp.read_to_string(&mut out).unwrap();
+                out
+            })
+        })
+        .collect();
+    for c in clients {
+        let out = c.join().unwrap();
+        assert!(out.contains("\r\n8388608\r\n"), "{out}");
+    }
+    let grown = peak_rss_kib(server.child.id()).saturating_sub(before);
+    eprintln!("peak RSS grew by {grown} KiB for 192 MB of bodies");
+    // Bodies go to temporary files past 256 KiB each: far below what came in.
+    assert!(grown < 48 * 1024, "peak RSS grew by {grown} KiB");
+    let _ = std::fs::remove_dir_all(&root);
+}

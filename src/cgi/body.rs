@@ -1,28 +1,35 @@
 //! The script's stdout: the header block read first, then the rest streamed to the client
-//! as it comes, one read at a time, never the whole output in memory.
+//! as it comes, never the whole output in memory. Small writes are coalesced: each frame
+//! holds what the pipe has at that moment, up to [`CHUNK`] bytes (cgit writes a page in
+//! dozens of pieces).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use crate::ChildPipe;
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::response::find_end_from;
-use super::script::Run;
+use super::script::{Reader, Run, Shared};
+use crate::Exit;
 
 /// Bytes asked of the kernel per read: small at first (most answers are small), doubled
-/// each time a read fills the buffer, up to the largest.
+/// each time the buffer fills, up to the largest frame.
 const FIRST_CHUNK: usize = 4 * 1024;
 const CHUNK: usize = 64 * 1024;
+
+/// How long, after stdout's EOF, the end of the body waits for the script's exit status
+/// (a script that closes stdout and works on ends its body cleanly after this).
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Why no header block came.
 #[derive(Debug)]
 pub(crate) enum HeadError {
-    /// stdout ended first (the script exited, or was killed by the timeout).
+    /// stdout ended first (the script exited), or the timeout cut it.
     Eof,
     /// The block grew past the limit.
     TooLarge,
@@ -30,15 +37,21 @@ pub(crate) enum HeadError {
     Io(io::Error),
 }
 
-/// Reads stdout until the end of the header block: `(block, first body bytes)`.
+/// Reads stdout until the end of the header block: `(block, first body bytes)`. Stops at
+/// the timeout's cut even when someone outside the group still holds stdout open.
 pub(crate) async fn read_head(
-    stdout: &mut ChildPipe,
+    stdout: &mut Reader,
+    shared: &Shared,
     limit: usize,
 ) -> Result<(Bytes, Bytes), HeadError> {
+    let mut cut = shared.cut.subscribe();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let from = buf.len().saturating_sub(2);
-        let n = stdout.read_buf(&mut buf).await.map_err(HeadError::Io)?;
+        let n = tokio::select! {
+            r = stdout.read_buf(&mut buf) => r.map_err(HeadError::Io)?,
+            _ = cut.wait_for(|c| *c) => return Err(HeadError::Eof),
+        };
         if n == 0 {
             return Err(HeadError::Eof);
         }
@@ -59,25 +72,83 @@ pub(crate) async fn read_head(
     }
 }
 
+type Waiting = Pin<Box<dyn Future<Output = bool> + Send>>;
+
 /// The response body: the bytes already read past the header block, then stdout until EOF.
-/// Dropped before EOF (the client went away) it drops its [`Run`], which kills the script's
-/// process group. When the timeout has fired, EOF is an error, so the client sees a cut
-/// response rather than a short complete one.
+///
+/// It ends cleanly only when the script's output is complete: `Content-Length` bytes were
+/// sent, or stdout ended and the script exited on its own. A script killed by a signal
+/// after its headers, or cut by the timeout, ends it with an error, so the client sees a
+/// truncated response (no last chunk), never a clean short one. Dropped before its end (the
+/// client went away) it drops its [`Run`], which ends the script's process group.
 pub(crate) struct ScriptBody {
     first: Bytes,
     run: Option<Run>,
     buf: BytesMut,
     chunk: usize,
+    /// Bytes still due when the script sent `Content-Length`.
+    remaining: Option<u64>,
+    /// Resolves when the timeout cuts stdout.
+    cut: Waiting,
+    /// After EOF: resolves to whether the script ended well.
+    exit: Option<Waiting>,
+    /// What `exit` resolved to.
+    well: Option<bool>,
+    /// A failed end has given hyper its turn to flush.
+    flushed: bool,
+}
+
+fn ended_well(exit: Option<Exit>) -> bool {
+    exit.is_some_and(|e| e.signal == 0)
 }
 
 impl ScriptBody {
-    pub(crate) fn new(first: Bytes, run: Run) -> ScriptBody {
+    pub(crate) fn new(first: Bytes, run: Run, content_length: Option<u64>) -> ScriptBody {
+        let mut cut = run.shared.cut.subscribe();
         ScriptBody {
             first,
-            run: Some(run),
             buf: BytesMut::new(),
             chunk: FIRST_CHUNK,
+            remaining: content_length,
+            cut: Box::pin(async move {
+                let _ = cut.wait_for(|c| *c).await;
+                true
+            }),
+            exit: None,
+            well: None,
+            flushed: false,
+            run: Some(run),
         }
+    }
+
+    /// Counts `data` as sent, trimmed to what `Content-Length` still allows; finishes the
+    /// run when that is reached.
+    fn sent(&mut self, mut data: Bytes) -> Option<Result<Frame<Bytes>, io::Error>> {
+        let run = self.run.as_ref()?;
+        if let Some(left) = &mut self.remaining {
+            if data.len() as u64 > *left {
+                data.truncate(*left as usize);
+            }
+            *left -= data.len() as u64;
+        }
+        run.shared
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.remaining == Some(0) {
+            // Complete: the script may run on (bounded by the timeout), untouched.
+            if let Some(run) = self.run.take() {
+                run.finish();
+            }
+        }
+        Some(Ok(Frame::data(data)))
+    }
+
+    fn cut_error(&mut self) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.run = None;
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "CGI script timed out",
+        ))))
     }
 }
 
@@ -90,46 +161,120 @@ impl Body for ScriptBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        let Some(run) = this.run.as_mut() else {
+        if this.run.is_none() {
             return Poll::Ready(None);
-        };
+        }
+        if let Some(wait) = &mut this.exit {
+            let well = match this.well {
+                Some(w) => w,
+                None => {
+                    let Poll::Ready(w) = wait.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    this.well = Some(w);
+                    w
+                }
+            };
+            let failed = !well
+                || this
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.shared.timed_out.load(Ordering::SeqCst));
+            if failed && !this.flushed {
+                // One turn for hyper to flush what was already sent (the head and the
+                // first bytes) before the error closes the connection.
+                this.flushed = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let run = this.run.take().expect("checked above");
+            if failed {
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "CGI script died before the end of its output",
+                ))));
+            }
+            if this.remaining.is_some_and(|n| n > 0) {
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "CGI script sent less than its Content-Length",
+                ))));
+            }
+            run.finish();
+            return Poll::Ready(None);
+        }
+        if this.cut.as_mut().poll(cx).is_ready() {
+            return this.cut_error();
+        }
+        // The bytes that came with the header block, then what the pipe has now, up to one
+        // frame: however many pieces the script wrote them in.
+        let mut filled = 0;
         if !this.first.is_empty() {
-            let data = std::mem::take(&mut this.first);
-            run.shared
-                .bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        if this.buf.len() < this.chunk {
-            this.buf.resize(this.chunk, 0);
-        }
-        let mut rb = ReadBuf::new(&mut this.buf[..]);
-        let res = ready!(Pin::new(&mut run.stdout).poll_read(cx, &mut rb));
-        let n = rb.filled().len();
-        match res {
-            Err(e) => {
-                this.run = None;
-                Poll::Ready(Some(Err(e)))
+            let first = std::mem::take(&mut this.first);
+            this.chunk = this.chunk.max(first.len().next_power_of_two()).min(CHUNK);
+            if first.len() >= this.chunk {
+                return Poll::Ready(this.sent(first));
             }
-            Ok(()) if n == 0 => {
-                let run = this.run.take().expect("checked above");
-                if run.shared.timed_out.load(Ordering::SeqCst) {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "CGI script timed out",
-                    ))));
+            if this.buf.len() < this.chunk {
+                this.buf.resize(this.chunk, 0);
+            }
+            this.buf[..first.len()].copy_from_slice(&first);
+            filled = first.len();
+        }
+        let mut eof = false;
+        loop {
+            if this.buf.len() < this.chunk {
+                this.buf.resize(this.chunk, 0);
+            }
+            let run = this.run.as_mut().expect("checked above");
+            let mut rb = ReadBuf::new(&mut this.buf[filled..this.chunk]);
+            match Pin::new(&mut run.stdout).poll_read(cx, &mut rb) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    if filled > 0 {
+                        break;
+                    }
+                    this.run = None;
+                    return Poll::Ready(Some(Err(e)));
                 }
-                run.finish();
-                Poll::Ready(None)
-            }
-            Ok(()) => {
-                if n == this.buf.len() {
-                    this.chunk = (this.chunk * 2).min(CHUNK);
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    filled += n;
+                    if filled == this.chunk {
+                        if this.chunk == CHUNK {
+                            break;
+                        }
+                        this.chunk = (this.chunk * 2).min(CHUNK);
+                    }
                 }
-                run.shared.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                Poll::Ready(Some(Ok(Frame::data(this.buf.split_to(n).freeze()))))
             }
         }
+        if filled > 0 {
+            let data = this.buf.split_to(filled).freeze();
+            return Poll::Ready(this.sent(data));
+        }
+        if !eof {
+            return Poll::Pending;
+        }
+        // EOF: complete only if the script ended on its own.
+        let mut exit = this
+            .run
+            .as_ref()
+            .expect("checked above")
+            .shared
+            .exit
+            .subscribe();
+        this.exit = Some(Box::pin(async move {
+            match tokio::time::timeout(EXIT_WAIT, exit.wait_for(|e| e.is_some())).await {
+                Ok(Ok(e)) => ended_well(e.flatten()),
+                // Still running with stdout closed: it ended its output on purpose.
+                Err(_) => true,
+                Ok(Err(_)) => false,
+            }
+        }));
+        Pin::new(this).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io::ErrorKind;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use hyper::StatusCode;
@@ -145,15 +145,8 @@ fn resolve_under(root: &Path, prefix: &str, path: &str) -> Result<Target, Refusa
         if meta.is_dir() {
             continue;
         }
-        // Symlinks are followed, but only to files inside the root.
-        let real = std::fs::canonicalize(&file)
-            .map_err(|e| refuse(StatusCode::NOT_FOUND, format!("{}: {e}", file.display())))?;
-        if !real.starts_with(root) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                format!("{} leads out of the root", file.display()),
-            ));
-        }
+        // Symlinks are followed, but only to files inside the root: `Mapping::open` checks
+        // where the file it opened really is.
         if !meta.is_file() {
             return Err(refuse(StatusCode::FORBIDDEN, "not a regular file"));
         }
@@ -177,6 +170,84 @@ fn resolve_under(root: &Path, prefix: &str, path: &str) -> Result<Target, Refusa
         StatusCode::FORBIDDEN,
         "no script named (a directory)",
     ))
+}
+
+/// The file a request runs, opened once: what is checked is what is executed.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// Kept open until the script has been exec'd (the spawn returns after the exec).
+    pub file: std::fs::File,
+    /// Where the opened file really is (read back from the open file, not from the path).
+    pub real: PathBuf,
+    /// It starts with `#!`: the kernel hands its interpreter a path, not the open file.
+    pub interpreted: bool,
+}
+
+impl Opened {
+    /// What to exec: the open file itself (`/proc/self/fd/N`, which the kernel resolves
+    /// to this very open file, not by name), or for a `#!` script its real path, which
+    /// the interpreter opens again (an open file would be closed at exec, as every fd
+    /// brood does not hand over is, so the interpreter could not read it).
+    pub(crate) fn program(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        if self.interpreted {
+            self.real.clone()
+        } else {
+            PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+        }
+    }
+}
+
+impl Mapping {
+    /// Opens the target's file (following symlinks), then checks where the open file really
+    /// is: inside the root, a regular executable file. A symlink swapped after this check
+    /// changes nothing, because the open file is what runs.
+    pub(crate) fn open(&self, target: &Target) -> Result<Opened, Refusal> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(&target.file)
+            .map_err(|e| {
+                let status = match e.kind() {
+                    ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+                    _ => StatusCode::NOT_FOUND,
+                };
+                refuse(status, format!("{}: {e}", target.file.display()))
+            })?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| refuse(StatusCode::FORBIDDEN, format!("reading its path back: {e}")))?;
+        let inside = match self {
+            Mapping::Root { root, .. } => real.starts_with(root),
+            Mapping::Script { file, .. } => &real == file,
+        };
+        if !inside {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!("{} leads out of the root", target.file.display()),
+            ));
+        }
+        let meta = file
+            .metadata()
+            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
+        if !meta.is_file() {
+            return Err(refuse(StatusCode::FORBIDDEN, "not a regular file"));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!("{} is not executable", target.file.display()),
+            ));
+        }
+        let mut magic = [0u8; 2];
+        let interpreted = (&file).read_exact(&mut magic).is_ok() && &magic == b"#!";
+        Ok(Opened {
+            file,
+            real,
+            interpreted,
+        })
+    }
 }
 
 #[cfg(test)]

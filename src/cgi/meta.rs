@@ -5,7 +5,6 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStringExt;
 
-use base64::Engine;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Uri, Version};
 
@@ -50,11 +49,17 @@ pub(crate) fn base_env(
 }
 
 /// Request headers that get no `HTTP_*` variable: `Proxy` (httpoxy: it would become
-/// `HTTP_PROXY`), credentials (RFC 3875 4.1.18), and the two that have their own.
+/// `HTTP_PROXY`), credentials (RFC 3875 4.1.18), the two that have their own, and
+/// `Transfer-Encoding` (the script gets the body de-chunked, with `CONTENT_LENGTH`).
 fn skipped(name: &str) -> bool {
     matches!(
         name,
-        "proxy" | "authorization" | "proxy-authorization" | "content-length" | "content-type"
+        "proxy"
+            | "authorization"
+            | "proxy-authorization"
+            | "content-length"
+            | "content-type"
+            | "transfer-encoding"
     )
 }
 
@@ -84,40 +89,7 @@ fn server_name(head: &Head, peer: &Peer) -> String {
     host.unwrap_or_else(|| peer.local.ip().to_string())
 }
 
-/// `AUTH_TYPE` and `REMOTE_USER` from an `Authorization` header (the user of Basic
-/// credentials, as sent: brood does not check passwords).
-fn auth(headers: &HeaderMap) -> (Option<String>, Option<Vec<u8>>) {
-    let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return (None, None);
-    };
-    let (scheme, rest) = v.trim().split_once(' ').unwrap_or((v.trim(), ""));
-    if scheme.is_empty() {
-        return (None, None);
-    }
-    let user = if scheme.eq_ignore_ascii_case("basic") {
-        base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .ok()
-            .map(|creds| {
-                let end = creds.iter().position(|&b| b == b':').unwrap_or(creds.len());
-                creds[..end].to_vec()
-            })
-            .filter(|u| !u.contains(&0))
-    } else {
-        None
-    };
-    let scheme = if scheme.eq_ignore_ascii_case("basic") {
-        "Basic".to_string()
-    } else {
-        scheme.to_string()
-    };
-    (Some(scheme), user)
-}
-
-fn protocol(v: Version) -> &'static str {
+pub(crate) fn protocol(v: Version) -> &'static str {
     match v {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_09 => "HTTP/0.9",
@@ -125,13 +97,15 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-/// Every meta-variable for one run of `target`. `content_length` is the body's length when
-/// the request said it (absent for chunked bodies and for requests without a body).
+/// Every meta-variable for one run of `target`. `content_length` is the length of the body
+/// the script gets on stdin (absent when the request has none); `user` is the user brood
+/// authenticated, the only source of `REMOTE_USER`.
 pub(crate) fn variables(
     head: &Head,
     target: &Target,
     peer: &Peer,
     content_length: Option<u64>,
+    user: Option<&str>,
 ) -> Vec<(OsString, OsString)> {
     let mut v: Vec<(OsString, OsString)> = Vec::with_capacity(32);
     let mut set = |k: &str, val: OsString| v.push((k.into(), val));
@@ -154,8 +128,9 @@ pub(crate) fn variables(
     set("SCRIPT_NAME", target.script_name.clone());
     set("SCRIPT_FILENAME", target.file.clone().into());
     set("DOCUMENT_ROOT", target.document_root.clone().into());
-    set("PATH_INFO", target.path_info.clone());
+    // Unset, not empty, when the URL has none (as Apache and lighttpd do).
     if !target.path_info.is_empty() {
+        set("PATH_INFO", target.path_info.clone());
         let mut t = target.document_root.clone().into_os_string().into_vec();
         t.extend_from_slice(target.path_info.as_encoded_bytes());
         set("PATH_TRANSLATED", OsString::from_vec(t));
@@ -171,12 +146,9 @@ pub(crate) fn variables(
     if let Some(t) = head.headers.get(header::CONTENT_TYPE) {
         set("CONTENT_TYPE", OsString::from_vec(t.as_bytes().to_vec()));
     }
-    let (auth_type, user) = auth(&head.headers);
-    if let Some(t) = auth_type {
-        set("AUTH_TYPE", t.into());
-    }
     if let Some(u) = user {
-        set("REMOTE_USER", OsString::from_vec(u));
+        set("AUTH_TYPE", "Basic".into());
+        set("REMOTE_USER", u.into());
     }
     // HTTP_* for the rest; names with `_` are skipped, so no header can pose as another
     // (`X_Forwarded_For` as `X-Forwarded-For`) or as a meta-variable.
@@ -201,20 +173,6 @@ pub(crate) fn variables(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn basic_auth_user() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            "Basic YWxpY2U6c2VjcmV0".parse().unwrap(),
-        );
-        let (t, u) = auth(&h);
-        assert_eq!(t.as_deref(), Some("Basic"));
-        assert_eq!(u.as_deref(), Some(&b"alice"[..]));
-        h.insert(header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
-        assert_eq!(auth(&h), (Some("Bearer".into()), None));
-    }
 
     #[test]
     fn header_names() {

@@ -2,17 +2,23 @@
 //! program's stdin and stdout are the TCP connection itself ([`Raw`]).
 //!
 //! [`Cgi`] maps `PREFIX/script/extra?query` to an executable file under a root directory
-//! (or every path to one script), runs it in a process group of its own with every
-//! RFC 3875 meta-variable, streams the request body to its stdin, parses the header block
-//! it prints (`Status`, `Location`, `Content-Type`, any other header) and streams the rest
-//! of its stdout to the client. Scripts named `nph-*` write their own status line.
+//! (or every path to one script), reads the request body whole (memory, then a temporary
+//! file), runs the script it opened and checked (the file that runs is the file that was
+//! checked) in a process group of its own with every RFC 3875 meta-variable and
+//! `CONTENT_LENGTH`, parses the header block it prints (`Status`, `Location`,
+//! `Content-Type`, any other header) and streams the rest of its stdout to the client,
+//! coalesced. Scripts named `nph-*` write their own status line.
 //!
-//! Faults are answered, never hung on: a script that ends before its headers or prints a
-//! malformed block gives 502, one that outlives [`Cgi::timeout`] is killed with its whole
-//! process group (504 when nothing was sent yet), more than [`Cgi::max_children`] at once
-//! gives 503, and a client that goes away kills the script it was waiting for. Paths never
-//! leave the root: `..` in any spelling is refused, and symlinks may only lead to files
-//! inside it.
+//! Safe by default: `REMOTE_USER` only for users checked against [`Cgi::htpasswd`]; a
+//! query never puts a word starting with `-` in argv; [`DEFAULT_TIMEOUT`],
+//! [`default_max_children`], [`DEFAULT_MAX_BODY`] and [`DEFAULT_BODY_TIMEOUT`] bound what
+//! one client can hold. Faults are answered, never hung on: a script that ends before its
+//! headers or prints a malformed block gives 502, one that outlives the timeout is ended
+//! with its whole process group (504 when nothing was sent yet), more than
+//! [`Cgi::max_children`] at once gives 503. A client that goes away before its response is
+//! complete ends its script's group (SIGTERM, then SIGKILL); a script whose response is
+//! complete is never signalled. Paths never leave the root: `..` in any spelling is
+//! refused, and symlinks may only lead to files inside it.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod body;
 mod map;
 mod meta;
@@ -50,6 +57,8 @@ mod raw;
 mod response;
 mod script;
 mod server;
+mod time;
+mod upload;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -57,7 +66,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 
@@ -88,6 +97,7 @@ pub enum LogLine {
 
 /// The access-log record of one request.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Access {
     /// The client.
     pub remote: SocketAddr,
@@ -95,7 +105,10 @@ pub struct Access {
     pub method: String,
     /// The request target, path and query (the program, in raw mode).
     pub target: String,
-    /// The status the client got (0 in raw mode).
+    /// `HTTP/1.1` or `HTTP/1.0` (`-` in raw mode).
+    pub protocol: String,
+    /// The status the client got: 499 when it went away before any answer (as nginx
+    /// logs it), 0 in raw mode.
     pub status: u16,
     /// Body bytes sent to the client.
     pub bytes: u64,
@@ -103,6 +116,79 @@ pub struct Access {
     pub elapsed: Duration,
     /// How the script ended, when one ran.
     pub exit: Option<Exit>,
+    /// The user brood authenticated (`--htpasswd`).
+    pub user: Option<String>,
+    /// The `Referer` header.
+    pub referer: Option<String>,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// When the line was written.
+    pub time: SystemTime,
+}
+
+/// How [`LogLine::Access`] lines are written by [`LogLine::format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// brood's own: `TIME CLIENT "METHOD TARGET" STATUS BYTESB MSms exit=N|signal=N`.
+    #[default]
+    Brood,
+    /// The Common Log Format of Apache, nginx and lighttpd.
+    Common,
+    /// Common, then `"referer" "user-agent"` (Apache's and nginx's `combined`).
+    Combined,
+}
+
+impl LogLine {
+    /// The line in `format` (which changes only access lines), with a timestamp: RFC 3339
+    /// UTC at the start in brood's format, `[day/Mon/year:h:m:s +0000]` in the others.
+    ///
+    /// ```
+    /// use brood::cgi::{Cgi, LogFormat};
+    /// // Access lines in the Common Log Format, everything else in brood's own.
+    /// let cgi = Cgi::root("/srv/cgi-bin").on_log(|line| {
+    ///     eprintln!("{}", line.format(LogFormat::Common));
+    /// });
+    /// # drop(cgi);
+    /// let line = brood::cgi::LogLine::Error("bad header block".into()).format(LogFormat::Brood);
+    /// assert!(line.ends_with("Z error: bad header block"));
+    /// ```
+    pub fn format(&self, format: LogFormat) -> String {
+        let LogLine::Access(a) = self else {
+            return format!("{} {self}", time::rfc3339(SystemTime::now()));
+        };
+        let quoted = |v: &Option<String>| {
+            v.as_deref()
+                .map_or("-".to_string(), |s| s.replace('"', "\\\""))
+        };
+        match format {
+            LogFormat::Brood => format!("{} {self}", time::rfc3339(a.time)),
+            LogFormat::Common | LogFormat::Combined => {
+                let mut line = format!(
+                    "{} - {} [{}] \"{} {} {}\" {} {}",
+                    a.remote.ip(),
+                    a.user.as_deref().unwrap_or("-").replace([' ', '"'], "_"),
+                    time::clf(a.time),
+                    a.method,
+                    a.target.replace('"', "%22"),
+                    a.protocol,
+                    a.status,
+                    if a.bytes == 0 {
+                        "-".to_string()
+                    } else {
+                        a.bytes.to_string()
+                    }
+                );
+                if format == LogFormat::Combined {
+                    line.push_str(&format!(
+                        " \"{}\" \"{}\"",
+                        quoted(&a.referer),
+                        quoted(&a.user_agent)
+                    ));
+                }
+                line
+            }
+        }
+    }
 }
 
 impl fmt::Display for LogLine {
@@ -131,8 +217,31 @@ impl fmt::Display for LogLine {
     }
 }
 
+/// Writes a line to stderr, ignoring errors: a closed or full stderr must not stop (or
+/// panic) the server.
+pub(crate) fn write_stderr(text: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.write_all(b"\n");
+}
+
 fn default_log() -> Log {
-    Arc::new(|line: &LogLine| eprintln!("{line}"))
+    Arc::new(|line: &LogLine| write_stderr(&line.format(LogFormat::Brood)))
+}
+
+/// The default [`Cgi::timeout`] and [`Raw::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The default [`Cgi::body_timeout`].
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default [`Cgi::max_body`]: 1 GiB, as Apache's `LimitRequestBody`.
+pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
+
+/// The default [`Cgi::max_children`] and [`Raw::max_children`]: 16 per CPU.
+pub fn default_max_children() -> usize {
+    16 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +265,10 @@ pub struct Cgi {
     env: Vec<(OsString, OsString)>,
     pass_env: Vec<OsString>,
     max_header: usize,
+    htpasswd: Option<PathBuf>,
+    realm: String,
+    max_body: u64,
+    body_timeout: Duration,
     log: Log,
 }
 
@@ -175,12 +288,16 @@ impl Cgi {
         Cgi {
             source,
             prefix: prefix.to_string(),
-            timeout: None,
-            max_children: None,
+            timeout: Some(DEFAULT_TIMEOUT),
+            max_children: Some(default_max_children()),
             queue: Duration::ZERO,
             env: Vec::new(),
             pass_env: Vec::new(),
             max_header: 64 * 1024,
+            htpasswd: None,
+            realm: "brood".to_string(),
+            max_body: DEFAULT_MAX_BODY,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             log: default_log(),
         }
     }
@@ -205,17 +322,64 @@ impl Cgi {
         self
     }
 
-    /// Kills a script's whole process group `timeout` after it started; the client gets
-    /// 504 if nothing was sent yet, a cut connection otherwise. None by default.
-    pub fn timeout(mut self, timeout: Duration) -> Cgi {
-        self.timeout = Some(timeout);
+    /// Ends a script's whole process group `timeout` after it started (SIGTERM, SIGKILL
+    /// 2 s later), and stops reading its output even if a process outside the group holds
+    /// it open; the client gets 504 if nothing was sent yet, a cut response otherwise.
+    /// [`DEFAULT_TIMEOUT`] (5 minutes) by default; `None` for no limit.
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Cgi {
+        self.timeout = timeout.into();
         self
     }
 
     /// At most `n` scripts at once; a request over the limit waits up to
-    /// [`queue`](Cgi::queue) for a free slot, then gets 503. Unlimited by default.
+    /// [`queue`](Cgi::queue) for a free slot, then gets 503.
+    /// [`default_max_children`] (16 per CPU) by default.
     pub fn max_children(mut self, n: usize) -> Cgi {
         self.max_children = Some(n);
+        self
+    }
+
+    /// Requires HTTP Basic credentials of a user in the Apache `htpasswd` file `path`
+    /// (bcrypt, apr1-MD5 or SHA-1 hashes) for every request: 401 with `WWW-Authenticate`
+    /// otherwise. The user becomes the script's `REMOTE_USER`. Without it, no script ever
+    /// gets a `REMOTE_USER`, whatever `Authorization` header the client sends. The file is
+    /// read when the server starts.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = std::env::temp_dir().join(format!("brood-htpasswd-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// // `htpasswd -nbs alice password` (apr1 and bcrypt lines work the same way).
+    /// std::fs::write(dir.join("users"), "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")?;
+    /// let cgi = brood::cgi::Cgi::root(&dir).htpasswd(dir.join("users")).realm("staff");
+    /// cgi.check()?; // the file is read and every line understood
+    /// assert!(brood::cgi::Cgi::root(&dir).htpasswd(dir.join("missing")).check().is_err());
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn htpasswd(mut self, path: impl AsRef<Path>) -> Cgi {
+        self.htpasswd = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The realm named in the 401 challenge (`brood` by default).
+    pub fn realm(mut self, realm: impl Into<String>) -> Cgi {
+        self.realm = realm.into();
+        self
+    }
+
+    /// The largest request body taken (413 beyond); [`DEFAULT_MAX_BODY`] by default.
+    /// Bodies are read whole before the script starts: in memory up to 256 KiB, then in
+    /// an unnamed temporary file; the script gets `CONTENT_LENGTH`.
+    pub fn max_body(mut self, bytes: u64) -> Cgi {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How long a request body may stall between two pieces before the request ends with
+    /// 408 ([`DEFAULT_BODY_TIMEOUT`] by default). No script runs until the body is whole.
+    pub fn body_timeout(mut self, idle: Duration) -> Cgi {
+        self.body_timeout = idle;
         self
     }
 
@@ -290,7 +454,15 @@ impl Cgi {
         if self.max_children == Some(0) {
             return Err(Error::invalid(op, "max_children must be 1 or more"));
         }
+        let auth = match &self.htpasswd {
+            None => None,
+            Some(path) => Some(Arc::new(auth::Htpasswd::load(path)?)),
+        };
         Ok(server::State {
+            auth,
+            realm: self.realm,
+            max_body: self.max_body,
+            body_timeout: self.body_timeout,
             mapping,
             env: meta::base_env(&self.env, &self.pass_env),
             timeout: self.timeout,
@@ -301,7 +473,16 @@ impl Cgi {
             max_header: self.max_header,
             log: self.log,
             tasks: server::Tasks::default(),
+            stopping: tokio::sync::watch::channel(false).0,
+            live: Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+
+    /// Checks the configuration (root, script, htpasswd file, limits) as
+    /// [`serve`](Cgi::serve) does first, so a program can report errors before it says it
+    /// is listening.
+    pub fn check(&self) -> Result<()> {
+        self.clone().state().map(drop)
     }
 
     /// Serves HTTP/1.1 (keep-alive) on `listener` until an error on the listener itself.
@@ -309,8 +490,34 @@ impl Cgi {
     /// with its process group. Configuration errors (no such root, bad prefix) come back at
     /// once.
     pub async fn serve(self, listener: TcpListener) -> Result<()> {
+        self.serve_until(listener, std::future::pending()).await
+    }
+
+    /// [`serve`](Cgi::serve) until `shutdown` resolves, then stops gracefully: no new
+    /// connection, every running script's process group gets SIGTERM and, 2 s later,
+    /// SIGKILL (as lighttpd does); returns once they are gone (or after 4 s at most), with
+    /// whatever is still open aborted.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let server = tokio::spawn(
+    ///     brood::cgi::Cgi::root(std::env::temp_dir()).serve_until(listener, async {
+    ///         let _ = stopped.await;
+    ///     }),
+    /// );
+    /// stop.send(()).unwrap();
+    /// server.await??;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_until(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let state = Arc::new(self.state()?);
-        server::serve(state, listener).await
+        server::serve(state, listener, shutdown).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! connection itself as its stdin and stdout, as inetd does.
 
 use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::script::{GroupKill, log_stderr};
+use super::script::{GroupKill, KILL_GRACE, log_stderr};
 use super::server::{AbortOnDrop, Tasks, accept_is_fatal};
 use super::{Access, Log, LogLine, check_env, default_log, meta};
 use crate::error::{Error, Result, from_io};
@@ -65,8 +66,8 @@ impl Raw {
         Raw {
             program: program.into(),
             args: Vec::new(),
-            timeout: None,
-            max_children: None,
+            timeout: Some(super::DEFAULT_TIMEOUT),
+            max_children: Some(super::default_max_children()),
             queue: Duration::ZERO,
             env: Vec::new(),
             pass_env: Vec::new(),
@@ -84,14 +85,17 @@ impl Raw {
         self
     }
 
-    /// Kills the program's process group (closing the connection) after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Raw {
-        self.timeout = Some(timeout);
+    /// Ends the program's process group (SIGTERM, SIGKILL 2 s later) and shuts the
+    /// connection down after `timeout`, even if a process outside the group holds it.
+    /// [`DEFAULT_TIMEOUT`](super::DEFAULT_TIMEOUT) by default; `None` for no limit.
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Raw {
+        self.timeout = timeout.into();
         self
     }
 
     /// At most `n` programs at once; a connection over the limit waits up to
     /// [`queue`](Raw::queue), then is closed.
+    /// [`default_max_children`](super::default_max_children) by default.
     pub fn max_children(mut self, n: usize) -> Raw {
         self.max_children = Some(n);
         self
@@ -121,13 +125,35 @@ impl Raw {
         self
     }
 
-    /// Accepts connections until an error on the listener. Drop the future to stop: every
-    /// program still running is killed with its process group.
-    pub async fn serve(self, listener: TcpListener) -> Result<()> {
+    /// Checks the configuration as [`serve`](Raw::serve) does first: the program must
+    /// exist and be executable (searched in `PATH` without a slash).
+    pub fn check(&self) -> Result<()> {
         check_env(&self.env, &self.pass_env)?;
         if self.max_children == Some(0) {
             return Err(Error::invalid("cgi raw", "max_children must be 1 or more"));
         }
+        let what = format!("cgi raw: program {}", self.program.to_string_lossy());
+        let prog = std::path::Path::new(&self.program);
+        let candidates: Vec<std::path::PathBuf> = if self.program.as_encoded_bytes().contains(&b'/')
+        {
+            vec![prog.to_path_buf()]
+        } else {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+            std::env::split_paths(&path).map(|d| d.join(prog)).collect()
+        };
+        let runnable = candidates.iter().any(|c| {
+            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+        if !runnable {
+            return Err(Error::new(libc::ENOENT, what).with_detail("no such executable file"));
+        }
+        Ok(())
+    }
+
+    /// Accepts connections until an error on the listener. Drop the future to stop: every
+    /// program still running is killed with its process group.
+    pub async fn serve(self, listener: TcpListener) -> Result<()> {
+        self.check()?;
         let limit = self.max_children.map(|n| Arc::new(Semaphore::new(n)));
         let env = Arc::new(meta::base_env(&self.env, &self.pass_env));
         let this = Arc::new(self);
@@ -197,8 +223,10 @@ impl Raw {
                 .env("TCPLOCALPORT", local.port().to_string());
         }
         let spawned = cmd.spawn();
-        // The program holds the connection now; ours closes so that its exit ends it.
-        drop(tcp);
+        // The program holds the connection now; ours closes so that its exit ends it. A
+        // duplicate is kept only to shut the connection down at the timeout (closing it
+        // sends nothing while a process outside the group still holds it).
+        let cut = tcp.into_std().ok();
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
@@ -215,14 +243,27 @@ impl Raw {
                 Some(t) => match tokio::time::timeout_at(start + t, child.wait()).await {
                     Ok(r) => r.ok(),
                     Err(_) => {
-                        (self.log)(&LogLine::Error(format!("{name}: timed out, killed")));
-                        group.kill();
-                        child.wait().await.ok()
+                        (self.log)(&LogLine::Error(format!("{name}: timed out, ended")));
+                        if let Some(c) = &cut {
+                            let _ = c.shutdown(std::net::Shutdown::Both);
+                        }
+                        group.term();
+                        match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                            Ok(r) => {
+                                group.kill();
+                                r.ok()
+                            }
+                            Err(_) => {
+                                group.kill();
+                                child.wait().await.ok()
+                            }
+                        }
                     }
                 },
             }
         };
         let (exit, ()) = tokio::join!(wait, errs);
+        drop(cut);
         group.disarm();
         (self.log)(&LogLine::Access(Access {
             remote,
@@ -232,6 +273,11 @@ impl Raw {
             bytes: 0,
             elapsed: start.elapsed(),
             exit,
+            protocol: "-".into(),
+            user: None,
+            referer: None,
+            user_agent: None,
+            time: std::time::SystemTime::now(),
         }));
     }
 }

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::ffi::OsString;
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -18,19 +19,21 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::auth::{Htpasswd, basic_credentials};
 use super::body::{HeadError, ScriptBody, read_head};
-use super::map::{Mapping, Target};
+use super::map::{Mapping, Opened, Target};
 use super::meta::{self, Head, Peer};
 use super::response::{Reply, parse_cgi, parse_nph};
 use super::script::{self, Watch};
+use super::upload::{Upload, UploadError, read_all};
 use super::{Access, Log, LogLine};
 use crate::error::{Result, from_io};
 use crate::{Command, Stdio};
@@ -78,8 +81,16 @@ pub(crate) struct State {
     pub limit: Option<Arc<Semaphore>>,
     pub queue: Duration,
     pub max_header: usize,
+    pub auth: Option<Arc<Htpasswd>>,
+    pub realm: String,
+    pub max_body: u64,
+    pub body_timeout: Duration,
     pub log: Log,
     pub tasks: Tasks,
+    /// Set when a graceful stop begins: supervisors end their groups.
+    pub stopping: watch::Sender<bool>,
+    /// Supervisors still running.
+    pub live: Arc<watch::Sender<usize>>,
 }
 
 /// Whether an accept error concerns one connection (go on) or the listener (stop).
@@ -90,10 +101,19 @@ pub(crate) fn accept_is_fatal(e: &io::Error) -> bool {
     )
 }
 
-pub(crate) async fn serve(state: Arc<State>, listener: TcpListener) -> Result<()> {
+pub(crate) async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let _stop = AbortOnDrop(state.tasks.clone());
+    tokio::pin!(shutdown);
     loop {
-        let (tcp, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (tcp, remote) = match accepted {
             Ok(c) => c,
             Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi: accept")),
             Err(e) => {
@@ -120,6 +140,29 @@ pub(crate) async fn serve(state: Arc<State>, listener: TcpListener) -> Result<()
                 .await;
         });
     }
+    // Graceful stop: no new connection; every running script's group gets SIGTERM, then
+    // SIGKILL after the grace (its supervisor sees `stopping`); then the rest is aborted.
+    drop(listener);
+    state.stopping.send_replace(true);
+    let mut live = state.live.subscribe();
+    let _ = tokio::time::timeout(script::KILL_GRACE * 2, live.wait_for(|n| *n == 0)).await;
+    Ok(())
+}
+
+/// Counts a running supervisor in [`State::live`] while it exists.
+pub(crate) struct LiveGuard(Arc<watch::Sender<usize>>);
+
+impl LiveGuard {
+    pub(crate) fn new(live: &Arc<watch::Sender<usize>>) -> LiveGuard {
+        live.send_modify(|n| *n += 1);
+        LiveGuard(live.clone())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 async fn handle(
@@ -127,6 +170,7 @@ async fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Body>, Infallible> {
+    let start = Instant::now();
     let (parts, body) = req.into_parts();
     let head = Head {
         method: parts.method,
@@ -134,7 +178,90 @@ async fn handle(
         version: parts.version,
         headers: parts.headers,
     };
-    Ok(respond(state, peer, head, Some(body), 0).await)
+    // RFC 9112 3.2: a server answers 400 to an HTTP/1.1 request without Host.
+    if head.version == Version::HTTP_11
+        && head.uri.authority().is_none()
+        && !head.headers.contains_key(header::HOST)
+    {
+        return Ok(message(
+            &state,
+            &peer,
+            &head,
+            None,
+            start,
+            StatusCode::BAD_REQUEST,
+        ));
+    }
+    // Every header becomes a variable of the script's environment: keep the whole within
+    // what exec takes (one string over 128 KiB is E2BIG).
+    let head_size: usize = head
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + head.uri.to_string().len();
+    if head_size > MAX_REQUEST_HEAD {
+        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return Ok(message(&state, &peer, &head, None, start, status));
+    }
+    let user = match &state.auth {
+        None => None,
+        Some(auth) => match authenticate(auth.clone(), &head).await {
+            Some(user) => Some(user),
+            None => return Ok(unauthorized(&state, &peer, &head, start)),
+        },
+    };
+    Ok(respond(state, peer, head, Some(body), user, 0).await)
+}
+
+/// The user of valid Basic credentials, checked off the async threads (bcrypt is slow).
+async fn authenticate(auth: Arc<Htpasswd>, head: &Head) -> Option<String> {
+    let (user, password) = basic_credentials(head.headers.get(header::AUTHORIZATION)?.as_bytes())?;
+    tokio::task::spawn_blocking(move || auth.check(&user, &password).then_some(user))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// 401 with the challenge.
+fn unauthorized(state: &State, peer: &Peer, head: &Head, start: Instant) -> Response<Body> {
+    let mut resp = message(state, peer, head, None, start, StatusCode::UNAUTHORIZED);
+    let realm = state.realm.replace(['"', '\\'], "");
+    if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// The largest request head (target and headers) that is passed to a script.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// One sentence for the client on what an error status means here.
+fn explain(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "The request was malformed.",
+        401 => "This server needs a valid user and password.",
+        403 => "This path may not be run.",
+        404 => "No script at this path.",
+        408 => "The request body stopped coming.",
+        413 => "The request body is larger than this server takes.",
+        431 => "The request headers are larger than this server takes.",
+        500 => "The script could not be started.",
+        502 => "The script did not give a valid CGI answer.",
+        503 => "Too many scripts are running; try again later.",
+        504 => "The script took too long.",
+        _ => "",
+    }
+}
+
+/// The body of an answer brood makes itself.
+fn text(status: StatusCode) -> String {
+    format!(
+        "{} {}\n{}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        explain(status)
+    )
 }
 
 /// A short plain-text answer from the server itself, logged.
@@ -142,25 +269,20 @@ fn message(
     state: &State,
     peer: &Peer,
     head: &Head,
+    user: Option<&str>,
     start: Instant,
     status: StatusCode,
 ) -> Response<Body> {
-    let text = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    log_access(
-        state,
-        peer,
-        head,
-        status.as_u16(),
-        text.len() as u64,
-        start,
-        None,
-    );
+    let resp = short(status);
+    let bytes = text(status).len() as u64;
+    log_access(state, peer, head, user, status.as_u16(), bytes, start, None);
+    resp
+}
+
+/// A short plain-text answer whose access line the supervisor writes.
+fn short(status: StatusCode) -> Response<Body> {
     let mut resp = Response::new(
-        Full::new(Bytes::from(text))
+        Full::new(Bytes::from(text(status)))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
@@ -172,15 +294,22 @@ fn message(
     resp
 }
 
+#[allow(clippy::too_many_arguments)]
 fn log_access(
     state: &State,
     peer: &Peer,
     head: &Head,
+    user: Option<&str>,
     status: u16,
     bytes: u64,
     start: Instant,
     exit: Option<crate::Exit>,
 ) {
+    let header = |name| {
+        head.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
     (state.log)(&LogLine::Access(Access {
         remote: peer.remote,
         method: head.method.to_string(),
@@ -188,16 +317,27 @@ fn log_access(
             .uri
             .path_and_query()
             .map_or("/".to_string(), |p| p.to_string()),
-        status,
+        protocol: meta::protocol(head.version).to_string(),
+        // Nothing was answered: the client went away first (nginx's 499).
+        status: if status == 0 { 499 } else { status },
         bytes,
         elapsed: start.elapsed(),
         exit,
+        user: user.map(str::to_string),
+        referer: header(header::REFERER),
+        user_agent: header(header::USER_AGENT),
+        time: std::time::SystemTime::now(),
     }));
 }
 
-/// RFC 3875 4.4: a query with no `=` is a search string, given to the script as
-/// arguments (split on `+`, decoded); none when any word does not decode cleanly.
-fn search_args(query: Option<&str>) -> Vec<OsString> {
+/// RFC 3875 4.4: a `GET`/`HEAD` query with no `=` is a search string, given to the script
+/// as arguments (split on `+`, then decoded). None when any word does not decode cleanly
+/// or starts with `-`, which a program would take as an option (php-cgi's CVE-2012-1823:
+/// `?-d+allow_url_include%3d1`).
+fn search_args(method: &Method, query: Option<&str>) -> Vec<OsString> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return Vec::new();
+    }
     let Some(q) = query.filter(|q| !q.is_empty() && !q.contains('=')) else {
         return Vec::new();
     };
@@ -205,13 +345,16 @@ fn search_args(query: Option<&str>) -> Vec<OsString> {
         .split('+')
         .map(|w| percent_decode_str(w).collect())
         .collect();
-    if words.iter().any(|w| w.contains(&0)) {
+    if words
+        .iter()
+        .any(|w| w.contains(&0) || w.first() == Some(&b'-') || w.contains(&b'='))
+    {
         return Vec::new();
     }
     words.into_iter().map(OsString::from_vec).collect()
 }
 
-/// `CONTENT_LENGTH`: the request's own, when its body is not chunked.
+/// The request's `Content-Length`, when it has one and is not chunked.
 fn content_length(head: &Head) -> Option<u64> {
     if head.headers.contains_key(header::TRANSFER_ENCODING) {
         return None;
@@ -229,23 +372,46 @@ fn respond(
     peer: Peer,
     head: Head,
     body: Option<Incoming>,
+    user: Option<String>,
     depth: usize,
 ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
     Box::pin(async move {
         let start = Instant::now();
+        let user_ref = user.as_deref();
+        let refused = |why: &str, status| {
+            if status != StatusCode::NOT_FOUND {
+                (state.log)(&LogLine::Error(format!(
+                    "{} {}: {why}",
+                    head.method,
+                    head.uri.path(),
+                )));
+            }
+            message(&state, &peer, &head, user_ref, start, status)
+        };
         let target = match state.mapping.resolve(head.uri.path()) {
             Ok(t) => t,
-            Err(refusal) => {
-                if refusal.status != StatusCode::NOT_FOUND {
-                    (state.log)(&LogLine::Error(format!(
-                        "{} {}: {}",
-                        head.method,
-                        head.uri.path(),
-                        refusal.why
-                    )));
-                }
-                return message(&state, &peer, &head, start, refusal.status);
+            Err(r) => return refused(&r.why, r.status),
+        };
+        let opened = match state.mapping.open(&target) {
+            Ok(o) => o,
+            Err(r) => return refused(&r.why, r.status),
+        };
+        let has_body = body.is_some()
+            && (head.headers.contains_key(header::TRANSFER_ENCODING)
+                || head.headers.contains_key(header::CONTENT_LENGTH));
+        let upload = match body.filter(|_| has_body) {
+            None => None,
+            Some(_) if content_length(&head).is_some_and(|n| n > state.max_body) => {
+                return refused("body over --max-body", StatusCode::PAYLOAD_TOO_LARGE);
             }
+            Some(body) => match read_all(body, state.max_body, state.body_timeout).await {
+                Ok(u) => Some(u),
+                Err(UploadError::Broken { gone: true, .. }) => {
+                    log_access(&state, &peer, &head, user_ref, 0, 0, start, None);
+                    return short(StatusCode::BAD_REQUEST);
+                }
+                Err(e) => return refused(&format!("request body: {e}"), e.status()),
+            },
         };
         let permit = match &state.limit {
             None => None,
@@ -262,59 +428,90 @@ fn respond(
                 match acquired {
                     Some(p) => Some(p),
                     None => {
-                        return message(
-                            &state,
-                            &peer,
-                            &head,
-                            start,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                        );
+                        let status = StatusCode::SERVICE_UNAVAILABLE;
+                        return message(&state, &peer, &head, user_ref, start, status);
                     }
                 }
             }
         };
-        run_script(state, peer, head, body, depth, target, permit, start).await
+        let job = Job {
+            peer,
+            head,
+            user,
+            depth,
+            target,
+            opened,
+            upload,
+            permit,
+            start,
+        };
+        run_script(state, job).await
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_script(
-    state: Arc<State>,
+/// One request ready to run: its script opened, its body read, its slot taken.
+struct Job {
     peer: Peer,
     head: Head,
-    body: Option<Incoming>,
+    user: Option<String>,
     depth: usize,
     target: Target,
+    opened: Opened,
+    upload: Option<Upload>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     start: Instant,
-) -> Response<Body> {
-    let length = body.as_ref().and(content_length(&head));
-    let has_body = body.is_some()
-        && (length.is_some_and(|n| n > 0)
-            || length.is_none() && head.headers.contains_key(header::TRANSFER_ENCODING));
-    let mut cmd = Command::new(&target.file);
-    cmd.args(search_args(head.uri.query()))
+}
+
+async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
+    let Job {
+        peer,
+        head,
+        user,
+        depth,
+        target,
+        opened,
+        upload,
+        permit,
+        start,
+    } = job;
+    let length = upload.as_ref().map(Upload::len);
+    let (stdin, fed) = match &upload {
+        Some(Upload::File(f, _)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
+        Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
+        _ => (Stdio::null(), None),
+    };
+    let mut cmd = Command::new(opened.program());
+    cmd.arg0(&opened.real)
+        .args(search_args(&head.method, head.uri.query()))
         .env_clear()
         .envs(state.env.iter().map(|(k, v)| (k, v)))
-        .envs(meta::variables(&head, &target, &peer, length))
+        .envs(meta::variables(
+            &head,
+            &target,
+            &peer,
+            length,
+            user.as_deref(),
+        ))
         .current_dir(&target.dir)
         .process_group(0)
         .kill_on_drop(true)
-        .stdin(if has_body {
-            Stdio::pipe_readable()
-        } else {
-            Stdio::ignore()
-        })
-        // A socket, not a kernel pipe: the supervisor's timeout cuts it with shutdown()
-        // even while a grandchild holds the write end (script.rs).
-        .stdout(Stdio::pipe_duplex())
+        .stdin(stdin)
+        .stdout(Stdio::pipe_writable())
         .stderr(Stdio::pipe_writable());
     let name = if target.script_name.is_empty() {
         target.file.display().to_string()
     } else {
         target.script_name.to_string_lossy().into_owned()
     };
-    let child = match cmd.spawn() {
+    // The exec has happened when spawn returns: the open script and body file may go.
+    let spawned = cmd.spawn();
+    drop(opened);
+    // A body in memory keeps its share of the budget until the script has read it.
+    let budget = match upload {
+        Some(Upload::Memory(_, r)) => Some(r),
+        _ => None,
+    };
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             (state.log)(&LogLine::Error(format!("{name}: {e}")));
@@ -323,35 +520,41 @@ async fn run_script(
                 // The file was found: ENOENT here is a missing `#!` interpreter.
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return message(&state, &peer, &head, start, status);
+            return message(&state, &peer, &head, user.as_deref(), start, status);
         }
     };
     let watch = Watch {
-        body: if has_body { body } else { None },
+        stopping: state.stopping.subscribe(),
+        live: LiveGuard::new(&state.live),
+        body: fed.map(|b| (b, budget)),
         deadline: state.timeout.map(|t| Instant::now() + t),
         permit,
         name: name.clone(),
         log: state.log.clone(),
     };
     let done = {
-        let (state, head) = (state.clone(), head.clone());
+        let (state, head, user) = (state.clone(), head.clone(), user.clone());
         move |shared: &script::Shared, exit| {
             let status = shared.status.load(Ordering::Relaxed);
             let bytes = shared.bytes.load(Ordering::Relaxed);
-            log_access(&state, &peer, &head, status, bytes, start, exit);
+            log_access(
+                &state,
+                &peer,
+                &head,
+                user.as_deref(),
+                status,
+                bytes,
+                start,
+                exit,
+            );
         }
     };
     let (mut run, supervisor) = match script::start(child, watch, done) {
         Ok(x) => x,
         Err(e) => {
             (state.log)(&LogLine::Error(format!("{name}: {e}")));
-            return message(
-                &state,
-                &peer,
-                &head,
-                start,
-                StatusCode::INTERNAL_SERVER_ERROR,
-            );
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            return message(&state, &peer, &head, user.as_deref(), start, status);
         }
     };
     state.tasks.spawn(supervisor);
@@ -359,10 +562,13 @@ async fn run_script(
     let fail = |run: script::Run, status: StatusCode, why: String| {
         (state.log)(&LogLine::Error(format!("{name}: {why}")));
         run.shared.status.store(status.as_u16(), Ordering::Relaxed);
+        run.shared
+            .bytes
+            .store(text(status).len() as u64, Ordering::Relaxed);
         drop(run);
         short(status)
     };
-    let (block, rest) = match read_head(&mut run.stdout, state.max_header).await {
+    let (block, rest) = match read_head(&mut run.stdout, &run.shared, state.max_header).await {
         Ok(x) => x,
         Err(HeadError::Eof) if run.shared.timed_out.load(Ordering::SeqCst) => {
             return fail(
@@ -424,7 +630,7 @@ async fn run_script(
                 version: head.version,
                 headers,
             };
-            return respond(state.clone(), peer, again, None, depth + 1).await;
+            return respond(state.clone(), peer, again, None, user, depth + 1).await;
         }
         Ok(Reply::Document {
             status,
@@ -433,11 +639,20 @@ async fn run_script(
         }) => (status, reason, headers),
     };
     run.shared.status.store(status.as_u16(), Ordering::Relaxed);
-    let body = if head.method == Method::HEAD {
-        run.finish();
+    let bodyless = head.method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let body = if bodyless {
+        // Nothing of stdout goes out: it is read and dropped, so the script may finish on
+        // its own.
+        state.tasks.spawn(run.discard_rest());
         Empty::new().map_err(|never| match never {}).boxed_unsync()
     } else {
-        ScriptBody::new(rest, run).boxed_unsync()
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        ScriptBody::new(rest, run, length).boxed_unsync()
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -447,12 +662,5 @@ async fn run_script(
             resp.extensions_mut().insert(r);
         }
     }
-    resp
-}
-
-/// A bodyless answer whose access line the supervisor writes.
-fn short(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
-    *resp.status_mut() = status;
     resp
 }

@@ -21,7 +21,7 @@ async fn timeout_kills_the_group_that_ignores_sigterm() {
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(root.recorded_pids().len(), 2);
     root.assert_no_process_left().await;
-    logs.wait_for("\"GET /cgi-bin/stuck\" 504 0B").await;
+    logs.wait_for("\"GET /cgi-bin/stuck\" 504 ").await;
     assert!(logs.has("signal=9"));
 
     // Headers already sent: the response is cut, not completed.
@@ -208,5 +208,95 @@ async fn stopping_the_server_kills_running_scripts() {
     .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     server.stop().await;
+    root.assert_no_process_left().await;
+}
+
+#[tokio::test]
+async fn a_client_gone_is_noticed_while_the_script_ignores_its_stdin() {
+    let root = Root::new();
+    let fifo = root.fifo("never");
+    // Reads nothing of its (300 KB, so file-backed) body; blocks on a fifo nobody opens.
+    root.script(
+        "deaf",
+        "#!/bin/sh\nread x < \"$NEVER\"\nprintf 'Content-Type: text/plain\\n\\nlate'\n",
+    );
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs).env("NEVER", &fifo)).await;
+    {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let mut req =
+            b"POST /cgi-bin/deaf HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n".to_vec();
+        req.extend(std::iter::repeat_n(b'b', 300_000));
+        tcp.write_all(&req).await.unwrap();
+        // The script is running once its pid is recorded.
+        timeout(T, async {
+            while root.recorded_pids().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the script starts");
+    }
+    logs.wait_for("\"POST /cgi-bin/deaf\" 499").await;
+    root.assert_no_process_left().await;
+    server.stop().await;
+}
+
+#[test]
+fn defaults_bound_one_client() {
+    let cgi = format!("{:?}", Cgi::root("/tmp"));
+    assert!(cgi.contains("timeout: Some(300s)"), "{cgi}");
+    let n = brood::cgi::default_max_children();
+    assert!(n >= 16);
+    assert!(cgi.contains(&format!("max_children: Some({n})")), "{cgi}");
+    assert_eq!(brood::cgi::DEFAULT_BODY_TIMEOUT, Duration::from_secs(30));
+    assert_eq!(brood::cgi::DEFAULT_MAX_BODY, 1 << 30);
+}
+
+#[tokio::test]
+async fn a_graceful_stop_sends_sigterm_then_sigkill() {
+    let root = Root::new();
+    let marks = root.dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    root.script(
+        "polite",
+        "#!/bin/sh\ntrap 'echo term > \"$MARKS/polite\"; exit 0' TERM\nprintf 'Content-Type: text/plain\\n\\nrunning'\nwhile :; do sleep 0.05; done\n",
+    );
+    root.script(
+        "stubborn",
+        "#!/bin/sh\ntrap '' TERM\nprintf 'Content-Type: text/plain\\n\\nrunning'\nwhile :; do sleep 0.05; done\n",
+    );
+    let logs = Logs::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        root.cgi(&logs)
+            .env("MARKS", &marks)
+            .serve_until(listener, async {
+                let _ = stopped.await;
+            }),
+    );
+    let mut held = Vec::new();
+    for name in ["polite", "stubborn"] {
+        let mut s = connect(addr).await;
+        let resp = timeout(
+            T,
+            s.send_request(req("GET", &format!("/cgi-bin/{name}"), Bytes::new())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        held.push((s, resp));
+    }
+    stop.send(()).unwrap();
+    timeout(T, server).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(marks.join("polite")).unwrap(),
+        "term\n"
+    );
+    assert!(logs.has("\"GET /cgi-bin/polite\" 200"));
+    logs.wait_for("signal=9").await;
     root.assert_no_process_left().await;
 }

@@ -5,8 +5,10 @@
 mod support;
 
 mod body;
+mod faults;
 mod headers;
 mod limits;
 mod meta;
 mod paths;
 mod raw;
+mod safety;

@@ -68,7 +68,7 @@ async fn raw_mode_timeout_kills_the_group_and_closes_the_connection() {
         .unwrap()
         .unwrap();
     assert_eq!(text, "started\n");
-    logs.wait_for("timed out, killed").await;
+    logs.wait_for("timed out, ended").await;
     assert_eq!(root.recorded_pids().len(), 2);
     root.assert_no_process_left().await;
     task.abort();

@@ -1,0 +1,243 @@
+//! The security model: REMOTE_USER only for users brood checked, no option injection
+//! through the query, and the file that runs is the file that was checked.
+
+use super::support::*;
+
+/// Runs `git` with `args` in `dir`, never prompting; returns (success, stderr).
+async fn git(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = timeout(
+        T,
+        tokio::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "/bin/false")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .output(),
+    )
+    .await
+    .expect("git in time")
+    .expect("git runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A bare repository served by git-http-backend, and a clone with one new commit to push.
+async fn git_setup(root: &Root) -> (PathBuf, PathBuf) {
+    let repos = root.dir.join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let (ok, err) = git(&repos, &["init", "-q", "--bare", "-b", "main", "r.git"]).await;
+    assert!(ok, "{err}");
+    let work = root.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "pushed",
+        ],
+    ] {
+        let (ok, err) = git(&work, args).await;
+        assert!(ok, "{err}");
+    }
+    (repos, work)
+}
+
+fn backend(root: &Root, repos: &Path, logs: &Logs) -> Cgi {
+    let log = logs.clone();
+    Cgi::script("/usr/lib/git-core/git-http-backend")
+        .prefix("/git")
+        .env("GIT_PROJECT_ROOT", repos)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PIDS", root.pids())
+        .on_log(move |l| log.push(l))
+}
+
+async fn pushed(repos: &Path) -> bool {
+    git(
+        &repos.join("r.git"),
+        &["rev-parse", "--verify", "-q", "refs/heads/main"],
+    )
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn a_push_needs_a_user_brood_checked() {
+    let root = Root::new();
+    let (repos, work) = git_setup(&root).await;
+    let logs = Logs::default();
+
+    // No --htpasswd: a made-up user in the URL is no user at all; git-http-backend refuses.
+    let server = start(backend(&root, &repos, &logs)).await;
+    let url = format!("http://mallory:anything@{}/git/r.git", server.addr);
+    let (ok, err) = git(&work, &["push", "-q", &url, "main"]).await;
+    assert!(!ok, "a push with unchecked credentials landed");
+    assert!(!pushed(&repos).await, "{err}");
+    server.stop().await;
+
+    // With --htpasswd written by Apache's htpasswd (bcrypt and apr1 users).
+    let file = root.dir.join("htpasswd");
+    for (flags, user) in [("-cbB", "alice"), ("-bm", "bob")] {
+        let st = std::process::Command::new("htpasswd")
+            .args([flags, file.to_str().unwrap(), user, "s3cret"])
+            .output()
+            .expect("htpasswd (apache2-utils)");
+        assert!(st.status.success());
+    }
+    let server = start(backend(&root, &repos, &logs).htpasswd(&file).realm("git")).await;
+    // Wrong password: 401 with the challenge, and no push.
+    let answer = raw(
+        server.addr,
+        b"GET /git/r.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic Ym9iOndyb25n\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(
+        answer.contains("www-authenticate: Basic realm=\"git\""),
+        "{answer}"
+    );
+    let url = format!("http://mallory:anything@{}/git/r.git", server.addr);
+    let (ok, _) = git(&work, &["push", "-q", &url, "main"]).await;
+    assert!(!ok);
+    let url = format!("http://bob:wrong@{}/git/r.git", server.addr);
+    let (ok, _) = git(&work, &["push", "-q", &url, "main"]).await;
+    assert!(!ok);
+    assert!(!pushed(&repos).await);
+    // A real user: the push lands, and the log names the user.
+    let url = format!("http://alice:s3cret@{}/git/r.git", server.addr);
+    let (ok, err) = git(&work, &["push", "-q", &url, "main"]).await;
+    assert!(ok, "{err}");
+    assert!(pushed(&repos).await);
+    // The apr1 user can read too.
+    let url = format!("http://bob:s3cret@{}/git/r.git", server.addr);
+    let (ok, err) = git(&root.dir, &["clone", "-q", &url, "clone"]).await;
+    assert!(ok, "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn query_words_that_look_like_options_never_reach_argv() {
+    let root = Root::new();
+    root.script("env.py", &env_py());
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs)).await;
+    let mut s = connect(server.addr).await;
+    let argv = |body: &[u8]| json(body)["argv"].clone();
+    for q in [
+        "-d+allow_url_include%3d1",
+        "%2dd+allow_url_include%3d1",
+        "x+-s",
+        "x+%2Dn",
+    ] {
+        let (_, body) = send(
+            &mut s,
+            req("GET", &format!("/cgi-bin/env.py?{q}"), Bytes::new()),
+        )
+        .await;
+        assert_eq!(argv(&body), serde_json::json!([]), "{q}");
+    }
+    // A plain search query still gives words, for GET only.
+    let (_, body) = send(
+        &mut s,
+        req("GET", "/cgi-bin/env.py?two+words%21", Bytes::new()),
+    )
+    .await;
+    assert_eq!(argv(&body), serde_json::json!(["two", "words!"]));
+    let (_, body) = send(&mut s, req("POST", "/cgi-bin/env.py?two+words", "x")).await;
+    assert_eq!(argv(&body), serde_json::json!([]));
+    server.stop().await;
+    root.assert_no_process_left().await;
+}
+
+#[tokio::test]
+async fn a_symlink_swapped_after_the_check_runs_nothing_outside_the_root() {
+    let root = Root::new();
+    root.script(
+        "inside",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\ninside'\n",
+    );
+    let evil = root.write_exec(
+        &root.dir.join("outside/evil"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nEVIL'\n",
+    );
+    let link = root.www().join("link");
+    std::os::unix::fs::symlink("inside", &link).unwrap();
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs).max_children(64)).await;
+    // Swap the link between a script inside and one outside, atomically, as fast as it goes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, www, evil) = (stop.clone(), root.www(), evil.clone());
+        std::thread::spawn(move || {
+            let tmp = www.join("link.tmp");
+            let mut flip = false;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&tmp);
+                if flip {
+                    std::os::unix::fs::symlink(&evil, &tmp).unwrap();
+                } else {
+                    std::os::unix::fs::symlink("inside", &tmp).unwrap();
+                }
+                std::fs::rename(&tmp, www.join("link")).unwrap();
+                flip = !flip;
+            }
+        })
+    };
+    let mut s = connect(server.addr).await;
+    let (mut inside, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let (resp, body) = send(&mut s, req("GET", "/cgi-bin/link", Bytes::new())).await;
+        assert_ne!(body, b"EVIL", "a script outside the root ran");
+        match resp.status() {
+            StatusCode::OK => {
+                assert_eq!(body, b"inside");
+                inside += 1;
+            }
+            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    eprintln!("inside {inside}, refused {refused}");
+    server.stop().await;
+    root.assert_no_process_left().await;
+}
+
+#[tokio::test]
+async fn a_compiled_program_runs_from_its_open_file() {
+    // A binary (no #!) is executed through the open file itself: argv[0] is its real path.
+    let root = Root::new();
+    let prog = root.www().join("prog");
+    let src = root.dir.join("prog.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(int c, char **v) { printf(\"Content-Type: text/plain\\n\\n%s\", v[0]); return 0; }\n",
+    )
+    .unwrap();
+    let st = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(&prog)
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs)).await;
+    let (resp, body) = get(server.addr, "/cgi-bin/prog").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let real = std::fs::canonicalize(&prog).unwrap();
+    assert_eq!(String::from_utf8(body).unwrap(), real.to_str().unwrap());
+    server.stop().await;
+}
