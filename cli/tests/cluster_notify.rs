@@ -18,6 +18,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// holds) before it says it is ready, then answers every connection with `200 ok`.
 const WORKER: &str = r#"
 import os, socket
+assert "NOTIFY_SOCKET" not in os.environ and "WATCHDOG_USEC" not in os.environ
 os.read(0, 1)
 ch = socket.socket(fileno=3)
 ch.sendall(b"r")
