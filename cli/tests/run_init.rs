@@ -248,7 +248,9 @@ const REPORTER: &str = r#"
 import signal, sys, time
 last = set()
 def got(n, _):
-    print("got", signal.Signals(n).name if n < 32 else n, flush=True)
+    # One write: a line another process writes to the same pipe cannot split it.
+    sys.stdout.write("got %s\n" % (signal.Signals(n).name if n < 32 else n))
+    sys.stdout.flush()
     if n in last:
         sys.exit(0)
 for s in sys.argv[1:]:
