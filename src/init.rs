@@ -278,6 +278,10 @@ pub struct OrphanReaper {
     reaped: std::sync::Arc<std::sync::Mutex<ReapLog>>,
 }
 
+/// How long [`OrphanReaper`] leaves the owners of ended children to reap them before it
+/// looks at who is left.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The last pids reaped (at most [`ReapLog::KEEP`]) and the count.
 #[derive(Default)]
 struct ReapLog {
@@ -305,14 +309,22 @@ impl OrphanReaper {
         let log = reaped.clone();
         let task = handle.spawn(async move {
             loop {
-                if let Ok(done) = reap_unwatched_orphans() {
-                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                    for (pid, _) in done {
-                        log.count += 1;
-                        if log.last.len() == ReapLog::KEEP {
-                            log.last.pop_front();
+                // Most children that end are a `Child`'s, reaped by its owner in a moment:
+                // give the owners that moment, so that the pidfds are read (a walk over every
+                // fd) only for what is still there after it, at most once per SETTLE however
+                // many children end.
+                let ended = children().is_ok_and(|c| c.into_iter().any(is_zombie));
+                if ended {
+                    tokio::time::sleep(SETTLE).await;
+                    if let Ok(done) = reap_unwatched_orphans() {
+                        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                        for (pid, _) in done {
+                            log.count += 1;
+                            if log.last.len() == ReapLog::KEEP {
+                                log.last.pop_front();
+                            }
+                            log.last.push_back(pid);
                         }
-                        log.last.push_back(pid);
                     }
                 }
                 if sigchld.recv().await.is_none() {
