@@ -388,6 +388,22 @@ async fn left_behind(flags: &[&str]) -> (i64, Vec<i32>, String, Vec<KillOnDrop>)
 }
 
 #[tokio::test]
+async fn as_pid_1_kill_others_ends_the_descendants_itself() {
+    // In a PID namespace the kernel kills whatever is left when PID 1 exits, so "no process
+    // left" holds anyway; the JSON line (on stdout here, after the pids) shows that brood
+    // ended all four itself, the TERM-ignoring one with SIGKILL after --grace.
+    let script = format!("echo ready; read x; {LEFT_BEHIND}");
+    let argv = Init::Brood.argv(
+        &["--kill-others", "--grace", "300ms", "--json-fd", "1"],
+        &[],
+    );
+    let ns = Namespace::start(argv, &script).await;
+    let (code, rest) = ns.finish().await;
+    assert_eq!(code, 3, "{rest}");
+    assert!(rest.contains("\"others_killed\":4"), "{rest}");
+}
+
+#[tokio::test]
 async fn kill_others_ends_every_descendant_before_brood_exits() {
     let (code, pids, err, guards) =
         left_behind(&["--kill-others", "--grace", "300ms", "--json"]).await;
