@@ -22,7 +22,9 @@
 //! - [`pipe`]: Unix domain socket servers and clients (`uv_pipe_t`);
 //! - [`ipc`]: channels that carry bytes and open handles (`ipc` pipes, `uv_write2`);
 //! - [`cluster`]: a master that hands connections to worker processes (Node's `cluster`);
-//! - [`cgi`]: a CGI/1.1 server on hyper, and the seed's raw mode.
+//! - [`cgi`]: a CGI/1.1 server on hyper, and the seed's raw mode;
+//! - [`init`]: what an init needs: child subreaper, reaping orphans by pid (`tini`);
+//! - [`notify`]: systemd's readiness protocol (`sd_notify`, `Type=notify`).
 //!
 //! Linux is the tested platform; see README.md for what is Linux-only.
 
@@ -36,7 +38,9 @@ mod error;
 mod fd;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod init;
 pub mod ipc;
+pub mod notify;
 pub mod pipe;
 mod process;
 mod reap;

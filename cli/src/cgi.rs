@@ -193,6 +193,9 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     // one after the first has stopped the watchers gets the default action.
     let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
     let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
+    // A subreaper: the orphaned background jobs of scripts land here and are reaped.
+    let _reaper = crate::reaper::start("brood cgi");
+    let mut systemd = brood::notify::Notifier::from_env();
 
     // A signal starts a graceful stop: the HTTP server ends its scripts with SIGTERM, then
     // SIGKILL after a grace; raw mode's programs are killed at once.
@@ -262,12 +265,15 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         }))
     };
 
+    // The listener is open: connections from now on are served.
+    systemd.ready();
     let name = tokio::select! {
         r = &mut serve => return r.map_err(|e| e.to_string()),
         Some(_) = int.recv() => "SIGINT",
         Some(_) = term.recv() => "SIGTERM",
     };
     say(&format!("brood cgi: {name}, stopping"));
+    systemd.stopping();
     if args.raw {
         return Ok(());
     }

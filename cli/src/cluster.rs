@@ -204,6 +204,8 @@ pub fn main(args: ClusterArgs) -> i32 {
     }
     let rt = runtime(false);
     let result = rt.block_on(async move {
+        // A subreaper: workers' orphaned background jobs land here and are reaped.
+        let _reaper = crate::reaper::start("brood cluster");
         let cluster = b.build()?;
         say!("brood cluster: listening on {}", cluster.local_addr());
         cluster.run().await

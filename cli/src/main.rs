@@ -4,6 +4,7 @@ mod cgi;
 mod cluster;
 mod log;
 mod pipe_echo;
+mod reaper;
 mod run;
 
 use clap::{Parser, Subcommand};

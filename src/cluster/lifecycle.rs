@@ -58,6 +58,11 @@ impl Master {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
+            // systemd talks to the master (`notify.rs`): a worker's own READY=1 must not
+            // count for the service.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .process_group(0)
             .parent_death_signal(Signum::KILL)
             .kill_on_drop(true);

@@ -113,6 +113,8 @@ pub(super) struct Master {
     pub reloaded: usize,
     pub shutting_down: Option<Instant>,
     pub accept_backoff: AcceptBackoff,
+    /// `NOTIFY_SOCKET` readiness (`notify.rs`).
+    pub systemd: super::notify::Systemd,
 }
 
 impl Master {
@@ -147,6 +149,7 @@ impl Master {
             reloaded: 0,
             shutting_down: None,
             accept_backoff: AcceptBackoff::default(),
+            systemd: super::notify::Systemd::from_env(),
         };
         tracing::info!(
             addr = %m.cluster.local_addr,
@@ -224,6 +227,7 @@ impl Master {
                     self.housekeeping();
                 }
             }
+            self.notify_systemd();
             if self.shutting_down.is_some() && self.workers.is_empty() {
                 tracing::info!("all workers gone; master exits");
                 return Ok(());

@@ -70,6 +70,7 @@ mod handoff;
 mod lifecycle;
 mod listen;
 mod master;
+mod notify;
 mod policy;
 mod spawner;
 mod watch;

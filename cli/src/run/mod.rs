@@ -7,6 +7,7 @@
 
 mod fds;
 mod ids;
+mod init;
 mod out;
 mod parse;
 
@@ -51,6 +52,9 @@ Examples (one for every option):
   brood run --stdio 1=append:out.log --stdio 2=fd:1 --stdio 0=null -- make
   brood run --stdio 3=file:/etc/hosts -- sh -c 'cat <&3'
   brood run --detach -- sleep 100          # nohup sleep 100 </dev/null >/dev/null 2>&1 &
+  brood run --init -- nginx -g 'daemon off;'   # tini: PID 1 of a container
+  brood run --init --group -- sh -c 'worker & worker & wait'   # tini -g
+  brood run --init --kill-others --grace 10s -- ./start-all.sh
 ";
 
 /// Run PROGRAM with every libuv spawn option, wait for it, and exit as a shell would.
@@ -59,7 +63,8 @@ Examples (one for every option):
 /// program is not found, 126 when it cannot be executed, 124 when --timeout ended it, 125
 /// when brood itself fails (a usage error, a bad --cwd, no permission for --uid, an fd that
 /// was not open). SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to brood are
-/// passed on to the child (to its process group with --timeout).
+/// passed on to the child (to its process group with --timeout). With --init brood acts as
+/// an init (tini): it reaps orphans and passes on every catchable signal.
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, after_help = EXAMPLES)]
 pub struct RunArgs {
@@ -125,6 +130,8 @@ pub struct RunArgs {
     ///.
     #[arg(long, value_name = "PATH")]
     json_file: Option<PathBuf>,
+    #[command(flatten)]
+    init: init::InitArgs,
     /// The program (searched in PATH when it has no slash) and its arguments.
     #[arg(
         required = true,
@@ -390,6 +397,20 @@ fn build(args: &RunArgs, setup: Setup) -> Command {
     cmd
 }
 
+/// A spawn that failed: the message, and 127 (not found), 126 (cannot execute) or 125.
+fn spawn_failed(out: &mut Out, e: &brood::Error) -> i32 {
+    error_json(out, e);
+    out.error(e);
+    let not_exec = e.detail().is_none() || e.detail() == Some("");
+    match e.errno() {
+        libc::ENOENT | libc::ENOTDIR if not_exec => EXIT_NOT_FOUND,
+        libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::ELOOP | libc::E2BIG if not_exec => {
+            EXIT_CANNOT_EXEC
+        }
+        _ => EXIT_BROOD,
+    }
+}
+
 /// Who brood signals: the child, or (with `--timeout`) its whole process group.
 struct Target {
     pid: i32,
@@ -431,6 +452,9 @@ async fn wait_for(
 }
 
 async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
+    if args.init.init {
+        return init::run(args, setup, out).await;
+    }
     let timeout = setup.timeout;
     // Signals sent to brood (by a supervisor, or kill) go on to the child, as timeout(1)
     // and init shims do; the watchers end with the wait, putting the defaults back. They are
@@ -453,20 +477,7 @@ async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
     }
     let mut child = match build(args, setup).spawn() {
         Ok(child) => child,
-        Err(e) => {
-            error_json(out, &e);
-            out.error(&e);
-            let not_exec = e.detail().is_none() || e.detail() == Some("");
-            return match e.errno() {
-                libc::ENOENT | libc::ENOTDIR if not_exec => EXIT_NOT_FOUND,
-                libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::ELOOP | libc::E2BIG
-                    if not_exec =>
-                {
-                    EXIT_CANNOT_EXEC
-                }
-                _ => EXIT_BROOD,
-            };
-        }
+        Err(e) => return spawn_failed(out, &e),
     };
     let pid = child.id().expect("a child not waited for has its pid");
     if args.detach {
