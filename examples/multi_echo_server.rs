@@ -8,6 +8,9 @@
 //! ```
 //! Then talk to it with `nc 127.0.0.1 7000`. PORT 0 picks a free port; the master prints
 //! `Listening on ADDR` once it is ready.
+//!
+//! Every process runs one event loop on one thread, as libuv's (tokio's current-thread
+//! runtime): the point of the workers is one process per core.
 
 use std::os::fd::AsFd;
 
@@ -20,7 +23,7 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker") {
@@ -134,11 +137,27 @@ async fn worker() {
                     // One write per line, so the lines of several workers never mix.
                     let line = format!("Worker {pid}: Accepted fd {}\n", conn.as_raw_fd());
                     let _ = std::io::stderr().write_all(line.as_bytes());
-                    tokio::spawn(brood::pipe::echo(conn));
+                    tokio::spawn(echo(conn));
                 }
                 Err(e) => {
                     eprintln!("Worker {pid}: {e}");
                     channel.accept_handle();
+                }
+            }
+        }
+    }
+}
+
+/// Echoes until the client closes (or fails); dropping the stream closes it.
+async fn echo(mut conn: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    return;
                 }
             }
         }
