@@ -11,7 +11,8 @@
 //! Rounds interleave the servers (the order reverses every round, so A and B run
 //! side by side in time); a ratio is the median of the per-round ratios.
 //! `BROOD_BENCH_QUICK=1`: 3 rounds of 1 s cells (else 5 rounds of 2 s);
-//! `BROOD_BENCH_ONLY=rr,lc,c,seed,example,...` runs only those servers (keys below).
+//! `BROOD_BENCH_ONLY=rr,lc,c,seed,example,...` runs only those servers (keys below);
+//! `BROOD_BENCH_LOAD=ADDR` only loads a server started by hand (for profiling).
 //! Timing never gates a test.
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `BROOD_BENCH_LOAD=ADDR`: only the load (new connections, then persistent, 5 s each)
+    // against a server started by hand, to profile it (perf, strace -c).
+    if let Ok(addr) = std::env::var("BROOD_BENCH_LOAD") {
+        return rt.block_on(async {
+            for new_conn in [true, false] {
+                let (n, f) = load(&addr, 32, Duration::from_secs(5), new_conn).await;
+                println!("new_conn={new_conn}: {:.0}/s ({f} failed)", n as f64 / 5.0);
+            }
+        });
+    }
     rt.block_on(bench());
 }
 
