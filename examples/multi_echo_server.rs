@@ -137,27 +137,11 @@ async fn worker() {
                     // One write per line, so the lines of several workers never mix.
                     let line = format!("Worker {pid}: Accepted fd {}\n", conn.as_raw_fd());
                     let _ = std::io::stderr().write_all(line.as_bytes());
-                    tokio::spawn(echo(conn));
+                    tokio::spawn(brood::pipe::echo(conn));
                 }
                 Err(e) => {
                     eprintln!("Worker {pid}: {e}");
                     channel.accept_handle();
-                }
-            }
-        }
-    }
-}
-
-/// Echoes until the client closes (or fails); dropping the stream closes it.
-async fn echo(mut conn: TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = [0u8; 4096];
-    loop {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).await.is_err() {
-                    return;
                 }
             }
         }

@@ -10,11 +10,14 @@ use std::collections::HashSet;
 
 use support::*;
 
-/// The first argument of a traced call (`epoll_ctl(5, EPOLL_CTL_ADD, 12, ...)` → the fd
-/// operated on is the third for epoll_ctl, the first for the others).
-fn args(line: &str) -> Vec<&str> {
-    let open = line.find('(').unwrap_or(0);
-    line[open + 1..].split(", ").collect()
+/// The `i`th argument of a traced call as an fd (`close(12) = 0` → 12 for i = 0;
+/// `epoll_ctl(5, EPOLL_CTL_ADD, 12, ...)` → 12 for i = 2).
+fn fd_arg(line: &str, i: usize) -> i64 {
+    let Some(open) = line.find('(') else {
+        return -1;
+    };
+    let arg = line[open + 1..].split([',', ')']).nth(i).unwrap_or("");
+    arg.trim().parse().unwrap_or(-1)
 }
 
 /// The result of a traced call, when it is a number.
@@ -69,20 +72,18 @@ async fn a_handed_off_connection_costs_the_master_accept_send_close_and_the_work
     let mut open: HashSet<i64> = HashSet::new();
     let mut touched = Vec::new();
     for line in trace.lines() {
-        let a = args(line);
-        if line.starts_with("accept4(") {
+        // TCP connections only (`ctl` connections come through accept4 too).
+        if line.starts_with("accept4(") && line.contains("AF_INET") {
             if let Some(fd) = result(line).filter(|fd| *fd >= 0) {
                 accepted += 1;
                 open.insert(fd);
             }
         } else if line.starts_with("close(") {
-            open.remove(&a[0].trim_end_matches(')').parse::<i64>().unwrap_or(-1));
-        } else if line.starts_with("epoll_ctl(") {
-            if open.contains(&a.get(2).and_then(|f| f.parse().ok()).unwrap_or(-1)) {
-                touched.push(line.to_string());
-            }
-        } else if (line.starts_with("ioctl(") || line.starts_with("fcntl("))
-            && open.contains(&a[0].parse().unwrap_or(-1))
+            open.remove(&fd_arg(line, 0));
+        } else if (line.starts_with("epoll_ctl(") && open.contains(&fd_arg(line, 2)))
+            // (F_GETFD reads are std's debug-build check that an fd it closes is open.)
+            || ((line.starts_with("ioctl(") || line.starts_with("fcntl(") && line.contains("F_SET"))
+                && open.contains(&fd_arg(line, 0)))
         {
             touched.push(line.to_string());
         }
@@ -103,9 +104,11 @@ async fn a_handed_off_connection_costs_the_master_accept_send_close_and_the_work
         let probes = trace
             .lines()
             .filter(|l| {
-                ["fstat(", "newfstatat(", "statx(", "getsockopt("]
-                    .iter()
-                    .any(|p| l.starts_with(p))
+                // Questions about an open fd (not the loader's look-ups of paths).
+                l.starts_with("fstat(")
+                    || l.starts_with("getsockopt(")
+                    || ((l.starts_with("newfstatat(") || l.starts_with("statx("))
+                        && l.contains("AT_EMPTY_PATH"))
             })
             .count();
         let handled = trace
