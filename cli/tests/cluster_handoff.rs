@@ -22,7 +22,12 @@ fn fd_arg(line: &str, i: usize) -> i64 {
 
 /// The result of a traced call, when it is a number.
 fn result(line: &str) -> Option<i64> {
-    line.rsplit_once(" = ")?.1.split_whitespace().next()?.parse().ok()
+    line.rsplit_once(" = ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[tokio::test]

@@ -119,12 +119,12 @@ impl Master {
             let mut tried = Vec::new();
             let mut handed = false;
             while let Some(id) = self.pick(&tried) {
-                tried.push(id);
                 let w = self.workers.get_mut(&id).expect("picked");
-                let Some(chan) = w.chan.clone() else {
+                let Some(chan) = &w.chan else {
+                    tried.push(id);
                     continue;
                 };
-                match try_send(&chan, wire::CONN, Some(conn.as_fd())) {
+                match try_send(chan, wire::CONN, Some(conn.as_fd())) {
                     Sent::Yes => {
                         w.handled += 1;
                         w.open += 1;
@@ -133,10 +133,13 @@ impl Master {
                     }
                     Sent::Full => {
                         w.full = true;
-                        notify_writable(id, chan, self.events_tx.clone());
+                        notify_writable(id, chan.clone(), self.events_tx.clone());
                     }
                     Sent::Broken => w.chan = None,
                 }
+                // (Only a worker that could not take it is remembered: the usual handoff
+                // allocates nothing.)
+                tried.push(id);
             }
             if !handed {
                 self.backlog.push_front(conn);

@@ -175,9 +175,9 @@ impl Master {
         );
         let (mut ttin, mut ttou) = (Signal::new(Signum::TTIN)?, Signal::new(Signum::TTOU)?);
         let mut accept = match accept {
-            Some(l) => Some(
-                super::handoff::listener(l).map_err(|e| crate::error::from_io(e, "listen"))?,
-            ),
+            Some(l) => {
+                Some(super::handoff::listener(l).map_err(|e| crate::error::from_io(e, "listen"))?)
+            }
             None => None,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(50));
