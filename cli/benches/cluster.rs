@@ -303,34 +303,34 @@ async fn bench() {
             servers.push((key, s));
         }
     }
-    if wanted("c") || wanted("seed") {
-        if let Some(c) = build_c_anchor(&out_dir) {
-            if wanted("c") {
-                let mut cmd = Command::new(&c);
-                cmd.args(["-w", "2", "-q"]);
-                servers.extend(
-                    start("libuv C master (-q)", cmd, false)
-                        .await
-                        .map(|s| ("c", s)),
-                );
-            }
-            if wanted("seed") {
-                let mut cmd = Command::new(&c);
-                cmd.args(["-w", "2"]);
-                servers.extend(start("libuv C seed", cmd, false).await.map(|s| ("seed", s)));
-            }
-        }
-    }
-    if wanted("example") {
-        if let Some(ex) = build_example(&out_dir) {
-            let mut cmd = Command::new(&ex);
-            cmd.args(["-w", "2", "--port", "0"]);
+    if (wanted("c") || wanted("seed"))
+        && let Some(c) = build_c_anchor(&out_dir)
+    {
+        if wanted("c") {
+            let mut cmd = Command::new(&c);
+            cmd.args(["-w", "2", "-q"]);
             servers.extend(
-                start("multi_echo_server -w 2", cmd, false)
+                start("libuv C master (-q)", cmd, false)
                     .await
-                    .map(|s| ("example", s)),
+                    .map(|s| ("c", s)),
             );
         }
+        if wanted("seed") {
+            let mut cmd = Command::new(&c);
+            cmd.args(["-w", "2"]);
+            servers.extend(start("libuv C seed", cmd, false).await.map(|s| ("seed", s)));
+        }
+    }
+    if wanted("example")
+        && let Some(ex) = build_example(&out_dir)
+    {
+        let mut cmd = Command::new(&ex);
+        cmd.args(["-w", "2", "--port", "0"]);
+        servers.extend(
+            start("multi_echo_server -w 2", cmd, false)
+                .await
+                .map(|s| ("example", s)),
+        );
     }
     if wanted("tokio") {
         let mut tokio_cmd = Command::new(&exe);

@@ -74,8 +74,7 @@ pub(super) fn listener(l: TcpListener) -> std::io::Result<Listener> {
     let l = l.into_std()?;
     // SAFETY: the `std::net::TcpListener` owns its fd and moves into the `AsyncFd`, which
     // deregisters it before dropping (closing) it; nothing else holds or closes that fd.
-    unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
-        .map_err(|e| std::io::Error::from(e))
+    unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(std::io::Error::from)
 }
 
 /// At most this many connections are accepted per readiness of the listener before the
