@@ -8,6 +8,9 @@
 //! ```
 //! Then talk to it with `nc 127.0.0.1 7000`. PORT 0 picks a free port; the master prints
 //! `Listening on ADDR` once it is ready.
+//!
+//! Every process runs one event loop on one thread, as libuv's (tokio's current-thread
+//! runtime): the point of the workers is one process per core.
 
 use std::os::fd::AsFd;
 
@@ -20,7 +23,7 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker") {

@@ -1,11 +1,21 @@
 //! `cargo bench -p brood-cli --bench cluster`: echo servers under a bounded loopback load.
 //!
 //! 32 clients, 64-byte exchanges: (a) a new connection per exchange, (b) persistent
-//! connections. Contenders: `brood cluster` with each strategy and 2 workers, a
-//! single-process tokio echo server (this binary in server mode, its own process), and
-//! Node's cluster module (2 workers, SCHED_RR) when `node` is on PATH.
-//! `BROOD_BENCH_QUICK=1` shortens each cell. Timing never gates a test.
+//! connections. Contenders, all with 2 workers: `brood cluster` with each strategy; the
+//! seed's multi-echo server on libuv in C (`benches/c/multi_echo.c`, built here with `cc`
+//! when libuv's headers are installed: `apt-get install libuv1-dev`), quiet (`-q`) and as
+//! the seed (a line on stderr per connection); brood's `examples/multi_echo_server` (built
+//! here with cargo); a single-process tokio echo server (this binary in server mode, its own
+//! process); and Node's cluster module (SCHED_RR) when `node` is on PATH.
+//!
+//! Rounds interleave the servers (the order reverses every round, so A and B run
+//! side by side in time); a ratio is the median of the per-round ratios.
+//! `BROOD_BENCH_QUICK=1`: 3 rounds of 1 s cells (else 5 rounds of 2 s);
+//! `BROOD_BENCH_ONLY=rr,lc,c,seed,example,...` runs only those servers (keys below);
+//! `BROOD_BENCH_LOAD=ADDR` only loads a server started by hand (for profiling).
+//! Timing never gates a test.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use brood::{Command, Signum, Stdio};
@@ -39,6 +49,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `BROOD_BENCH_LOAD=ADDR`: only the load (new connections, then persistent, 5 s each)
+    // against a server started by hand, to profile it (perf, strace -c).
+    if let Ok(addr) = std::env::var("BROOD_BENCH_LOAD") {
+        return rt.block_on(async {
+            for new_conn in [true, false] {
+                let (n, f) = load(&addr, 32, Duration::from_secs(5), new_conn).await;
+                println!("new_conn={new_conn}: {:.0}/s ({f} failed)", n as f64 / 5.0);
+            }
+        });
+    }
     rt.block_on(bench());
 }
 
@@ -102,8 +122,9 @@ async fn start(name: &str, mut cmd: Command, from_stderr: bool) -> Option<Server
     let mut lines = BufReader::new(pipe.unwrap()).lines();
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(i) = line.find("listening on ") {
-                return Some(line[i + 13..].trim().to_string());
+            // "listening on ADDR" (brood, the C anchor), "Listening on ADDR" (the example)
+            if let Some(i) = line.find("istening on ") {
+                return Some(line[i + 12..].trim().to_string());
             }
         }
         None
@@ -174,13 +195,98 @@ async fn load(addr: &str, clients: usize, dur: Duration, new_conn_each: bool) ->
     total
 }
 
+/// The C anchor: builds `benches/c/multi_echo.c` against libuv, or says why not.
+fn build_c_anchor(out_dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/c/multi_echo.c");
+    let headers = ["/usr/include/uv.h", "/usr/local/include/uv.h"];
+    if !headers.iter().any(|h| Path::new(h).exists()) {
+        println!(
+            "  libuv C anchor: skipped (libuv's headers are not installed: apt-get install libuv1-dev)"
+        );
+        return None;
+    }
+    let out = out_dir.join("brood-bench-multi_echo");
+    let status = std::process::Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-luv")
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(out),
+        other => {
+            println!(
+                "  libuv C anchor: skipped (cc {} failed: {other:?})",
+                src.display()
+            );
+            None
+        }
+    }
+}
+
+/// brood's `examples/multi_echo_server`, built with this bench's profile (it lands in
+/// `target/release/examples`), or `None` with a notice.
+fn build_example(out_dir: &Path) -> Option<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--profile", "bench", "-p", "brood"])
+        .args(["--example", "multi_echo_server", "--manifest-path"])
+        .arg(&manifest)
+        .status();
+    let exe = out_dir.join("examples/multi_echo_server");
+    match status {
+        Ok(s) if s.success() && exe.exists() => Some(exe),
+        other => {
+            println!("  multi_echo_server: skipped (cargo build --example failed: {other:?})");
+            None
+        }
+    }
+}
+
+fn wanted(key: &str) -> bool {
+    match std::env::var("BROOD_BENCH_ONLY") {
+        Ok(list) => list.split(',').any(|k| k.trim() == key),
+        Err(_) => true,
+    }
+}
+
+/// The pairs whose ratios the bench prints: (A, B, what it says, bar).
+const PAIRS: &[(&str, &str, &str)] = &[
+    ("rr", "c", "brood round-robin / libuv C master"),
+    ("lc", "c", "brood least-connections / libuv C master"),
+    (
+        "example",
+        "seed",
+        "multi_echo_server / libuv seed (both log per conn)",
+    ),
+    ("shared", "c", "brood shared / libuv C master"),
+    ("reuseport", "c", "brood reuseport / libuv C master"),
+    ("rr", "tokio", "brood round-robin / tokio, 1 process"),
+    ("rr", "node", "brood round-robin / node cluster"),
+];
+
 async fn bench() {
-    let dur = Duration::from_secs_f64(if quick() { 1.0 } else { 3.0 });
+    let (rounds, dur) = if quick() {
+        (3, Duration::from_secs(1))
+    } else {
+        (5, Duration::from_secs(2))
+    };
     let brood = env!("CARGO_BIN_EXE_brood");
     let exe = std::env::current_exe().unwrap();
-    let mut servers = Vec::new();
-    println!("starting servers…");
-    for strategy in ["round-robin", "least-connections", "shared", "reuseport"] {
+    // target/release/deps/cluster-HASH → target/release
+    let out_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let mut servers: Vec<(&str, Server)> = Vec::new();
+    println!("building the C anchor and the example, starting servers…");
+    for (key, strategy) in [
+        ("rr", "round-robin"),
+        ("lc", "least-connections"),
+        ("shared", "shared"),
+        ("reuseport", "reuseport"),
+    ] {
+        if !wanted(key) {
+            continue;
+        }
         let mut cmd = Command::new(brood);
         cmd.args([
             "cluster",
@@ -193,86 +299,126 @@ async fn bench() {
             "--builtin",
             "echo",
         ]);
-        servers.extend(start(&format!("brood {strategy}"), cmd, true).await);
+        if let Some(s) = start(&format!("brood {strategy}"), cmd, true).await {
+            servers.push((key, s));
+        }
     }
-    let mut tokio_cmd = Command::new(&exe);
-    tokio_cmd.env("BROOD_BENCH_ECHO_SERVER", "1");
-    servers.extend(start("tokio (1 process)", tokio_cmd, false).await);
+    if (wanted("c") || wanted("seed"))
+        && let Some(c) = build_c_anchor(&out_dir)
+    {
+        if wanted("c") {
+            let mut cmd = Command::new(&c);
+            cmd.args(["-w", "2", "-q"]);
+            servers.extend(
+                start("libuv C master (-q)", cmd, false)
+                    .await
+                    .map(|s| ("c", s)),
+            );
+        }
+        if wanted("seed") {
+            let mut cmd = Command::new(&c);
+            cmd.args(["-w", "2"]);
+            servers.extend(start("libuv C seed", cmd, false).await.map(|s| ("seed", s)));
+        }
+    }
+    if wanted("example")
+        && let Some(ex) = build_example(&out_dir)
+    {
+        let mut cmd = Command::new(&ex);
+        cmd.args(["-w", "2", "--port", "0"]);
+        servers.extend(
+            start("multi_echo_server -w 2", cmd, false)
+                .await
+                .map(|s| ("example", s)),
+        );
+    }
+    if wanted("tokio") {
+        let mut tokio_cmd = Command::new(&exe);
+        tokio_cmd.env("BROOD_BENCH_ECHO_SERVER", "1");
+        servers.extend(
+            start("tokio (1 process)", tokio_cmd, false)
+                .await
+                .map(|s| ("tokio", s)),
+        );
+    }
     // Node's cluster with 2 workers, SCHED_RR (its default on Linux), on a free port.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     // cluster.fork() re-runs the script file, so the script must be a file.
     let script = std::env::temp_dir().join(format!("brood-node-cluster-{}.js", std::process::id()));
-    std::fs::write(&script, NODE_CLUSTER).unwrap();
-    let mut node = Command::new("node");
-    node.arg(&script).env("PORT", port.to_string());
-    servers.extend(start("node cluster (2, RR)", node, false).await);
+    if wanted("node") {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        std::fs::write(&script, NODE_CLUSTER).unwrap();
+        let mut node = Command::new("node");
+        node.arg(&script).env("PORT", port.to_string());
+        servers.extend(
+            start("node cluster (2, RR)", node, false)
+                .await
+                .map(|s| ("node", s)),
+        );
+    }
 
     println!(
-        "\n32 clients, 64-byte echo exchanges, {:.0} s per cell, medians of 3 interleaved rounds;\n2 cores shared by the servers and the load generator\n",
+        "\n32 clients, 64-byte echo exchanges, {} rounds of {:.0} s cells, servers interleaved;\n2 cores shared by the servers and the load generator\n",
+        rounds,
         dur.as_secs_f64()
     );
-    // Rounds interleave the contenders so a noisy moment hits all alike; medians reported.
-    let rounds = 3;
-    let mut samples: Vec<(Vec<f64>, Vec<f64>, u64)> =
-        vec![(Vec::new(), Vec::new(), 0); servers.len()];
-    for s in &servers {
+    for (_, s) in &servers {
         // Warm up (connections, worker readiness).
         load(&s.addr, 8, Duration::from_millis(200), false).await;
     }
-    for _ in 0..rounds {
-        for (i, s) in servers.iter().enumerate() {
-            let (a, af) = load(&s.addr, 32, dur, true).await;
-            let (b, bf) = load(&s.addr, 32, dur, false).await;
-            samples[i].0.push(a as f64 / dur.as_secs_f64());
-            samples[i].1.push(b as f64 / dur.as_secs_f64());
-            samples[i].2 += af + bf;
+    // samples[mode][server][round]
+    let mut samples = vec![vec![Vec::new(); servers.len()]; 2];
+    let mut failed = vec![0u64; servers.len()];
+    for round in 0..rounds {
+        for (mode, new_conn) in [(0, true), (1, false)] {
+            let mut order: Vec<usize> = (0..servers.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (n, f) = load(&servers[i].1.addr, 32, dur, new_conn).await;
+                samples[mode][i].push(n as f64 / dur.as_secs_f64());
+                failed[i] += f;
+            }
         }
     }
-    let median = |v: &mut Vec<f64>| {
+    let median = |mut v: Vec<f64>| {
         v.sort_by(|x, y| x.partial_cmp(y).unwrap());
         v[v.len() / 2]
     };
-    let mut results: Vec<(String, f64, f64)> = Vec::new();
-    for (s, (a, b, failed)) in servers.iter().zip(samples.iter_mut()) {
-        let (a, b) = (median(a), median(b));
+    for (i, (_, s)) in servers.iter().enumerate() {
         println!(
-            "  {:<28} (a) new conn {:>9.0}/s   (b) persistent {:>9.0}/s   ({failed} failed)",
-            s.name, a, b
-        );
-        results.push((s.name.clone(), a, b));
-    }
-    let get = |name: &str| results.iter().find(|r| r.0 == name).map(|r| (r.1, r.2));
-    println!();
-    if let (Some(rr), Some(node)) = (get("brood round-robin"), get("node cluster (2, RR)")) {
-        println!(
-            "  (a) brood round-robin / node cluster          = {:.2}×  (bar ≥ 2×)",
-            rr.0 / node.0
+            "  {:<26} (a) new conn {:>9.0}/s   (b) persistent {:>9.0}/s   ({} failed)",
+            s.name,
+            median(samples[0][i].clone()),
+            median(samples[1][i].clone()),
+            failed[i]
         );
     }
-    if let Some(tok) = get("tokio (1 process)") {
-        let best = results
-            .iter()
-            .filter(|r| r.0.starts_with("brood"))
-            .max_by(|x, y| x.2.partial_cmp(&y.2).unwrap())
-            .unwrap();
+    let find = |key: &str| servers.iter().position(|(k, _)| *k == key);
+    println!("\nmedian of per-round ratios (a) new connection per exchange, (b) persistent:");
+    for (a, b, what) in PAIRS {
+        let (Some(ia), Some(ib)) = (find(a), find(b)) else {
+            continue;
+        };
+        let ratio = |mode: usize| {
+            median(
+                samples[mode][ia]
+                    .iter()
+                    .zip(&samples[mode][ib])
+                    .map(|(x, y)| x / y)
+                    .collect(),
+            )
+        };
         println!(
-            "  (b) best brood ({}) / single tokio  = {:.2}×  (bar ≥ 1×)",
-            best.0,
-            best.2 / tok.1
+            "  {what:<52} (a) {:>5.2}×   (b) {:>5.2}×",
+            ratio(0),
+            ratio(1)
         );
-        for r in results.iter().filter(|r| r.0.starts_with("brood")) {
-            println!(
-                "      {:<28} (a) {:.2}× tokio   (b) {:.2}× tokio",
-                r.0,
-                r.1 / tok.0,
-                r.2 / tok.1
-            );
-        }
     }
-    for mut s in servers {
+    for (_, mut s) in servers {
         let _ = s.child.kill(Signum::TERM);
         let _ = tokio::time::timeout(Duration::from_secs(10), s.child.wait()).await;
     }

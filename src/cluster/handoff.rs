@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::net::{TcpListener, UnixStream};
 
 use super::master::{Event, Master, State};
 use super::{Every, Strategy, wire};
@@ -65,24 +66,49 @@ fn try_send(chan: &UnixStream, byte: u8, fd: Option<BorrowedFd<'_>>) -> Sent {
     }
 }
 
+/// The master's listening socket, registered with the reactor for readability only.
+pub(super) type Listener = AsyncFd<std::net::TcpListener>;
+
+/// The listening socket as the master's accept loop uses it.
+pub(super) fn listener(l: TcpListener) -> std::io::Result<Listener> {
+    let l = l.into_std()?;
+    // SAFETY: the `std::net::TcpListener` owns its fd and moves into the `AsyncFd`, which
+    // deregisters it before dropping (closing) it; nothing else holds or closes that fd.
+    unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(std::io::Error::from)
+}
+
+/// At most this many connections are accepted per readiness of the listener before the
+/// master looks at its other events (workers' reports, signals, `ctl`) again.
+const ACCEPT_BATCH: usize = 64;
+
 impl Master {
-    /// Gives a connection to a worker, or queues it until one can take it.
-    pub(super) fn hand_out(&mut self, conn: TcpStream) {
-        // Workers get a blocking socket, as from accept(2) on a blocking listener (what a
-        // worker in any language expects); brood workers make it non-blocking themselves.
-        // The flag lives on the shared file description, so it is set here, before the
-        // handoff.
-        let conn = match conn
-            .into_std()
-            .and_then(|c| c.set_nonblocking(false).map(|()| c))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("accepted connection unusable: {e}");
-                return;
+    /// The listener is readable: accepts connections until the kernel has no more (or the
+    /// batch or the backlog is full) and hands them out. Each is one `accept4` and stays a
+    /// plain fd in the master: never registered with the reactor, made non-blocking or
+    /// wrapped, only sent on and closed. Accepted without `SOCK_NONBLOCK`, the socket is
+    /// blocking, as from `accept(2)` on a blocking listener (what a worker in any language
+    /// expects; brood workers make it non-blocking themselves).
+    pub(super) fn accept_ready(&mut self, mut ready: AsyncFdReadyGuard<'_, std::net::TcpListener>) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.backlog.len() >= self.backlog_max {
+                break;
             }
-        };
-        self.backlog.push_back(conn);
+            // try_io clears the listener's readiness on EAGAIN, so the next `readable()`
+            // waits for the kernel; while it is not cleared it answers at once.
+            match ready.try_io(|l| socket2::SockRef::from(l.get_ref()).accept()) {
+                Ok(Ok((conn, _))) => {
+                    self.accept_backoff.ok();
+                    self.backlog.push_back(conn.into());
+                }
+                Ok(Err(e)) => {
+                    self.accept_backoff.failed(&e);
+                    if self.accept_backoff.paused() {
+                        break;
+                    }
+                }
+                Err(_would_block) => break,
+            }
+        }
         self.flush_backlog();
     }
 
@@ -92,12 +118,12 @@ impl Master {
             let mut tried = Vec::new();
             let mut handed = false;
             while let Some(id) = self.pick(&tried) {
-                tried.push(id);
                 let w = self.workers.get_mut(&id).expect("picked");
-                let Some(chan) = w.chan.clone() else {
+                let Some(chan) = &w.chan else {
+                    tried.push(id);
                     continue;
                 };
-                match try_send(&chan, wire::CONN, Some(conn.as_fd())) {
+                match try_send(chan, wire::CONN, Some(conn.as_fd())) {
                     Sent::Yes => {
                         w.handled += 1;
                         w.open += 1;
@@ -106,10 +132,13 @@ impl Master {
                     }
                     Sent::Full => {
                         w.full = true;
-                        notify_writable(id, chan, self.events_tx.clone());
+                        notify_writable(id, chan.clone(), self.events_tx.clone());
                     }
                     Sent::Broken => w.chan = None,
                 }
+                // (Only a worker that could not take it is remembered: the usual handoff
+                // allocates nothing.)
+                tried.push(id);
             }
             if !handed {
                 self.backlog.push_front(conn);

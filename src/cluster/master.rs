@@ -165,7 +165,7 @@ impl Master {
 
     pub(super) async fn run(
         &mut self,
-        mut accept: Option<TcpListener>,
+        accept: Option<TcpListener>,
         mut events: mpsc::Receiver<Event>,
     ) -> Result<()> {
         // brood's own watchers: once the graceful shutdown starts they stop, the default
@@ -177,6 +177,12 @@ impl Master {
             Signal::new(Signum::HUP)?,
         );
         let (mut ttin, mut ttou) = (Signal::new(Signum::TTIN)?, Signal::new(Signum::TTOU)?);
+        let mut accept = match accept {
+            Some(l) => {
+                Some(super::handoff::listener(l).map_err(|e| crate::error::from_io(e, "listen"))?)
+            }
+            None => None,
+        };
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
@@ -185,14 +191,8 @@ impl Master {
                 && self.backlog.len() < self.backlog_max
                 && !self.accept_backoff.paused();
             tokio::select! {
-                r = async { accept.as_ref().unwrap().accept().await }, if can_accept => {
-                    match r {
-                        Ok((conn, _)) => {
-                            self.accept_backoff.ok();
-                            self.hand_out(conn);
-                        }
-                        Err(e) => self.accept_backoff.failed(&e),
-                    }
+                Ok(ready) = async { accept.as_ref().unwrap().readable().await }, if can_accept => {
+                    self.accept_ready(ready);
                 }
                 Some(ev) = events.recv() => self.on_event(ev),
                 Some(s) = term.recv(), if term.is_active() => {

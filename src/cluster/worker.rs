@@ -124,7 +124,7 @@ impl Worker {
                                                     let _ = up.send(wire::PONG);
                                                 }
                                             }
-                                            wire::CONN => match channel.accept::<TcpStream>() {
+                                            wire::CONN => match take_conn(&mut channel) {
                                                 Ok(c) => {
                                                     if conn_tx.send(c).await.is_err() {
                                                         break;
@@ -132,12 +132,9 @@ impl Worker {
                                                 }
                                                 Err(e) => {
                                                     // Its fd did not arrive (this process is
-                                                    // at its fd limit: MSG_CTRUNC) or is not
-                                                    // a TCP stream: that connection is lost,
-                                                    // the channel goes on.
-                                                    if e.errno() != libc::EAGAIN {
-                                                        drop(channel.accept_handle());
-                                                    }
+                                                    // at its fd limit: MSG_CTRUNC) or could
+                                                    // not be registered: that connection is
+                                                    // lost, the channel goes on.
                                                     if let Some(n) = dropped.hit() {
                                                         tracing::warn!(dropped = n, "worker: connection dropped: {e}");
                                                     }
@@ -234,14 +231,50 @@ impl Worker {
     }
 }
 
-/// Writes the worker's reports (ready, pong, accepted, done) to the master in order.
+/// The connection whose byte `c` was just read: its fd, as a tokio `TcpStream`. The master
+/// only ever sends accepted TCP sockets, so the fd is taken as one without asking the
+/// kernel what it is (`Channel::accept` would: `fstat` and three `getsockopt`s per
+/// connection); it arrives blocking, as from `accept(2)`, and is made non-blocking here.
+fn take_conn(channel: &mut Channel) -> Result<TcpStream> {
+    let op = "cluster worker: accept a connection";
+    let handle = channel
+        .accept_handle()
+        .ok_or_else(|| Error::new(libc::EAGAIN, op).with_detail("no fd came with it"))?;
+    let std = std::net::TcpStream::from(handle.into_fd());
+    std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+    TcpStream::from_std(std).map_err(|e| from_io(e, op))
+}
+
+/// Writes the worker's reports (ready, pong, accepted, done) to the master in order. Reports
+/// of connections (accepted, done) wait `REPORT_DELAY` for more to join them, so a busy
+/// worker writes (and wakes the master) about once a millisecond, not once per connection;
+/// a batch with a ready or pong byte goes at once.
 async fn writer(sender: Sender, mut up: mpsc::UnboundedReceiver<u8>) {
-    while let Some(b) = up.recv().await {
-        if sender.send(&[b]).await.is_err() {
+    let mut batch = Vec::with_capacity(REPORT_BATCH);
+    while up.recv_many(&mut batch, REPORT_BATCH).await > 0 {
+        if batch
+            .iter()
+            .all(|&b| b == wire::DONE || b == wire::ACCEPTED)
+        {
+            tokio::time::sleep(REPORT_DELAY).await;
+            while batch.len() < REPORT_BATCH {
+                match up.try_recv() {
+                    Ok(b) => batch.push(b),
+                    Err(_) => break,
+                }
+            }
+        }
+        if sender.send(&batch).await.is_err() {
             return;
         }
+        batch.clear();
     }
 }
+
+/// The most report bytes sent in one write.
+const REPORT_BATCH: usize = 1024;
+/// How long reports of connections wait for others to share their write.
+const REPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Drop for Connection {
     fn drop(&mut self) {

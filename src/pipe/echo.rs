@@ -1,7 +1,7 @@
 //! The seed's echo server, as a library function so the example and `brood pipe-echo` run
 //! the same code.
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::Listener;
@@ -50,8 +50,22 @@ pub async fn echo_server(listener: &Listener) -> Result<()> {
 /// # }
 /// ```
 pub async fn echo<S: AsyncRead + AsyncWrite>(stream: S) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    if tokio::io::copy(&mut rd, &mut wr).await.is_ok() {
-        let _ = wr.shutdown().await;
+    // One buffer in the task itself and no split: no allocation and no lock per connection
+    // beyond the task's own (a cluster worker runs this once per handed-off connection).
+    let mut stream = std::pin::pin!(stream);
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
     }
 }
