@@ -108,16 +108,23 @@ enum Builtin {
 
 /// Send a command to a cluster master's control socket and print the answer.
 ///
-/// Commands: `status` (a table of workers: pid, state, uptime, connections handled and
-/// open, restarts; `failed`/`exited` for slots left empty), `reload` (rolling restart:
-/// answers when it is over, and exits 1 if it failed and the old workers kept serving),
-/// `scale N` (at most --max-workers).
+/// Commands: `status` (the master, and a table of workers: pid, state, uptime, connections
+/// handled and open, restarts, last exit; `failed`/`exited` for slots left empty; with
+/// --json one line of JSON), `reload` (rolling restart: answers when it is over, and exits 1
+/// if it failed and the old workers kept serving), `scale N` (at most --max-workers),
+/// `kill PID [SIGNAL]` (a signal, SIGTERM by default, to one worker of this master), `stop`
+/// (graceful shutdown, as SIGTERM), `upgrade` (hot upgrade of the master, as SIGUSR2:
+/// answers when the new master is ready, and exits 1 if it failed and the old one kept
+/// serving).
 #[derive(Args, Debug)]
 pub struct CtlArgs {
     /// The master's --control socket.
     path: PathBuf,
-    /// status | reload | scale N
-    #[arg(required = true, num_args = 1..=2)]
+    /// With `status`: one line of JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// status | reload | scale N | kill PID [SIGNAL] | stop | upgrade
+    #[arg(required = true, num_args = 1..=3)]
     command: Vec<String>,
 }
 
@@ -218,7 +225,14 @@ pub fn main(args: ClusterArgs) -> i32 {
 }
 
 pub fn ctl(args: CtlArgs) -> i32 {
-    let command = args.command.join(" ");
+    let mut command = args.command.join(" ");
+    if args.json {
+        if command != "status" {
+            say!("brood ctl: --json goes with `status` only");
+            return 2;
+        }
+        command += " --json";
+    }
     match runtime(false).block_on(brood::cluster::ctl(&args.path, &command)) {
         Ok(answer) => {
             print!("{answer}");

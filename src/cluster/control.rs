@@ -1,8 +1,9 @@
 //! The control socket of a cluster master (`--control PATH`) and its client, `brood ctl`.
 //!
-//! One command per connection, one line of at most 1 KiB: `status`, `reload` (answered when
-//! the rolling restart is over) or `scale N`; the answer is text and the master closes the
-//! connection. The socket is mode 0600 and the master also checks
+//! One command per connection, one line of at most 1 KiB: `status` (`status --json`),
+//! `reload` (answered when the rolling restart is over), `scale N`, `kill PID [SIGNAL]`,
+//! `stop` or `upgrade` (answered when the new master is ready, or failed); the answer is
+//! text (or one line of JSON) and the master closes the connection. The socket is mode 0600 and the master also checks
 //! the peer's uid (`SO_PEERCRED`): only the same user (or root) may use it.
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::master::Event;
+use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
 /// The longest command line read.
@@ -22,20 +24,40 @@ const MAX_LINE: u64 = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
     Status,
+    StatusJson,
     Reload,
     Scale(usize),
+    /// Send a signal to one of the master's workers (by pid).
+    Kill(u32, Signum),
+    /// Graceful shutdown, as `SIGTERM`.
+    Stop,
+    /// Hot upgrade of the master, as `SIGUSR2`.
+    Upgrade,
 }
 
 fn parse(line: &str) -> Option<Request> {
     let mut words = line.split_whitespace();
     let req = match (words.next()?, words.next()) {
         ("status", None) => Request::Status,
+        ("status", Some("--json" | "json")) => Request::StatusJson,
         ("reload", None) => Request::Reload,
         ("scale", Some(n)) => Request::Scale(n.parse().ok()?),
+        ("kill", Some(pid)) => {
+            let sig = match words.next() {
+                Some(s) => s.parse().ok()?,
+                None => Signum::TERM,
+            };
+            Request::Kill(pid.parse().ok()?, sig)
+        }
+        ("stop", None) => Request::Stop,
+        ("upgrade", None) => Request::Upgrade,
         _ => return None,
     };
     words.next().is_none().then_some(req)
 }
+
+/// What a command that cannot be parsed gets.
+const USAGE: &str = "error: commands are `status [--json]`, `reload`, `scale N`, `kill PID [SIGNAL]`, `stop` and `upgrade`\n";
 
 /// Binds the control socket (mode 0600). A socket file left by a dead master is replaced;
 /// a live master's is not.
@@ -113,7 +135,7 @@ pub(crate) fn serve(
                         rx.await
                             .unwrap_or_else(|_| "error: master is stopping\n".into())
                     }
-                    _ => "error: commands are `status`, `reload` and `scale N`\n".into(),
+                    _ => USAGE.into(),
                 };
                 let _ = conn.get_mut().write_all(answer.as_bytes()).await;
             });
@@ -151,6 +173,17 @@ mod tests {
         assert_eq!(parse("scale 3"), Some(Request::Scale(3)));
         assert_eq!(parse("scale x"), None);
         assert_eq!(parse("status now"), None);
+        assert_eq!(parse("status --json"), Some(Request::StatusJson));
+        assert_eq!(parse("kill 42"), Some(Request::Kill(42, Signum::TERM)));
+        assert_eq!(parse("kill 42 KILL"), Some(Request::Kill(42, Signum::KILL)));
+        assert_eq!(
+            parse("kill 42 SIGUSR1"),
+            Some(Request::Kill(42, Signum::USR1))
+        );
+        assert_eq!(parse("kill x"), None);
+        assert_eq!(parse("kill 42 NOPE"), None);
+        assert_eq!(parse("stop"), Some(Request::Stop));
+        assert_eq!(parse("upgrade"), Some(Request::Upgrade));
         assert_eq!(parse(""), None);
     }
 }

@@ -347,6 +347,7 @@ impl Master {
         let Some(mut w) = self.workers.remove(&id) else {
             return;
         };
+        w.lineage.last_exit = Some(exit);
         if w.state == State::Retiring && !w.not_ready {
             tracing::info!(
                 pid = w.pid,
@@ -412,6 +413,7 @@ impl Master {
                     pid: w.pid,
                     failed: false,
                     restarts: w.lineage.restarts,
+                    exit,
                 });
             }
             Verdict::Failed => {
@@ -425,6 +427,7 @@ impl Master {
                     pid: w.pid,
                     failed: true,
                     restarts: w.lineage.restarts,
+                    exit,
                 });
             }
         }

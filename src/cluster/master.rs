@@ -80,6 +80,7 @@ pub(super) struct Stopped {
     pub pid: u32,
     pub failed: bool,
     pub restarts: u32,
+    pub exit: Exit,
 }
 
 /// A rolling restart's current step: `new` replaces `old` once it is ready.
@@ -113,6 +114,12 @@ pub(super) struct Master {
     pub reloaded: usize,
     pub shutting_down: Option<Instant>,
     pub accept_backoff: AcceptBackoff,
+    /// When this master started (for `ctl status`), and its upgrade generation.
+    pub started: Instant,
+    pub started_at: std::time::SystemTime,
+    pub generation: u64,
+    /// `ctl stop` asked for a graceful shutdown (taken by `run`, which owns the listener).
+    pub stop_requested: bool,
 }
 
 impl Master {
@@ -147,6 +154,10 @@ impl Master {
             reloaded: 0,
             shutting_down: None,
             accept_backoff: AcceptBackoff::default(),
+            started: Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            generation: super::status::generation(),
+            stop_requested: false,
         };
         tracing::info!(
             addr = %m.cluster.local_addr,
@@ -224,6 +235,12 @@ impl Master {
                     self.housekeeping();
                 }
             }
+            if std::mem::take(&mut self.stop_requested) {
+                accept = None;
+                term.stop();
+                int.stop();
+                self.shutdown("ctl stop");
+            }
             if self.shutting_down.is_some() && self.workers.is_empty() {
                 tracing::info!("all workers gone; master exits");
                 return Ok(());
@@ -271,7 +288,21 @@ impl Master {
 
     fn control(&mut self, req: Request, reply: oneshot::Sender<String>) {
         let answer = match req {
-            Request::Status => self.status(),
+            Request::Status => self.status_text(),
+            Request::StatusJson => self.status_json(),
+            Request::Kill(pid, sig) => match self.workers.values().find(|w| w.pid == pid) {
+                Some(w) => {
+                    tracing::info!(pid, "ctl kill: sending {sig}");
+                    let _ = w.kill.send(sig);
+                    format!("sent {sig} to worker {pid}\n")
+                }
+                None => format!("error: {pid} is not a worker of this master\n"),
+            },
+            Request::Upgrade => "error: upgrade is not supported yet\n".into(),
+            Request::Stop => {
+                self.stop_requested = true;
+                format!("stopping: retiring {} workers\n", self.workers.len())
+            }
             Request::Reload => {
                 if self.shutting_down.is_some() {
                     "error: the master is shutting down\n".into()
@@ -287,57 +318,5 @@ impl Master {
             },
         };
         let _ = reply.send(answer);
-    }
-
-    fn status(&self) -> String {
-        let mut out = format!(
-            "listen {}  strategy {}  workers {} (target {}){}\n{:<6} {:>8} {:<9} {:>9} {:>8} {:>6} {:>8}\n",
-            self.cluster.local_addr,
-            self.cluster.cfg.strategy,
-            self.workers.len(),
-            self.target,
-            if self.shutting_down.is_some() {
-                "  shutting down"
-            } else {
-                ""
-            },
-            "ID",
-            "PID",
-            "STATE",
-            "UPTIME",
-            "HANDLED",
-            "OPEN",
-            "RESTARTS"
-        );
-        for (id, w) in &self.workers {
-            let state = match w.state {
-                State::Starting => "starting",
-                State::Ready => "ready",
-                State::Retiring => "retiring",
-            };
-            out += &format!(
-                "{:<6} {:>8} {:<9} {:>8.1}s {:>8} {:>6} {:>8}\n",
-                id,
-                w.pid,
-                state,
-                w.started.elapsed().as_secs_f64(),
-                w.handled,
-                w.open,
-                w.lineage.restarts
-            );
-        }
-        for s in &self.stopped {
-            out += &format!(
-                "{:<6} {:>8} {:<9} {:>9} {:>8} {:>6} {:>8}\n",
-                "-",
-                s.pid,
-                if s.failed { "failed" } else { "exited" },
-                "-",
-                0,
-                0,
-                s.restarts
-            );
-        }
-        out
     }
 }

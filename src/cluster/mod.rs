@@ -72,6 +72,7 @@ mod listen;
 mod master;
 mod policy;
 mod spawner;
+mod status;
 mod watch;
 mod worker;
 
