@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use brood::cluster::{Cluster, Restart, Strategy, Worker};
+use brood::cluster::{Cluster, Restart, Strategy, Worker, WorkerOutput};
 
 use crate::log::say;
 use clap::{Args, ValueEnum};
@@ -74,7 +74,13 @@ pub struct ClusterArgs {
     /// Seconds without a heartbeat answer before a brood worker is replaced.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     heartbeat_timeout: f64,
-    /// Open a control socket here for `brood ctl PATH status|reload|scale N`.
+    /// Workers' stdout and stderr: `prefix` (the default) reads them through pipes into this
+    /// log, each line tagged `[worker ID pid PID]` (lines over 16 KiB are cut, and say so);
+    /// `inherit` leaves them on the master's own stdout and stderr, untagged; `null` drops
+    /// them.
+    #[arg(long, value_enum, default_value_t = OutputArg::Prefix)]
+    worker_output: OutputArg,
+    /// Open a control socket here for `brood ctl PATH status|reload|scale N|...`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// Run a built-in worker: `echo` (the seed's echo server) or `http` (a fixed answer).
@@ -98,6 +104,13 @@ enum RestartArg {
     Always,
     OnFailure,
     Never,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutputArg {
+    Inherit,
+    Prefix,
+    Null,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -186,6 +199,11 @@ pub fn main(args: ClusterArgs) -> i32 {
             RestartArg::Always => Restart::Always,
             RestartArg::OnFailure => Restart::OnFailure,
             RestartArg::Never => Restart::Never,
+        })
+        .worker_output(match args.worker_output {
+            OutputArg::Inherit => WorkerOutput::Inherit,
+            OutputArg::Prefix => WorkerOutput::Prefix,
+            OutputArg::Null => WorkerOutput::Null,
         })
         .heartbeat(
             (hb_timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),

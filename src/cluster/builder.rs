@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::master::{EVENTS_MAX, Master};
-use super::{Restart, Strategy, Timings, control, listen};
+use super::{Restart, Strategy, Timings, WorkerOutput, control, listen};
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
@@ -28,6 +28,7 @@ pub struct ClusterBuilder {
     pub(super) max_workers: Option<usize>,
     pub(super) restart: Restart,
     pub(super) max_restarts: Option<(u32, Duration)>,
+    pub(super) worker_output: WorkerOutput,
 }
 
 /// A master process of a multi-process server. See the [module docs](super).
@@ -73,6 +74,7 @@ impl Cluster {
             max_workers: None,
             restart: Restart::Always,
             max_restarts: None,
+            worker_output: WorkerOutput::Inherit,
         }
     }
 
@@ -234,6 +236,12 @@ impl ClusterBuilder {
     /// Opens a control socket at `path` (mode 0600, same user only) for `brood ctl`.
     pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
         self.control = Some(path.into());
+        self
+    }
+
+    /// What becomes of workers' stdout and stderr (default [`WorkerOutput::Inherit`]).
+    pub fn worker_output(mut self, mode: WorkerOutput) -> Self {
+        self.worker_output = mode;
         self
     }
 

@@ -14,7 +14,7 @@ use super::builder::Source;
 use super::handoff::CHANNEL_SNDBUF;
 use super::master::{Master, Reloading, State, Step, Stopped, WorkerSlot};
 use super::policy::{Lineage, Verdict};
-use super::{STRATEGY_ENV, WORKER_ENV, listen, spawner, watch};
+use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, watch};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::{Command, Exit, Signum, Stdio};
@@ -64,6 +64,7 @@ impl Master {
         for (k, v) in &cfg.env {
             cmd.env(k, v);
         }
+        output::configure(&mut cmd, cfg.worker_output);
         match &self.cluster.source {
             Source::Accept(_) | Source::Closed => {
                 cmd.stdio(3, Stdio::ipc());
@@ -91,6 +92,7 @@ impl Master {
         let id = self.next_id;
         self.next_id += 1;
         let pid = child.id().expect("a child not waited for has its pid");
+        output::collect(&mut child, id, pid);
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         tokio::spawn(watch::watch_worker(
             id,

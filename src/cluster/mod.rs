@@ -70,6 +70,7 @@ mod handoff;
 mod lifecycle;
 mod listen;
 mod master;
+mod output;
 mod policy;
 mod spawner;
 mod status;
@@ -80,6 +81,7 @@ use std::time::Duration;
 
 pub use builder::{Cluster, ClusterBuilder};
 pub use control::ctl;
+pub use output::WorkerOutput;
 pub use policy::Restart;
 pub use worker::{Connection, Worker};
 
