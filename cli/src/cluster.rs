@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use brood::cluster::{Cluster, Restart, Strategy, Worker, WorkerOutput};
+use brood::cluster::{Cluster, Metrics, Restart, Strategy, Worker, WorkerOutput};
 
 use crate::log::say;
 use clap::{Args, ValueEnum};
@@ -80,6 +80,10 @@ pub struct ClusterArgs {
     /// them.
     #[arg(long, value_enum, default_value_t = OutputArg::Prefix)]
     worker_output: OutputArg,
+    /// Serve Prometheus metrics at http://ADDR/metrics (workers by state, restarts by
+    /// cause, connections per worker, handoff queue and latency, heartbeat misses).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Open a control socket here for `brood ctl PATH status|reload|scale N|...`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
@@ -227,8 +231,21 @@ pub fn main(args: ClusterArgs) -> i32 {
     if !args.program.is_empty() {
         b = b.program(args.program[0].clone(), args.program[1..].to_vec());
     }
+    let metrics = args.metrics.as_ref().map(|_| Metrics::new());
+    if let Some(m) = &metrics {
+        b = b.metrics(m.clone());
+    }
     let rt = runtime(false);
     let result = rt.block_on(async move {
+        if let (Some(addr), Some(m)) = (&args.metrics, metrics) {
+            match crate::metrics::serve(addr, Metrics::CONTENT_TYPE, move || m.encode()) {
+                Ok(a) => say!("brood cluster: metrics on http://{a}/metrics"),
+                Err(e) => {
+                    say!("brood cluster: --metrics {addr}: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
         let cluster = b.build()?;
         say!("brood cluster: listening on {}", cluster.local_addr());
         cluster.run().await

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::master::{EVENTS_MAX, Master};
-use super::{Restart, Strategy, Timings, WorkerOutput, control, listen};
+use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, control, listen};
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
@@ -29,6 +29,7 @@ pub struct ClusterBuilder {
     pub(super) restart: Restart,
     pub(super) max_restarts: Option<(u32, Duration)>,
     pub(super) worker_output: WorkerOutput,
+    pub(super) metrics: Option<Metrics>,
 }
 
 /// A master process of a multi-process server. See the [module docs](super).
@@ -75,6 +76,7 @@ impl Cluster {
             restart: Restart::Always,
             max_restarts: None,
             worker_output: WorkerOutput::Inherit,
+            metrics: None,
         }
     }
 
@@ -242,6 +244,12 @@ impl ClusterBuilder {
     /// What becomes of workers' stdout and stderr (default [`WorkerOutput::Inherit`]).
     pub fn worker_output(mut self, mode: WorkerOutput) -> Self {
         self.worker_output = mode;
+        self
+    }
+
+    /// Keeps the master's [`Metrics`] up to date (serve [`Metrics::encode`] to Prometheus).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 

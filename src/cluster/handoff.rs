@@ -83,12 +83,14 @@ impl Master {
             }
         };
         self.backlog.push_back(conn);
+        self.backlog_at.push_back(Instant::now());
         self.flush_backlog();
     }
 
     /// Hands queued connections out while some ready worker has room.
     pub(super) fn flush_backlog(&mut self) {
         while let Some(conn) = self.backlog.pop_front() {
+            let accepted = self.backlog_at.pop_front();
             let mut tried = Vec::new();
             let mut handed = false;
             while let Some(id) = self.pick(&tried) {
@@ -113,7 +115,13 @@ impl Master {
             }
             if !handed {
                 self.backlog.push_front(conn);
+                if let Some(t) = accepted {
+                    self.backlog_at.push_front(t);
+                }
                 return;
+            }
+            if let (Some(m), Some(t)) = (&self.metrics, accepted) {
+                m.handed(t.elapsed());
             }
             // `conn` drops here: the master's copy closes; the worker has its own.
         }
@@ -155,6 +163,7 @@ impl Master {
             }
             if w.last_pong.elapsed() > t.heartbeat_timeout {
                 tracing::warn!(pid = w.pid, id, "worker missed its heartbeats; killing it");
+                w.missed_heartbeat = true;
                 let _ = w.kill.send(crate::Signum::KILL);
                 w.last_pong = Instant::now(); // once per timeout, not every tick
                 continue;

@@ -125,6 +125,9 @@ impl Master {
                 full: false,
                 retire: None,
                 not_ready: false,
+                missed_heartbeat: false,
+                handled_reported: 0,
+                miss_reported: false,
             },
         );
         tracing::info!(pid, id, "worker started");
@@ -350,6 +353,7 @@ impl Master {
             return;
         };
         w.lineage.last_exit = Some(exit);
+        self.metrics_worker_gone(id, &w);
         if w.state == State::Retiring && !w.not_ready {
             tracing::info!(
                 pid = w.pid,
@@ -401,6 +405,7 @@ impl Master {
             .on_exit(&mut w.lineage, exit, lived, was_ready, now)
         {
             Verdict::Respawn(delay) => {
+                self.metrics_restarted(&w, exit);
                 if !delay.is_zero() {
                     tracing::warn!(
                         delay_ms = delay.as_millis() as u64,

@@ -72,6 +72,11 @@ pub(super) struct WorkerSlot {
     pub retire: Option<(Instant, Step)>,
     /// Stopped because it missed its ready deadline.
     pub not_ready: bool,
+    /// Killed for missing its heartbeats.
+    pub missed_heartbeat: bool,
+    /// What the metrics were last told (`metrics.rs`).
+    pub handled_reported: u64,
+    pub miss_reported: bool,
 }
 
 /// A slot with no worker: its worker failed too often (`--max-restarts`), or exited and
@@ -102,6 +107,9 @@ pub(super) struct Master {
     pub events_tx: mpsc::Sender<Event>,
     /// Accepted connections waiting for a ready worker with room in its channel.
     pub backlog: VecDeque<std::net::TcpStream>,
+    /// When each connection of `backlog` was accepted, in the same order (for the handoff
+    /// latency metric).
+    pub backlog_at: VecDeque<Instant>,
     pub backlog_max: usize,
     /// Respawns due, with the slot's history.
     pub respawns: Vec<(Instant, Lineage)>,
@@ -120,6 +128,7 @@ pub(super) struct Master {
     pub generation: u64,
     /// `ctl stop` asked for a graceful shutdown (taken by `run`, which owns the listener).
     pub stop_requested: bool,
+    pub metrics: Option<super::Metrics>,
 }
 
 impl Master {
@@ -145,6 +154,7 @@ impl Master {
             rr: 0,
             events_tx,
             backlog: VecDeque::new(),
+            backlog_at: VecDeque::new(),
             backlog_max: super::handoff::backlog_max(),
             respawns: Vec::new(),
             stopped: Vec::new(),
@@ -158,7 +168,9 @@ impl Master {
             started_at: std::time::SystemTime::now(),
             generation: super::status::generation(),
             stop_requested: false,
+            metrics: None,
         };
+        m.metrics = m.cluster.cfg.metrics.clone();
         tracing::info!(
             addr = %m.cluster.local_addr,
             workers = m.target,
@@ -233,6 +245,7 @@ impl Master {
                         self.heartbeat();
                     }
                     self.housekeeping();
+                    self.sync_metrics();
                 }
             }
             if std::mem::take(&mut self.stop_requested) {

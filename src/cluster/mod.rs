@@ -70,6 +70,7 @@ mod handoff;
 mod lifecycle;
 mod listen;
 mod master;
+mod metrics;
 mod output;
 mod policy;
 mod spawner;
@@ -81,6 +82,7 @@ use std::time::Duration;
 
 pub use builder::{Cluster, ClusterBuilder};
 pub use control::ctl;
+pub use metrics::Metrics;
 pub use output::WorkerOutput;
 pub use policy::Restart;
 pub use worker::{Connection, Worker};
