@@ -12,7 +12,10 @@ use clap::{Args, ValueEnum};
 /// Run a multi-process server: a master that starts workers and hands them connections.
 ///
 /// Signals to the master: SIGTERM/SIGINT stop gracefully, SIGHUP restarts the workers one
-/// by one with no connection lost, SIGTTIN/SIGTTOU add/remove a worker.
+/// by one with no connection lost, SIGTTIN/SIGTTOU add/remove a worker, SIGUSR2 upgrades
+/// the master itself: a new master (the binary on disk, same arguments) takes over the
+/// listening and control sockets, starts its workers, and once they are ready the old
+/// master drains and exits (if the new one fails, the old one keeps serving).
 ///
 /// Retiring a worker (reload, scale down, stop): the master stops handing it connections and
 /// closes its channel (end of stream = finish and exit), waits up to --grace seconds for it
@@ -84,6 +87,14 @@ pub struct ClusterArgs {
     /// cause, connections per worker, handoff queue and latency, heartbeat misses).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// The program a hot upgrade (SIGUSR2, `ctl upgrade`) starts as the new master, with
+    /// this master's arguments [default: this brood binary, as it is on disk now].
+    #[arg(long, value_name = "PATH")]
+    upgrade_binary: Option<PathBuf>,
+    /// Seconds the new master of an upgrade may take to have all its workers ready; a late
+    /// one is killed and this master keeps serving.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    upgrade_timeout: f64,
     /// Open a control socket here for `brood ctl PATH status|reload|scale N|...`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
@@ -228,6 +239,10 @@ pub fn main(args: ClusterArgs) -> i32 {
     if let Some(path) = &args.control {
         b = b.control(path);
     }
+    if let Some(path) = &args.upgrade_binary {
+        b = b.upgrade_program(path);
+    }
+    b = b.upgrade_timeout(secs("upgrade-timeout", args.upgrade_timeout));
     if !args.program.is_empty() {
         b = b.program(args.program[0].clone(), args.program[1..].to_vec());
     }

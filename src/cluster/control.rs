@@ -63,6 +63,12 @@ const USAGE: &str = "error: commands are `status [--json]`, `reload`, `scale N`,
 /// a live master's is not.
 pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     let op = format!("control socket {:?}", path.display().to_string());
+    // The new master of an upgrade takes over the old one's socket.
+    if let Some(fd) = super::upgrade::inherited(super::upgrade::CONTROL_FD_ENV) {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        listener.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+        return Ok(listener);
+    }
     if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(
@@ -84,11 +90,11 @@ pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
 pub(crate) fn serve(
     listener: std::os::unix::net::UnixListener,
     events: mpsc::Sender<Event>,
-) -> Result<()> {
+) -> Result<tokio::task::JoinHandle<()>> {
     let listener = UnixListener::from_std(listener).map_err(|e| from_io(e, "control socket"))?;
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         // Out of fds, accept fails at once until some close: pause instead of spinning.
         let mut pause = Duration::from_millis(10);
         loop {
@@ -140,8 +146,7 @@ pub(crate) fn serve(
                 let _ = conn.get_mut().write_all(answer.as_bytes()).await;
             });
         }
-    });
-    Ok(())
+    }))
 }
 
 /// Sends one command (`"status"`, `"reload"`, `"scale 4"`) to the master listening at `path`

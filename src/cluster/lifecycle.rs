@@ -14,7 +14,7 @@ use super::builder::Source;
 use super::handoff::CHANNEL_SNDBUF;
 use super::master::{Master, Reloading, State, Step, Stopped, WorkerSlot};
 use super::policy::{Lineage, Verdict};
-use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, watch};
+use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, upgrade, watch};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::{Command, Exit, Signum, Stdio};
@@ -58,6 +58,10 @@ impl Master {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
+            .env_remove(upgrade::UPGRADE_FD_ENV)
+            .env_remove(upgrade::CONTROL_FD_ENV)
+            .env_remove(upgrade::LISTEN_ENV)
+            .env_remove(super::status::GENERATION_ENV)
             .process_group(0)
             .parent_death_signal(Signum::KILL)
             .kill_on_drop(true);
@@ -158,6 +162,7 @@ impl Master {
         }
         tracing::info!("{why}: graceful shutdown");
         self.shutting_down = Some(Instant::now());
+        self.control_fd = None;
         // The master's own copy of a shared listener or reuseport anchor goes now.
         self.cluster.source = super::builder::Source::Closed;
         self.respawns.clear();

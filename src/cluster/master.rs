@@ -30,6 +30,8 @@ pub(crate) enum Event {
     Writable(u64),
     Exited(u64, Exit),
     Control(Request, oneshot::Sender<String>),
+    /// The new master of a hot upgrade is ready, or failed.
+    Upgrade(super::upgrade::Outcome),
 }
 
 /// How many events may wait for the master: a worker's task that finds the queue full
@@ -126,9 +128,22 @@ pub(super) struct Master {
     pub started: Instant,
     pub started_at: std::time::SystemTime,
     pub generation: u64,
-    /// `ctl stop` asked for a graceful shutdown (taken by `run`, which owns the listener).
-    pub stop_requested: bool,
+    /// A graceful shutdown asked for by `ctl stop` or a finished upgrade (taken by `run`,
+    /// which owns the listener), with the reason.
+    pub stop_requested: Option<&'static str>,
     pub metrics: Option<super::Metrics>,
+    /// `ctl upgrade` callers (taken by `run`, which owns the listener).
+    pub upgrade_requested: Vec<oneshot::Sender<String>>,
+    pub upgrade: Option<super::upgrade::Pending>,
+    /// In a new master started by an upgrade: the channel to tell the old one it is ready.
+    pub upgrade_parent: Option<std::os::fd::OwnedFd>,
+    /// The control socket's task and a copy of its socket (to hand to a new master).
+    pub control_task: Option<tokio::task::JoinHandle<()>>,
+    pub control_fd: Option<std::os::fd::OwnedFd>,
+    /// A new master took over: the control socket file is its own now.
+    pub handed_over: bool,
+    /// This program's path when the master started (an upgrade runs what is there now).
+    pub program_on_disk: Option<std::ffi::OsString>,
 }
 
 impl Master {
@@ -167,8 +182,15 @@ impl Master {
             started: Instant::now(),
             started_at: std::time::SystemTime::now(),
             generation: super::status::generation(),
-            stop_requested: false,
+            stop_requested: None,
             metrics: None,
+            upgrade_requested: Vec::new(),
+            upgrade: None,
+            upgrade_parent: super::upgrade::inherited(super::upgrade::UPGRADE_FD_ENV),
+            control_task: None,
+            control_fd: None,
+            handed_over: false,
+            program_on_disk: std::env::current_exe().ok().map(Into::into),
         };
         m.metrics = m.cluster.cfg.metrics.clone();
         tracing::info!(
@@ -197,11 +219,15 @@ impl Master {
             Signal::new(Signum::HUP)?,
         );
         let (mut ttin, mut ttou) = (Signal::new(Signum::TTIN)?, Signal::new(Signum::TTOU)?);
+        let mut usr2 = Signal::new(Signum::USR2)?;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
         loop {
+            // A new master of an upgrade accepts only once its workers are ready (the old
+            // one accepts meanwhile).
             let can_accept = accept.is_some()
+                && self.upgrade_parent.is_none()
                 && self.backlog.len() < self.backlog_max
                 && !self.accept_backoff.paused();
             tokio::select! {
@@ -227,6 +253,9 @@ impl Master {
                     int.stop();
                     self.shutdown(&s.to_string());
                 }
+                Some(_) = usr2.recv() => {
+                    self.start_upgrade(accept.as_ref(), None);
+                }
                 Some(_) = hup.recv() => {
                     self.start_reload(None);
                 }
@@ -246,13 +275,17 @@ impl Master {
                     }
                     self.housekeeping();
                     self.sync_metrics();
+                    self.report_ready_to_old_master();
                 }
             }
-            if std::mem::take(&mut self.stop_requested) {
+            for waiter in std::mem::take(&mut self.upgrade_requested) {
+                self.start_upgrade(accept.as_ref(), Some(waiter));
+            }
+            if let Some(why) = self.stop_requested.take() {
                 accept = None;
                 term.stop();
                 int.stop();
-                self.shutdown("ctl stop");
+                self.shutdown(why);
             }
             if self.shutting_down.is_some() && self.workers.is_empty() {
                 tracing::info!("all workers gone; master exits");
@@ -296,6 +329,7 @@ impl Master {
             }
             Event::Exited(id, exit) => self.on_exit(id, exit),
             Event::Control(req, reply) => self.control(req, reply),
+            Event::Upgrade(outcome) => self.on_upgrade(outcome),
         }
     }
 
@@ -311,9 +345,13 @@ impl Master {
                 }
                 None => format!("error: {pid} is not a worker of this master\n"),
             },
-            Request::Upgrade => "error: upgrade is not supported yet\n".into(),
+            Request::Upgrade => {
+                // Answered when the new master is ready or failed (`on_upgrade`).
+                self.upgrade_requested.push(reply);
+                return;
+            }
             Request::Stop => {
-                self.stop_requested = true;
+                self.stop_requested = Some("ctl stop");
                 format!("stopping: retiring {} workers\n", self.workers.len())
             }
             Request::Reload => {

@@ -75,6 +75,7 @@ mod output;
 mod policy;
 mod spawner;
 mod status;
+mod upgrade;
 mod watch;
 mod worker;
 

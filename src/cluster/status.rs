@@ -133,7 +133,7 @@ impl Master {
                 generation: self.generation,
                 target_workers: self.target,
                 shutting_down: self.shutting_down.is_some(),
-                upgrading_to: None,
+                upgrading_to: self.upgrading_to(),
             },
             workers,
         };
