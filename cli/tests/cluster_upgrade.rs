@@ -35,14 +35,32 @@ fn all_ready(s: &serde_json::Value, n: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_under_load_fails_no_connection_and_changes_every_pid() {
-    let dir = tempdir("upgrade-notify");
+    upgrade_under_load("upgrade", "round-robin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_of_a_shared_listener_cluster_under_load_fails_no_connection() {
+    upgrade_under_load("upgrade-shared", "shared").await;
+}
+
+async fn upgrade_under_load(tag: &str, strategy: &str) {
+    let dir = tempdir(&format!("{tag}-notify"));
     let notify_path = dir.0.join("notify.sock");
     let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
     let env = format!("NOTIFY_SOCKET={}", notify_path.display());
     let mut m = Master::launch(
-        "upgrade",
+        tag,
         &["env", &env],
-        &["--workers", "2", "--grace", "5", "--builtin", "echo"],
+        &[
+            "--workers",
+            "2",
+            "--grace",
+            "5",
+            "--strategy",
+            strategy,
+            "--builtin",
+            "echo",
+        ],
     )
     .await;
     m.wait_for(
@@ -110,7 +128,7 @@ async fn upgrade_under_load_fails_no_connection_and_changes_every_pid() {
     };
     stop_load.send(true).unwrap();
     let (ok, failed) = timeout(LIMIT, load).await.unwrap().unwrap();
-    eprintln!("upgrade under load: {ok} exchanges ok, {failed} failed");
+    eprintln!("upgrade under load ({strategy}): {ok} exchanges ok, {failed} failed");
     assert_eq!(failed, 0, "{ok} ok");
     assert_eq!(new["master"]["generation"], 2);
     let new_workers = worker_pids(&new);

@@ -11,6 +11,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::builder::Source;
@@ -168,13 +169,22 @@ impl Master {
         } else {
             cmd.stdio(4, Stdio::null());
         }
-        cmd.stdio(5, Stdio::ipc()).env(UPGRADE_FD_ENV, "5");
-        let mut child = cmd.spawn()?;
+        // A plain socketpair, not `Stdio::ipc`, whose `BROOD_CHANNEL_FD` the new master's
+        // workers would inherit.
+        let op = "upgrade: channel";
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| crate::error::from_io(e, op))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| crate::error::from_io(e, op))?;
+        let ours =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| crate::error::from_io(e, op))?;
+        cmd.stdio(5, Stdio::from(OwnedFd::from(theirs)))
+            .env(UPGRADE_FD_ENV, "5");
+        let child = cmd.spawn()?;
         let pid = child.id().expect("a child not waited for has its pid");
-        let channel = child.take_channel(5);
         tokio::spawn(watch_new_master(
             child,
-            channel,
+            ours,
             self.cluster.cfg.upgrade_timeout,
             self.events_tx.clone(),
         ));
@@ -246,17 +256,17 @@ impl Master {
 /// Waits for the new master's `r`, its exit, or the timeout (then kills it).
 async fn watch_new_master(
     mut child: Child,
-    channel: Option<crate::ipc::Channel>,
+    channel: tokio::net::UnixStream,
     timeout: Duration,
     events: mpsc::Sender<Event>,
 ) {
     let pid = child.id().unwrap_or(0);
     let deadline = Instant::now() + timeout;
-    let mut channel = channel;
+    let mut channel = Some(channel);
     let mut buf = [0u8; 16];
     let outcome = loop {
         tokio::select! {
-            r = async { channel.as_mut().unwrap().recv(&mut buf).await }, if channel.is_some() => {
+            r = async { channel.as_mut().unwrap().read(&mut buf).await }, if channel.is_some() => {
                 match r {
                     Ok(n) if buf[..n].contains(&b'r') => break Outcome::Ready(pid),
                     Ok(n) if n > 0 => {}
