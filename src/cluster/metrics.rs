@@ -17,6 +17,9 @@ use crate::Exit;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The values of `brood_cluster_workers`'s `state` label.
+const STATES: [&str; 5] = ["starting", "ready", "retiring", "failed", "exited"];
+
 /// A cluster master's metrics, shared between the master (which updates them) and whoever
 /// serves them (`brood cluster --metrics ADDR` serves [`encode`](Metrics::encode) at
 /// `/metrics`). Cloning is cheap: clones share the same values.
@@ -31,7 +34,9 @@ type Labels = Vec<(&'static str, String)>;
 ///     .metrics(metrics.clone())
 ///     .build()?;
 /// // Serve `metrics.encode()` over HTTP while `cluster.run()` runs.
-/// assert!(metrics.encode().contains("# TYPE brood_cluster_workers gauge"));
+/// let text = metrics.encode();
+/// assert!(text.contains("# TYPE brood_cluster_workers gauge"));
+/// assert!(text.contains("brood_cluster_workers{state=\"ready\"} 0"));
 /// # drop(cluster);
 /// # Ok::<(), brood::Error>(())
 /// ```
@@ -104,6 +109,10 @@ impl Metrics {
             "Workers killed for missing their heartbeats",
             inner.heartbeat_misses.clone(),
         );
+        // Every state's series exists from the start, at 0.
+        for state in STATES {
+            inner.workers.get_or_create(&label("state", state)).set(0);
+        }
         Metrics(Arc::new(Inner { registry, ..inner }))
     }
 
@@ -172,10 +181,7 @@ impl Master {
         for s in &self.stopped {
             counts[if s.failed { 3 } else { 4 }] += 1;
         }
-        for (i, state) in ["starting", "ready", "retiring", "failed", "exited"]
-            .iter()
-            .enumerate()
-        {
+        for (i, state) in STATES.iter().enumerate() {
             m.0.workers
                 .get_or_create(&label("state", state))
                 .set(counts[i]);
