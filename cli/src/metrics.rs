@@ -10,6 +10,9 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// Binds `addr` and serves `render()` at `/metrics` in a task of the current runtime.
 pub fn serve(
@@ -84,3 +87,92 @@ pub fn serve(
     });
     Ok(local)
 }
+
+/// `brood cgi --metrics`: counted from each access line, as the server logs it.
+pub struct CgiMetrics {
+    registry: prometheus_client::registry::Registry,
+    requests: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    duration: Histogram,
+    timeouts: Counter,
+}
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+impl CgiMetrics {
+    pub fn new() -> CgiMetrics {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let m = CgiMetrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            // 1 ms to about 65 s, ×4 each bucket.
+            duration: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
+            timeouts: Counter::default(),
+            registry: prometheus_client::registry::Registry::default(),
+        };
+        // Every class's series exists from the start, at 0.
+        for class in CLASSES {
+            m.requests.get_or_create(&vec![("class", class)]).inc_by(0);
+        }
+        registry.register(
+            "brood_cgi_requests",
+            "Requests answered, by status class (1xx..5xx; 499: the client went away)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "brood_cgi_request_seconds",
+            "From the request to the script's end",
+            m.duration.clone(),
+        );
+        registry.register(
+            "brood_cgi_timeouts",
+            "Scripts stopped for running past --timeout (504)",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "brood_cgi_errors",
+            "5xx answers by cause (spawn: 500, bad_answer: 502, busy: 503, timeout: 504, other)",
+            m.errors.clone(),
+        );
+        CgiMetrics { registry, ..m }
+    }
+
+    /// Counts one access line.
+    pub fn observe(&self, a: &brood::cgi::Access) {
+        let class = match a.status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            499 => "client_gone",
+            400..=498 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&vec![("class", class)]).inc();
+        self.duration.observe(a.elapsed.as_secs_f64());
+        if a.status == 504 {
+            self.timeouts.inc();
+        }
+        if (500..600).contains(&a.status) {
+            let cause = match a.status {
+                500 => "spawn",
+                502 => "bad_answer",
+                503 => "busy",
+                504 => "timeout",
+                _ => "other",
+            };
+            self.errors.get_or_create(&vec![("cause", cause)]).inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "client_gone"];
+
+/// The content type of the OpenMetrics text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
