@@ -100,7 +100,17 @@ async fn cgi_metrics_count_requests_by_class_timeouts_and_5xx_causes() {
             .starts_with("HTTP/1.1 504")
     );
 
-    let after = scrape(&metrics).await;
+    // An access line is written when its script has ended, which may be just after the
+    // client got its answer: wait (bounded) for all six.
+    let start = std::time::Instant::now();
+    let after = loop {
+        let s = scrape(&metrics).await;
+        if get0(&s, "brood_cgi_request_seconds_count") >= 6.0 {
+            break s;
+        }
+        assert!(start.elapsed() < LIMIT, "not all requests counted: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         get0(&after, r#"brood_cgi_requests_total{class="2xx"}"#),
         3.0
