@@ -104,6 +104,10 @@ pub struct CgiArgs {
     /// Largest header block a script may print, in bytes.
     #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
     max_header_bytes: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (requests by status class, request
+    /// duration, timeouts, 5xx by cause).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// With --raw: the program and its arguments.
     #[arg(trailing_var_arg = true, value_name = "PROGRAM [ARGS]")]
     program: Vec<OsString>,
@@ -185,6 +189,22 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     let queue = seconds("--queue", args.queue)?;
     let body_timeout = seconds("--body-timeout", args.body_timeout)?;
     let log = logger(&args)?;
+    let metrics = args
+        .metrics
+        .as_ref()
+        .map(|_| std::sync::Arc::new(crate::metrics::CgiMetrics::new()));
+    let counted = metrics.clone();
+    let log = move |line: &LogLine| {
+        if let (Some(m), LogLine::Access(a)) = (&counted, line) {
+            m.observe(a);
+        }
+        log(line)
+    };
+    if let (Some(addr), Some(m)) = (&args.metrics, metrics) {
+        let a = crate::metrics::serve(addr, crate::metrics::CONTENT_TYPE, move || m.encode())
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+        say(&format!("brood cgi: metrics on http://{a}/metrics"));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", args.listen))?;

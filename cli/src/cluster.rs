@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use brood::cluster::{Cluster, Restart, Strategy, Worker};
+use brood::cluster::{Cluster, Metrics, Restart, Strategy, Worker, WorkerOutput};
 
 use crate::log::say;
 use clap::{Args, ValueEnum};
@@ -12,7 +12,10 @@ use clap::{Args, ValueEnum};
 /// Run a multi-process server: a master that starts workers and hands them connections.
 ///
 /// Signals to the master: SIGTERM/SIGINT stop gracefully, SIGHUP restarts the workers one
-/// by one with no connection lost, SIGTTIN/SIGTTOU add/remove a worker.
+/// by one with no connection lost, SIGTTIN/SIGTTOU add/remove a worker, SIGUSR2 upgrades
+/// the master itself: a new master (the binary on disk, same arguments) takes over the
+/// listening and control sockets, starts its workers, and once they are ready the old
+/// master drains and exits (if the new one fails, the old one keeps serving).
 ///
 /// Retiring a worker (reload, scale down, stop): the master stops handing it connections and
 /// closes its channel (end of stream = finish and exit), waits up to --grace seconds for it
@@ -74,7 +77,25 @@ pub struct ClusterArgs {
     /// Seconds without a heartbeat answer before a brood worker is replaced.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     heartbeat_timeout: f64,
-    /// Open a control socket here for `brood ctl PATH status|reload|scale N`.
+    /// Workers' stdout and stderr: `prefix` (the default) reads them through pipes into this
+    /// log, each line tagged `[worker ID pid PID]` (lines over 16 KiB are cut, and say so);
+    /// `inherit` leaves them on the master's own stdout and stderr, untagged; `null` drops
+    /// them.
+    #[arg(long, value_enum, default_value_t = OutputArg::Prefix)]
+    worker_output: OutputArg,
+    /// Serve Prometheus metrics at http://ADDR/metrics (workers by state, restarts by
+    /// cause, connections per worker, handoff queue and latency, heartbeat misses).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// The program a hot upgrade (SIGUSR2, `ctl upgrade`) starts as the new master, with
+    /// this master's arguments [default: this brood binary, as it is on disk now].
+    #[arg(long, value_name = "PATH")]
+    upgrade_binary: Option<PathBuf>,
+    /// Seconds the new master of an upgrade may take to have all its workers ready; a late
+    /// one is killed and this master keeps serving.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    upgrade_timeout: f64,
+    /// Open a control socket here for `brood ctl PATH status|reload|scale N|...`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// Run a built-in worker: `echo` (the seed's echo server) or `http` (a fixed answer).
@@ -101,6 +122,13 @@ enum RestartArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutputArg {
+    Inherit,
+    Prefix,
+    Null,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Builtin {
     Echo,
     Http,
@@ -108,16 +136,23 @@ enum Builtin {
 
 /// Send a command to a cluster master's control socket and print the answer.
 ///
-/// Commands: `status` (a table of workers: pid, state, uptime, connections handled and
-/// open, restarts; `failed`/`exited` for slots left empty), `reload` (rolling restart:
-/// answers when it is over, and exits 1 if it failed and the old workers kept serving),
-/// `scale N` (at most --max-workers).
+/// Commands: `status` (the master, and a table of workers: pid, state, uptime, connections
+/// handled and open, restarts, last exit; `failed`/`exited` for slots left empty; with
+/// --json one line of JSON), `reload` (rolling restart: answers when it is over, and exits 1
+/// if it failed and the old workers kept serving), `scale N` (at most --max-workers),
+/// `kill PID [SIGNAL]` (a signal, SIGTERM by default, to one worker of this master), `stop`
+/// (graceful shutdown, as SIGTERM), `upgrade` (hot upgrade of the master, as SIGUSR2:
+/// answers when the new master is ready, and exits 1 if it failed and the old one kept
+/// serving).
 #[derive(Args, Debug)]
 pub struct CtlArgs {
     /// The master's --control socket.
     path: PathBuf,
-    /// status | reload | scale N
-    #[arg(required = true, num_args = 1..=2)]
+    /// With `status`: one line of JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// status | reload | scale N | kill PID [SIGNAL] | stop | upgrade
+    #[arg(required = true, num_args = 1..=3)]
     command: Vec<String>,
 }
 
@@ -180,6 +215,11 @@ pub fn main(args: ClusterArgs) -> i32 {
             RestartArg::OnFailure => Restart::OnFailure,
             RestartArg::Never => Restart::Never,
         })
+        .worker_output(match args.worker_output {
+            OutputArg::Inherit => WorkerOutput::Inherit,
+            OutputArg::Prefix => WorkerOutput::Prefix,
+            OutputArg::Null => WorkerOutput::Null,
+        })
         .heartbeat(
             (hb_timeout / 5).clamp(Duration::from_millis(50), Duration::from_secs(1)),
             hb_timeout,
@@ -199,13 +239,30 @@ pub fn main(args: ClusterArgs) -> i32 {
     if let Some(path) = &args.control {
         b = b.control(path);
     }
+    if let Some(path) = &args.upgrade_binary {
+        b = b.upgrade_program(path);
+    }
+    b = b.upgrade_timeout(secs("upgrade-timeout", args.upgrade_timeout));
     if !args.program.is_empty() {
         b = b.program(args.program[0].clone(), args.program[1..].to_vec());
+    }
+    let metrics = args.metrics.as_ref().map(|_| Metrics::new());
+    if let Some(m) = &metrics {
+        b = b.metrics(m.clone());
     }
     let rt = runtime(false);
     let result = rt.block_on(async move {
         // A subreaper: workers' orphaned background jobs land here and are reaped.
         let _reaper = crate::reaper::start("brood cluster");
+        if let (Some(addr), Some(m)) = (&args.metrics, metrics) {
+            match crate::metrics::serve(addr, Metrics::CONTENT_TYPE, move || m.encode()) {
+                Ok(a) => say!("brood cluster: metrics on http://{a}/metrics"),
+                Err(e) => {
+                    say!("brood cluster: --metrics {addr}: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
         let cluster = b.build()?;
         say!("brood cluster: listening on {}", cluster.local_addr());
         cluster.run().await
@@ -220,7 +277,14 @@ pub fn main(args: ClusterArgs) -> i32 {
 }
 
 pub fn ctl(args: CtlArgs) -> i32 {
-    let command = args.command.join(" ");
+    let mut command = args.command.join(" ");
+    if args.json {
+        if command != "status" {
+            say!("brood ctl: --json goes with `status` only");
+            return 2;
+        }
+        command += " --json";
+    }
     match runtime(false).block_on(brood::cluster::ctl(&args.path, &command)) {
         Ok(answer) => {
             print!("{answer}");

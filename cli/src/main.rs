@@ -3,6 +3,7 @@
 mod cgi;
 mod cluster;
 mod log;
+mod metrics;
 mod pipe_echo;
 mod reaper;
 mod run;

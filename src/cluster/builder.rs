@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::master::{EVENTS_MAX, Master};
-use super::{Restart, Strategy, Timings, control, listen};
+use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, control, listen};
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
@@ -28,6 +28,10 @@ pub struct ClusterBuilder {
     pub(super) max_workers: Option<usize>,
     pub(super) restart: Restart,
     pub(super) max_restarts: Option<(u32, Duration)>,
+    pub(super) worker_output: WorkerOutput,
+    pub(super) metrics: Option<Metrics>,
+    pub(super) upgrade_program: Option<OsString>,
+    pub(super) upgrade_timeout: Duration,
 }
 
 /// A master process of a multi-process server. See the [module docs](super).
@@ -73,6 +77,10 @@ impl Cluster {
             max_workers: None,
             restart: Restart::Always,
             max_restarts: None,
+            worker_output: WorkerOutput::Inherit,
+            metrics: None,
+            upgrade_program: None,
+            upgrade_timeout: Duration::from_secs(60),
         }
     }
 
@@ -88,8 +96,10 @@ impl Cluster {
         let (events_tx, events) = mpsc::channel(EVENTS_MAX);
         let control = match self.control.take() {
             Some((path, l)) => {
-                control::serve(l, events_tx.clone())?;
-                Some(path)
+                // A copy, to hand to the new master of an upgrade.
+                let copy = l.try_clone().map_err(|e| from_io(e, "control socket"))?;
+                let task = control::serve(l, events_tx.clone())?;
+                Some((path, task, copy))
             }
             None => None,
         };
@@ -105,8 +115,15 @@ impl Cluster {
                 None
             }
         };
-        let result = Master::start(self, events_tx)?.run(accept, events).await;
-        if let Some(path) = control {
+        let mut master = Master::start(self, events_tx)?;
+        let path = control.map(|(path, task, copy)| {
+            master.control_task = Some(task);
+            master.control_fd = Some(copy.into());
+            path
+        });
+        let result = master.run(accept, events).await;
+        // After an upgrade the socket file is the new master's.
+        if let Some(path) = path.filter(|_| !master.handed_over) {
             let _ = std::fs::remove_file(path);
         }
         result
@@ -237,6 +254,33 @@ impl ClusterBuilder {
         self
     }
 
+    /// What becomes of workers' stdout and stderr (default [`WorkerOutput::Inherit`]).
+    pub fn worker_output(mut self, mode: WorkerOutput) -> Self {
+        self.worker_output = mode;
+        self
+    }
+
+    /// Keeps the master's [`Metrics`] up to date (serve [`Metrics::encode`] to Prometheus).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The program a hot upgrade (`ctl upgrade`, `SIGUSR2`) starts as the new master, with
+    /// this master's arguments (default: this program, as it is on disk when the master
+    /// started: replace the file, then upgrade).
+    pub fn upgrade_program(mut self, program: impl Into<OsString>) -> Self {
+        self.upgrade_program = Some(program.into());
+        self
+    }
+
+    /// How long the new master of an upgrade may take to have all its workers ready before
+    /// it is killed and this master keeps serving (default 60 s).
+    pub fn upgrade_timeout(mut self, d: Duration) -> Self {
+        self.upgrade_timeout = d;
+        self
+    }
+
     /// An environment variable for every worker.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
@@ -277,6 +321,7 @@ impl ClusterBuilder {
                 }
             }
             Strategy::ReusePort => {
+                let addr = super::upgrade::inherited_listen().unwrap_or(addr);
                 let (anchor, local) = listen::reuseport_anchor(&addr)?;
                 (Source::ReusePort { _anchor: anchor }, local)
             }

@@ -1,8 +1,9 @@
 //! The control socket of a cluster master (`--control PATH`) and its client, `brood ctl`.
 //!
-//! One command per connection, one line of at most 1 KiB: `status`, `reload` (answered when
-//! the rolling restart is over) or `scale N`; the answer is text and the master closes the
-//! connection. The socket is mode 0600 and the master also checks
+//! One command per connection, one line of at most 1 KiB: `status` (`status --json`),
+//! `reload` (answered when the rolling restart is over), `scale N`, `kill PID [SIGNAL]`,
+//! `stop` or `upgrade` (answered when the new master is ready, or failed); the answer is
+//! text (or one line of JSON) and the master closes the connection. The socket is mode 0600 and the master also checks
 //! the peer's uid (`SO_PEERCRED`): only the same user (or root) may use it.
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::master::Event;
+use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
 /// The longest command line read.
@@ -22,25 +24,51 @@ const MAX_LINE: u64 = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
     Status,
+    StatusJson,
     Reload,
     Scale(usize),
+    /// Send a signal to one of the master's workers (by pid).
+    Kill(u32, Signum),
+    /// Graceful shutdown, as `SIGTERM`.
+    Stop,
+    /// Hot upgrade of the master, as `SIGUSR2`.
+    Upgrade,
 }
 
 pub(crate) fn parse(line: &str) -> Option<Request> {
     let mut words = line.split_whitespace();
     let req = match (words.next()?, words.next()) {
         ("status", None) => Request::Status,
+        ("status", Some("--json" | "json")) => Request::StatusJson,
         ("reload", None) => Request::Reload,
         ("scale", Some(n)) => Request::Scale(n.parse().ok()?),
+        ("kill", Some(pid)) => {
+            let sig = match words.next() {
+                Some(s) => s.parse().ok()?,
+                None => Signum::TERM,
+            };
+            Request::Kill(pid.parse().ok()?, sig)
+        }
+        ("stop", None) => Request::Stop,
+        ("upgrade", None) => Request::Upgrade,
         _ => return None,
     };
     words.next().is_none().then_some(req)
 }
 
+/// What a command that cannot be parsed gets.
+const USAGE: &str = "error: commands are `status [--json]`, `reload`, `scale N`, `kill PID [SIGNAL]`, `stop` and `upgrade`\n";
+
 /// Binds the control socket (mode 0600). A socket file left by a dead master is replaced;
 /// a live master's is not.
 pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     let op = format!("control socket {:?}", path.display().to_string());
+    // The new master of an upgrade takes over the old one's socket.
+    if let Some(fd) = super::upgrade::inherited(super::upgrade::CONTROL_FD_ENV) {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        listener.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+        return Ok(listener);
+    }
     if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(
@@ -62,11 +90,11 @@ pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
 pub(crate) fn serve(
     listener: std::os::unix::net::UnixListener,
     events: mpsc::Sender<Event>,
-) -> Result<()> {
+) -> Result<tokio::task::JoinHandle<()>> {
     let listener = UnixListener::from_std(listener).map_err(|e| from_io(e, "control socket"))?;
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         // Out of fds, accept fails at once until some close: pause instead of spinning.
         let mut pause = Duration::from_millis(10);
         loop {
@@ -113,13 +141,12 @@ pub(crate) fn serve(
                         rx.await
                             .unwrap_or_else(|_| "error: master is stopping\n".into())
                     }
-                    _ => "error: commands are `status`, `reload` and `scale N`\n".into(),
+                    _ => USAGE.into(),
                 };
                 let _ = conn.get_mut().write_all(answer.as_bytes()).await;
             });
         }
-    });
-    Ok(())
+    }))
 }
 
 /// Sends one command (`"status"`, `"reload"`, `"scale 4"`) to the master listening at `path`
@@ -151,6 +178,17 @@ mod tests {
         assert_eq!(parse("scale 3"), Some(Request::Scale(3)));
         assert_eq!(parse("scale x"), None);
         assert_eq!(parse("status now"), None);
+        assert_eq!(parse("status --json"), Some(Request::StatusJson));
+        assert_eq!(parse("kill 42"), Some(Request::Kill(42, Signum::TERM)));
+        assert_eq!(parse("kill 42 KILL"), Some(Request::Kill(42, Signum::KILL)));
+        assert_eq!(
+            parse("kill 42 SIGUSR1"),
+            Some(Request::Kill(42, Signum::USR1))
+        );
+        assert_eq!(parse("kill x"), None);
+        assert_eq!(parse("kill 42 NOPE"), None);
+        assert_eq!(parse("stop"), Some(Request::Stop));
+        assert_eq!(parse("upgrade"), Some(Request::Upgrade));
         assert_eq!(parse(""), None);
     }
 }

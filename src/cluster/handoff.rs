@@ -99,6 +99,7 @@ impl Master {
                 Ok(Ok((conn, _))) => {
                     self.accept_backoff.ok();
                     self.backlog.push_back(conn.into());
+                    self.backlog_at.push_back(Instant::now());
                 }
                 Ok(Err(e)) => {
                     self.accept_backoff.failed(&e);
@@ -115,6 +116,7 @@ impl Master {
     /// Hands queued connections out while some ready worker has room.
     pub(super) fn flush_backlog(&mut self) {
         while let Some(conn) = self.backlog.pop_front() {
+            let accepted = self.backlog_at.pop_front();
             let mut tried = Vec::new();
             let mut handed = false;
             while let Some(id) = self.pick(&tried) {
@@ -142,7 +144,13 @@ impl Master {
             }
             if !handed {
                 self.backlog.push_front(conn);
+                if let Some(t) = accepted {
+                    self.backlog_at.push_front(t);
+                }
                 return;
+            }
+            if let (Some(m), Some(t)) = (&self.metrics, accepted) {
+                m.handed(t.elapsed());
             }
             // `conn` drops here: the master's copy closes; the worker has its own.
         }
@@ -184,6 +192,7 @@ impl Master {
             }
             if w.last_pong.elapsed() > t.heartbeat_timeout {
                 tracing::warn!(pid = w.pid, id, "worker missed its heartbeats; killing it");
+                w.missed_heartbeat = true;
                 let _ = w.kill.send(crate::Signum::KILL);
                 w.last_pong = Instant::now(); // once per timeout, not every tick
                 continue;

@@ -14,7 +14,7 @@ use super::builder::Source;
 use super::handoff::CHANNEL_SNDBUF;
 use super::master::{Master, Reloading, State, Step, Stopped, WorkerSlot};
 use super::policy::{Lineage, Verdict};
-use super::{STRATEGY_ENV, WORKER_ENV, listen, spawner, watch};
+use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, upgrade, watch};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::{Command, Exit, Signum, Stdio};
@@ -63,12 +63,17 @@ impl Master {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
+            .env_remove(upgrade::UPGRADE_FD_ENV)
+            .env_remove(upgrade::CONTROL_FD_ENV)
+            .env_remove(upgrade::LISTEN_ENV)
+            .env_remove(super::status::GENERATION_ENV)
             .process_group(0)
             .parent_death_signal(Signum::KILL)
             .kill_on_drop(true);
         for (k, v) in &cfg.env {
             cmd.env(k, v);
         }
+        output::configure(&mut cmd, cfg.worker_output);
         match &self.cluster.source {
             Source::Accept(_) | Source::Closed => {
                 cmd.stdio(3, Stdio::ipc());
@@ -96,6 +101,7 @@ impl Master {
         let id = self.next_id;
         self.next_id += 1;
         let pid = child.id().expect("a child not waited for has its pid");
+        output::collect(&mut child, id, pid);
         let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         tokio::spawn(watch::watch_worker(
             id,
@@ -128,6 +134,9 @@ impl Master {
                 full: false,
                 retire: None,
                 not_ready: false,
+                missed_heartbeat: false,
+                handled_reported: 0,
+                miss_reported: false,
             },
         );
         tracing::info!(pid, id, "worker started");
@@ -158,6 +167,7 @@ impl Master {
         }
         tracing::info!("{why}: graceful shutdown");
         self.shutting_down = Some(Instant::now());
+        self.control_fd = None;
         // The master's own copy of a shared listener or reuseport anchor goes now.
         self.cluster.source = super::builder::Source::Closed;
         self.respawns.clear();
@@ -352,6 +362,8 @@ impl Master {
         let Some(mut w) = self.workers.remove(&id) else {
             return;
         };
+        w.lineage.last_exit = Some(exit);
+        self.metrics_worker_gone(id, &w);
         if w.state == State::Retiring && !w.not_ready {
             tracing::info!(
                 pid = w.pid,
@@ -403,6 +415,7 @@ impl Master {
             .on_exit(&mut w.lineage, exit, lived, was_ready, now)
         {
             Verdict::Respawn(delay) => {
+                self.metrics_restarted(&w, exit);
                 if !delay.is_zero() {
                     tracing::warn!(
                         delay_ms = delay.as_millis() as u64,
@@ -417,6 +430,7 @@ impl Master {
                     pid: w.pid,
                     failed: false,
                     restarts: w.lineage.restarts,
+                    exit,
                 });
             }
             Verdict::Failed => {
@@ -430,6 +444,7 @@ impl Master {
                     pid: w.pid,
                     failed: true,
                     restarts: w.lineage.restarts,
+                    exit,
                 });
             }
         }

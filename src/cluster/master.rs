@@ -30,6 +30,8 @@ pub(crate) enum Event {
     Writable(u64),
     Exited(u64, Exit),
     Control(Request, oneshot::Sender<String>),
+    /// The new master of a hot upgrade is ready, or failed.
+    Upgrade(super::upgrade::Outcome),
 }
 
 /// How many events may wait for the master: a worker's task that finds the queue full
@@ -72,6 +74,11 @@ pub(super) struct WorkerSlot {
     pub retire: Option<(Instant, Step)>,
     /// Stopped because it missed its ready deadline.
     pub not_ready: bool,
+    /// Killed for missing its heartbeats.
+    pub missed_heartbeat: bool,
+    /// What the metrics were last told (`metrics.rs`).
+    pub handled_reported: u64,
+    pub miss_reported: bool,
 }
 
 /// A slot with no worker: its worker failed too often (`--max-restarts`), or exited and
@@ -80,6 +87,7 @@ pub(super) struct Stopped {
     pub pid: u32,
     pub failed: bool,
     pub restarts: u32,
+    pub exit: Exit,
 }
 
 /// A rolling restart's current step: `new` replaces `old` once it is ready.
@@ -101,6 +109,9 @@ pub(super) struct Master {
     pub events_tx: mpsc::Sender<Event>,
     /// Accepted connections waiting for a ready worker with room in its channel.
     pub backlog: VecDeque<std::net::TcpStream>,
+    /// When each connection of `backlog` was accepted, in the same order (for the handoff
+    /// latency metric).
+    pub backlog_at: VecDeque<Instant>,
     pub backlog_max: usize,
     /// Respawns due, with the slot's history.
     pub respawns: Vec<(Instant, Lineage)>,
@@ -115,6 +126,26 @@ pub(super) struct Master {
     pub accept_backoff: AcceptBackoff,
     /// `NOTIFY_SOCKET` readiness (`notify.rs`).
     pub systemd: super::notify::Systemd,
+    /// When this master started (for `ctl status`), and its upgrade generation.
+    pub started: Instant,
+    pub started_at: std::time::SystemTime,
+    pub generation: u64,
+    /// A graceful shutdown asked for by `ctl stop` or a finished upgrade (taken by `run`,
+    /// which owns the listener), with the reason.
+    pub stop_requested: Option<&'static str>,
+    pub metrics: Option<super::Metrics>,
+    /// `ctl upgrade` callers (taken by `run`, which owns the listener).
+    pub upgrade_requested: Vec<oneshot::Sender<String>>,
+    pub upgrade: Option<super::upgrade::Pending>,
+    /// In a new master started by an upgrade: the channel to tell the old one it is ready.
+    pub upgrade_parent: Option<std::os::fd::OwnedFd>,
+    /// The control socket's task and a copy of its socket (to hand to a new master).
+    pub control_task: Option<tokio::task::JoinHandle<()>>,
+    pub control_fd: Option<std::os::fd::OwnedFd>,
+    /// A new master took over: the control socket file is its own now.
+    pub handed_over: bool,
+    /// This program's path when the master started (an upgrade runs what is there now).
+    pub program_on_disk: Option<std::ffi::OsString>,
 }
 
 impl Master {
@@ -140,6 +171,7 @@ impl Master {
             rr: 0,
             events_tx,
             backlog: VecDeque::new(),
+            backlog_at: VecDeque::new(),
             backlog_max: super::handoff::backlog_max(),
             respawns: Vec::new(),
             stopped: Vec::new(),
@@ -150,7 +182,20 @@ impl Master {
             shutting_down: None,
             accept_backoff: AcceptBackoff::default(),
             systemd: super::notify::Systemd::from_env(),
+            started: Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            generation: super::status::generation(),
+            stop_requested: None,
+            metrics: None,
+            upgrade_requested: Vec::new(),
+            upgrade: None,
+            upgrade_parent: super::upgrade::inherited(super::upgrade::UPGRADE_FD_ENV),
+            control_task: None,
+            control_fd: None,
+            handed_over: false,
+            program_on_disk: std::env::current_exe().ok().map(Into::into),
         };
+        m.metrics = m.cluster.cfg.metrics.clone();
         tracing::info!(
             addr = %m.cluster.local_addr,
             workers = m.target,
@@ -183,11 +228,15 @@ impl Master {
             }
             None => None,
         };
+        let mut usr2 = Signal::new(Signum::USR2)?;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
         loop {
+            // A new master of an upgrade accepts only once its workers are ready (the old
+            // one accepts meanwhile).
             let can_accept = accept.is_some()
+                && self.upgrade_parent.is_none()
                 && self.backlog.len() < self.backlog_max
                 && !self.accept_backoff.paused();
             tokio::select! {
@@ -207,6 +256,9 @@ impl Master {
                     int.stop();
                     self.shutdown(&s.to_string());
                 }
+                Some(_) = usr2.recv() => {
+                    self.start_upgrade(accept.as_ref(), None);
+                }
                 Some(_) = hup.recv() => {
                     self.start_reload(None);
                 }
@@ -225,9 +277,20 @@ impl Master {
                         self.heartbeat();
                     }
                     self.housekeeping();
+                    self.sync_metrics();
+                    self.report_ready_to_old_master();
                 }
             }
             self.notify_systemd();
+            for waiter in std::mem::take(&mut self.upgrade_requested) {
+                self.start_upgrade(accept.as_ref(), Some(waiter));
+            }
+            if let Some(why) = self.stop_requested.take() {
+                accept = None;
+                term.stop();
+                int.stop();
+                self.shutdown(why);
+            }
             if self.shutting_down.is_some() && self.workers.is_empty() {
                 tracing::info!("all workers gone; master exits");
                 return Ok(());
@@ -270,12 +333,31 @@ impl Master {
             }
             Event::Exited(id, exit) => self.on_exit(id, exit),
             Event::Control(req, reply) => self.control(req, reply),
+            Event::Upgrade(outcome) => self.on_upgrade(outcome),
         }
     }
 
     fn control(&mut self, req: Request, reply: oneshot::Sender<String>) {
         let answer = match req {
-            Request::Status => self.status(),
+            Request::Status => self.status_text(),
+            Request::StatusJson => self.status_json(),
+            Request::Kill(pid, sig) => match self.workers.values().find(|w| w.pid == pid) {
+                Some(w) => {
+                    tracing::info!(pid, "ctl kill: sending {sig}");
+                    let _ = w.kill.send(sig);
+                    format!("sent {sig} to worker {pid}\n")
+                }
+                None => format!("error: {pid} is not a worker of this master\n"),
+            },
+            Request::Upgrade => {
+                // Answered when the new master is ready or failed (`on_upgrade`).
+                self.upgrade_requested.push(reply);
+                return;
+            }
+            Request::Stop => {
+                self.stop_requested = Some("ctl stop");
+                format!("stopping: retiring {} workers\n", self.workers.len())
+            }
             Request::Reload => {
                 if self.shutting_down.is_some() {
                     "error: the master is shutting down\n".into()
@@ -291,57 +373,5 @@ impl Master {
             },
         };
         let _ = reply.send(answer);
-    }
-
-    fn status(&self) -> String {
-        let mut out = format!(
-            "listen {}  strategy {}  workers {} (target {}){}\n{:<6} {:>8} {:<9} {:>9} {:>8} {:>6} {:>8}\n",
-            self.cluster.local_addr,
-            self.cluster.cfg.strategy,
-            self.workers.len(),
-            self.target,
-            if self.shutting_down.is_some() {
-                "  shutting down"
-            } else {
-                ""
-            },
-            "ID",
-            "PID",
-            "STATE",
-            "UPTIME",
-            "HANDLED",
-            "OPEN",
-            "RESTARTS"
-        );
-        for (id, w) in &self.workers {
-            let state = match w.state {
-                State::Starting => "starting",
-                State::Ready => "ready",
-                State::Retiring => "retiring",
-            };
-            out += &format!(
-                "{:<6} {:>8} {:<9} {:>8.1}s {:>8} {:>6} {:>8}\n",
-                id,
-                w.pid,
-                state,
-                w.started.elapsed().as_secs_f64(),
-                w.handled,
-                w.open,
-                w.lineage.restarts
-            );
-        }
-        for s in &self.stopped {
-            out += &format!(
-                "{:<6} {:>8} {:<9} {:>9} {:>8} {:>6} {:>8}\n",
-                "-",
-                s.pid,
-                if s.failed { "failed" } else { "exited" },
-                "-",
-                0,
-                0,
-                s.restarts
-            );
-        }
-        out
     }
 }

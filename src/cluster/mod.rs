@@ -70,9 +70,13 @@ mod handoff;
 mod lifecycle;
 mod listen;
 mod master;
+mod metrics;
 mod notify;
+mod output;
 mod policy;
 mod spawner;
+mod status;
+mod upgrade;
 mod watch;
 mod worker;
 
@@ -80,6 +84,8 @@ use std::time::Duration;
 
 pub use builder::{Cluster, ClusterBuilder};
 pub use control::ctl;
+pub use metrics::Metrics;
+pub use output::WorkerOutput;
 pub use policy::Restart;
 pub use worker::{Connection, Worker};
 

@@ -70,6 +70,8 @@ pub(crate) struct Lineage {
     pub streak: u32,
     /// When the slot's recent restarts happened (for `max_restarts`).
     pub recent: VecDeque<Instant>,
+    /// How the slot's previous worker ended (for `ctl status`).
+    pub last_exit: Option<Exit>,
 }
 
 /// What to do about a worker that exited on its own.
