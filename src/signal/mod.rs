@@ -184,6 +184,18 @@ impl Signal {
     }
 }
 
+/// Whether `signum` is ignored (`SIG_IGN`) in this process right now, as `nohup` or a
+/// shell's `trap '' HUP` leave it. A program that forwards signals to its children should
+/// leave such a signal alone, so that the children inherit the ignore (what `brood run`
+/// does).
+///
+/// ```
+/// assert!(!brood::signal::is_ignored(brood::Signum::USR1));
+/// ```
+pub fn is_ignored(signum: impl Into<Signum>) -> bool {
+    sys::is_ignored(signum.into().as_raw())
+}
+
 impl Drop for Signal {
     fn drop(&mut self) {
         self.stop();

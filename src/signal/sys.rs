@@ -156,3 +156,13 @@ pub(super) fn restore(sig: i32, old: &Disposition) {
         }
     }
 }
+
+/// Whether `sig`'s disposition in this process is `SIG_IGN` (false if it cannot be read).
+pub(super) fn is_ignored(sig: i32) -> bool {
+    // SAFETY: a query only (null new action); sigaction writes the current one into `cur`,
+    // a zeroed, valid struct.
+    unsafe {
+        let mut cur: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut cur) == 0 && cur.sa_sigaction == libc::SIG_IGN
+    }
+}

@@ -462,7 +462,12 @@ async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
     let (fwd_tx, mut fwd) = tokio::sync::mpsc::unbounded_channel();
     let mut forwarders = tokio::task::JoinSet::new();
     if !args.detach {
-        for sig in FORWARDED {
+        // A signal brood was started with ignored (`nohup`, `trap '' HUP`) stays ignored:
+        // watching it would make the child start with the default action instead.
+        for sig in FORWARDED
+            .into_iter()
+            .filter(|&s| !brood::signal::is_ignored(s))
+        {
             if let Ok(mut watcher) = Signal::new(sig) {
                 let tx = fwd_tx.clone();
                 forwarders.spawn(async move {
