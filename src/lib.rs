@@ -21,15 +21,32 @@
 //! - [`signal`]: signal watchers (`uv_signal_t`), many per signal, on any runtime;
 //! - [`pipe`]: Unix domain socket servers and clients (`uv_pipe_t`);
 //! - [`ipc`]: channels that carry bytes and open handles (`ipc` pipes, `uv_write2`);
-//! - [`cluster`]: a master that hands connections to worker processes (Node's `cluster`);
-//! - [`cgi`]: a CGI/1.1 server on hyper, and the seed's raw mode.
+//! - `cluster` (feature `cluster`): a master that hands connections to worker processes
+//!   (Node's `cluster`);
+//! - `cgi` (feature `cgi`): a CGI/1.1 server on hyper, and the seed's raw mode.
+//!
+//! ## Cargo features
+//!
+//! The default set is the process model above (spawn, signals, pipes, IPC channels), built on
+//! tokio, libc and socket2 alone. Opt in to the rest:
+//!
+//! | feature | adds | pulls in |
+//! |---|---|---|
+//! | `json` | typed IPC messages: `Sender::send_msg`, `Channel::recv_msg` | serde, serde_json |
+//! | `cluster` | `brood::cluster` | tracing |
+//! | `cgi` | `brood::cgi` | hyper, hyper-util, http-body-util, base64, bcrypt, md-5, sha1 |
 //!
 //! Linux is the tested platform; see README.md for what is Linux-only.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cgi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cgi")))]
 pub mod cgi;
 mod child_pipe;
+#[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
 pub mod cluster;
 mod command;
 mod error;

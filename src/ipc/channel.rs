@@ -6,7 +6,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(feature = "json")]
 use serde::Serialize;
+#[cfg(feature = "json")]
 use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -44,8 +46,8 @@ struct Io {
 ///   pending: [`pending_count`](Channel::pending_count), [`pending_type`](Channel::pending_type),
 ///   [`accept`](Channel::accept) as the right tokio type (`uv_pipe_pending_count`,
 ///   `uv_pipe_pending_type`, `uv_accept`).
-/// - Or use the typed layer: [`send_msg`](Sender::send_msg) / [`recv_msg`](Channel::recv_msg),
-///   one JSON object per line with its handles bound to it.
+/// - Or use the typed layer (feature `json`): `send_msg` / `recv_msg`, one JSON object per
+///   line with its handles bound to it.
 ///
 /// Every received fd is close-on-exec. Sends wait while the peer is slow to read (the
 /// kernel's socket buffer is the only buffer), so memory never grows without bound.
@@ -174,7 +176,7 @@ impl Channel {
         self.max_handles = n.clamp(1, wire::MAX_FDS);
     }
 
-    /// The longest line [`recv_msg`](Channel::recv_msg) accepts (default 16 MiB).
+    /// The longest line `recv_msg` (feature `json`) accepts (default 16 MiB).
     pub fn set_max_message(&mut self, bytes: usize) {
         self.max_message = bytes.max(1);
     }
@@ -211,6 +213,8 @@ impl Channel {
         Ok(n)
     }
 
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     /// Receives one message of the typed layer with the handles sent with it, or `None` when
     /// the peer closed the channel between messages.
     pub async fn recv_msg<T: DeserializeOwned>(&mut self) -> Result<Option<(T, Vec<Handle>)>> {
@@ -370,6 +374,8 @@ impl Sender {
         send(&self.io, data, handles).await
     }
 
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     /// Sends `msg` as one JSON line, with `handles` bound to it.
     pub async fn send_msg<T: Serialize>(&self, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
         send_msg(&self.io, msg, handles).await
@@ -384,6 +390,7 @@ fn shutdown_write(io: &Io) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "json")]
 async fn send_msg<T: Serialize>(io: &Io, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
     let mut line =
         serde_json::to_vec(msg).map_err(|e| Error::invalid("send_msg", e.to_string()))?;
