@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
-use crate::process::Exit;
+use crate::exit::Exit;
 
 /// How a child is watched: its pidfd (plain, or registered with the reactor), or its pid.
 #[derive(Default)]

@@ -10,8 +10,8 @@
 //! follows Go's `forkAndExecInChild1`: signal dispositions, session and group, credentials,
 //! cwd, parent-death signal, fds, signal mask, exec.
 
+use super::args::{ChildArgs, FdAction, Report, Source, Stage};
 use super::raw::{self, syscall};
-use super::{ChildArgs, FdAction, Report, Source, Stage};
 
 /// Writes the report and exits with 127, as a shell does for "could not run".
 ///
@@ -91,7 +91,14 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
         //    root (a child that kept root's groups after a uid change would be a hole), and
         //    expected to fail otherwise (setgid/setuid then say EPERM themselves).
         if args.set_groups {
-            must!(args, Stage::Setgroups, -1, sys::SETGROUPS, args.ngroups, args.groups);
+            must!(
+                args,
+                Stage::Setgroups,
+                -1,
+                sys::SETGROUPS,
+                args.ngroups,
+                args.groups
+            );
         } else if args.uid.is_some() || args.gid.is_some() {
             if let Err(e) = syscall(sys::SETGROUPS, [0; 6]) {
                 if args.as_root {
