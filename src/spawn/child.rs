@@ -53,7 +53,7 @@ macro_rules! must {
 /// `args` must come from `Plan::child_args` of a plan that lives until the child has
 /// exec'd or exited, and the caller must be the new child.
 pub(super) unsafe fn run(args: &ChildArgs) -> ! {
-    // SAFETY (whole function): every pointer in `args` is into the parent's live `Plan`,
+    // SAFETY: (for the whole function) every pointer in `args` is into the parent's live `Plan`,
     // arrays are the lengths given, and only this child touches them until it execs.
     unsafe {
         // 1. Signal dispositions. A caught signal becomes SIG_DFL, so no parent handler can
