@@ -6,14 +6,35 @@
 //! end with [`Channel::from_env`] (or [`Channel::from_fd`]). Unrelated processes use a named
 //! Unix socket: [`Channel::connect`] and [`Channel::new`] on an accepted stream.
 //!
-//! ## Wire format
+//! A parent hands a child an open file; the child reads from it:
 //!
-//! Plain bytes on a `SOCK_STREAM` Unix socket. A write that carries handles has them
-//! attached, as one `SCM_RIGHTS` control message, to its first byte (libuv does the same on
-//! Unix). Nothing else is framed, so any language that can `sendmsg` fds talks to brood:
-//! Python's `socket.send_fds(sock, [b"x"], [fd])` and `socket.recv_fds`, or C `sendmsg`.
-//! The typed layer (`Sender::send_msg`, feature `json`) is one JSON object per line (`\n`-terminated), its
-//! handles attached to the line's first byte.
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+//! use brood::{Command, Stdio};
+//! use std::os::fd::AsFd;
+//!
+//! // The child: read one byte from its channel (fd 3), then `cat` the fd that came with it.
+//! let script = "import os, socket; ch = socket.socket(fileno=3); \
+//!               _, fds, _, _ = socket.recv_fds(ch, 1, 1); os.dup2(fds[0], 0); \
+//!               os.execvp('cat', ['cat'])";
+//! let mut child = Command::new("python3")
+//!     .args(["-c", script])
+//!     .stdio(3, Stdio::ipc())
+//!     .stdout(Stdio::piped())
+//!     .spawn()?;
+//! let channel = child.take_channel(3).unwrap();
+//! let path = std::env::temp_dir().join(format!("brood-ipc-doc-{}", std::process::id()));
+//! std::fs::write(&path, "from the parent's file\n").unwrap();
+//! let file = std::fs::File::open(&path).unwrap();
+//! std::fs::remove_file(&path).unwrap(); // the open file lives on
+//! channel.send_with_handles(b"f", &[file.as_fd()]).await?; // uv_write2
+//! let out = child.wait_with_output().await?;
+//! assert_eq!(out.stdout, b"from the parent's file\n");
+//! # Ok(()) }
+//! ```
+//!
+//! The wire format (plain bytes; handles as one `SCM_RIGHTS` message on a write's first byte,
+//! as libuv does on Unix) is described for peers in other languages in `docs/protocols.md`.
 
 mod channel;
 mod handle;
