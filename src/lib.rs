@@ -2,7 +2,9 @@
 //!
 //! libuv's process model for Rust, on tokio: spawn children with any stdio wiring
 //! ([`Command`], [`Stdio`]), know how they ended ([`Exit`]), signal them race-free through a
-//! pidfd ([`Child::kill`], [`kill`]), and never leave a zombie or leak an fd.
+//! pidfd ([`Child::kill`], [`kill`]), and reap every child, dropped ones on a background
+//! thread (if that thread cannot start, a dropped child stays a zombie until this process
+//! exits).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {

@@ -1,9 +1,10 @@
 //! `sendmsg`/`recvmsg` with `SCM_RIGHTS`: the only place brood touches control messages.
 //!
 //! The wire format is libuv's on Unix: plain bytes on a `SOCK_STREAM` Unix socket, with the
-//! fds of a write attached (one `SCM_RIGHTS` message) to its first byte. The kernel never
-//! merges a read across a byte that carries fds, so the receiver learns exactly which byte
-//! the fds came with.
+//! fds of a write attached (one `SCM_RIGHTS` message) to its first byte. The kernel ends a
+//! read right after the piece of a write that carried fds, but it does glue earlier bytes
+//! (other writes) in front of it in the same read: a read with fds tells that they came
+//! with one of its bytes, not with which one.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

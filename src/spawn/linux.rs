@@ -118,9 +118,10 @@ pub(super) unsafe fn start(args: &mut ChildArgs) -> Result<(i32, Option<OwnedFd>
     };
     let top = stack.top();
 
-    // Block every signal, with the raw call and a full kernel set (glibc's
+    // Block every blockable signal, with the raw call and a full kernel set (glibc's
     // pthread_sigmask would leave its own 32 and 33 open), so no handler runs in the
-    // child while it shares our memory; the child unblocks them after resetting the
+    // child while it shares our memory (SIGKILL and SIGSTOP run none; a fault's own
+    // signal is forced through, so the child must not fault); the child unblocks them after resetting the
     // dispositions that have handlers.
     let mut old = raw::EMPTY_SET;
     // SAFETY: `old` has room for a kernel signal set.
