@@ -36,7 +36,15 @@ fn default_features_build_no_http_serde_or_tracing() {
     for line in tree.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         assert!(
-            !["hyper", "serde", "serde_json", "tracing", "bcrypt", "base64"].contains(&name),
+            ![
+                "hyper",
+                "serde",
+                "serde_json",
+                "tracing",
+                "bcrypt",
+                "base64"
+            ]
+            .contains(&name),
             "the default build pulls in {line}"
         );
     }

@@ -338,7 +338,16 @@ impl Channel {
             self.eof = true;
             return Ok(false);
         }
-        let at = self.base + start as u64;
+        // The kernel ends a read right after the piece of a write that carried fds, but may
+        // glue earlier writes in front of it. A typed message is one write that starts a
+        // line, so its fds belong to the last line that begins in this read; raw bytes get
+        // them on the read's first byte.
+        let end = start + r.bytes;
+        let first = self.rbuf[start..end - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(start, |i| start + i + 1);
+        let at = self.base + first as u64;
         self.attached.extend(fds.into_iter().map(|fd| (at, fd)));
         Ok(true)
     }

@@ -4,7 +4,8 @@
 //! fds of a write attached (one `SCM_RIGHTS` message) to its first byte. The kernel ends a
 //! read right after the piece of a write that carried fds, but it does glue earlier bytes
 //! (other writes) in front of it in the same read: a read with fds tells that they came
-//! with one of its bytes, not with which one.
+//! with one of its bytes, not with which one (`Channel` binds them to the last line that
+//! begins in the read, which is exact for the typed layer's one-line writes).
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
