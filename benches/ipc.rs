@@ -6,6 +6,8 @@
 //!    blocking socketpair.
 //! 3. The multi_echo_server example (2 workers) vs a single-process tokio echo server, with 32
 //!    clients: a new connection per 64-byte exchange, and persistent connections.
+//! 4. Messages echoed per second between a Node.js parent and its forked child: a brood child
+//!    (the node_echo example) vs a Node child, measured by the same Node parent in one run.
 //!
 //! `BROOD_BENCH_QUICK=1` runs each cell for a shorter time. Timing never gates a test.
 
@@ -51,6 +53,7 @@ fn main() {
         )
         .await;
         echo().await;
+        node().await;
     });
 }
 
@@ -431,4 +434,99 @@ async fn echo() {
     server.abort();
     master.kill(brood::Signum::INT).ok();
     master.wait().await.ok();
+}
+
+/// The Node child of the Node-to-Node contender: echoes every message.
+const NODE_ECHO_CHILD: &str = "process.on('message', (m) => process.send({ echo: m }));\n";
+
+/// The Node parent: forks each contender in turn (Node child, brood child), pipelines `n`
+/// small messages and waits for every echo; prints one JSON line per round.
+const NODE_BENCH_PARENT: &str = r#"
+'use strict';
+const { fork } = require('child_process');
+const [nodeChild, broodChild, rounds, n] = process.argv.slice(1);
+function run(path, opts) {
+  return new Promise((resolve, reject) => {
+    const child = fork(path, [], opts);
+    let got = 0;
+    let t0;
+    child.on('message', (m) => {
+      if (m.echo.i !== got) reject(new Error(`out of order: ${m.echo.i} != ${got}`));
+      if (++got === +n) {
+        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+        child.disconnect();
+        child.on('exit', () => resolve(+n / secs));
+      }
+    });
+    child.on('error', reject);
+    t0 = process.hrtime.bigint();
+    for (let i = 0; i < +n; i++) child.send({ i, s: 'sixteen bytes..' });
+  });
+}
+(async () => {
+  for (let r = 0; r < +rounds; r++) {
+    const node = await run(nodeChild, {});
+    const brood = await run(broodChild, { execPath: broodChild });
+    console.log(JSON.stringify({ node, brood }));
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+async fn node() {
+    let n = if quick() { 20_000 } else { 100_000 };
+    let exe = std::env::current_exe().unwrap();
+    let brood_child = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/node_echo");
+    if !brood_child.exists() {
+        println!("node_echo: skipped; build it with `cargo build --release --examples`");
+        return;
+    }
+    let node_child =
+        std::env::temp_dir().join(format!("brood-bench-echo-{}.js", std::process::id()));
+    std::fs::write(&node_child, NODE_ECHO_CHILD).unwrap();
+    let out = tokio::process::Command::new("node")
+        .args(["-e", NODE_BENCH_PARENT])
+        .arg(&node_child)
+        .arg(&brood_child)
+        .arg("3")
+        .arg(n.to_string())
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&node_child);
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            println!("node: failed: {}", String::from_utf8_lossy(&o.stderr));
+            return;
+        }
+        Err(e) => {
+            println!("node: skipped ({e})");
+            return;
+        }
+    };
+    let (mut node_r, mut brood_r, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (nd, br) = (v["node"].as_f64().unwrap(), v["brood"].as_f64().unwrap());
+        node_r.push(nd);
+        brood_r.push(br);
+        ratios.push(br / nd);
+    }
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+    println!("Node.js parent, forked child echoing {n} small messages per round");
+    println!(
+        "  Node child (Node↔Node)     {:>10.0} msgs/s",
+        median(node_r)
+    );
+    println!(
+        "  brood child (node_echo)    {:>10.0} msgs/s   {:.2}× Node (rounds {lo:.2}–{hi:.2})\n",
+        median(brood_r),
+        median(ratios)
+    );
 }

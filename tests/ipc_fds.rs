@@ -22,6 +22,34 @@ struct Msg {
 async fn received_fds_are_all_closed() {
     ten_thousand_handles_one_per_message_and_no_fd_leaks().await;
     too_many_fds_from_a_raw_peer_are_an_error_and_all_closed().await;
+    a_line_that_never_ends_with_fds_on_every_byte_is_bounded().await;
+}
+
+async fn a_line_that_never_ends_with_fds_on_every_byte_is_bounded() {
+    let (raw, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let before = open_fd_count().unwrap();
+    let mut ch = Channel::new(UnixStream::from_std(ours).unwrap());
+    ch.set_max_handles(8);
+    let f = std::fs::File::open("/dev/null").unwrap();
+    // One byte per write, each with an fd, and never a newline: each is its own read.
+    for _ in 0..50 {
+        raw_send_fds(&raw, b"x", &[f.as_raw_fd()]);
+    }
+    let err = timeout(LIMIT, ch.recv_msg::<Msg>())
+        .await
+        .expect("bounded, not waiting for a newline that never comes")
+        .unwrap_err();
+    assert_eq!(err.name(), "EMSGSIZE", "{err}");
+    assert!(err.to_string().contains("handles"), "{err}");
+    drop(ch);
+    drop(raw);
+    drop(f);
+    assert_eq!(
+        open_fd_count().unwrap(),
+        before - 2,
+        "all closed, the pair too"
+    );
 }
 
 async fn ten_thousand_handles_one_per_message_and_no_fd_leaks() {

@@ -9,13 +9,15 @@ use crate::error::{Error, Result, from_io};
 /// `fstat`, `SO_DOMAIN`, `SO_TYPE` and `SO_ACCEPTCONN`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HandleType {
-    /// A connected TCP socket.
+    /// A TCP stream socket that is not listening: connected, or bound and not yet listening
+    /// (`accept::<TcpListener>()` listens on that one).
     Tcp,
     /// A listening TCP socket.
     TcpListener,
     /// A UDP socket.
     Udp,
-    /// A connected Unix stream socket (a brood pipe, an IPC channel, a socketpair end).
+    /// A Unix stream socket that is not listening: connected (a brood pipe, an IPC channel, a
+    /// socketpair end), or bound and not yet listening (`accept::<UnixListener>()` listens).
     Unix,
     /// A listening Unix stream socket.
     UnixListener,
@@ -94,11 +96,11 @@ pub fn handle_type(fd: BorrowedFd<'_>) -> HandleType {
     }
 }
 
-/// A handle received over an IPC channel: an open fd and what kind it is.
+/// A handle received over an IPC channel: an open fd. Its [`kind`](Handle::kind) is looked
+/// up from the fd whenever asked, so it follows what the sender does with its own copy (a
+/// bound socket it then listens on becomes a listener).
 pub struct Handle {
     fd: OwnedFd,
-    /// Found on first use: a receiver that only closes or passes handles on pays nothing.
-    kind: std::sync::OnceLock<HandleType>,
 }
 
 impl fmt::Debug for Handle {
@@ -109,23 +111,25 @@ impl fmt::Debug for Handle {
 
 impl Handle {
     pub(crate) fn new(fd: OwnedFd) -> Handle {
-        Handle {
-            fd,
-            kind: std::sync::OnceLock::new(),
-        }
+        Handle { fd }
     }
 
-    /// What kind of handle this is.
+    /// What kind of handle this is now (a few `fstat`/`getsockopt` calls).
     pub fn kind(&self) -> HandleType {
-        *self.kind.get_or_init(|| handle_type(self.fd.as_fd()))
+        handle_type(self.fd.as_fd())
     }
 
     /// Turns the handle into `T` (`uv_accept` on the channel): a `tokio::net::TcpStream`,
     /// `TcpListener`, `UdpSocket`, `UnixStream`, `UnixListener`, a `std::fs::File` or a
     /// plain `OwnedFd`. A handle of another kind is an error (`EINVAL`, saying what the
     /// handle is) and is closed; check [`kind`](Handle::kind) first to choose.
+    ///
+    /// A TCP or Unix stream socket that is neither listening nor connected (bound, and sent
+    /// before anyone called `listen`) becomes a `TcpListener`/`UnixListener`: brood calls
+    /// `listen` on it with a backlog of [`LISTEN_BACKLOG`], as libuv's receiver may
+    /// `uv_listen` on a received `uv_tcp_t`.
     pub fn accept<T: FromHandle>(self) -> Result<T> {
-        check_kind::<T>(self.kind())?;
+        check_kind::<T>(self.fd.as_fd())?;
         T::from_fd(self.fd)
     }
 
@@ -141,13 +145,17 @@ impl AsFd for Handle {
     }
 }
 
-/// `EINVAL` unless a handle of `kind` can become a `T`.
-pub(crate) fn check_kind<T: FromHandle>(kind: HandleType) -> Result<()> {
-    if T::accepts(kind) {
+/// The backlog brood listens with when a received socket that is bound but not listening
+/// is accepted as a listener (tokio's `TcpListener::bind` uses the same).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// `EINVAL` unless the handle `fd` can become a `T`.
+pub(crate) fn check_kind<T: FromHandle>(fd: BorrowedFd<'_>) -> Result<()> {
+    if T::accepts_fd(fd) {
         return Ok(());
     }
     Err(Error::new(libc::EINVAL, format!("accept {}", T::NAME))
-        .with_detail(format!("the pending handle is {kind}")))
+        .with_detail(format!("the pending handle is {}", handle_type(fd))))
 }
 
 /// Types a received [`Handle`] can become.
@@ -156,8 +164,39 @@ pub trait FromHandle: Sized {
     const NAME: &'static str;
     /// Whether a handle of `kind` can become this type.
     fn accepts(kind: HandleType) -> bool;
+    /// Whether the handle `fd` can become this type: by default, whether its kind
+    /// [`accepts`](FromHandle::accepts). The listeners also take a socket that is bound but
+    /// neither listening nor connected.
+    fn accepts_fd(fd: BorrowedFd<'_>) -> bool {
+        Self::accepts(handle_type(fd))
+    }
     /// Builds the value from the fd (registering it with tokio where needed).
     fn from_fd(fd: OwnedFd) -> Result<Self>;
+}
+
+/// A stream socket that is not listening and has no peer: one that was bound and sent
+/// before `listen`. A TCP socket must be bound to a port (`listen` on an unbound one would
+/// pick a port on every address); a Unix one may be unbound (then Linux autobinds it).
+fn unconnected(fd: BorrowedFd<'_>) -> bool {
+    let sock = socket2::SockRef::from(&fd);
+    let bound = match sock.local_addr() {
+        Ok(a) => a.as_socket().is_none_or(|s| s.port() != 0),
+        Err(_) => false,
+    };
+    bound
+        && matches!(sock.is_listener(), Ok(false))
+        && sock
+            .peer_addr()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// Listens on `fd` unless it already does.
+fn listen_if_needed(fd: &OwnedFd, op: &str) -> Result<()> {
+    let sock = socket2::SockRef::from(fd);
+    if !sock.is_listener().map_err(|e| from_io(e, op))? {
+        sock.listen(LISTEN_BACKLOG).map_err(|e| from_io(e, op))?;
+    }
+    Ok(())
 }
 
 macro_rules! tokio_handle {
@@ -177,12 +216,40 @@ macro_rules! tokio_handle {
     };
 }
 
+/// A listener type: also takes a socket of `$stream` kind that is not yet listening, and
+/// listens on it.
+macro_rules! tokio_listener {
+    ($ty:ty, $std:ty, $name:literal, $kind:ident, $stream:ident) => {
+        impl FromHandle for $ty {
+            const NAME: &'static str = $name;
+            fn accepts(kind: HandleType) -> bool {
+                matches!(kind, HandleType::$kind)
+            }
+            fn accepts_fd(fd: BorrowedFd<'_>) -> bool {
+                match handle_type(fd) {
+                    HandleType::$kind => true,
+                    HandleType::$stream => unconnected(fd),
+                    _ => false,
+                }
+            }
+            fn from_fd(fd: OwnedFd) -> Result<Self> {
+                let op = concat!("accept ", $name);
+                listen_if_needed(&fd, op)?;
+                let std = <$std>::from(fd);
+                std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+                <$ty>::from_std(std).map_err(|e| from_io(e, op))
+            }
+        }
+    };
+}
+
 tokio_handle!(tokio::net::TcpStream, std::net::TcpStream, "TcpStream", Tcp);
-tokio_handle!(
+tokio_listener!(
     tokio::net::TcpListener,
     std::net::TcpListener,
     "TcpListener",
-    TcpListener
+    TcpListener,
+    Tcp
 );
 tokio_handle!(tokio::net::UdpSocket, std::net::UdpSocket, "UdpSocket", Udp);
 tokio_handle!(
@@ -191,11 +258,12 @@ tokio_handle!(
     "UnixStream",
     Unix
 );
-tokio_handle!(
+tokio_listener!(
     tokio::net::UnixListener,
     std::os::unix::net::UnixListener,
     "UnixListener",
-    UnixListener
+    UnixListener,
+    Unix
 );
 
 impl FromHandle for std::fs::File {

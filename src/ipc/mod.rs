@@ -34,16 +34,40 @@
 //! ```
 //!
 //! The wire format (plain bytes; handles as one `SCM_RIGHTS` message on a write's first byte,
-//! as libuv does on Unix) is described for peers in other languages in `docs/protocols.md`.
+//! as libuv does on Unix; the typed layer of feature `json` is one JSON object per line) is
+//! described for peers in other languages in `docs/protocols.md`.
+//!
+//! ## Which bytes a handle belongs to
+//!
+//! Linux merges the bytes of earlier writes without fds into the read that brings a later
+//! write's fds, and ends that read inside the write that carried them. The receiver cannot
+//! see where that write began, so brood binds a read's handles to the read's **last byte**:
+//!
+//! - [`Channel::recv`]: the handles become pending once that byte is consumed. A reader that
+//!   reads a whole write at a time (or one byte per write, as the cluster's `c`) sees them
+//!   with that write; after `send(b"p")` and `send_with_handles(b"c", ..)` the handle is
+//!   pending after `c`, not after `p`.
+//! - `Channel::recv_msg` (feature `json`): they belong to the line that holds that byte, which is the line
+//!   whose write carried them (one line per write with handles).
+//!
+//! Handles lost on the way (`MSG_CTRUNC`: the receiver at its fd limit, or more handles
+//! than [`Channel::set_max_handles`]) are reported the same way: an error for that line, or
+//! from the `recv` just before that byte; the ones that arrived are closed, and the channel
+//! goes on with the next bytes.
 
 mod channel;
+mod framing;
 mod handle;
+mod inherit;
+mod node;
 mod wire;
 
 #[cfg(feature = "cluster")]
 pub(crate) use channel::own_inherited;
-pub use channel::{CHANNEL_FD_ENV, Channel, Sender};
-pub use handle::{FromHandle, Handle, HandleType, handle_type};
+pub use channel::{Channel, Sender};
+pub use handle::{FromHandle, Handle, HandleType, LISTEN_BACKLOG, handle_type};
+pub use inherit::{CHANNEL_FD_ENV, NODE_CHANNEL_FD_ENV};
+pub use node::Protocol;
 /// One non-blocking `sendmsg` (for the cluster master's sends that must never wait).
 #[cfg(feature = "cluster")]
 pub(crate) use wire::send as send_raw;

@@ -1,11 +1,11 @@
 //! `sendmsg`/`recvmsg` with `SCM_RIGHTS`: the only place brood touches control messages.
 //!
 //! The wire format is libuv's on Unix: plain bytes on a `SOCK_STREAM` Unix socket, with the
-//! fds of a write attached (one `SCM_RIGHTS` message) to its first byte. The kernel ends a
-//! read right after the piece of a write that carried fds, but it does glue earlier bytes
-//! (other writes) in front of it in the same read: a read with fds tells that they came
-//! with one of its bytes, not with which one (`Channel` binds them to the last line that
-//! begins in the read, which is exact for the typed layer's one-line writes).
+//! fds of a write attached (one `SCM_RIGHTS` message) to its first byte. Linux does merge
+//! the bytes of earlier fd-less writes into the read that brings fds, and stops that read
+//! inside the write that carried them; so the receiver learns which read the fds came with,
+//! not which byte. `framing.rs` binds them to the read's last byte, which is in the write
+//! that carried them.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -89,17 +89,18 @@ pub(crate) fn send(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize>
 /// What one `recvmsg` gave.
 pub(crate) struct Received {
     pub bytes: usize,
-    /// The control data did not fit (`MSG_CTRUNC`): some fds were lost on the way, and the
-    /// ones in `fds` should be closed by the caller as part of the error.
+    /// `MSG_CTRUNC`: some fds were lost on the way (more than `max_fds`, or this process at
+    /// its fd limit, where the kernel installs what fits); the caller closes the ones in
+    /// `fds` and reports the loss.
     pub truncated: bool,
 }
 
-/// One `recvmsg` into `buf` (which need not be initialised: the kernel writes the first
-/// `bytes` of it); fds that came with the first byte are pushed to `fds`, already
-/// close-on-exec (`MSG_CMSG_CLOEXEC`). At most `max_fds` fds fit; more is `truncated`.
+/// One `recvmsg` into `buf`; the fds that came with this read are pushed to `fds`, already
+/// close-on-exec (`MSG_CMSG_CLOEXEC`). At most `max_fds` fds fit; more (or fds the kernel
+/// could not install, at the fd limit) is `truncated`.
 pub(crate) fn recv(
     sock: RawFd,
-    buf: &mut [std::mem::MaybeUninit<u8>],
+    buf: &mut [u8],
     max_fds: usize,
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<Received> {

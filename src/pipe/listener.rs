@@ -138,6 +138,49 @@ impl Listener {
         Listener::builder(name).bind()
     }
 
+    /// Binds to a unique abstract name the kernel picks (Linux autobind: `bind` with an
+    /// empty address) and listens with the default backlog. The name, five hex digits such
+    /// as `@0001f`, is in [`name`](Listener::name) and [`local_addr`](Listener::local_addr);
+    /// it has no file and vanishes with the socket. Useful when a parent hands the name to
+    /// its children: no path to pick, no directory needed, no file to clean up, no clash.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use brood::pipe::{self, Listener};
+    ///
+    /// let listener = Listener::autobind()?;
+    /// let name = listener.name().to_string(); // "@" and five hex digits
+    /// assert_eq!(name.len(), 6);
+    /// let _client = pipe::connect(&name).await?;
+    /// let _server_side = listener.accept().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn autobind() -> Result<Listener> {
+        Listener::autobind_with_backlog(DEFAULT_BACKLOG)
+    }
+
+    /// [`autobind`](Listener::autobind) with a backlog of `backlog`.
+    pub fn autobind_with_backlog(backlog: u32) -> Result<Listener> {
+        let op = "bind (autobind)";
+        check_runtime(op)?;
+        // An empty path is an address of the family alone, which Linux takes as "pick a
+        // unique abstract name" (unix(7), autobind).
+        let inner = listen_at(Path::new(""), backlog).map_err(|e| from_io(e, op))?;
+        let name = inner
+            .local_addr()
+            .map(|a| Name::from_tokio(&a))
+            .map_err(|e| from_io(e, op))?;
+        if name.as_abstract().is_none() {
+            return Err(Error::new(libc::EAFNOSUPPORT, op)
+                .with_detail(format!("the kernel did not autobind (got {name})")));
+        }
+        Ok(Listener {
+            inner,
+            name,
+            file: None,
+        })
+    }
+
     /// Options before binding: backlog, stale-file replacement.
     ///
     /// ```
@@ -193,6 +236,16 @@ impl Listener {
     /// The name this listener is bound to (`uv_pipe_getsockname`).
     pub fn name(&self) -> &Name {
         &self.name
+    }
+
+    /// The name this listener is bound to, as the kernel reports it now (`getsockname`;
+    /// tokio's `local_addr`). The same as [`name`](Listener::name) except for a path given
+    /// relative, which the kernel reports as given.
+    pub fn local_addr(&self) -> Result<Name> {
+        self.inner
+            .local_addr()
+            .map(|a| Name::from_tokio(&a))
+            .map_err(|e| from_io(e, op("getsockname", &self.name)))
     }
 
     /// Opens the socket file to other users (`uv_pipe_chmod`): `Mode::READABLE` adds read

@@ -243,9 +243,12 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
     } else {
         env.get(OsStr::new("PATH")).cloned()
     };
+    // The channel's slot, unless the caller named it with `.env()` themselves: a value
+    // inherited from this process's own environment is stale for the child.
     if let Some(slot) = ipc_slot {
-        env.entry(crate::ipc::CHANNEL_FD_ENV.into())
-            .or_insert_with(|| slot.to_string().into());
+        if !cmd.env.contains_key(OsStr::new(crate::ipc::CHANNEL_FD_ENV)) {
+            env.insert(crate::ipc::CHANNEL_FD_ENV.into(), slot.to_string().into());
+        }
     }
     if let Some(key) = &cmd.env_pid {
         env.remove(key);
