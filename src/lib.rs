@@ -54,6 +54,9 @@ mod command;
 mod error;
 mod exit;
 mod fd;
+#[cfg(all(feature = "cgi", feature = "cluster"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ipc;
 pub mod pipe;
 mod process;

@@ -150,11 +150,12 @@ pub(crate) fn variables(
         set("AUTH_TYPE", "Basic".into());
         set("REMOTE_USER", u.into());
     }
-    // HTTP_* for the rest; names with `_` are skipped, so no header can pose as another
-    // (`X_Forwarded_For` as `X-Forwarded-For`) or as a meta-variable.
+    // HTTP_* for the rest; names with anything but letters, digits and `-` are skipped, so
+    // no header can pose as another (`X_Forwarded_For` as `X-Forwarded-For`) or as a
+    // meta-variable, and every variable name is one a shell can use (`A|b` would not be).
     for name in head.headers.keys() {
         let n = name.as_str();
-        if skipped(n) || n.contains('_') {
+        if skipped(n) || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             continue;
         }
         let sep: &[u8] = if name == header::COOKIE { b"; " } else { b", " };

@@ -51,12 +51,12 @@
 
 mod auth;
 mod body;
-mod map;
-mod meta;
+pub(crate) mod map;
+pub(crate) mod meta;
 mod raw;
-mod response;
+pub(crate) mod response;
 mod script;
-mod server;
+pub(crate) mod server;
 mod time;
 mod upload;
 

@@ -64,8 +64,15 @@ fn fields(block: &[u8]) -> Result<Vec<(HeaderName, Vec<u8>)>, String> {
             let Some((_, value)) = out.last_mut() else {
                 return Err("continuation line before any header".into());
             };
-            value.push(b' ');
-            value.extend_from_slice(line.trim_ascii());
+            // Folded with one space, never leaving one at either end (hyper would send
+            // it, and the client would read another value).
+            let more = line.trim_ascii();
+            if !more.is_empty() {
+                if !value.is_empty() {
+                    value.push(b' ');
+                }
+                value.extend_from_slice(more);
+            }
             continue;
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -100,16 +107,41 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 fn value(name: &HeaderName, v: &[u8]) -> Result<HeaderValue, String> {
+    // hyper will not send a response whose Content-Length is not a number: it would close
+    // the connection instead of answering. Refused here, the client gets a 502.
+    if name == hyper::header::CONTENT_LENGTH && (v.is_empty() || !v.iter().all(u8::is_ascii_digit))
+    {
+        return Err(format!(
+            "bad Content-Length {:?}",
+            String::from_utf8_lossy(v)
+        ));
+    }
     HeaderValue::from_bytes(v).map_err(|_| format!("bad value for header {name}"))
+}
+
+/// One Content-Length at most: hyper would merge equal ones and refuse different ones
+/// (closing the connection instead of answering).
+fn one_length(headers: &HeaderMap) -> Result<(), String> {
+    if headers
+        .get_all(hyper::header::CONTENT_LENGTH)
+        .iter()
+        .count()
+        > 1
+    {
+        return Err("two Content-Length headers".into());
+    }
+    Ok(())
 }
 
 /// `NNN reason` → the status and its reason phrase.
 fn status_line(v: &[u8]) -> Result<(StatusCode, Option<String>), String> {
     let text = std::str::from_utf8(v).map_err(|_| "Status is not text".to_string())?;
     let (code, reason) = text.split_once(' ').unwrap_or((text, ""));
-    let status = code
-        .parse::<u16>()
-        .ok()
+    // Exactly three digits (RFC 9110 15): `+200` and `0200` are not 200.
+    let digits = code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
+    let status = digits
+        .then(|| code.parse::<u16>().ok())
+        .flatten()
         .filter(|c| (200..=999).contains(c))
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| format!("bad Status {text:?}"))?;
@@ -152,6 +184,7 @@ pub(crate) fn parse_cgi(block: &[u8]) -> Result<Reply, String> {
         let v = value(&name, &v)?;
         headers.append(name, v);
     }
+    one_length(&headers)?;
     match (&location, &status) {
         (Some(loc), None) if loc.starts_with('/') && !loc.starts_with("//") => {
             return Ok(Reply::LocalRedirect(loc.clone()));
@@ -200,6 +233,7 @@ pub(crate) fn parse_nph(block: &[u8]) -> Result<Reply, String> {
         let v = value(&name, &v)?;
         headers.append(name, v);
     }
+    one_length(&headers)?;
     Ok(Reply::Document {
         status,
         reason,

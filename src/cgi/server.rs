@@ -337,7 +337,7 @@ fn log_access(
 /// as arguments (split on `+`, then decoded). None when any word does not decode cleanly
 /// or starts with `-`, which a program would take as an option (php-cgi's CVE-2012-1823:
 /// `?-d+allow_url_include%3d1`).
-fn search_args(method: &Method, query: Option<&str>) -> Vec<OsString> {
+pub(crate) fn search_args(method: &Method, query: Option<&str>) -> Vec<OsString> {
     if !matches!(*method, Method::GET | Method::HEAD) {
         return Vec::new();
     }

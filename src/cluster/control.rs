@@ -26,7 +26,7 @@ pub(crate) enum Request {
     Scale(usize),
 }
 
-fn parse(line: &str) -> Option<Request> {
+pub(crate) fn parse(line: &str) -> Option<Request> {
     let mut words = line.split_whitespace();
     let req = match (words.next()?, words.next()) {
         ("status", None) => Request::Status,

@@ -85,7 +85,7 @@
 //! process). The full lifecycle is in `docs/cluster.md`.
 
 mod builder;
-mod control;
+pub(crate) mod control;
 mod handoff;
 mod lifecycle;
 mod listen;

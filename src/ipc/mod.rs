@@ -56,7 +56,7 @@
 //! goes on with the next bytes.
 
 mod channel;
-mod framing;
+pub(crate) mod framing;
 mod handle;
 mod inherit;
 mod node;

@@ -1,0 +1,183 @@
+//! Thin entry points into brood's internal parsers, for the fuzz targets (`fuzz/`) and the
+//! property tests (`tests/prop_*.rs`). Not part of brood's API: names and types here follow
+//! the internals and change with them. Each function is a wrapper of a few lines, so when a
+//! parser moves only this file changes. See `docs/testing.md`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use hyper::{Response, StatusCode};
+
+use crate::cgi::map::{Mapping, Target};
+use crate::cgi::response::{self, Reply};
+
+/// What a CGI header block makes brood do.
+#[derive(Debug)]
+pub enum CgiReply {
+    /// The response head brood sends (status, headers, reason phrase extension), built the
+    /// way `cgi/server.rs` builds it; the body is the rest of the script's stdout.
+    Document(Response<()>),
+    /// A local redirect to this path (the request is answered as if made for it).
+    LocalRedirect(String),
+}
+
+/// Parses a CGI header block (`nph`: an NPH script's own status line and headers) and
+/// builds the response head the server would send.
+pub fn cgi_reply(block: &[u8], nph: bool) -> Result<CgiReply, String> {
+    let reply = if nph {
+        response::parse_nph(block)?
+    } else {
+        response::parse_cgi(block)?
+    };
+    Ok(match reply {
+        Reply::LocalRedirect(path) => CgiReply::LocalRedirect(path),
+        Reply::Document {
+            status,
+            reason,
+            headers,
+        } => CgiReply::Document(document(status, reason, headers)),
+    })
+}
+
+/// The same steps as the end of `cgi/server.rs`'s `run_script`.
+fn document(status: StatusCode, reason: Option<String>, headers: hyper::HeaderMap) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    if let Some(reason) = reason.filter(|r| Some(r.as_str()) != status.canonical_reason()) {
+        if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason.into_bytes()) {
+            resp.extensions_mut().insert(r);
+        }
+    }
+    resp
+}
+
+/// Where the header block in `buf` ends, scanning from `from` as the reading loop does
+/// (`(end of block, start of body)`).
+pub fn cgi_head_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    response::find_end_from(buf, from)
+}
+
+/// A request path resolved to a script.
+#[derive(Debug, Clone)]
+pub struct CgiTarget {
+    /// The file that runs (`SCRIPT_FILENAME`).
+    pub file: PathBuf,
+    /// `SCRIPT_NAME`, decoded.
+    pub script_name: OsString,
+    /// `PATH_INFO`, decoded.
+    pub path_info: OsString,
+    /// Whether the script is NPH.
+    pub nph: bool,
+}
+
+impl From<Target> for CgiTarget {
+    fn from(t: Target) -> CgiTarget {
+        CgiTarget {
+            file: t.file,
+            script_name: t.script_name,
+            path_info: t.path_info,
+            nph: t.nph,
+        }
+    }
+}
+
+/// Resolves a raw request path (`uri.path()`) under a scripts directory `root` (absolute
+/// and canonical) mounted at `prefix`: the target, or the status of the refusal.
+pub fn cgi_resolve_root(root: &Path, prefix: &str, path: &str) -> Result<CgiTarget, u16> {
+    let m = Mapping::Root {
+        root: root.to_path_buf(),
+        prefix: prefix.to_string(),
+    };
+    m.resolve(path)
+        .map(CgiTarget::from)
+        .map_err(|r| r.status.as_u16())
+}
+
+/// Resolves a raw request path for a single script `file` mounted at `prefix`.
+pub fn cgi_resolve_script(file: &Path, prefix: &str, path: &str) -> Result<CgiTarget, u16> {
+    let m = Mapping::Script {
+        file: file.to_path_buf(),
+        prefix: prefix.to_string(),
+    };
+    m.resolve(path)
+        .map(CgiTarget::from)
+        .map_err(|r| r.status.as_u16())
+}
+
+/// The script's arguments for a `GET` request's query string (RFC 3875 4.4 search
+/// strings; other methods never get any).
+pub fn cgi_argv(query: Option<&str>) -> Vec<OsString> {
+    crate::cgi::server::search_args(&hyper::Method::GET, query)
+}
+
+/// A control-socket line as the master understands it (`None`: refused).
+pub fn cluster_control(line: &str) -> Option<String> {
+    crate::cluster::control::parse(line).map(|r| format!("{r:?}"))
+}
+
+/// The CGI meta-variables brood sets for a request (method, target, headers) to the script
+/// `script_name` (`PATH_INFO` `path_info`) under `/srv/www`, from 192.0.2.1:40000 to
+/// 127.0.0.1:8080.
+pub fn cgi_variables(
+    request: &hyper::Request<()>,
+    script_name: &str,
+    path_info: &str,
+    content_length: Option<u64>,
+) -> Vec<(OsString, OsString)> {
+    use crate::cgi::meta::{self, Head, Peer};
+    let head = Head {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        version: request.version(),
+        headers: request.headers().clone(),
+    };
+    let target = Target {
+        file: PathBuf::from("/srv/www").join(script_name.trim_start_matches('/')),
+        dir: PathBuf::from("/srv/www"),
+        script_name: script_name.into(),
+        path_info: path_info.into(),
+        document_root: PathBuf::from("/srv/www"),
+        nph: false,
+    };
+    let peer = Peer {
+        remote: "192.0.2.1:40000".parse().expect("an address"),
+        local: "127.0.0.1:8080".parse().expect("an address"),
+    };
+    meta::variables(&head, &target, &peer, content_length, None)
+}
+
+/// The receive side of an IPC channel without its socket (`ipc/framing.rs`), with plain
+/// numbers standing for handles.
+#[derive(Debug, Default)]
+pub struct IpcFramer(crate::ipc::framing::Framer<u32>);
+
+impl IpcFramer {
+    /// One read: its bytes and the handles that came with it.
+    pub fn push(&mut self, bytes: &[u8], handles: Vec<u32>) {
+        let n = bytes.len();
+        self.0.space(n)[..n].copy_from_slice(bytes);
+        self.0.commit(n, handles, None);
+    }
+
+    /// The next complete line (without its newline) and the handles bound to it.
+    pub fn take_line(&mut self) -> Option<(Vec<u8>, Vec<u32>)> {
+        self.0
+            .take_line(|line, bound| (line.to_vec(), bound.handles))
+    }
+
+    /// Byte layer: copies unread bytes into `out`; their handles become pending.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        self.0.read(out).unwrap_or(0)
+    }
+
+    /// The next pending handle.
+    pub fn pop_pending(&mut self) -> Option<u32> {
+        self.0.pop_pending()
+    }
+
+    /// Unread bytes.
+    pub fn buffered(&self) -> usize {
+        self.0.buffered()
+    }
+}
