@@ -1,10 +1,11 @@
 //! The seed's `proc-streams`: run a child that writes one line to stderr and one to stdout,
 //! sharing only stderr (`Stdio::inherit_fd(2)`) and ignoring stdin and stdout. Only
-//! "This is stderr" appears. The child is the `proc_streams_child` example, found next to
-//! this program. As the seed suggests, try sharing stdout too: `proc_streams --stdout`.
+//! "This is stderr" appears. The child is this same program run as `proc_streams child`
+//! (what the `proc_streams_child` example does), so nothing else needs building. As the
+//! seed suggests, try sharing stdout too: `proc_streams --stdout`.
 //!
 //! ```text
-//! $ cargo build --example proc_streams_child && cargo run --example proc_streams
+//! $ cargo run --example proc_streams
 //! This is stderr
 //! $ cargo run --example proc_streams -- --stdout
 //! This is stderr
@@ -15,8 +16,14 @@ use brood::{Command, Stdio};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("child") {
+        // The child's part, as `proc_streams_child`.
+        eprintln!("This is stderr");
+        println!("This is stdout");
+        return;
+    }
     let child = match std::env::current_exe() {
-        Ok(exe) => exe.with_file_name("proc_streams_child"),
+        Ok(exe) => exe,
         Err(e) => {
             eprintln!("proc_streams: cannot find my own path: {e}");
             std::process::exit(1);
@@ -24,6 +31,7 @@ async fn main() {
     };
     let share_stdout = std::env::args().nth(1).as_deref() == Some("--stdout");
     let spawned = Command::new(&child)
+        .arg("child")
         .stdin(Stdio::ignore())
         .stdout(if share_stdout {
             Stdio::inherit_fd(1)

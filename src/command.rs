@@ -1,12 +1,13 @@
 //! `Command`: everything `uv_process_options_t` holds, as a builder.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::Path;
 
 use crate::Signum;
 use crate::error::Result;
 use crate::process::Child;
+use crate::spawn::{self, Options};
 use crate::stdio::{Kind, Stdio};
 
 /// A process to spawn: file, args, env, cwd, flags, uid/gid and a [`Stdio`] slot for any fd
@@ -31,24 +32,8 @@ use crate::stdio::{Kind, Stdio};
 /// ```
 #[derive(Debug)]
 pub struct Command {
-    pub(crate) program: OsString,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) arg0: Option<OsString>,
-    pub(crate) env_clear: bool,
-    /// Changes on top of the inherited (or cleared) environment: `None` removes.
-    pub(crate) env: BTreeMap<OsString, Option<OsString>>,
-    pub(crate) env_pid: Option<OsString>,
-    pub(crate) cwd: Option<PathBuf>,
-    pub(crate) uid: Option<u32>,
-    pub(crate) gid: Option<u32>,
-    /// Supplementary groups to set (`setgroups`); `None` keeps the rule of `uid`/`gid`.
-    pub(crate) groups: Option<Vec<u32>>,
-    pub(crate) detached: bool,
-    pub(crate) process_group: Option<i32>,
-    pub(crate) parent_death_signal: Option<Signum>,
-    pub(crate) kill_on_drop: bool,
-    pub(crate) reset_signals: bool,
-    pub(crate) stdio: BTreeMap<i32, Stdio>,
+    /// Everything the spawn engine reads; `Command` is the builder in front of it.
+    pub(crate) opts: Options,
 }
 
 impl Command {
@@ -56,28 +41,30 @@ impl Command {
     /// `PATH` as `execvp` does (the child's `PATH` when the environment is changed).
     pub fn new(program: impl AsRef<OsStr>) -> Command {
         Command {
-            program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            arg0: None,
-            env_clear: false,
-            env: BTreeMap::new(),
-            env_pid: None,
-            cwd: None,
-            uid: None,
-            gid: None,
-            groups: None,
-            detached: false,
-            process_group: None,
-            parent_death_signal: None,
-            kill_on_drop: false,
-            reset_signals: false,
-            stdio: BTreeMap::new(),
+            opts: Options {
+                program: program.as_ref().to_owned(),
+                args: Vec::new(),
+                arg0: None,
+                env_clear: false,
+                env: BTreeMap::new(),
+                env_pid: None,
+                cwd: None,
+                uid: None,
+                gid: None,
+                groups: None,
+                detached: false,
+                process_group: None,
+                parent_death_signal: None,
+                kill_on_drop: false,
+                reset_signals: false,
+                stdio: BTreeMap::new(),
+            },
         }
     }
 
     /// Adds one argument.
     pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Command {
-        self.args.push(arg.as_ref().to_owned());
+        self.opts.args.push(arg.as_ref().to_owned());
         self
     }
 
@@ -87,20 +74,22 @@ impl Command {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
+        self.opts
+            .args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     /// Sets `argv[0]`, which is the program as given unless set (`args[0]` in libuv).
     pub fn arg0(&mut self, arg0: impl AsRef<OsStr>) -> &mut Command {
-        self.arg0 = Some(arg0.as_ref().to_owned());
+        self.opts.arg0 = Some(arg0.as_ref().to_owned());
         self
     }
 
     /// Sets one environment variable for the child.
     pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Command {
-        self.env
+        self.opts
+            .env
             .insert(key.as_ref().to_owned(), Some(value.as_ref().to_owned()));
         self
     }
@@ -120,7 +109,7 @@ impl Command {
 
     /// Removes one variable from the child's environment.
     pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Command {
-        self.env.insert(key.as_ref().to_owned(), None);
+        self.opts.env.insert(key.as_ref().to_owned(), None);
         self
     }
 
@@ -128,36 +117,36 @@ impl Command {
     /// child gets exactly those variables (libuv's `env` array). Without it, the child
     /// inherits the parent's environment.
     pub fn env_clear(&mut self) -> &mut Command {
-        self.env_clear = true;
-        self.env.clear();
+        self.opts.env_clear = true;
+        self.opts.env.clear();
         self
     }
 
     /// Sets the variable `key` to the child's own pid, written in the child just before exec
     /// (systemd's `LISTEN_PID` needs this, and no parent can know the pid in advance).
     pub fn env_pid(&mut self, key: impl AsRef<OsStr>) -> &mut Command {
-        self.env_pid = Some(key.as_ref().to_owned());
+        self.opts.env_pid = Some(key.as_ref().to_owned());
         self
     }
 
     /// The child's working directory (`cwd`). A relative program path is found from it,
     /// as `execvp` after `chdir` does.
     pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Command {
-        self.cwd = Some(dir.as_ref().to_owned());
+        self.opts.cwd = Some(dir.as_ref().to_owned());
         self
     }
 
     /// `UV_PROCESS_SETUID`: the child runs as this user. Supplementary groups are dropped
     /// unless [`groups`](Command::groups) lists them.
     pub fn uid(&mut self, uid: u32) -> &mut Command {
-        self.uid = Some(uid);
+        self.opts.uid = Some(uid);
         self
     }
 
     /// `UV_PROCESS_SETGID`: the child runs with this group. Supplementary groups are dropped
     /// unless [`groups`](Command::groups) lists them.
     pub fn gid(&mut self, gid: u32) -> &mut Command {
-        self.gid = Some(gid);
+        self.opts.gid = Some(gid);
         self
     }
 
@@ -177,7 +166,7 @@ impl Command {
     /// # Ok(()) }
     /// ```
     pub fn groups(&mut self, groups: impl IntoIterator<Item = u32>) -> &mut Command {
-        self.groups = Some(groups.into_iter().collect());
+        self.opts.groups = Some(groups.into_iter().collect());
         self
     }
 
@@ -185,14 +174,14 @@ impl Command {
     /// after the parent exits and is not hit by the terminal's signals. A dropped `Child`
     /// never keeps the parent or its runtime alive, detached or not.
     pub fn detached(&mut self, detached: bool) -> &mut Command {
-        self.detached = detached;
+        self.opts.detached = detached;
         self
     }
 
     /// Puts the child in process group `pgid`, or in a new group of its own when 0
     /// (`setpgid(0, pgid)`), so the whole group can be signalled with a negative pid.
     pub fn process_group(&mut self, pgid: i32) -> &mut Command {
-        self.process_group = Some(pgid);
+        self.opts.process_group = Some(pgid);
         self
     }
 
@@ -200,13 +189,13 @@ impl Command {
     /// (`PR_SET_PDEATHSIG`). If the parent is already gone by then, the child exits before
     /// exec. Spawn from a long-lived thread (a runtime worker, `main`) when you use this.
     pub fn parent_death_signal(&mut self, signal: impl Into<Signum>) -> &mut Command {
-        self.parent_death_signal = Some(signal.into());
+        self.opts.parent_death_signal = Some(signal.into());
         self
     }
 
     /// Sends `SIGKILL` to the child when its [`Child`] is dropped before it has exited.
     pub fn kill_on_drop(&mut self, kill: bool) -> &mut Command {
-        self.kill_on_drop = kill;
+        self.opts.kill_on_drop = kill;
         self
     }
 
@@ -232,7 +221,7 @@ impl Command {
     /// # Ok(()) }
     /// ```
     pub fn reset_signal_dispositions(&mut self, reset: bool) -> &mut Command {
-        self.reset_signals = reset;
+        self.opts.reset_signals = reset;
         self
     }
 
@@ -251,7 +240,7 @@ impl Command {
             }),
             other => Stdio(other),
         };
-        self.stdio.insert(fd, stdio);
+        self.opts.stdio.insert(fd, stdio);
         self
     }
 
@@ -297,7 +286,7 @@ impl Command {
 
     /// The program as given to [`new`](Command::new).
     pub fn get_program(&self) -> &OsStr {
-        &self.program
+        &self.opts.program
     }
 
     /// The arguments after the program, as given (not `argv[0]`).
@@ -309,7 +298,7 @@ impl Command {
     /// assert_eq!(args, ["-l", "/"]);
     /// ```
     pub fn get_args(&self) -> impl ExactSizeIterator<Item = &OsStr> + '_ {
-        self.args.iter().map(|a| a.as_os_str())
+        self.opts.args.iter().map(|a| a.as_os_str())
     }
 
     /// The changes made to the child's environment, in name order: `Some(value)` for a
@@ -325,12 +314,15 @@ impl Command {
     /// assert_eq!(envs, [(OsStr::new("A"), Some(OsStr::new("1"))), (OsStr::new("B"), None)]);
     /// ```
     pub fn get_envs(&self) -> impl ExactSizeIterator<Item = (&OsStr, Option<&OsStr>)> + '_ {
-        self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_deref()))
+        self.opts
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_os_str(), v.as_deref()))
     }
 
     /// The working directory set with [`current_dir`](Command::current_dir), if any.
     pub fn get_current_dir(&self) -> Option<&Path> {
-        self.cwd.as_deref()
+        self.opts.cwd.as_deref()
     }
 
     /// Starts the child (`uv_spawn`). The `Command` stays as it was and may spawn again,
@@ -357,7 +349,8 @@ impl Command {
     /// # Ok(()) }
     /// ```
     pub fn spawn(&mut self) -> Result<Child> {
-        crate::spawn::spawn(self)
+        let s = spawn::spawn(&mut self.opts)?;
+        Child::new(s.pid, s.pidfd, s.parent_ends, s.kill_on_drop)
     }
 
     /// Spawns with stdout and stderr piped (unless set otherwise), and stdin ignored unless
@@ -380,14 +373,14 @@ impl Command {
             (1, Stdio::piped()),
             (2, Stdio::piped()),
         ] {
-            if !self.stdio.contains_key(&fd) {
+            if !self.opts.stdio.contains_key(&fd) {
                 self.stdio(fd, default);
                 added.push(fd);
             }
         }
         let child = self.spawn();
         for fd in added {
-            self.stdio.remove(&fd);
+            self.opts.stdio.remove(&fd);
         }
         child?.wait_with_output().await
     }

@@ -156,7 +156,7 @@ pub fn cgi_variables(
 
 /// The receive side of an IPC channel without its socket (`ipc/framing.rs`), with plain
 /// numbers standing for handles.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct IpcFramer(crate::ipc::framing::Framer<u32>);
 
 impl IpcFramer {

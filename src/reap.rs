@@ -4,8 +4,10 @@
 //!
 //! Kernels with part of pidfd support are handled: 5.2 gives a pidfd with CLONE_PIDFD
 //! but cannot poll it (then `wait` uses the waiter thread), 5.3 polls it but has no
-//! `waitid(P_PIDFD)` (then the reap goes by pid, which cannot have been reused: only brood
-//! reaps its children). `BROOD_NO_PIDFD=1` forces the no-pidfd path,
+//! `waitid(P_PIDFD)` (then the reap goes by pid, which cannot have been reused while the
+//! child is an unreaped zombie: true as long as nothing else in the process reaps brood's
+//! children, such as a `waitpid(-1)` elsewhere or SIGCHLD set to `SIG_IGN`, which break
+//! libuv and tokio too). `BROOD_NO_PIDFD=1` forces the no-pidfd path,
 //! `BROOD_NO_PIDFD_POLL=1` the 5.2 one and `BROOD_NO_PIDFD_WAITID=1` the 5.3 one, for tests. Dropped children are reaped by one
 //! background thread; if it cannot be started (no memory, thread limit), a dropped child
 //! stays a zombie until this process exits.
@@ -20,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
-use crate::process::Exit;
+use crate::exit::Exit;
 
 /// How a child is watched: its pidfd (plain, or registered with the reactor), or its pid.
 #[derive(Default)]

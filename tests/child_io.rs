@@ -240,6 +240,65 @@ async fn proc_streams_shows_only_stderr() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "This is stdout\n");
 }
 
+/// A copy of example `name` alone in a directory of its own, as a fresh checkout's
+/// `cargo run --example NAME` has it: no other example built beside it.
+fn example_alone(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("brood-alone-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let exe = dir.join(name);
+    std::fs::copy(examples_bin::example(name), &exe).unwrap();
+    (dir, exe)
+}
+
+#[tokio::test]
+async fn proc_streams_runs_without_any_other_example_built() {
+    let (dir, exe) = example_alone("proc_streams");
+    let out = timeout(T, Command::new(&exe).arg("--stdout").output())
+        .await
+        .unwrap()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.exit.success(),
+        "{}: {}",
+        out.exit,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "This is stderr\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "This is stdout\n");
+}
+
+#[tokio::test]
+async fn cgi_serves_ticks_without_any_other_example_built() {
+    let (dir, exe) = example_alone("cgi");
+    let mut cgi = Command::new(&exe)
+        .args(["0", "10"])
+        .stderr(Stdio::pipe_writable())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(cgi.stderr.take().unwrap()).lines();
+    let first = timeout(T, log.next_line()).await.unwrap().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("cgi: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut got = String::new();
+    timeout(T, conn.read_to_string(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let line = timeout(T, log.next_line()).await.unwrap().unwrap().unwrap();
+    cgi.kill(Signum::INT).unwrap();
+    let exit = timeout(T, cgi.wait()).await.unwrap().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(got, "tick\n".repeat(10), "server log: {line}");
+    assert!(line.ends_with("exited with status 0"), "{line}");
+    assert!(exit.success(), "{exit}");
+}
+
 /// Every child of process `pid` (all its threads), reaped or not.
 fn children_of(pid: u32) -> Vec<String> {
     let mut kids = Vec::new();

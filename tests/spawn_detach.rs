@@ -16,8 +16,8 @@ use common::*;
 
 #[tokio::test]
 async fn detached_child_has_its_own_session_and_outlives_its_parent() {
-    // SAFETY: prctl with integer arguments; marks this process a child subreaper.
     assert_eq!(
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only; no memory is involved.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
         0
     );
@@ -53,8 +53,8 @@ async fn detached_child_has_its_own_session_and_outlives_its_parent() {
 
 #[tokio::test]
 async fn parent_death_signal_kills_the_child_when_its_parent_dies() {
-    // SAFETY: prctl with integer arguments; marks this process a child subreaper.
     assert_eq!(
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integers only; no memory is involved.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
         0
     );

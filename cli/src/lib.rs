@@ -4,7 +4,7 @@
 
 // Only the parsing half of `run` is used here. (`mod run;` finds `run.rs` or `run/mod.rs`,
 // the same module file the binary compiles.)
-#[allow(dead_code)]
+#[allow(dead_code, reason = "only the parsing half of `run` is used here")]
 mod run;
 
 #[doc(hidden)]

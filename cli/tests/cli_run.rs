@@ -186,8 +186,8 @@ async fn timeout_terms_then_kills_and_exits_124() {
 async fn detach_prints_the_pid_and_returns_while_the_child_lives_on() {
     // The detached child will be orphaned when brood exits; as a subreaper we get it (and
     // not pid 1, which does not reap here), so we can reap it after killing it.
-    // SAFETY: prctl with integer arguments on this test process.
     assert_eq!(
+        // SAFETY: prctl with integer arguments on this test process.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
         0
     );

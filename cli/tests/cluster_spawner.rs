@@ -36,7 +36,10 @@ async fn rows(ctl: &std::path::Path) -> Vec<(String, u32, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::async_yields_async)] // the thread's block_on returns the master's JoinHandle
+#[allow(
+    clippy::async_yields_async,
+    reason = "the thread's block_on returns the master's JoinHandle"
+)]
 async fn workers_survive_the_exit_of_the_thread_that_started_them() {
     let dir = std::env::temp_dir().join(format!("brood-spawner-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

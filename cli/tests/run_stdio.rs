@@ -10,8 +10,8 @@ use tokio::io::AsyncReadExt;
 /// Become the subreaper of this test process, so a detached child orphaned by brood is
 /// ours to reap (and not pid 1's, which may not reap here).
 fn subreaper() {
-    // SAFETY: prctl with integer arguments on this test process.
     assert_eq!(
+        // SAFETY: prctl with integer arguments on this test process.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
         0
     );

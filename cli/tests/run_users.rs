@@ -11,8 +11,8 @@ use brood::Command;
 use run_support::*;
 
 fn assert_root() {
-    // SAFETY: getuid has no preconditions.
     assert_eq!(
+        // SAFETY: getuid has no preconditions.
         unsafe { libc::getuid() },
         0,
         "these tests need root, as CI runs them"

@@ -294,7 +294,10 @@ fn short(status: StatusCode) -> Response<Body> {
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one access-log line is made of these eight parts"
+)]
 fn log_access(
     state: &State,
     peer: &Peer,

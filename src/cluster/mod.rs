@@ -32,6 +32,26 @@
 //! }
 //! ```
 //!
+//! Building a cluster binds its socket and checks the settings; nothing starts until
+//! [`Cluster::run`]. Workers can be any program ([`ClusterBuilder::program`]); what they
+//! speak is in `docs/protocols.md`:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+//! use brood::cluster::{Cluster, Strategy};
+//!
+//! let cluster = Cluster::builder()
+//!     .listen("127.0.0.1:0")
+//!     .workers(2)
+//!     .strategy(Strategy::Shared)
+//!     .program("python3", ["worker.py"])
+//!     .build()?;
+//! assert_ne!(cluster.local_addr().port(), 0);
+//! assert!(!brood::cluster::is_worker()); // this process is not a cluster's worker
+//! assert!(Cluster::builder().listen("127.0.0.1:0").workers(0).build().is_err());
+//! # Ok(()) }
+//! ```
+//!
 //! ## Strategies
 //!
 //! - [`Strategy::RoundRobin`]: the master accepts and hands each connection to the next ready

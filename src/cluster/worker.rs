@@ -51,6 +51,14 @@ pub struct Connection {
     to_master: Option<mpsc::UnboundedSender<u8>>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Worker {
     /// Sets the worker up from what the master gave it (fd 3 and the environment), tells the
     /// master it is ready, and starts answering heartbeats. Needs a tokio runtime. Fails

@@ -1,12 +1,16 @@
 //! `Channel`: bytes and open handles over a Unix stream socket (libuv's `ipc` pipe).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+#[cfg(feature = "cluster")]
+use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(feature = "json")]
 use serde::Serialize;
+#[cfg(feature = "json")]
 use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -16,16 +20,6 @@ use super::handle::{FromHandle, Handle, HandleType, check_kind};
 use super::node::{self, Protocol};
 use super::wire;
 use crate::error::{Error, Result, from_io};
-
-/// The environment variable through which a child learns its channel's fd (as Node's
-/// `NODE_CHANNEL_FD`): set by [`Stdio::ipc`](crate::Stdio::ipc), read by
-/// [`Channel::from_env`].
-pub const CHANNEL_FD_ENV: &str = "BROOD_CHANNEL_FD";
-
-/// The variable through which Node.js tells a child its IPC channel's fd
-/// (`child_process.fork`, or `'ipc'` in `stdio`); [`Channel::from_env`] takes it when
-/// `BROOD_CHANNEL_FD` is not set, and speaks Node's protocol on it.
-pub const NODE_CHANNEL_FD_ENV: &str = "NODE_CHANNEL_FD";
 
 /// How much one read asks the kernel for.
 const READ_CHUNK: usize = 64 * 1024;
@@ -55,7 +49,7 @@ struct Io {
 ///   pending: [`pending_count`](Channel::pending_count), [`pending_type`](Channel::pending_type),
 ///   [`accept`](Channel::accept) as the right tokio type (`uv_pipe_pending_count`,
 ///   `uv_pipe_pending_type`, `uv_accept`).
-/// - Or use the typed layer: [`send_msg`](Sender::send_msg) / [`recv_msg`](Channel::recv_msg),
+/// - Or use the typed layer (feature `json`): `send_msg` / `recv_msg`,
 ///   one JSON object per line with its handles bound to it.
 ///
 /// Every received fd is close-on-exec. Sends wait while the peer is slow to read (the
@@ -95,6 +89,14 @@ pub struct Channel {
 #[derive(Clone)]
 pub struct Sender {
     io: Arc<Io>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("fd", &self.io.stream.as_raw_fd())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Channel {
@@ -212,8 +214,8 @@ impl Channel {
         }
     }
 
-    /// Speaks `protocol` on the JSON-lines layer ([`send_msg`](Sender::send_msg),
-    /// [`recv_msg`](Channel::recv_msg)); the byte layer is never changed. With
+    /// Speaks `protocol` on the JSON-lines layer (`send_msg`, `recv_msg`: feature `json`);
+    /// the byte layer is never changed. With
     /// [`Protocol::Node`], the peer is a Node.js process (`process.send`, `child.send`):
     ///
     /// - `send_msg` with one handle wraps the message in Node's
@@ -238,7 +240,7 @@ impl Channel {
         self.max_handles = n.clamp(1, wire::MAX_FDS);
     }
 
-    /// The longest line [`recv_msg`](Channel::recv_msg) accepts (default 16 MiB).
+    /// The longest line `recv_msg` (feature `json`) accepts (default 16 MiB).
     pub fn set_max_message(&mut self, bytes: usize) {
         self.max_message = bytes.max(1);
     }
@@ -275,6 +277,8 @@ impl Channel {
         }
     }
 
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     /// Receives one message of the typed layer with the handles sent with it, or `None` when
     /// the peer closed the channel between messages.
     ///
@@ -313,6 +317,7 @@ impl Channel {
         }
     }
 
+    #[cfg(feature = "json")]
     /// `recv_msg` in Node's protocol: unwraps `NODE_HANDLE`, answers it, handles Node's
     /// internal messages.
     async fn recv_node_msg<T: DeserializeOwned>(&mut self) -> Result<Option<(T, Vec<Handle>)>> {
@@ -401,6 +406,7 @@ impl Channel {
         &self.tx.io.stream
     }
 
+    #[cfg(feature = "json")]
     /// Bounds a line still coming: its length, and the handles bound to it (a peer sending
     /// one byte at a time, each with fds, would otherwise grow the queue without end).
     fn check_partial(&self) -> Result<()> {
@@ -525,6 +531,8 @@ impl Sender {
         send(&self.io, data, handles).await
     }
 
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     /// Sends `msg` as one JSON line, with `handles` bound to it.
     pub async fn send_msg<T: Serialize>(&self, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
         send_msg(&self.io, msg, handles).await
@@ -539,6 +547,7 @@ fn shutdown_write(io: &Io) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "json")]
 async fn send_msg<T: Serialize>(io: &Io, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
     if io.node.load(Ordering::Relaxed) && !handles.is_empty() {
         return send_node_handle(io, msg, handles).await;
@@ -549,6 +558,7 @@ async fn send_msg<T: Serialize>(io: &Io, msg: &T, handles: &[BorrowedFd<'_>]) ->
     send(io, &line, handles).await
 }
 
+#[cfg(feature = "json")]
 /// `send_msg` with a handle in Node's protocol: wrapped, one at a time, kept until the ACK.
 async fn send_node_handle<T: Serialize>(
     io: &Io,
@@ -657,6 +667,7 @@ impl AsFd for Channel {
 
 /// Marks `fd` close-on-exec and takes ownership of it. `fd` must be an fd this process owns
 /// and nothing else will close (one inherited from the parent for this purpose).
+#[cfg(feature = "cluster")]
 pub(crate) fn own_inherited(fd: RawFd) -> Result<OwnedFd> {
     if !crate::fd::is_open(fd) {
         return Err(Error::new(libc::EBADF, format!("fd {fd}")));

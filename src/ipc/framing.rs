@@ -44,6 +44,13 @@ enum Item<H> {
 
 /// A line taken by [`Framer::take_line`]: its bytes (without the newline) are passed to the
 /// caller's closure alongside this.
+#[cfg_attr(
+    not(feature = "json"),
+    allow(
+        dead_code,
+        reason = "the line layer serves the typed messages of feature json"
+    )
+)]
 #[derive(Debug)]
 pub(crate) struct Bound<H> {
     /// The handles that came with the line.
@@ -190,6 +197,13 @@ impl<H> Framer<H> {
         }
     }
 
+    #[cfg_attr(
+        not(feature = "json"),
+        allow(
+            dead_code,
+            reason = "the line layer serves the typed messages of feature json"
+        )
+    )]
     /// Line layer: the next complete line (without its `\n`), handed to `f` with what is
     /// bound to it, then consumed. `None` when no complete line is buffered.
     pub fn take_line<R>(&mut self, f: impl FnOnce(&[u8], Bound<H>) -> R) -> Option<R> {
@@ -216,12 +230,26 @@ impl<H> Framer<H> {
         Some(r)
     }
 
+    #[cfg_attr(
+        not(feature = "json"),
+        allow(
+            dead_code,
+            reason = "the line layer serves the typed messages of feature json"
+        )
+    )]
     /// Bytes of the buffered line that no newline ends yet (valid after
     /// [`take_line`](Framer::take_line) returned `None`: then that is everything buffered).
     pub fn unterminated(&self) -> usize {
         self.scanned.max(self.start) - self.start
     }
 
+    #[cfg_attr(
+        not(feature = "json"),
+        allow(
+            dead_code,
+            reason = "the line layer serves the typed messages of feature json"
+        )
+    )]
     /// Handles (and losses) bound to bytes not consumed yet.
     pub fn bound(&self) -> usize {
         self.marks.len()

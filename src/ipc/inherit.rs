@@ -5,10 +5,19 @@
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
-use super::channel::{CHANNEL_FD_ENV, NODE_CHANNEL_FD_ENV};
 use super::handle::{HandleType, handle_type};
 use super::node::Protocol;
 use crate::error::{Error, Result};
+
+/// The environment variable through which a child learns its channel's fd (as Node's
+/// `NODE_CHANNEL_FD`): set by [`Stdio::ipc`](crate::Stdio::ipc), read by
+/// [`Channel::from_env`](super::Channel::from_env).
+pub const CHANNEL_FD_ENV: &str = "BROOD_CHANNEL_FD";
+
+/// The variable through which Node.js tells a child its IPC channel's fd
+/// (`child_process.fork`, or `'ipc'` in `stdio`); [`Channel::from_env`](super::Channel::from_env) takes it when
+/// `BROOD_CHANNEL_FD` is not set, and speaks Node's protocol on it.
+pub const NODE_CHANNEL_FD_ENV: &str = "NODE_CHANNEL_FD";
 
 /// Whether the channel variable has been taken (or rejected) in this process.
 static TAKEN: Mutex<bool> = Mutex::new(false);

@@ -6,14 +6,36 @@
 //! end with [`Channel::from_env`] (or [`Channel::from_fd`]). Unrelated processes use a named
 //! Unix socket: [`Channel::connect`] and [`Channel::new`] on an accepted stream.
 //!
-//! ## Wire format
+//! A parent hands a child an open file; the child reads from it:
 //!
-//! Plain bytes on a `SOCK_STREAM` Unix socket. A write that carries handles has them
-//! attached, as one `SCM_RIGHTS` control message, to its first byte (libuv does the same on
-//! Unix). Nothing else is framed, so any language that can `sendmsg` fds talks to brood:
-//! Python's `socket.send_fds(sock, [b"x"], [fd])` and `socket.recv_fds`, or C `sendmsg`.
-//! The typed layer ([`Sender::send_msg`]) is one JSON object per line (`\n`-terminated), its
-//! handles attached to the line's first byte. A write that carries handles holds one line.
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+//! use brood::{Command, Stdio};
+//! use std::os::fd::AsFd;
+//!
+//! // The child: read one byte from its channel (fd 3), then `cat` the fd that came with it.
+//! let script = "import os, socket; ch = socket.socket(fileno=3); \
+//!               _, fds, _, _ = socket.recv_fds(ch, 1, 1); os.dup2(fds[0], 0); \
+//!               os.execvp('cat', ['cat'])";
+//! let mut child = Command::new("python3")
+//!     .args(["-c", script])
+//!     .stdio(3, Stdio::ipc())
+//!     .stdout(Stdio::piped())
+//!     .spawn()?;
+//! let channel = child.take_channel(3).unwrap();
+//! let path = std::env::temp_dir().join(format!("brood-ipc-doc-{}", std::process::id()));
+//! std::fs::write(&path, "from the parent's file\n").unwrap();
+//! let file = std::fs::File::open(&path).unwrap();
+//! std::fs::remove_file(&path).unwrap(); // the open file lives on
+//! channel.send_with_handles(b"f", &[file.as_fd()]).await?; // uv_write2
+//! let out = child.wait_with_output().await?;
+//! assert_eq!(out.stdout, b"from the parent's file\n");
+//! # Ok(()) }
+//! ```
+//!
+//! The wire format (plain bytes; handles as one `SCM_RIGHTS` message on a write's first byte,
+//! as libuv does on Unix; the typed layer of feature `json` is one JSON object per line) is
+//! described for peers in other languages in `docs/protocols.md`.
 //!
 //! ## Which bytes a handle belongs to
 //!
@@ -25,7 +47,7 @@
 //!   reads a whole write at a time (or one byte per write, as the cluster's `c`) sees them
 //!   with that write; after `send(b"p")` and `send_with_handles(b"c", ..)` the handle is
 //!   pending after `c`, not after `p`.
-//! - [`Channel::recv_msg`]: they belong to the line that holds that byte, which is the line
+//! - `Channel::recv_msg` (feature `json`): they belong to the line that holds that byte, which is the line
 //!   whose write carried them (one line per write with handles).
 //!
 //! Handles lost on the way (`MSG_CTRUNC`: the receiver at its fd limit, or more handles
@@ -40,9 +62,12 @@ mod inherit;
 mod node;
 mod wire;
 
+#[cfg(feature = "cluster")]
 pub(crate) use channel::own_inherited;
-pub use channel::{CHANNEL_FD_ENV, Channel, NODE_CHANNEL_FD_ENV, Sender};
+pub use channel::{Channel, Sender};
 pub use handle::{FromHandle, Handle, HandleType, LISTEN_BACKLOG, handle_type};
+pub use inherit::{CHANNEL_FD_ENV, NODE_CHANNEL_FD_ENV};
 pub use node::Protocol;
 /// One non-blocking `sendmsg` (for the cluster master's sends that must never wait).
+#[cfg(feature = "cluster")]
 pub(crate) use wire::send as send_raw;

@@ -6,13 +6,25 @@
 //! acknowledged. Messages whose `cmd` starts with `NODE_` are Node's own and never reach
 //! the user. (Node's `lib/internal/child_process.js`.)
 
+#![cfg_attr(
+    not(feature = "json"),
+    allow(
+        dead_code,
+        reason = "Node's protocol lives on the JSON lines of feature json; without it only `Protocol` is used"
+    )
+)]
+
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
+#[cfg(feature = "json")]
 use serde::Serialize;
+#[cfg(feature = "json")]
 use serde_json::Value;
 
+#[cfg(feature = "json")]
 use super::handle::HandleType;
+#[cfg(feature = "json")]
 use crate::error::{Error, Result};
 
 /// The protocol on a channel's JSON lines.
@@ -34,6 +46,7 @@ pub(crate) const NACK: &[u8] = b"{\"cmd\":\"NODE_HANDLE_NACK\"}\n";
 /// Node sends a handle again at most this many times after a NACK.
 const MAX_RETRANSMISSIONS: u32 = 3;
 
+#[cfg(feature = "json")]
 /// What a received line is, in Node's protocol.
 pub(crate) enum Line {
     /// A message for the user (a `NODE_HANDLE`'s inner `msg`, or a plain message).
@@ -48,6 +61,7 @@ pub(crate) enum Line {
     Internal,
 }
 
+#[cfg(feature = "json")]
 /// Reads one line of Node's protocol.
 pub(crate) fn classify(bytes: &[u8]) -> Result<Line> {
     let mut v: Value = serde_json::from_slice(bytes)
@@ -65,6 +79,7 @@ pub(crate) fn classify(bytes: &[u8]) -> Result<Line> {
     })
 }
 
+#[cfg(feature = "json")]
 /// The `NODE_HANDLE` line that carries `msg` with a handle of `kind`.
 pub(crate) fn wrap<T: Serialize>(msg: &T, kind: HandleType, ipv6: bool) -> Result<Vec<u8>> {
     let op = "send_msg";
@@ -143,7 +158,7 @@ impl Acks {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "json"))]
 mod tests {
     use super::*;
 

@@ -1,8 +1,10 @@
 //! The child side of a spawn: what runs between clone and exec.
 //!
 //! It runs on a stack of its own (mmap'ed, with a guard page) in memory it shares with the
-//! parent (CLONE_VM), with every signal blocked (the full kernel mask, glibc's 32 and 33
-//! included). So it must be async-signal-safe and more: no allocation, no lock, no panic,
+//! parent (CLONE_VM), with the full kernel signal mask set (glibc's 32 and 33 included).
+//! That blocks every signal the kernel lets a thread block: not SIGKILL and SIGSTOP (which
+//! run no handler), and not a fault's own SIGSEGV/SIGBUS/SIGILL/SIGFPE, which the kernel
+//! forces through (so the child must not fault before step 1 has reset the handlers). So it must be async-signal-safe and more: no allocation, no lock, no panic,
 //! no unwinding, nothing that touches the parent's heap or glibc's thread list, and no
 //! glibc wrapper, since those write the parent thread's `errno` (see `raw.rs`). Only raw
 //! system calls on data the parent prepared (see `ChildArgs`); credential changes that way
@@ -10,8 +12,8 @@
 //! follows Go's `forkAndExecInChild1`: signal dispositions, session and group, credentials,
 //! cwd, parent-death signal, fds, signal mask, exec.
 
+use super::args::{ChildArgs, FdAction, Report, Source, Stage};
 use super::raw::{self, syscall};
-use super::{ChildArgs, FdAction, Report, Source, Stage};
 
 /// Writes the report and exits with 127, as a shell does for "could not run".
 ///
@@ -53,7 +55,7 @@ macro_rules! must {
 /// `args` must come from `Plan::child_args` of a plan that lives until the child has
 /// exec'd or exited, and the caller must be the new child.
 pub(super) unsafe fn run(args: &ChildArgs) -> ! {
-    // SAFETY (whole function): every pointer in `args` is into the parent's live `Plan`,
+    // SAFETY: (for the whole function) every pointer in `args` is into the parent's live `Plan`,
     // arrays are the lengths given, and only this child touches them until it execs.
     unsafe {
         // 1. Signal dispositions. A caught signal becomes SIG_DFL, so no parent handler can

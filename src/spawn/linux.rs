@@ -12,7 +12,8 @@ use std::cell::Cell;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::{Plan, child, raw};
+use super::args::ChildArgs;
+use super::{child, raw};
 
 /// The child's stack. Its code is a few small frames; 64 KiB leaves a wide margin.
 const STACK_SIZE: usize = 64 * 1024;
@@ -98,14 +99,18 @@ pub(crate) fn pidfd_supported() -> bool {
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildArgs` on the suspended parent's stack (see `start`).
-    unsafe { child::run(&*(arg as *const super::ChildArgs)) }
+    unsafe { child::run(&*(arg as *const ChildArgs)) }
 }
 
 /// Creates the child and returns its pid and pidfd, or the clone errno. The child's report
-/// (in `plan.report`) says whether exec worked.
-pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
+/// (through `args.report`) says whether exec worked.
+///
+/// # Safety
+///
+/// Every pointer in `args` is valid (it comes from `Plan::child_args` of a plan that
+/// neither moves nor changes until this returns).
+pub(super) unsafe fn start(args: &mut ChildArgs) -> Result<(i32, Option<OwnedFd>), i32> {
     let use_pidfd = pidfd_supported();
-    let mut args = plan.child_args();
     // (`try_with`: a spawn from a thread-local destructor gets a stack of its own.)
     let cached = STACK.try_with(|s| s.take()).ok().flatten();
     let Some(stack) = cached.or_else(Stack::new) else {
@@ -113,9 +118,10 @@ pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
     };
     let top = stack.top();
 
-    // Block every signal, with the raw call and a full kernel set (glibc's
+    // Block every blockable signal, with the raw call and a full kernel set (glibc's
     // pthread_sigmask would leave its own 32 and 33 open), so no handler runs in the
-    // child while it shares our memory; the child unblocks them after resetting the
+    // child while it shares our memory (SIGKILL and SIGSTOP run none; a fault's own
+    // signal is forced through, so the child must not fault); the child unblocks them after resetting the
     // dispositions that have handlers.
     let mut old = raw::EMPTY_SET;
     // SAFETY: `old` has room for a kernel signal set.
@@ -133,14 +139,14 @@ pub(super) fn start(plan: &mut Plan) -> Result<(i32, Option<OwnedFd>), i32> {
             flags |= libc::CLONE_PIDFD;
         }
         // SAFETY: `child_entry` runs on `stack`, which outlives the call (the parent is
-        // suspended until the child execs or exits); `args` points into `plan`, which does
-        // not move meanwhile; `pidfd` receives the pidfd (CLONE_PIDFD's parent_tid slot).
+        // suspended until the child execs or exits); `args` points into the caller's plan, which does
+        // not move meanwhile (the contract of `start`); `pidfd` receives the pidfd (CLONE_PIDFD's parent_tid slot).
         pid = unsafe {
             libc::clone(
                 child_entry,
                 top as *mut libc::c_void,
                 flags,
-                (&mut args as *mut super::ChildArgs).cast(),
+                (args as *mut ChildArgs).cast(),
                 &mut pidfd as *mut libc::c_int,
             )
         };

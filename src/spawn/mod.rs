@@ -1,12 +1,14 @@
-//! The spawn engine. `spawn` turns a [`Command`] into a [`Plan`]: every string, pointer
+//! The spawn engine. `spawn` turns [`Options`] (what a `Command` holds) into a [`Plan`]: every string, pointer
 //! array and fd the child will need, made in the parent, so the child itself (`child.rs`)
 //! only makes system calls, in order, with no allocation, lock or panic. The platform file
 //! (`linux.rs`) creates the child and reports how exec went.
 //!
 //! Flow: `Command::spawn` → [`prepare`] (strings, PATH candidates, fd plan, pipes) →
-//! `sys::start` (clone, child runs [`child::run`]) → pid + pidfd → [`Child`].
+//! `sys::start` (clone, child runs [`child::run`]) → pid + pidfd → [`Spawned`], which `Command::spawn` makes a `Child` of.
 
+mod args;
 mod child;
+mod options;
 mod raw;
 #[cfg(target_os = "linux")]
 #[path = "linux.rs"]
@@ -14,104 +16,23 @@ mod sys;
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use crate::child_pipe::End;
-use crate::command::Command;
 use crate::error::{Error, Result};
 use crate::fd;
-use crate::process::Child;
 use crate::stdio::Kind;
+pub(crate) use options::Options;
 
-/// Where a slot's fd comes from, as the child sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C)]
-pub(crate) enum Source {
-    /// Open `/dev/null` there.
-    DevNull,
-    /// Close the slot.
-    Close,
-    /// Duplicate this fd of the parent onto the slot (or clear close-on-exec if equal).
-    Fd(RawFd),
-}
+use args::{ChildArgs, FdAction, Report, Source, Stage};
 
 /// The parent's end of a pipe slot.
 #[derive(Debug)]
 pub(crate) enum ParentEnd {
     Pipe(End),
     Ipc(StdUnixStream),
-}
-
-/// One slot of the child's fd table.
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub(crate) struct FdAction {
-    pub target: RawFd,
-    pub source: Source,
-    /// Clear `O_NONBLOCK` when the slot is 0-2 (given explicitly from an fd).
-    pub make_blocking: bool,
-}
-
-/// Which step of the child failed; the parent turns it into the error's words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub(crate) enum Stage {
-    None = 0,
-    Setsid,
-    Setpgid,
-    Setgroups,
-    Setgid,
-    Setuid,
-    Chdir,
-    ParentDeath,
-    Stdio,
-    Exec,
-}
-
-/// What the child writes back when a step fails. The parent reads it after the child has
-/// exec'd or exited (vfork semantics), so there is no race.
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub(crate) struct Report {
-    pub stage: Stage,
-    pub errno: i32,
-    /// The slot for `Stage::Stdio`.
-    pub slot: i32,
-}
-
-/// Everything the child reads, as raw pointers into memory that [`Plan`] owns and keeps
-/// alive until the child has exec'd.
-#[repr(C)]
-pub(crate) struct ChildArgs {
-    /// NUL-terminated candidates to `execve`, in PATH order.
-    pub paths: *const *const libc::c_char,
-    pub npaths: usize,
-    pub argv: *const *const libc::c_char,
-    pub envp: *const *const libc::c_char,
-    /// Where the child writes its pid in decimal (room for 20 digits and a NUL), or null.
-    pub pid_digits: *mut u8,
-    pub cwd: *const libc::c_char,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// `setgroups(ngroups, groups)` when set; else groups are dropped with a uid/gid change.
-    pub set_groups: bool,
-    pub groups: *const libc::gid_t,
-    pub ngroups: usize,
-    pub setsid: bool,
-    pub pgid: Option<i32>,
-    pub pdeathsig: i32,
-    pub parent_pid: i32,
-    /// Every signal to SIG_DFL (libuv), not only caught ones and SIGPIPE (std).
-    pub reset_signals: bool,
-    /// `SIGRTMIN` as the C library gives it (signals from 32 below it are its own).
-    pub first_rt_signal: i32,
-    /// This process runs as root (real uid 0): a failed setgroups is an error.
-    pub as_root: bool,
-    pub actions: *mut FdAction,
-    pub nactions: usize,
-    pub report: *mut Report,
 }
 
 /// The parent's copy of everything the child needs; owns what `ChildArgs` points into.
@@ -261,7 +182,7 @@ unsafe extern "C" {
 }
 
 /// The child's environment: the parent's (or none), with the command's changes on top.
-fn child_env(cmd: &Command) -> BTreeMap<OsString, OsString> {
+fn child_env(cmd: &Options) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = if cmd.env_clear {
         BTreeMap::new()
     } else {
@@ -277,7 +198,7 @@ fn child_env(cmd: &Command) -> BTreeMap<OsString, OsString> {
 }
 
 /// Builds the plan: every allocation of the spawn happens here.
-pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
+pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
     let op = spawn_op(&cmd.program);
     let program = cmd.program.as_bytes();
     if program.is_empty() {
@@ -532,10 +453,23 @@ pub(crate) fn prepare(cmd: &mut Command) -> Result<Plan> {
     Ok(plan)
 }
 
-/// `Command::spawn`.
-pub(crate) fn spawn(cmd: &mut Command) -> Result<Child> {
+/// A started child, for `Command::spawn` to make a [`Child`](crate::Child) of.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub pid: i32,
+    pub pidfd: Option<OwnedFd>,
+    /// Parent ends of pipes and IPC channels, by slot.
+    pub parent_ends: Vec<(i32, ParentEnd)>,
+    pub kill_on_drop: bool,
+}
+
+/// Starts the child `cmd` describes (`Command::spawn`).
+pub(crate) fn spawn(cmd: &mut Options) -> Result<Spawned> {
     let mut plan = prepare(cmd)?;
-    let started = sys::start(&mut plan);
+    let mut args = plan.child_args();
+    // SAFETY: `args` points into `plan`, which neither moves nor changes until `start`
+    // returns (the child has exec'd or exited by then: vfork semantics).
+    let started = unsafe { sys::start(&mut args) };
     // The child has its copies now (or failed); the parent's copies of its ends go.
     plan.child_ends.clear();
     let (pid, pidfd) = match started {
@@ -547,12 +481,22 @@ pub(crate) fn spawn(cmd: &mut Command) -> Result<Child> {
         sys::reap_failed(pid, pidfd);
         return Err(err);
     }
-    Child::new(pid, pidfd, plan.parent_ends, plan.kill_on_drop)
+    Ok(Spawned {
+        pid,
+        pidfd,
+        parent_ends: plan.parent_ends,
+        kill_on_drop: plan.kill_on_drop,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Command;
+
+    fn prepare(cmd: &mut Command) -> Result<Plan> {
+        super::prepare(&mut cmd.opts)
+    }
 
     #[test]
     fn candidates_follow_execvp() {

@@ -293,6 +293,7 @@ async fn a_setsid_grandchild_holding_stdout_does_not_outlast_the_timeout() {
     server.stop().await;
     // The escaped grandchild is outside any group brood ends: clean it up here.
     for pid in root.recorded_pids() {
+        // SAFETY: kill(2) takes plain integers; no memory is involved.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
     root.assert_no_process_left().await;

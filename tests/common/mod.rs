@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: /proc inspection (children, zombies, sessions),
 //! temp dirs, time limits, and re-running this test binary in a helper mode.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries; each uses a part"
+)]
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -1,6 +1,9 @@
 //! Properties of brood's CGI parsing, shared by the fuzz targets (`fuzz/fuzz_targets/cgi_*.rs`)
 //! and the property tests (`tests/prop_cgi.rs`). Each `check_*` panics when a property fails.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by a test binary and a fuzz target; each uses a part"
+)]
 
 use std::convert::Infallible;
 use std::ffi::OsString;

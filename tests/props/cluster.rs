@@ -1,6 +1,9 @@
 //! The cluster master's control-socket lines: shared by the fuzz target
 //! `fuzz/fuzz_targets/cluster_control.rs` and the property test `tests/prop_cluster.rs`.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by a test binary and a fuzz target; each uses a part"
+)]
 
 /// The documented grammar (`status`, `reload`, `scale N`, words separated by any
 /// whitespace; N as Rust reads a `usize`).

@@ -7,7 +7,10 @@
 //! that takes an `SCM_RIGHTS` message, then stops). Each chunk is then written as one
 //! `sendmsg` and read by a real [`Channel`] before the next one is written, so the receiver
 //! sees exactly those reads.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by a test binary and a fuzz target; each uses a part"
+)]
 
 use std::cell::Cell;
 use std::collections::BTreeSet;

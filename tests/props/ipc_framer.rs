@@ -2,7 +2,10 @@
 //! `brood::fuzzing::IpcFramer`) fed the reads Linux may return, against the same model as
 //! `ipc.rs` (which drives a real channel). Shared by the fuzz target `ipc_framer` and
 //! `tests/prop_ipc.rs`. Handles are plain numbers here, so a handle given twice or lost shows.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by a test binary and a fuzz target; each uses a part"
+)]
 
 use brood::fuzzing::IpcFramer;
 

@@ -1,6 +1,9 @@
 //! `brood run`'s argument specs and signal names: shared by the fuzz target
 //! `fuzz/fuzz_targets/run_specs.rs` and the property tests `cli/tests/prop_run.rs`.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by a test binary and a fuzz target; each uses a part"
+)]
 
 use std::ffi::OsString;
 

@@ -271,13 +271,14 @@ async fn basic_disable_stdio_inheritance_marks_fds_cloexec() {
     let _g = exclusive().await; // changes every fd of this process
     // SAFETY: dup of fd 1, owned right away; fcntl reads its flags.
     let fd = unsafe { OwnedFd::from_raw_fd(libc::dup(1)) };
+    // SAFETY: F_GETFD on an fd this closure's owner keeps open.
     let cloexec = || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC;
     assert_eq!(cloexec(), 0);
     brood::disable_stdio_inheritance();
     assert_eq!(cloexec(), libc::FD_CLOEXEC);
     // 0-2 are left alone.
-    // SAFETY: F_GETFD on fd 1.
     assert_eq!(
+        // SAFETY: F_GETFD on fd 1.
         unsafe { libc::fcntl(1, libc::F_GETFD) } & libc::FD_CLOEXEC,
         0
     );

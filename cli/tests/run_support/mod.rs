@@ -1,7 +1,10 @@
 //! Helpers shared by the `brood run` tests (`run_*.rs`): the built binary, bounded waits,
 //! and what /proc says about a process.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries; each uses a part"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,9 @@
 //! What the cluster tests share: a `brood cluster` master with its control socket and log,
 //! status rows, echo exchanges, a steady load, /proc readings.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries; each uses a part"
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
