@@ -121,7 +121,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn seconds(what: &str, s: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("{what} takes seconds, 0 or more"))
+    match Duration::try_from_secs_f64(s) {
+        Ok(d) if d <= crate::log::MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "{what} takes seconds, from 0 to {} (a year)",
+            crate::log::MAX_DURATION.as_secs()
+        )),
+    }
 }
 
 /// One line to stderr; a closed or broken stderr is ignored, never a panic.

@@ -168,12 +168,20 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
     })
 }
 
+/// A duration option in seconds: 0 up to a year (beyond, deadlines would overflow), and
+/// more than 0 where 0 would make no sense (a heartbeat timeout). A usage error exits 125.
 fn secs(name: &str, v: f64) -> Duration {
-    if !(v.is_finite() && v >= 0.0) {
-        say!("brood cluster: --{name} takes seconds, 0 or more");
-        std::process::exit(2);
+    match Duration::try_from_secs_f64(v) {
+        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && name == "heartbeat-timeout") => d,
+        _ => {
+            say!(
+                "brood cluster: --{name} takes seconds, {} to {} (a year)",
+                if name == "heartbeat-timeout" { "more than 0" } else { "0" },
+                crate::log::MAX_DURATION.as_secs()
+            );
+            std::process::exit(125);
+        }
     }
-    Duration::from_secs_f64(v)
 }
 
 pub fn main(args: ClusterArgs) -> i32 {

@@ -39,3 +39,7 @@ pub fn init() {
         .log_internal_errors(false)
         .try_init();
 }
+
+/// The longest duration an option takes (a year): longer ones would overflow the deadlines
+/// computed from them.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);

@@ -301,7 +301,8 @@ async fn the_master_reaps_its_workers_orphans() {
             .unwrap()
             .unwrap()
             .unwrap();
-        if let Some(p) = line.strip_prefix("orphan ") {
+        // The master tags worker output (`[worker N pid P stderr] orphan 123`).
+        if let Some((_, p)) = line.rsplit_once("] orphan ") {
             let p: i32 = p.parse().unwrap();
             orphans.push(p);
             guards.push(KillOnDrop(p));

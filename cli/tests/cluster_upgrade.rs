@@ -139,15 +139,20 @@ async fn upgrade_under_load(tag: &str, strategy: &str) {
         );
     }
     // systemd was told the new main pid.
+    // (The masters also send READY/STATUS lines there; the MAINPID one is what counts.)
     let mut buf = [0u8; 256];
-    let n = timeout(LIMIT, notify.recv(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        std::str::from_utf8(&buf[..n]).unwrap(),
-        format!("MAINPID={new_master}\n")
-    );
+    let mainpid = timeout(LIMIT, async {
+        loop {
+            let n = notify.recv(&mut buf).await.unwrap();
+            let text = std::str::from_utf8(&buf[..n]).unwrap().to_string();
+            if text.starts_with("MAINPID=") {
+                return text;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(mainpid, format!("MAINPID={new_master}\n"));
     // The new master stops like any master; then nothing is left.
     brood::kill(new_master as i32, Signum::TERM).unwrap();
     until("the new master to exit", || !alive(new_master)).await;
