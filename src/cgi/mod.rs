@@ -55,6 +55,7 @@ mod map;
 mod meta;
 mod raw;
 mod response;
+mod runner;
 mod script;
 mod server;
 mod time;
