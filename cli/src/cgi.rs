@@ -333,7 +333,9 @@ async fn fastcgi(
     let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
     let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    say(&format!("brood cgi: listening on fastcgi {listener} ({what})"));
+    say(&format!(
+        "brood cgi: listening on fastcgi {listener} ({what})"
+    ));
     let serve = cgi.serve_fastcgi_until(listener, async {
         let _ = stopped.await;
     });

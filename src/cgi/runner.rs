@@ -149,7 +149,11 @@ pub(crate) async fn launch(
             return fail(run, StatusCode::GATEWAY_TIMEOUT, why);
         }
         Err(HeadError::Eof) => {
-            return fail(run, StatusCode::BAD_GATEWAY, "ended before its headers".into());
+            return fail(
+                run,
+                StatusCode::BAD_GATEWAY,
+                "ended before its headers".into(),
+            );
         }
         Err(HeadError::TooLarge) => {
             let why = format!("header block over {} bytes", state.max_header);

@@ -91,7 +91,14 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
         //    root (a child that kept root's groups after a uid change would be a hole), and
         //    expected to fail otherwise (setgid/setuid then say EPERM themselves).
         if args.set_groups {
-            must!(args, Stage::Setgroups, -1, sys::SETGROUPS, args.ngroups, args.groups);
+            must!(
+                args,
+                Stage::Setgroups,
+                -1,
+                sys::SETGROUPS,
+                args.ngroups,
+                args.groups
+            );
         } else if args.uid.is_some() || args.gid.is_some() {
             if let Err(e) = syscall(sys::SETGROUPS, [0; 6]) {
                 if args.as_root {

@@ -214,7 +214,9 @@ impl Plan {
             Stage::Setpgid => e.with_detail(format!("setpgid {}", self.pgid.unwrap_or(0))),
             Stage::Setgroups => match self.groups.as_deref() {
                 None => e.with_detail("setgroups (drop supplementary groups)"),
-                Some(groups) if groups.len() <= 16 => e.with_detail(format!("setgroups {groups:?}")),
+                Some(groups) if groups.len() <= 16 => {
+                    e.with_detail(format!("setgroups {groups:?}"))
+                }
                 Some(groups) => e.with_detail(format!("setgroups ({} groups)", groups.len())),
             },
             Stage::Setgid => e.with_detail(format!("setgid {}", self.gid.unwrap_or(0))),

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 
+use super::LogLine;
 use super::script;
 use super::server::{AbortOnDrop, State, accept_is_fatal};
-use super::LogLine;
 use crate::error::{Error, Result, from_io};
 
 pub(crate) use conn::Settings;
@@ -132,8 +132,13 @@ impl FastCgiListener {
                         .into(),
                 ))
             }
-            _ => Err(Error::new(libc::ENOTSOCK, op)
-                .with_detail("fd 3 is not a listening TCP or Unix socket")),
+            _ => {
+                // Not systemd's socket: fd 3 is someone else's here (it was not inherited,
+                // and the runtime may have opened its own there); leave it open.
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
+                Err(Error::new(libc::ENOTSOCK, op)
+                    .with_detail("fd 3 is not a listening TCP or Unix socket"))
+            }
         }
     }
 

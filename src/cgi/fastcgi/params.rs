@@ -106,7 +106,10 @@ pub(crate) fn target(mapping: &Mapping, p: &Params) -> Result<(Target, bool), Re
     let os = |name: &str| OsString::from_vec(p.get(name).unwrap_or_default().to_vec());
     if let Some(file) = p.get("SCRIPT_FILENAME").filter(|f| !f.is_empty()) {
         let file = plain_absolute(file)?;
-        return Ok((plain_target(file, os("SCRIPT_NAME"), os("PATH_INFO"), p), false));
+        return Ok((
+            plain_target(file, os("SCRIPT_NAME"), os("PATH_INFO"), p),
+            false,
+        ));
     }
     if let Mapping::Script { file, .. } = mapping {
         if p.get("SCRIPT_NAME").is_some() || p.get("PATH_INFO").is_some() {
@@ -141,7 +144,10 @@ fn plain_target(file: PathBuf, script_name: OsString, path_info: OsString, p: &P
     let document_root = p
         .get("DOCUMENT_ROOT")
         .filter(|r| !r.is_empty())
-        .map_or_else(|| dir.clone(), |r| PathBuf::from(std::ffi::OsStr::from_bytes(r)));
+        .map_or_else(
+            || dir.clone(),
+            |r| PathBuf::from(std::ffi::OsStr::from_bytes(r)),
+        );
     Target {
         nph: is_nph(&file),
         file,
@@ -176,20 +182,24 @@ pub(crate) fn environment(
     length: Option<u64>,
     base: &[(OsString, OsString)],
 ) -> Vec<(OsString, OsString)> {
-    let names = ["SCRIPT_NAME", "SCRIPT_FILENAME", "PATH_INFO", "PATH_TRANSLATED"];
-    let mut env: Vec<(OsString, OsString)> = p
-        .0
-        .iter()
-        .filter(|(n, v)| {
-            !n.is_empty()
-                && !n.contains(&b'=')
-                && !n.contains(&0)
-                && !v.contains(&0)
-                && !withheld(n)
-                && !(computed && names.iter().any(|c| c.as_bytes() == n.as_slice()))
-        })
-        .map(|(n, v)| (OsString::from_vec(n.clone()), OsString::from_vec(v.clone())))
-        .collect();
+    let names = [
+        "SCRIPT_NAME",
+        "SCRIPT_FILENAME",
+        "PATH_INFO",
+        "PATH_TRANSLATED",
+    ];
+    let mut env: Vec<(OsString, OsString)> =
+        p.0.iter()
+            .filter(|(n, v)| {
+                !n.is_empty()
+                    && !n.contains(&b'=')
+                    && !n.contains(&0)
+                    && !v.contains(&0)
+                    && !withheld(n)
+                    && !(computed && names.iter().any(|c| c.as_bytes() == n.as_slice()))
+            })
+            .map(|(n, v)| (OsString::from_vec(n.clone()), OsString::from_vec(v.clone())))
+            .collect();
     let mut set = |k: &str, v: OsString| env.push((k.into(), v));
     if p.get("GATEWAY_INTERFACE").is_none() {
         set("GATEWAY_INTERFACE", "CGI/1.1".into());

@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(&r.content[..5], &[0, 0, 0, 3, REQUEST_COMPLETE]);
         assert!(buf.is_empty());
         let mut garbage = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-        assert!(matches!(parse(&mut garbage), Err(ReadError::BadVersion(b'G'))));
+        assert!(matches!(
+            parse(&mut garbage),
+            Err(ReadError::BadVersion(b'G'))
+        ));
     }
 
     #[test]
