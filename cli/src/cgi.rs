@@ -77,6 +77,10 @@ pub struct CgiArgs {
     /// nginx writes them to its error log).
     #[arg(long, requires = "fastcgi")]
     stderr_to_client: bool,
+    /// With --fastcgi --listen unix:PATH: the socket file's permissions, in octal (e.g.
+    /// 660 with the web server in brood's group); else what the umask leaves.
+    #[arg(long, value_name = "OCTAL", requires = "fastcgi", value_parser = parse_mode)]
+    socket_mode: Option<u32>,
     /// End a script and its process group after SECS (SIGTERM, SIGKILL 2 s later; 504 if
     /// nothing was sent, a cut response otherwise); 0 for no limit.
     #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_TIMEOUT.as_secs_f64())]
@@ -130,6 +134,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected K=V, got {s:?}")),
     }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("expected octal permissions like 660, got {s:?}"))
 }
 
 fn seconds(what: &str, s: f64) -> Result<Duration, String> {
@@ -330,6 +341,11 @@ async fn fastcgi(
             .await
             .map_err(|e| e.to_string())?
     };
+    if let (Some(mode), Some(path)) = (args.socket_mode, args.listen.strip_prefix("unix:")) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("--socket-mode {mode:o} {path}: {e}"))?;
+    }
     let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
     let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

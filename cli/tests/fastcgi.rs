@@ -377,3 +377,106 @@ fn the_socket_systemd_passes_is_used() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.text().contains("query=via=systemd"));
 }
+
+#[test]
+fn status_location_local_redirects_and_stderr_to_nginx() {
+    let dir = Dir::new("headers");
+    dir.script("hello", HELLO);
+    dir.script(
+        "gone",
+        "#!/bin/sh\necho 'the gone script says why' >&2\nprintf 'Status: 410 Gone For Good\\nContent-Type: text/plain\\n\\nbye\\n'\n",
+    );
+    dir.script(
+        "away",
+        "#!/bin/sh\nprintf 'Location: http://example.com/elsewhere\\n\\n'\n",
+    );
+    dir.script(
+        "inside",
+        "#!/bin/sh\nprintf 'Location: /cgi-bin/hello/redirected?from=inside\\n\\n'\n",
+    );
+    let mut brood = Brood::start(
+        &dir,
+        &["--root", dir.path("www").to_str().unwrap(), "--stderr-to-client"],
+    );
+    let nginx = Nginx::start(&dir, CGI_BIN);
+
+    let r = http(nginx.port, "GET", "/cgi-bin/gone", b"");
+    assert_eq!(r.status, 410, "{r:?}");
+    assert_eq!(r.text(), "bye\n");
+    let r = http(nginx.port, "GET", "/cgi-bin/away", b"");
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(
+        r.header("Location").as_deref(),
+        Some("http://example.com/elsewhere")
+    );
+    // A local redirect is answered inside brood: the client gets hello's page.
+    let r = http(nginx.port, "POST", "/cgi-bin/inside", b"dropped");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.text().starts_with(
+            "method=GET query=from=inside path_info=/redirected script_name=/cgi-bin/hello length= "
+        ),
+        "{}",
+        r.text()
+    );
+    // stderr: in brood's log, and in nginx's error log through FCGI_STDERR.
+    brood.wait_line("[/cgi-bin/gone] the gone script says why");
+    let deadline = std::time::Instant::now() + T;
+    while !nginx.error_log().contains("FastCGI sent in stderr: \"the gone script says why") {
+        assert!(std::time::Instant::now() < deadline, "{}", nginx.error_log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    wait_groups_gone(&dir);
+}
+
+#[test]
+fn max_body_and_max_children_answer_413_and_503() {
+    let dir = Dir::new("limits");
+    dir.script("hello", HELLO);
+    let fifo = dir.path("go");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    dir.script(
+        "waits",
+        &format!(
+            "#!/bin/sh\nread x < {}\nprintf 'Content-Type: text/plain\\n\\ngot %s\\n' \"$x\"\n",
+            fifo.display()
+        ),
+    );
+    let _brood = Brood::start(
+        &dir,
+        &[
+            "--root",
+            dir.path("www").to_str().unwrap(),
+            "--max-body",
+            "1000",
+            "--max-children",
+            "1",
+        ],
+    );
+    let nginx = Nginx::start(&dir, CGI_BIN);
+    let r = http(nginx.port, "POST", "/cgi-bin/hello", &[b'x'; 1001]);
+    assert_eq!(r.status, 413, "{r:?}");
+    let r = http(nginx.port, "POST", "/cgi-bin/hello", &[b'x'; 1000]);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let port = nginx.port;
+    let first = std::thread::spawn(move || http(port, "GET", "/cgi-bin/waits", b""));
+    // The one slot is taken once the script has recorded its pid.
+    let deadline = std::time::Instant::now() + T;
+    while dir.recorded_pids().len() < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r = http(nginx.port, "GET", "/cgi-bin/hello", b"");
+    assert_eq!(r.status, 503, "{r:?}");
+    std::fs::write(&fifo, "go\n").unwrap();
+    let r = first.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "got go\n"));
+    wait_groups_gone(&dir);
+}
