@@ -92,7 +92,11 @@ fn build(dir: &Path) -> PathBuf {
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !path.exists() || std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "{} never listened", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -199,11 +203,19 @@ fn wrk(port: u16, path: &str, secs: u64) -> f64 {
     let rate = field("Requests/sec:");
     let total: f64 = text
         .lines()
-        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.to_string()))
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_string())
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0);
     let bad = field("Non-2xx or 3xx responses:");
-    if total > 0.0 { rate * (total - bad) / total } else { 0.0 }
+    if total > 0.0 {
+        rate * (total - bad) / total
+    } else {
+        0.0
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -238,7 +250,11 @@ fn bench() {
     wait_for(&wrap_sock);
     let (nginx, port) = nginx(&dir, &root, &brood_sock, &wrap_sock);
 
-    let secs = if std::env::var_os("BROOD_BENCH_QUICK").is_some() { 1 } else { 3 };
+    let secs = if std::env::var_os("BROOD_BENCH_QUICK").is_some() {
+        1
+    } else {
+        3
+    };
     let rounds: usize = std::env::var("BROOD_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -247,7 +263,10 @@ fn bench() {
     println!(
         "brood cgi --fastcgi vs fcgiwrap -c {FCGIWRAP_PROCESSES}, through nginx (2 workers), \
          wrk -t2 -c{CLIENTS}, {secs} s cells, {rounds} rounds interleaved; loadavg {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     for (case, path) in CASES {
         let (b, w) = (format!("/brood{path}"), format!("/fcgiwrap{path}"));

@@ -396,7 +396,11 @@ fn status_location_local_redirects_and_stderr_to_nginx() {
     );
     let mut brood = Brood::start(
         &dir,
-        &["--root", dir.path("www").to_str().unwrap(), "--stderr-to-client"],
+        &[
+            "--root",
+            dir.path("www").to_str().unwrap(),
+            "--stderr-to-client",
+        ],
     );
     let nginx = Nginx::start(&dir, CGI_BIN);
 
@@ -422,8 +426,15 @@ fn status_location_local_redirects_and_stderr_to_nginx() {
     // stderr: in brood's log, and in nginx's error log through FCGI_STDERR.
     brood.wait_line("[/cgi-bin/gone] the gone script says why");
     let deadline = std::time::Instant::now() + T;
-    while !nginx.error_log().contains("FastCGI sent in stderr: \"the gone script says why") {
-        assert!(std::time::Instant::now() < deadline, "{}", nginx.error_log());
+    while !nginx
+        .error_log()
+        .contains("FastCGI sent in stderr: \"the gone script says why")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            nginx.error_log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     wait_groups_gone(&dir);

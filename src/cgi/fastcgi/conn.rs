@@ -49,6 +49,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Lines of stderr waiting to go to the web server, per request; more are only logged.
 const STDERR_QUEUE: usize = 64;
 const MAX_REDIRECTS: usize = 10;
+/// Output gathered from frames that are ready at once before one write.
+const COALESCE: usize = 256 * 1024;
 
 /// How a request left the connection.
 enum Next {
@@ -543,7 +545,8 @@ impl Conn {
         shared: &crate::cgi::script::Shared,
     ) -> Next {
         let mut errs = 0;
-        // Bytes already there go out with the header block, in one write.
+        // Bytes already there go out with the header block, in one write: `ready` means
+        // "take what the body has now without waiting, then write".
         let mut ready = true;
         loop {
             if !ready && self.flush().await.is_err() {
@@ -578,6 +581,8 @@ impl Conn {
                     if let Ok(data) = frame.into_data() {
                         record::put_stream(&mut self.out, record::STDOUT, id, &data);
                     }
+                    // What stdout already holds goes out in the same write.
+                    ready = self.out.len() < COALESCE;
                 }
                 // Cut short (the script died or timed out after its headers): no
                 // END_REQUEST, so the web server sees a truncated response.
