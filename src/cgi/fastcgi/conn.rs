@@ -575,7 +575,6 @@ impl Conn {
                     continue;
                 }
             };
-            ready = false;
             match data {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {

@@ -191,12 +191,9 @@ pub(crate) fn environment(
     let mut env: Vec<(OsString, OsString)> =
         p.0.iter()
             .filter(|(n, v)| {
-                !n.is_empty()
-                    && !n.contains(&b'=')
-                    && !n.contains(&0)
-                    && !v.contains(&0)
-                    && !withheld(n)
-                    && !(computed && names.iter().any(|c| c.as_bytes() == n.as_slice()))
+                let unfit = n.is_empty() || n.contains(&b'=') || n.contains(&0) || v.contains(&0);
+                let replaced = computed && names.iter().any(|c| c.as_bytes() == n.as_slice());
+                !(unfit || withheld(n) || replaced)
             })
             .map(|(n, v)| (OsString::from_vec(n.clone()), OsString::from_vec(v.clone())))
             .collect();

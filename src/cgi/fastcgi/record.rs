@@ -185,8 +185,11 @@ pub(crate) fn begin(content: &[u8]) -> Option<(u16, u8)> {
     (content.len() >= 3).then(|| (u16::from_be_bytes([content[0], content[1]]), content[2]))
 }
 
+/// One name-value pair, borrowed from the record.
+pub(crate) type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// Name-value pairs (lengths of one byte, or four with the top bit set).
-pub(crate) fn pairs(mut data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, &'static str> {
+pub(crate) fn pairs(mut data: &[u8]) -> Result<Vec<Pair<'_>>, &'static str> {
     fn length(data: &mut &[u8]) -> Result<usize, &'static str> {
         let first = *data.first().ok_or("truncated length")?;
         if first & 0x80 == 0 {
