@@ -36,6 +36,9 @@ pub(crate) const UNKNOWN_ROLE: u8 = 3;
 const HEADER: usize = 8;
 /// The most content one record carries: 65535 rounded down to 8 (records stay aligned).
 pub(crate) const MAX_CONTENT: usize = 65528;
+/// The content of the records brood writes for a stream: with its header, 16 KiB, one of
+/// nginx's `fastcgi_buffers` on most systems, so a record never straddles two.
+pub(crate) const STREAM_CONTENT: usize = 16 * 1024 - HEADER;
 
 /// One record as read.
 #[derive(Debug)]
@@ -161,7 +164,7 @@ pub(crate) fn put_stream(out: &mut BytesMut, kind: u8, id: u16, data: &[u8]) {
         out.put_slice(&header(kind, id, 0));
         return;
     }
-    for piece in data.chunks(MAX_CONTENT) {
+    for piece in data.chunks(STREAM_CONTENT) {
         out.put_slice(&header(kind, id, piece.len()));
         out.put_slice(piece);
     }
@@ -284,7 +287,7 @@ mod tests {
 
     #[test]
     fn long_streams_split_into_records() {
-        let data = vec![1u8; MAX_CONTENT + 10];
+        let data = vec![1u8; STREAM_CONTENT + 10];
         let mut out = BytesMut::new();
         put_stream(&mut out, STDOUT, 1, &data);
         assert_eq!(out.len(), data.len() + 16);
