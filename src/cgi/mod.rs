@@ -414,8 +414,9 @@ impl Cgi {
     }
 
     /// FastCGI only: also sends the script's stderr lines to the web server as
-    /// `FCGI_STDERR` (nginx writes them to its error log), besides brood's log. Lines
-    /// written after the response has ended, or more than 64 waiting, are only logged.
+    /// `FCGI_STDERR` (nginx writes them to its error log), besides brood's log. The end of
+    /// the response waits up to 1 s for the script's stderr to close; lines written
+    /// after that, or more than 64 waiting, are only logged.
     pub fn stderr_to_client(mut self, yes: bool) -> Cgi {
         self.stderr_to_client = yes;
         self

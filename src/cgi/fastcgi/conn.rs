@@ -48,6 +48,8 @@ pub(crate) const MAX_PARAMS: usize = 128 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// Lines of stderr waiting to go to the web server, per request; more are only logged.
 const STDERR_QUEUE: usize = 64;
+/// How long the end of a response waits for the rest of stderr (with `stderr_to_client`).
+const STDERR_WAIT: Duration = Duration::from_secs(1);
 const MAX_REDIRECTS: usize = 10;
 /// Output gathered from frames that are ready at once before one write.
 const COALESCE: usize = 256 * 1024;
@@ -593,7 +595,11 @@ impl Conn {
             }
         }
         if let Some(rx) = &mut stderr {
-            while let Ok(line) = rx.try_recv() {
+            // The rest of stderr: the queue closes when the supervisor is done with the
+            // script (its stderr read to the end), right after its exit; bounded for a
+            // script that works on after its output.
+            let deadline = Instant::now() + STDERR_WAIT;
+            while let Ok(Some(line)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                 errs += 1;
                 let mut line = line.into_bytes();
                 line.push(b'\n');
