@@ -106,7 +106,10 @@ struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         drop(self.0.stdin.take());
-        let _ = brood::kill(self.0.id() as i32, brood::Signum::TERM);
+        let pid = self.0.id() as i32;
+        let _ = brood::kill(pid, brood::Signum::TERM);
+        // fcgiwrap's workers are in the group its parent leads (others have no group).
+        let _ = brood::kill(-pid, brood::Signum::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -238,13 +241,17 @@ fn bench() {
             .spawn()
             .unwrap(),
     );
+    // fcgiwrap -c N forks its N workers: a process group of its own, ended as a whole.
     let wrap = Proc(
-        Command::new("fcgiwrap")
-            .args(["-c", &FCGIWRAP_PROCESSES.to_string(), "-s"])
-            .arg(format!("unix:{}", wrap_sock.display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("fcgiwrap is installed"),
+        std::os::unix::process::CommandExt::process_group(
+            Command::new("fcgiwrap")
+                .args(["-c", &FCGIWRAP_PROCESSES.to_string(), "-s"])
+                .arg(format!("unix:{}", wrap_sock.display()))
+                .stdin(Stdio::null()),
+            0,
+        )
+        .spawn()
+        .expect("fcgiwrap is installed"),
     );
     wait_for(&brood_sock);
     wait_for(&wrap_sock);
