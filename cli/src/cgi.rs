@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use brood::Signum;
-use brood::cgi::{Cgi, LogFormat, LogLine, Raw};
+use brood::cgi::{Cgi, FastCgiListener, LogFormat, LogLine, Raw};
 use brood::signal::Signal;
 use clap::{ArgGroup, Args};
 
@@ -29,6 +29,13 @@ use clap::{ArgGroup, Args};
 /// for GET/HEAD and never a word starting with `-`. The file that runs is the file that was
 /// checked to be inside the root (opened once, then executed).
 ///
+/// With --fastcgi, brood is a FastCGI responder behind a web server (nginx's fastcgi_pass),
+/// in place of fcgiwrap: --listen unix:PATH or HOST:PORT, or `systemd` for the socket
+/// passed with LISTEN_FDS. The script is SCRIPT_FILENAME when the web server sends it, else
+/// --script, else DOCUMENT_ROOT + SCRIPT_NAME (split into the script and PATH_INFO), else
+/// the path mapped as above; it must be inside --root (or be --script). The params are the
+/// script's variables; the web server authenticates (its REMOTE_USER is trusted).
+///
 /// Fixed limits: a client has 30 s to send a request head, of at most 64 KiB (431 beyond);
 /// request bodies held in memory share 64 MiB for the whole server (beyond, temp files).
 ///
@@ -41,13 +48,15 @@ use clap::{ArgGroup, Args};
 ///   brood cgi --listen 127.0.0.1:8080 --root ./www --prefix / --timeout 30 --max-children 8
 ///   brood cgi --listen 127.0.0.1:8080 --script ./app.py --pass-env HOME --env MODE=prod
 ///   brood cgi --listen 127.0.0.1:7000 --raw -- sh -c 'echo hello $TCPREMOTEIP'
+///   brood cgi --fastcgi --listen unix:/run/brood-cgi.sock --root /usr/lib/cgi-bin
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 #[command(group(ArgGroup::new("mode").required(true).args(["root", "script", "raw"])))]
 pub struct CgiArgs {
-    /// Address to listen on (port 0 picks one; the address is printed).
+    /// Address to listen on (port 0 picks one; the address is printed); with --fastcgi
+    /// also unix:PATH, or `systemd` for the socket passed with LISTEN_FDS.
     #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
+    listen: String,
     /// Directory of the scripts.
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
@@ -61,6 +70,17 @@ pub struct CgiArgs {
     /// Raw mode: run PROGRAM per connection with the socket as its stdin and stdout.
     #[arg(long, requires = "program")]
     raw: bool,
+    /// Speak FastCGI (responder) to a web server instead of HTTP to clients.
+    #[arg(long, conflicts_with_all = ["raw", "htpasswd"])]
+    fastcgi: bool,
+    /// With --fastcgi: also send the scripts' stderr lines to the web server (FCGI_STDERR;
+    /// nginx writes them to its error log).
+    #[arg(long, requires = "fastcgi")]
+    stderr_to_client: bool,
+    /// With --fastcgi --listen unix:PATH: the socket file's permissions, in octal (e.g.
+    /// 660 with the web server in brood's group); else what the umask leaves.
+    #[arg(long, value_name = "OCTAL", requires = "fastcgi", value_parser = parse_mode)]
+    socket_mode: Option<u32>,
     /// End a script and its process group after SECS (SIGTERM, SIGKILL 2 s later; 504 if
     /// nothing was sent, a cut response otherwise); 0 for no limit.
     #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_TIMEOUT.as_secs_f64())]
@@ -118,6 +138,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected K=V, got {s:?}")),
     }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("expected octal permissions like 660, got {s:?}"))
 }
 
 fn seconds(what: &str, s: f64) -> Result<Duration, String> {
@@ -211,9 +238,16 @@ async fn run(args: CgiArgs) -> Result<(), String> {
             .map_err(|e| format!("--metrics {addr}: {e}"))?;
         say(&format!("brood cgi: metrics on http://{a}/metrics"));
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    if args.fastcgi {
+        return fastcgi(args, log, timeout, queue, body_timeout).await;
+    }
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| format!("--listen {}: not an IP:PORT address", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("listen {}: {e}", args.listen))?;
+        .map_err(|e| format!("listen {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // Watching before saying "listening", so a signal right after it is not lost; a second
     // one after the first has stopped the watchers gets the default action.
@@ -248,42 +282,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         ));
         Box::pin(raw.serve(listener)) as std::pin::Pin<Box<dyn Future<Output = _>>>
     } else {
-        let (mut cgi, what) = match (&args.root, &args.script) {
-            (Some(root), _) => {
-                let prefix = args.prefix.as_deref().unwrap_or("/cgi-bin");
-                (
-                    Cgi::root(root).prefix(prefix),
-                    format!("root {}, prefix {prefix}", root.display()),
-                )
-            }
-            (None, Some(file)) => {
-                let prefix = args.prefix.as_deref().unwrap_or("");
-                (
-                    Cgi::script(file).prefix(prefix),
-                    format!("script {}, prefix {prefix}", file.display()),
-                )
-            }
-            (None, None) => unreachable!("clap requires a mode"),
-        };
-        cgi = cgi
-            .queue(queue)
-            .max_header_bytes(args.max_header_bytes)
-            .timeout(timeout)
-            .max_body(args.max_body)
-            .body_timeout(body_timeout)
-            .on_log(log);
-        if let Some(file) = &args.htpasswd {
-            cgi = cgi.htpasswd(file).realm(&args.realm);
-        }
-        if let Some(n) = args.max_children {
-            cgi = cgi.max_children(n);
-        }
-        for (k, v) in &args.env {
-            cgi = cgi.env(k, v);
-        }
-        for name in &args.pass_env {
-            cgi = cgi.pass_env(name);
-        }
+        let (cgi, what) = configure(&args, log, timeout, queue, body_timeout);
         cgi.check().map_err(|e| e.to_string())?;
         say(&format!("brood cgi: listening on http://{addr} ({what})"));
         Box::pin(cgi.serve_until(listener, async {
@@ -303,6 +302,98 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     if args.raw {
         return Ok(());
     }
+    let _ = stop.send(());
+    serve.await.map_err(|e| e.to_string())
+}
+
+/// The `Cgi` the options describe (HTTP and FastCGI), and a phrase saying what it serves.
+fn configure(
+    args: &CgiArgs,
+    log: impl Fn(&LogLine) + Send + Sync + 'static,
+    timeout: Option<Duration>,
+    queue: Duration,
+    body_timeout: Duration,
+) -> (Cgi, String) {
+    let (mut cgi, what) = match (&args.root, &args.script) {
+        (Some(root), _) => {
+            let prefix = args.prefix.as_deref().unwrap_or("/cgi-bin");
+            (
+                Cgi::root(root).prefix(prefix),
+                format!("root {}, prefix {prefix}", root.display()),
+            )
+        }
+        (None, Some(file)) => {
+            let prefix = args.prefix.as_deref().unwrap_or("");
+            (
+                Cgi::script(file).prefix(prefix),
+                format!("script {}, prefix {prefix}", file.display()),
+            )
+        }
+        (None, None) => unreachable!("clap requires a mode"),
+    };
+    cgi = cgi
+        .queue(queue)
+        .max_header_bytes(args.max_header_bytes)
+        .timeout(timeout)
+        .max_body(args.max_body)
+        .body_timeout(body_timeout)
+        .on_log(log);
+    if let Some(file) = &args.htpasswd {
+        cgi = cgi.htpasswd(file).realm(&args.realm);
+    }
+    if let Some(n) = args.max_children {
+        cgi = cgi.max_children(n);
+    }
+    for (k, v) in &args.env {
+        cgi = cgi.env(k, v);
+    }
+    for name in &args.pass_env {
+        cgi = cgi.pass_env(name);
+    }
+    (cgi, what)
+}
+
+/// `--fastcgi`: the same `Cgi` on a FastCGI listener; stops as HTTP mode does.
+async fn fastcgi(
+    args: CgiArgs,
+    log: impl Fn(&LogLine) + Send + Sync + 'static,
+    timeout: Option<Duration>,
+    queue: Duration,
+    body_timeout: Duration,
+) -> Result<(), String> {
+    let (cgi, what) = configure(&args, log, timeout, queue, body_timeout);
+    let cgi = cgi.stderr_to_client(args.stderr_to_client);
+    cgi.check().map_err(|e| e.to_string())?;
+    let listener = if args.listen == "systemd" {
+        FastCgiListener::from_systemd()
+            .map_err(|e| e.to_string())?
+            .ok_or("--listen systemd: no socket passed (LISTEN_FDS and LISTEN_PID unset)")?
+    } else {
+        FastCgiListener::bind(&args.listen)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    if let (Some(mode), Some(path)) = (args.socket_mode, args.listen.strip_prefix("unix:")) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("--socket-mode {mode:o} {path}: {e}"))?;
+    }
+    let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
+    let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    say(&format!(
+        "brood cgi: listening on fastcgi {listener} ({what})"
+    ));
+    let serve = cgi.serve_fastcgi_until(listener, async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(serve);
+    let name = tokio::select! {
+        r = &mut serve => return r.map_err(|e| e.to_string()),
+        Some(_) = int.recv() => "SIGINT",
+        Some(_) = term.recv() => "SIGTERM",
+    };
+    say(&format!("brood cgi: {name}, stopping"));
     let _ = stop.send(());
     serve.await.map_err(|e| e.to_string())
 }

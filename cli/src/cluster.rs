@@ -172,11 +172,17 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
 /// more than 0 where 0 would make no sense (a heartbeat timeout). A usage error exits 125.
 fn secs(name: &str, v: f64) -> Duration {
     match Duration::try_from_secs_f64(v) {
-        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && name == "heartbeat-timeout") => d,
+        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && name == "heartbeat-timeout") => {
+            d
+        }
         _ => {
             say!(
                 "brood cluster: --{name} takes seconds, {} to {} (a year)",
-                if name == "heartbeat-timeout" { "more than 0" } else { "0" },
+                if name == "heartbeat-timeout" {
+                    "more than 0"
+                } else {
+                    "0"
+                },
                 crate::log::MAX_DURATION.as_secs()
             );
             std::process::exit(125);

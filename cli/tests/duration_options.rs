@@ -19,10 +19,42 @@ fn huge_or_meaningless_durations_are_usage_errors() {
     let dir = std::env::temp_dir();
     let root = dir.to_str().unwrap();
     for args in [
-        &["cluster", "--listen", "127.0.0.1:0", "--grace", "1e30", "--builtin", "echo"][..],
-        &["cluster", "--listen", "127.0.0.1:0", "--kill-after", "1e300", "--builtin", "echo"],
-        &["cluster", "--listen", "127.0.0.1:0", "--heartbeat-timeout", "0", "--builtin", "echo"],
-        &["cgi", "--listen", "127.0.0.1:0", "--root", root, "--timeout", "1e19"],
+        &[
+            "cluster",
+            "--listen",
+            "127.0.0.1:0",
+            "--grace",
+            "1e30",
+            "--builtin",
+            "echo",
+        ][..],
+        &[
+            "cluster",
+            "--listen",
+            "127.0.0.1:0",
+            "--kill-after",
+            "1e300",
+            "--builtin",
+            "echo",
+        ],
+        &[
+            "cluster",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-timeout",
+            "0",
+            "--builtin",
+            "echo",
+        ],
+        &[
+            "cgi",
+            "--listen",
+            "127.0.0.1:0",
+            "--root",
+            root,
+            "--timeout",
+            "1e19",
+        ],
         &["run", "--timeout", "1e300", "--", "true"],
     ] {
         let (code, err) = brood(args);

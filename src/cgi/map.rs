@@ -43,7 +43,7 @@ pub(crate) struct Refusal {
     pub why: String,
 }
 
-fn refuse(status: StatusCode, why: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(status: StatusCode, why: impl Into<String>) -> Refusal {
     Refusal {
         status,
         why: why.into(),
@@ -86,7 +86,7 @@ fn join_info(segs: &[Vec<u8>]) -> OsString {
     OsString::from_vec(info)
 }
 
-fn is_nph(file: &Path) -> bool {
+pub(crate) fn is_nph(file: &Path) -> bool {
     file.file_name()
         .is_some_and(|n| n.as_encoded_bytes().starts_with(b"nph-"))
 }
@@ -114,7 +114,7 @@ impl Mapping {
     }
 }
 
-fn resolve_under(root: &Path, prefix: &str, path: &str) -> Result<Target, Refusal> {
+pub(crate) fn resolve_under(root: &Path, prefix: &str, path: &str) -> Result<Target, Refusal> {
     let rest = strip_prefix(path, prefix)
         .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "path outside the prefix"))?;
     let segs = segments(rest)?;

@@ -51,10 +51,12 @@
 
 mod auth;
 mod body;
+mod fastcgi;
 pub(crate) mod map;
 pub(crate) mod meta;
 mod raw;
 pub(crate) mod response;
+mod runner;
 mod script;
 pub(crate) mod server;
 mod time;
@@ -73,6 +75,7 @@ use tokio::net::TcpListener;
 use crate::Exit;
 use crate::error::{Error, Result, from_io};
 
+pub use fastcgi::FastCgiListener;
 pub use raw::Raw;
 
 /// Where log lines go.
@@ -269,6 +272,7 @@ pub struct Cgi {
     realm: String,
     max_body: u64,
     body_timeout: Duration,
+    stderr_to_client: bool,
     log: Log,
 }
 
@@ -298,6 +302,7 @@ impl Cgi {
             realm: "brood".to_string(),
             max_body: DEFAULT_MAX_BODY,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            stderr_to_client: false,
             log: default_log(),
         }
     }
@@ -405,6 +410,15 @@ impl Cgi {
     /// The largest header block a script may print (64 KiB by default); more is a 502.
     pub fn max_header_bytes(mut self, n: usize) -> Cgi {
         self.max_header = n;
+        self
+    }
+
+    /// FastCGI only: also sends the script's stderr lines to the web server as
+    /// `FCGI_STDERR` (nginx writes them to its error log), besides brood's log. The end of
+    /// the response waits up to 1 s for the script's stderr to close; lines written
+    /// after that, or more than 64 waiting, are only logged.
+    pub fn stderr_to_client(mut self, yes: bool) -> Cgi {
+        self.stderr_to_client = yes;
         self
     }
 
@@ -518,6 +532,54 @@ impl Cgi {
     ) -> Result<()> {
         let state = Arc::new(self.state()?);
         server::serve(state, listener, shutdown).await
+    }
+    /// Serves FastCGI (responder role) on `listener` until an error on the listener
+    /// itself, as fcgiwrap does behind nginx, with the same runner, checks, limits,
+    /// timeouts and access log as [`serve`](Cgi::serve).
+    ///
+    /// The script is `SCRIPT_FILENAME` when the web server sends it; else, with
+    /// [`Cgi::script`], that script; else `DOCUMENT_ROOT` + `SCRIPT_NAME`, split into the
+    /// script and `PATH_INFO` at the first file; else the path of `REQUEST_URI` mapped as
+    /// in HTTP mode. Whichever it is, the file that runs must be inside the root (or be
+    /// the script). The params are the script's CGI variables (except `HTTP_PROXY`,
+    /// `HTTP_AUTHORIZATION` and the body's framing), plus `PATH`, [`pass_env`](Cgi::pass_env)
+    /// and [`env`](Cgi::env). The web server authenticates: its `REMOTE_USER` param is
+    /// trusted, and [`htpasswd`](Cgi::htpasswd) is refused here. One request at a time per
+    /// connection (`FCGI_MPXS_CONNS=0`); `FCGI_KEEP_CONN` is honoured.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use brood::cgi::{Cgi, FastCgiListener};
+    /// let listener = FastCgiListener::bind("127.0.0.1:0").await?;
+    /// let server = tokio::spawn(Cgi::root(std::env::temp_dir()).serve_fastcgi(listener));
+    /// // nginx: fastcgi_pass 127.0.0.1:PORT;
+    /// server.abort();
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_fastcgi(self, listener: impl Into<FastCgiListener>) -> Result<()> {
+        self.serve_fastcgi_until(listener, std::future::pending())
+            .await
+    }
+
+    /// [`serve_fastcgi`](Cgi::serve_fastcgi) until `shutdown` resolves, then stops as
+    /// [`serve_until`](Cgi::serve_until) does.
+    pub async fn serve_fastcgi_until(
+        self,
+        listener: impl Into<FastCgiListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        if self.htpasswd.is_some() {
+            return Err(Error::invalid(
+                "cgi: fastcgi",
+                "htpasswd is for HTTP mode; behind a web server, the web server authenticates",
+            ));
+        }
+        let settings = fastcgi::Settings {
+            stderr_to_client: self.stderr_to_client,
+            max_conns: self.max_children.unwrap_or(1024),
+        };
+        let state = Arc::new(self.state()?);
+        fastcgi::serve(state, settings, listener.into(), shutdown).await
     }
 }
 

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::ffi::OsString;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -28,15 +27,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::auth::{Htpasswd, basic_credentials};
-use super::body::{HeadError, ScriptBody, read_head};
+use super::body::ScriptBody;
 use super::map::{Mapping, Opened, Target};
 use super::meta::{self, Head, Peer};
-use super::response::{Reply, parse_cgi, parse_nph};
-use super::script::{self, Watch};
+use super::runner::{self, Outcome};
+use super::script;
 use super::upload::{Upload, UploadError, read_all};
 use super::{Access, Log, LogLine};
 use crate::error::{Result, from_io};
-use crate::{Command, Stdio};
 
 /// The response body type: a script's stdout or a short message of the server's.
 type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -237,7 +235,7 @@ fn unauthorized(state: &State, peer: &Peer, head: &Head, start: Instant) -> Resp
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// One sentence for the client on what an error status means here.
-fn explain(status: StatusCode) -> &'static str {
+pub(crate) fn explain(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "The request was malformed.",
         401 => "This server needs a valid user and password.",
@@ -255,7 +253,7 @@ fn explain(status: StatusCode) -> &'static str {
 }
 
 /// The body of an answer brood makes itself.
-fn text(status: StatusCode) -> String {
+pub(crate) fn text(status: StatusCode) -> String {
     format!(
         "{} {}\n{}\n",
         status.as_u16(),
@@ -478,63 +476,19 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
         start,
     } = job;
     let length = upload.as_ref().map(Upload::len);
-    let (stdin, fed) = match &upload {
-        Some(Upload::File(f, _)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
-        Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
-        _ => (Stdio::null(), None),
-    };
-    let mut cmd = Command::new(opened.program());
-    cmd.arg0(&opened.real)
-        .args(search_args(&head.method, head.uri.query()))
-        .env_clear()
-        .envs(state.env.iter().map(|(k, v)| (k, v)))
-        .envs(meta::variables(
+    let env = state
+        .env
+        .iter()
+        .cloned()
+        .chain(meta::variables(
             &head,
             &target,
             &peer,
             length,
             user.as_deref(),
         ))
-        .current_dir(&target.dir)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(stdin)
-        .stdout(Stdio::pipe_writable())
-        .stderr(Stdio::pipe_writable());
-    let name = if target.script_name.is_empty() {
-        target.file.display().to_string()
-    } else {
-        target.script_name.to_string_lossy().into_owned()
-    };
-    // The exec has happened when spawn returns: the open script and body file may go.
-    let spawned = cmd.spawn();
-    drop(opened);
-    // A body in memory keeps its share of the budget until the script has read it.
-    let budget = match upload {
-        Some(Upload::Memory(_, r)) => Some(r),
-        _ => None,
-    };
-    let child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            (state.log)(&LogLine::Error(format!("{name}: {e}")));
-            let status = match e.errno() {
-                libc::EACCES | libc::EPERM => StatusCode::FORBIDDEN,
-                // The file was found: ENOENT here is a missing `#!` interpreter.
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            return message(&state, &peer, &head, user.as_deref(), start, status);
-        }
-    };
-    let watch = Watch {
-        stopping: state.stopping.subscribe(),
-        live: LiveGuard::new(&state.live),
-        body: fed.map(|b| (b, budget)),
-        deadline: state.timeout.map(|t| Instant::now() + t),
-        permit,
-        name: name.clone(),
-        log: state.log.clone(),
-    };
+        .collect();
+    let name = runner::log_name(&target);
     let done = {
         let (state, head, user) = (state.clone(), head.clone(), user.clone());
         move |shared: &script::Shared, exit| {
@@ -552,67 +506,21 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
             );
         }
     };
-    let (mut run, supervisor) = match script::start(child, watch, done) {
-        Ok(x) => x,
-        Err(e) => {
-            (state.log)(&LogLine::Error(format!("{name}: {e}")));
-            let status = StatusCode::INTERNAL_SERVER_ERROR;
+    let launch = runner::Launch {
+        args: search_args(&head.method, head.uri.query()),
+        target,
+        opened,
+        env,
+        upload,
+        permit,
+        log: state.log.clone(),
+    };
+    let (status, reason, headers, rest, run) = match runner::launch(&state, launch, done).await {
+        Outcome::NotRun(status) => {
             return message(&state, &peer, &head, user.as_deref(), start, status);
         }
-    };
-    state.tasks.spawn(supervisor);
-
-    let fail = |run: script::Run, status: StatusCode, why: String| {
-        (state.log)(&LogLine::Error(format!("{name}: {why}")));
-        run.shared.status.store(status.as_u16(), Ordering::Relaxed);
-        run.shared
-            .bytes
-            .store(text(status).len() as u64, Ordering::Relaxed);
-        drop(run);
-        short(status)
-    };
-    let (block, rest) = match read_head(&mut run.stdout, &run.shared, state.max_header).await {
-        Ok(x) => x,
-        Err(HeadError::Eof) if run.shared.timed_out.load(Ordering::SeqCst) => {
-            return fail(
-                run,
-                StatusCode::GATEWAY_TIMEOUT,
-                "timed out before its headers".into(),
-            );
-        }
-        Err(HeadError::Eof) => {
-            return fail(
-                run,
-                StatusCode::BAD_GATEWAY,
-                "ended before its headers".into(),
-            );
-        }
-        Err(HeadError::TooLarge) => {
-            let why = format!("header block over {} bytes", state.max_header);
-            return fail(run, StatusCode::BAD_GATEWAY, why);
-        }
-        Err(HeadError::Io(e)) => {
-            return fail(run, StatusCode::BAD_GATEWAY, format!("reading stdout: {e}"));
-        }
-    };
-    let reply = if target.nph {
-        parse_nph(&block)
-    } else {
-        parse_cgi(&block)
-    };
-    let (status, reason, headers) = match reply {
-        Err(why) => {
-            return fail(
-                run,
-                StatusCode::BAD_GATEWAY,
-                format!("bad header block: {why}"),
-            );
-        }
-        Ok(Reply::LocalRedirect(location)) => {
-            run.shared
-                .status
-                .store(StatusCode::FOUND.as_u16(), Ordering::Relaxed);
-            run.finish_and_wait().await;
+        Outcome::Failed(status) => return short(status),
+        Outcome::LocalRedirect(location) => {
             if depth >= MAX_REDIRECTS {
                 let why = format!("more than {MAX_REDIRECTS} local redirects");
                 (state.log)(&LogLine::Error(format!("{name}: {why}")));
@@ -635,13 +543,14 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
             };
             return respond(state.clone(), peer, again, None, user, depth + 1).await;
         }
-        Ok(Reply::Document {
+        Outcome::Document {
             status,
             reason,
             headers,
-        }) => (status, reason, headers),
+            rest,
+            run,
+        } => (status, reason, headers, rest, run),
     };
-    run.shared.status.store(status.as_u16(), Ordering::Relaxed);
     let bodyless = head.method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -651,11 +560,7 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
         state.tasks.spawn(run.discard_rest());
         Empty::new().map_err(|never| match never {}).boxed_unsync()
     } else {
-        let length = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        ScriptBody::new(rest, run, length).boxed_unsync()
+        ScriptBody::new(rest, run, content_length_of(&headers)).boxed_unsync()
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -666,4 +571,12 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
         }
     }
     resp
+}
+
+/// The `Content-Length` a script's header block gives.
+pub(crate) fn content_length_of(headers: &hyper::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }

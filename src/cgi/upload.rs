@@ -109,16 +109,75 @@ impl UploadError {
     }
 }
 
+/// A body being received, piece by piece, from any front: in memory up to
+/// [`MEMORY_LIMIT`] (within the shared budget), then in a temporary file; never more than
+/// `max` bytes.
+pub(crate) struct Spool {
+    mem: BytesMut,
+    held: Reservation,
+    file: Option<File>,
+    total: u64,
+    max: u64,
+}
+
+impl Spool {
+    pub(crate) fn new(max: u64) -> Spool {
+        Spool {
+            mem: BytesMut::new(),
+            held: Reservation::take(0).expect("nothing fits"),
+            file: None,
+            total: 0,
+            max,
+        }
+    }
+
+    /// Adds the next piece of the body.
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), UploadError> {
+        self.total += data.len() as u64;
+        if self.total > self.max {
+            return Err(UploadError::TooLarge);
+        }
+        match &mut self.file {
+            Some(f) => write(f, data)?,
+            None if self.mem.len() + data.len() <= MEMORY_LIMIT && self.held.grow(data.len()) => {
+                self.mem.extend_from_slice(data)
+            }
+            None => {
+                let mut f = temp_file().map_err(UploadError::Storage)?;
+                write(&mut f, &self.mem)?;
+                write(&mut f, data)?;
+                self.mem = BytesMut::new();
+                self.held = Reservation::take(0).expect("nothing fits");
+                self.file = Some(f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// The whole body, a file rewound to its start.
+    pub(crate) fn finish(self) -> Result<Upload, UploadError> {
+        match self.file {
+            None => Ok(Upload::Memory(self.mem.freeze(), self.held)),
+            Some(mut f) => {
+                f.seek(SeekFrom::Start(0)).map_err(UploadError::Storage)?;
+                Ok(Upload::File(f, self.total))
+            }
+        }
+    }
+}
+
 /// Reads the whole body: at most `max` bytes, each frame within `idle` of the last.
 pub(crate) async fn read_all(
     mut body: Incoming,
     max: u64,
     idle: Duration,
 ) -> Result<Upload, UploadError> {
-    let mut mem = BytesMut::new();
-    let mut held = Reservation::take(0).expect("nothing fits");
-    let mut file: Option<File> = None;
-    let mut total: u64 = 0;
+    let mut spool = Spool::new(max);
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(UploadError::Idle),
@@ -134,32 +193,9 @@ pub(crate) async fn read_all(
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        total += data.len() as u64;
-        if total > max {
-            return Err(UploadError::TooLarge);
-        }
-        match &mut file {
-            Some(f) => write(f, &data)?,
-            None if mem.len() + data.len() <= MEMORY_LIMIT && held.grow(data.len()) => {
-                mem.extend_from_slice(&data)
-            }
-            None => {
-                let mut f = temp_file().map_err(UploadError::Storage)?;
-                write(&mut f, &mem)?;
-                write(&mut f, &data)?;
-                mem = BytesMut::new();
-                held = Reservation::take(0).expect("nothing fits");
-                file = Some(f);
-            }
-        }
+        spool.push(&data)?;
     }
-    match file {
-        None => Ok(Upload::Memory(mem.freeze(), held)),
-        Some(mut f) => {
-            f.seek(SeekFrom::Start(0)).map_err(UploadError::Storage)?;
-            Ok(Upload::File(f, total))
-        }
-    }
+    spool.finish()
 }
 
 /// Whether a body error is the client going away (rather than a malformed body).

@@ -1,0 +1,310 @@
+//! `cargo bench --bench fastcgi`: requests per second through one nginx (`fastcgi_pass`),
+//! brood's FastCGI front against Debian's fcgiwrap started the usual way with N processes
+//! (`fcgiwrap -c N`), on two compiled CGI programs (C, built here with gcc): a minimal one
+//! and one answering 64 KiB. `wrk -t2 -c16`, rounds interleaved (the order flips each
+//! round), the median of the per-round ratios with min..max. nginx, fcgiwrap and wrk must
+//! be installed (`.ci/run` installs them). Timing never gates a test.
+//!
+//! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVE: &str = "BROOD_FASTCGI_BENCH_SERVE";
+const CLIENTS: usize = 16;
+/// fcgiwrap's processes: one request at a time each, so as many as there are clients.
+const FCGIWRAP_PROCESSES: usize = 16;
+
+const HELLO_C: &str = r#"#include <stdio.h>
+int main(void) {
+    fputs("Content-Type: text/plain\r\n\r\nhello\n", stdout);
+    return 0;
+}
+"#;
+
+const BIG_C: &str = r#"#include <stdio.h>
+#include <string.h>
+int main(void) {
+    static char buf[65536];
+    memset(buf, 'x', sizeof buf);
+    fputs("Content-Type: application/octet-stream\r\n\r\n", stdout);
+    fwrite(buf, 1, sizeof buf, stdout);
+    return 0;
+}
+"#;
+
+const CASES: [(&str, &str); 2] = [
+    ("minimal program", "/cgi-bin/hello"),
+    ("64 KiB response", "/cgi-bin/big"),
+];
+
+fn main() {
+    if let Some(sock) = std::env::var_os(SERVE) {
+        serve_brood(Path::new(&sock));
+        return;
+    }
+    bench();
+}
+
+/// The brood server process: `brood cgi --fastcgi --root DIR` in the library's terms (a
+/// multi-thread runtime, the access log off as fcgiwrap has none). Serves until stdin
+/// closes.
+fn serve_brood(sock: &Path) {
+    let root = PathBuf::from(std::env::var_os("BROOD_BENCH_ROOT").unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = brood::cgi::FastCgiListener::bind(&format!("unix:{}", sock.display()))
+            .await
+            .unwrap();
+        let cgi = brood::cgi::Cgi::root(root).on_log(|_| {});
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 1];
+        tokio::select! {
+            r = cgi.serve_fastcgi(listener) => r.unwrap(),
+            _ = tokio::io::AsyncReadExt::read(&mut stdin, &mut buf) => {}
+        }
+    });
+}
+
+fn build(dir: &Path) -> PathBuf {
+    let root = dir.join("www");
+    let bin = root.join("cgi-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, text) in [("hello", HELLO_C), ("big", BIG_C)] {
+        let src = dir.join(format!("{name}.c"));
+        std::fs::write(&src, text).unwrap();
+        let ok = Command::new("gcc")
+            .args(["-O2", "-o"])
+            .arg(bin.join(name))
+            .arg(&src)
+            .status()
+            .expect("gcc builds the CGI programs")
+            .success();
+        assert!(ok, "gcc failed");
+    }
+    root
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() || std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let pid = self.0.id() as i32;
+        let _ = brood::kill(pid, brood::Signum::TERM);
+        // fcgiwrap's workers are in the group its parent leads (others have no group).
+        let _ = brood::kill(-pid, brood::Signum::TERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx(dir: &Path, root: &Path, brood: &Path, wrap: &Path) -> (Proc, u16) {
+    let nd = dir.join("nginx");
+    std::fs::create_dir_all(&nd).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root_user = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let location = |prefix: &str, sock: &Path| {
+        format!(
+            "location ~ ^/{prefix}(/cgi-bin/.*)$ {{\n\
+             fastcgi_param SCRIPT_FILENAME {root}$1;\n\
+             fastcgi_param SCRIPT_NAME $1;\n\
+             fastcgi_param REQUEST_METHOD $request_method;\n\
+             fastcgi_param QUERY_STRING $query_string;\n\
+             fastcgi_param REQUEST_URI $request_uri;\n\
+             fastcgi_param SERVER_PROTOCOL $server_protocol;\n\
+             fastcgi_param REMOTE_ADDR $remote_addr;\n\
+             fastcgi_param REMOTE_PORT $remote_port;\n\
+             fastcgi_param SERVER_NAME $server_name;\n\
+             fastcgi_param SERVER_PORT $server_port;\n\
+             fastcgi_param GATEWAY_INTERFACE CGI/1.1;\n\
+             fastcgi_pass unix:{sock};\n}}\n",
+            root = root.display(),
+            sock = sock.display()
+        )
+    };
+    let conf = format!(
+        "daemon off;\nworker_processes 2;\n{user}pid {nd}/nginx.pid;\n\
+         error_log {nd}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n access_log off;\n\
+         client_body_temp_path {nd}/body; fastcgi_temp_path {nd}/fastcgi;\n\
+         proxy_temp_path {nd}/proxy; uwsgi_temp_path {nd}/uwsgi; scgi_temp_path {nd}/scgi;\n\
+         fastcgi_buffer_size 16k; fastcgi_buffers 16 16k;\n\
+         server {{\n listen 127.0.0.1:{port};\n{b}{w} }}\n}}\n",
+        user = if root_user { "user root root;\n" } else { "" },
+        nd = nd.display(),
+        b = location("brood", brood),
+        w = location("fcgiwrap", wrap),
+    );
+    std::fs::write(nd.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(nd.join("nginx.conf"))
+        .arg("-p")
+        .arg(&nd)
+        .arg("-e")
+        .arg(nd.join("error.log"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nginx is installed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), port)
+}
+
+/// `wrk -t2 -c16` for `secs`: requests/s counting only 2xx answers.
+fn wrk(port: u16, path: &str, secs: u64) -> f64 {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CLIENTS}"),
+            &format!("-d{secs}s"),
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .expect("wrk is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let rate = field("Requests/sec:");
+    let total: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_string())
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    let bad = field("Non-2xx or 3xx responses:");
+    if total > 0.0 {
+        rate * (total - bad) / total
+    } else {
+        0.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn bench() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fastcgi-bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = build(&dir);
+    let (brood_sock, wrap_sock) = (dir.join("brood.sock"), dir.join("fcgiwrap.sock"));
+
+    let brood = Proc(
+        Command::new(std::env::current_exe().unwrap())
+            .env(SERVE, &brood_sock)
+            .env("BROOD_BENCH_ROOT", &root)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // fcgiwrap -c N forks its N workers: a process group of its own, ended as a whole.
+    let wrap = Proc(
+        std::os::unix::process::CommandExt::process_group(
+            Command::new("fcgiwrap")
+                .args(["-c", &FCGIWRAP_PROCESSES.to_string(), "-s"])
+                .arg(format!("unix:{}", wrap_sock.display()))
+                .stdin(Stdio::null()),
+            0,
+        )
+        .spawn()
+        .expect("fcgiwrap is installed"),
+    );
+    wait_for(&brood_sock);
+    wait_for(&wrap_sock);
+    let (nginx, port) = nginx(&dir, &root, &brood_sock, &wrap_sock);
+
+    let secs = if std::env::var_os("BROOD_BENCH_QUICK").is_some() {
+        1
+    } else {
+        3
+    };
+    let rounds: usize = std::env::var("BROOD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "brood cgi --fastcgi vs fcgiwrap -c {FCGIWRAP_PROCESSES}, through nginx (2 workers), \
+         wrk -t2 -c{CLIENTS}, {secs} s cells, {rounds} rounds interleaved; loadavg {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for (case, path) in CASES {
+        let (b, w) = (format!("/brood{path}"), format!("/fcgiwrap{path}"));
+        wrk(port, &b, 1);
+        wrk(port, &w, 1);
+        let (mut rb, mut rw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (x, y) = if round % 2 == 0 {
+                let x = wrk(port, &b, secs);
+                (x, wrk(port, &w, secs))
+            } else {
+                let y = wrk(port, &w, secs);
+                (wrk(port, &b, secs), y)
+            };
+            rb.push(x);
+            rw.push(y);
+            ratios.push(if y > 0.0 { x / y } else { f64::NAN });
+        }
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        println!(
+            "{case:<18} brood {:>7.0} req/s  fcgiwrap {:>7.0} req/s  brood ÷ fcgiwrap {:.2}× ({lo:.2}..{hi:.2})",
+            median(rb),
+            median(rw),
+            median(ratios.clone()),
+        );
+    }
+    drop(nginx);
+    drop(wrap);
+    drop(brood);
+    let _ = std::fs::remove_file(&brood_sock);
+    let _ = std::fs::remove_file(&wrap_sock);
+}

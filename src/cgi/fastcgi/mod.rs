@@ -1,0 +1,195 @@
+//! The FastCGI front of [`Cgi`](super::Cgi): a responder behind nginx (or any web server
+//! with FastCGI), in place of fcgiwrap. Scripts run through the same runner, checks,
+//! limits, timeouts and access log as in HTTP mode; see [`Cgi::serve_fastcgi`](super::Cgi::serve_fastcgi).
+
+mod conn;
+mod params;
+mod record;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use super::LogLine;
+use super::script;
+use super::server::{AbortOnDrop, State, accept_is_fatal};
+use crate::error::{Error, Result, from_io};
+
+pub(crate) use conn::Settings;
+
+/// Where a FastCGI server takes connections: a TCP or a Unix socket.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use brood::cgi::FastCgiListener;
+/// let path = std::env::temp_dir().join(format!("brood-fcgi-doc-{}.sock", std::process::id()));
+/// let unix = FastCgiListener::bind(&format!("unix:{}", path.display())).await?;
+/// assert_eq!(unix.to_string(), format!("unix:{}", path.display()));
+/// let tcp = FastCgiListener::bind("127.0.0.1:0").await?;
+/// assert!(tcp.to_string().starts_with("127.0.0.1:"));
+/// # std::fs::remove_file(&path)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub enum FastCgiListener {
+    /// A TCP socket (`127.0.0.1:9000`).
+    Tcp(TcpListener),
+    /// A Unix socket (`unix:/run/brood-cgi.sock`), with its path when it has one.
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+impl From<TcpListener> for FastCgiListener {
+    fn from(l: TcpListener) -> FastCgiListener {
+        FastCgiListener::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for FastCgiListener {
+    fn from(l: UnixListener) -> FastCgiListener {
+        let path = l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        FastCgiListener::Unix(l, path)
+    }
+}
+
+impl fmt::Display for FastCgiListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FastCgiListener::Tcp(l) => match l.local_addr() {
+                Ok(a) => write!(f, "{a}"),
+                Err(_) => write!(f, "tcp"),
+            },
+            FastCgiListener::Unix(_, Some(p)) => write!(f, "unix:{}", p.display()),
+            FastCgiListener::Unix(_, None) => write!(f, "unix:(unnamed)"),
+        }
+    }
+}
+
+impl FastCgiListener {
+    /// Listens on `unix:PATH` or `HOST:PORT`. A socket file left at `PATH` by a server that
+    /// is gone (nothing accepts on it) is replaced; one in use is `EADDRINUSE`.
+    pub async fn bind(addr: &str) -> Result<FastCgiListener> {
+        let op = format!("fastcgi: listen {addr}");
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            if std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                && std::os::unix::net::UnixStream::connect(&path)
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED))
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+            let l = UnixListener::bind(&path).map_err(|e| from_io(e, op))?;
+            return Ok(FastCgiListener::Unix(l, Some(path)));
+        }
+        let addr: SocketAddr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| from_io(e, op.clone()))?
+            .next()
+            .ok_or_else(|| Error::new(libc::EADDRNOTAVAIL, op.clone()))?;
+        let l = TcpListener::bind(addr).await.map_err(|e| from_io(e, op))?;
+        Ok(FastCgiListener::Tcp(l))
+    }
+
+    /// The listening socket systemd passed (`LISTEN_FDS` >= 1 and `LISTEN_PID` = this
+    /// process: fd 3, a Unix or TCP listener), as fcgiwrap's socket unit does; `None` when
+    /// this process was not started that way. Must run inside a tokio runtime.
+    pub fn from_systemd() -> Result<Option<FastCgiListener>> {
+        let pid_ok = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(std::process::id());
+        let count = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        if !pid_ok || count == 0 {
+            return Ok(None);
+        }
+        let fd = crate::ipc::own_inherited(3).map_err(|e| e.context("LISTEN_FDS"))?;
+        let op = "fastcgi: LISTEN_FDS";
+        match crate::ipc::handle_type(fd.as_fd()) {
+            crate::ipc::HandleType::TcpListener => {
+                let std = std::net::TcpListener::from(fd);
+                std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+                Ok(Some(FastCgiListener::Tcp(
+                    TcpListener::from_std(std).map_err(|e| from_io(e, op))?,
+                )))
+            }
+            crate::ipc::HandleType::UnixListener => {
+                let std = std::os::unix::net::UnixListener::from(fd);
+                std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
+                Ok(Some(
+                    UnixListener::from_std(std)
+                        .map_err(|e| from_io(e, op))?
+                        .into(),
+                ))
+            }
+            _ => {
+                // Not systemd's socket: fd 3 is someone else's here (it was not inherited,
+                // and the runtime may have opened its own there); leave it open.
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
+                Err(Error::new(libc::ENOTSOCK, op)
+                    .with_detail("fd 3 is not a listening TCP or Unix socket"))
+            }
+        }
+    }
+
+    async fn accept(&self) -> io::Result<(conn::ReadHalf, conn::WriteHalf)> {
+        match self {
+            FastCgiListener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                let (r, w) = s.into_split();
+                Ok((Box::new(r), Box::new(w)))
+            }
+            FastCgiListener::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                let (r, w) = s.into_split();
+                Ok((Box::new(r), Box::new(w)))
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve(
+    state: Arc<State>,
+    settings: Settings,
+    listener: FastCgiListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let _stop = AbortOnDrop(state.tasks.clone());
+    let settings = Arc::new(settings);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (r, w) = match accepted {
+            Ok(c) => c,
+            Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "fastcgi: accept")),
+            Err(e) => {
+                (state.log)(&LogLine::Error(format!("accept: {e}")));
+                // Out of fds or memory: give running requests a moment to release some.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (st, set) = (state.clone(), settings.clone());
+        state.tasks.spawn(conn::serve(st, set, r, w));
+    }
+    // Graceful stop, as in HTTP mode.
+    drop(listener);
+    state.stopping.send_replace(true);
+    let mut live = state.live.subscribe();
+    let _ = tokio::time::timeout(script::KILL_GRACE * 2, live.wait_for(|n| *n == 0)).await;
+    Ok(())
+}
