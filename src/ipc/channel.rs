@@ -1,7 +1,7 @@
 //! `Channel`: bytes and open handles over a Unix stream socket (libuv's `ipc` pipe).
 
 use std::io;
-#[cfg(feature = "cluster")]
+#[cfg(any(feature = "cluster", feature = "cgi"))]
 use std::os::fd::FromRawFd;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -667,7 +667,7 @@ impl AsFd for Channel {
 
 /// Marks `fd` close-on-exec and takes ownership of it. `fd` must be an fd this process owns
 /// and nothing else will close (one inherited from the parent for this purpose).
-#[cfg(feature = "cluster")]
+#[cfg(any(feature = "cluster", feature = "cgi"))]
 pub(crate) fn own_inherited(fd: RawFd) -> Result<OwnedFd> {
     if !crate::fd::is_open(fd) {
         return Err(Error::new(libc::EBADF, format!("fd {fd}")));

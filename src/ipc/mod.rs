@@ -62,7 +62,7 @@ mod inherit;
 mod node;
 mod wire;
 
-#[cfg(feature = "cluster")]
+#[cfg(any(feature = "cluster", feature = "cgi"))]
 pub(crate) use channel::own_inherited;
 pub use channel::{Channel, Sender};
 pub use handle::{FromHandle, Handle, HandleType, LISTEN_BACKLOG, handle_type};
