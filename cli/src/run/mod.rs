@@ -49,8 +49,9 @@ Examples (one for every option):
   brood run --json -- echo '{\"a\":1}' | jq .a   # the JSON line goes to stderr
   brood run --json-fd 3 -- make 3>status.json
   brood run --json-file status.json -- make
-  brood run --stdio 1=append:out.log --stdio 2=fd:1 --stdio 0=null -- make
-  brood run --stdio 3=file:/etc/hosts -- sh -c 'cat <&3'
+  brood run --stdio 1=append:out.log --stdio 2=append:out.log --stdio 0=null -- make
+  brood run --stdio 0=file:/etc/hosts -- sort   # sort </etc/hosts (file: reads at 0 only)
+  brood run --stdio 3=fd:1 -- sh -c 'echo to-brood-stdout >&3'   # fd:M is brood's fd M
   brood run --detach -- sleep 100          # nohup sleep 100 </dev/null >/dev/null 2>&1 &
   brood run --init -- nginx -g 'daemon off;'   # tini: PID 1 of a container
   brood run --init --group -- sh -c 'worker & worker & wait'   # tini -g
