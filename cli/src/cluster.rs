@@ -61,6 +61,10 @@ pub struct ClusterArgs {
     /// stopped (in a reload: the reload fails and the old workers keep serving).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     ready_timeout: f64,
+    /// In a reload, seconds a new worker that never writes `r` must stay up before an old
+    /// one retires; one that exits sooner stops the reload (the old ones keep serving).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    reload_settle: f64,
     /// Most workers `ctl scale` and SIGTTIN may ask for [default: 4 x CPUs].
     #[arg(long, value_name = "N")]
     max_workers: Option<usize>,
@@ -224,6 +228,7 @@ pub fn main(args: ClusterArgs) -> i32 {
         .stop_signal(stop_signal)
         .kill_after(secs("kill-after", args.kill_after))
         .ready_timeout(secs("ready-timeout", args.ready_timeout))
+        .reload_settle(secs("reload-settle", args.reload_settle))
         .restart(match args.restart {
             RestartArg::Always => Restart::Always,
             RestartArg::OnFailure => Restart::OnFailure,

@@ -550,3 +550,78 @@ async fn a_workers_own_child_is_not_a_worker() {
     );
     m.stop().await;
 }
+
+/// An any-language worker that never says it is ready; with mode "crash" it exits at once
+/// (a broken deploy).
+const PY_PLAIN: &str = r#"
+import socket, sys
+if open(sys.argv[1]).read().strip() == "crash":
+    sys.exit(3)
+ch = socket.socket(fileno=3)
+while True:
+    data, fds, _, _ = socket.recv_fds(ch, 64, 8)
+    if not data:
+        break
+    for fd in fds:
+        c = socket.socket(fileno=fd)
+        c.sendall(b"py:" + c.recv(100))
+        c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_broken_program_without_readiness_keeps_the_old_workers_serving() {
+    // No --wait-ready: a replacement is ready once it has stayed up --reload-settle seconds,
+    // so a deploy that exits at once fails the reload instead of retiring every old worker.
+    let dir = tempdir("settle-mode");
+    let mode = dir.0.join("mode");
+    std::fs::write(&mode, "good").unwrap();
+    let m = Master::start(
+        "settle",
+        &[
+            "--workers",
+            "2",
+            "--grace",
+            "2",
+            "--",
+            "python3",
+            "-c",
+            PY_PLAIN,
+            mode.to_str().unwrap(),
+        ],
+    )
+    .await;
+    // Both first workers serve (round-robin), so both have read the mode file.
+    for i in 0..2 {
+        py_exchange(&m.addr, &format!("first{i}")).await;
+    }
+    let old: Vec<u32> = m.status().await.iter().map(|r| r.pid).collect();
+    std::fs::write(&mode, "crash").unwrap();
+    let (ok, text) = brood_ctl(&m, &["reload"]).await;
+    assert!(!ok, "ctl reload must fail: {text}");
+    assert!(text.contains("ended before"), "{text}");
+    let rows = m
+        .wait_for(|r| r.len() == 2, "the failed replacement gone")
+        .await;
+    assert_eq!(
+        rows.iter().map(|r| r.pid).collect::<Vec<_>>(),
+        old,
+        "{:#?}",
+        m.log.lock().unwrap()
+    );
+    for i in 0..4 {
+        py_exchange(&m.addr, &format!("still{i}")).await;
+    }
+    // A good deploy goes through, each replacement after its settle time.
+    std::fs::write(&mode, "good").unwrap();
+    let (ok, text) = brood_ctl(&m, &["reload"]).await;
+    assert!(ok, "{text}");
+    let rows = m
+        .wait_for(
+            |r| r.len() == 2 && r.iter().all(|r| r.state == "ready"),
+            "2 new",
+        )
+        .await;
+    assert!(rows.iter().all(|r| !old.contains(&r.pid)), "{rows:?}");
+    py_exchange(&m.addr, "new").await;
+    m.stop().await;
+}

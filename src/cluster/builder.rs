@@ -195,6 +195,16 @@ impl ClusterBuilder {
         self
     }
 
+    /// In a rolling restart, how long a replacement that does not say when it is ready
+    /// must stay up before it is taken as ready and the old worker it replaces retires
+    /// (default 1 s). A replacement that exits sooner (a broken deploy) stops the reload
+    /// and the old workers keep serving. Workers that say when they are ready
+    /// ([`expect_ready`](Self::expect_ready)) are ready when they say so.
+    pub fn reload_settle(mut self, d: Duration) -> Self {
+        self.timings.reload_settle = d;
+        self
+    }
+
     /// The most workers `ctl scale` and `SIGTTIN` may ask for (default 4 × CPUs, at least
     /// the initial count).
     pub fn max_workers(mut self, n: usize) -> Self {

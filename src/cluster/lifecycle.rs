@@ -127,6 +127,7 @@ impl Master {
                 started: now,
                 ready_at: (!self.expect_ready).then_some(now),
                 ready_by: self.expect_ready.then(|| now + t.ready_timeout),
+                settle_at: None,
                 last_pong: now,
                 handled: 0,
                 open: 0,
@@ -320,9 +321,19 @@ impl Master {
                         old: Some(old),
                         new,
                     });
-                    if self.workers[&new].state == State::Ready {
-                        // A worker that does not say when it is ready is taken as ready.
-                        return self.advance_reload();
+                    let settle = self.cluster.cfg.timings.reload_settle;
+                    let w = self.workers.get_mut(&new).expect("just started");
+                    if w.state == State::Ready {
+                        if settle.is_zero() {
+                            // Taken as ready at once (`reload_settle(0)`).
+                            return self.advance_reload();
+                        }
+                        // A worker that does not say when it is ready is ready once it
+                        // has stayed up a while: a broken deploy that exits at once must
+                        // not retire the old workers (housekeeping promotes it).
+                        w.state = State::Starting;
+                        w.ready_at = None;
+                        w.settle_at = Some(Instant::now() + settle);
                     }
                     return;
                 }
@@ -456,7 +467,15 @@ impl Master {
         let t = self.cluster.cfg.timings;
         let stop_signal = self.cluster.cfg.stop_signal;
         let mut late = Vec::new();
+        let mut settled = false;
         for (id, w) in &mut self.workers {
+            if w.state == State::Starting && w.settle_at.is_some_and(|at| now >= at) {
+                w.state = State::Ready;
+                w.ready_at = Some(now);
+                w.settle_at = None;
+                settled = true;
+                tracing::info!(pid = w.pid, id, "worker up for the settle time: ready");
+            }
             match w.retire {
                 Some((at, Step::Grace)) if now >= at => {
                     tracing::warn!(pid = w.pid, "grace period over; sending {stop_signal}");
@@ -473,6 +492,10 @@ impl Master {
             if w.state == State::Starting && w.ready_by.is_some_and(|t| now >= t) {
                 late.push(*id);
             }
+        }
+        if settled {
+            self.advance_reload();
+            self.flush_backlog();
         }
         for id in late {
             let w = self.workers.get_mut(&id).expect("listed");

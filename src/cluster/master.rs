@@ -65,6 +65,9 @@ pub(super) struct WorkerSlot {
     pub ready_at: Option<Instant>,
     /// Until when a starting worker may take to say it is ready.
     pub ready_by: Option<Instant>,
+    /// A reload's replacement that never says when it is ready: ready once it has stayed
+    /// up until then (`Timings::reload_settle`).
+    pub settle_at: Option<Instant>,
     pub last_pong: Instant,
     pub handled: u64,
     pub open: u64,
@@ -311,6 +314,7 @@ impl Master {
                         w.state = State::Ready;
                         w.ready_at = Some(Instant::now());
                         w.ready_by = None;
+                        w.settle_at = None;
                         tracing::info!(pid = w.pid, id, "worker ready");
                     }
                 }

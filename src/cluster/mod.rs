@@ -234,6 +234,9 @@ pub(crate) struct Timings {
     pub ready_timeout: Duration,
     /// After the stop signal, how long before `SIGKILL`.
     pub kill_after: Duration,
+    /// In a rolling restart, how long a replacement that does not say when it is ready must
+    /// stay up before it counts as ready and an old worker retires.
+    pub reload_settle: Duration,
 }
 
 impl Default for Timings {
@@ -247,6 +250,7 @@ impl Default for Timings {
             healthy_after: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(30),
             kill_after: Duration::from_secs(5),
+            reload_settle: Duration::from_secs(1),
         }
     }
 }

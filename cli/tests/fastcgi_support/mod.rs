@@ -2,7 +2,10 @@
 //! on a Unix socket with its stderr captured, a real nginx (not a daemon, its own config
 //! and temp dirs, on a free loopback port) passing to it, an HTTP/1.0 client, and /proc
 //! readings (children, process groups, fds).
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the shared support"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,5 +1,8 @@
 //! Scraping `/metrics` and parsing the OpenMetrics text strictly, for the metrics tests.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the shared support"
+)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
