@@ -321,9 +321,8 @@ impl Master {
                 if r.pong {
                     w.last_pong = Instant::now();
                 }
-                w.open = w.open.saturating_sub(u64::from(r.done));
+                w.open = w.open.saturating_sub(u64::from(r.done)) + u64::from(r.opened);
                 w.handled += u64::from(r.accepted);
-                w.open += u64::from(r.accepted);
                 if r.ready {
                     self.advance_reload();
                     self.flush_backlog();
