@@ -551,6 +551,8 @@ pub fn check_request_head(raw: &[u8]) {
                     | "proxy-authorization"
                     | "content-length"
                     | "content-type"
+                    // the body reaches the script de-chunked, with CONTENT_LENGTH
+                    | "transfer-encoding"
             )
     };
     for name in request.headers().keys() {
