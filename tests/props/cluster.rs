@@ -5,13 +5,29 @@
     reason = "shared by a test binary and a fuzz target; each uses a part"
 )]
 
-/// The documented grammar (`status`, `reload`, `scale N`, words separated by any
-/// whitespace; N as Rust reads a `usize`).
+/// The documented grammar (`status [--json]`, `reload`, `scale N`, `kill PID [SIGNAL]`,
+/// `stop`, `upgrade`, words separated by any whitespace; numbers as Rust reads them).
 fn model(line: &str) -> Option<String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["status"] => Some("Status".into()),
+        ["status", "--json" | "json"] => Some("StatusJson".into()),
         ["reload"] => Some("Reload".into()),
+        ["stop"] => Some("Stop".into()),
+        ["upgrade"] => Some("Upgrade".into()),
+        ["kill", pid, rest @ ..] if rest.len() <= 1 => {
+            let digits = pid.strip_prefix('+').unwrap_or(pid);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let pid: u32 = pid.parse().ok()?;
+            // Signal names are Signum's own grammar (tested with the run specs).
+            let sig: brood::Signum = match rest {
+                [s] => s.parse().ok()?,
+                _ => brood::Signum::TERM,
+            };
+            Some(format!("Kill({pid}, {sig:?})"))
+        }
         ["scale", n] => {
             let digits = n.strip_prefix('+').unwrap_or(n);
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
