@@ -188,3 +188,75 @@ impl IpcFramer {
         self.0.buffered()
     }
 }
+
+/// One FastCGI record as brood's record layer (`cgi/fastcgi/record.rs`) reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastCgiRecord {
+    /// The record type.
+    pub kind: u8,
+    /// The request id.
+    pub id: u16,
+    /// The content (padding dropped).
+    pub content: Vec<u8>,
+}
+
+/// Why the record layer gave no record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastCgiEnd {
+    /// End of input between two records.
+    Eof,
+    /// End of input inside a record.
+    Truncated,
+    /// A header whose version byte is not 1.
+    BadVersion(u8),
+    /// The reader failed.
+    Io(String),
+}
+
+/// brood's FastCGI record reader over any byte source.
+pub struct FastCgiReader<R>(crate::cgi::fastcgi::record::Reader<R>);
+
+impl<R> std::fmt::Debug for FastCgiReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FastCgiReader")
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FastCgiReader<R> {
+    /// A reader of the records in `r`.
+    pub fn new(r: R) -> FastCgiReader<R> {
+        FastCgiReader(crate::cgi::fastcgi::record::Reader::new(r))
+    }
+
+    /// The next record (cancel-safe, as the connection uses it in `select!`).
+    pub async fn next(&mut self) -> Result<FastCgiRecord, FastCgiEnd> {
+        use crate::cgi::fastcgi::record::ReadError;
+        match self.0.next().await {
+            Ok(r) => Ok(FastCgiRecord {
+                kind: r.kind,
+                id: r.id,
+                content: r.content.to_vec(),
+            }),
+            Err(ReadError::Eof) => Err(FastCgiEnd::Eof),
+            Err(ReadError::Truncated) => Err(FastCgiEnd::Truncated),
+            Err(ReadError::BadVersion(v)) => Err(FastCgiEnd::BadVersion(v)),
+            Err(ReadError::Io(e)) => Err(FastCgiEnd::Io(e.to_string())),
+        }
+    }
+}
+
+/// FastCGI name-value pairs (`PARAMS`, `GET_VALUES`) as brood decodes them.
+pub fn fastcgi_pairs(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, &'static str> {
+    crate::cgi::fastcgi::record::pairs(data).map(|list| {
+        list.into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect()
+    })
+}
+
+/// One name-value pair, encoded as brood encodes it.
+pub fn fastcgi_put_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let mut b = bytes::BytesMut::new();
+    crate::cgi::fastcgi::record::put_pair(&mut b, name, value);
+    out.extend_from_slice(&b);
+}

@@ -51,7 +51,7 @@
 
 mod auth;
 mod body;
-mod fastcgi;
+pub(crate) mod fastcgi;
 pub(crate) mod map;
 pub(crate) mod meta;
 mod raw;

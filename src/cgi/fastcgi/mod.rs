@@ -4,7 +4,7 @@
 
 mod conn;
 mod params;
-mod record;
+pub(crate) mod record;
 
 use std::fmt;
 use std::io;
