@@ -260,3 +260,52 @@ pub fn fastcgi_put_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     crate::cgi::fastcgi::record::put_pair(&mut b, name, value);
     out.extend_from_slice(&b);
 }
+
+/// What a line of Node's IPC protocol is to brood (`ipc/node.rs`).
+#[cfg(feature = "json")]
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeLine {
+    /// The user's message.
+    User(serde_json::Value),
+    /// A `NODE_HANDLE`'s inner message, for the user with the handle.
+    Handle(serde_json::Value),
+    /// A `NODE_HANDLE` whose inner message is Node's own.
+    InternalHandle,
+    /// `NODE_HANDLE_ACK`.
+    Ack,
+    /// `NODE_HANDLE_NACK`.
+    Nack,
+    /// Another of Node's internal messages.
+    Internal,
+}
+
+/// Classifies one received line (without its newline) as a channel in Node's protocol does.
+#[cfg(feature = "json")]
+pub fn node_classify(bytes: &[u8]) -> crate::Result<NodeLine> {
+    use crate::ipc::node::{self, Line};
+    Ok(match node::classify(bytes)? {
+        Line::User(v) => NodeLine::User(v),
+        Line::Handle(v) => NodeLine::Handle(v),
+        Line::InternalHandle => NodeLine::InternalHandle,
+        Line::Ack => NodeLine::Ack,
+        Line::Nack => NodeLine::Nack,
+        Line::Internal => NodeLine::Internal,
+    })
+}
+
+/// The `NODE_HANDLE` line (with its newline) that sends `msg` with a handle of `kind`.
+#[cfg(feature = "json")]
+pub fn node_wrap(
+    msg: &serde_json::Value,
+    kind: crate::ipc::HandleType,
+    ipv6: bool,
+) -> crate::Result<Vec<u8>> {
+    crate::ipc::node::wrap(msg, kind, ipv6)
+}
+
+/// The lines a channel in Node's protocol answers with.
+#[cfg(feature = "json")]
+pub const NODE_ACK: &[u8] = crate::ipc::node::ACK;
+/// See [`NODE_ACK`].
+#[cfg(feature = "json")]
+pub const NODE_NACK: &[u8] = crate::ipc::node::NACK;

@@ -338,14 +338,19 @@ impl Channel {
             };
             let user = match line? {
                 node::Line::User(v) => v,
+                node::Line::Handle(_) | node::Line::InternalHandle if bound.handles.is_empty() => {
+                    // The fd did not arrive (or was lost): Node sends it again.
+                    send(&self.tx.io, node::NACK, &[]).await?;
+                    continue;
+                }
                 node::Line::Handle(v) => {
-                    if bound.handles.is_empty() {
-                        // The fd did not arrive (or was lost): Node sends it again.
-                        send(&self.tx.io, node::NACK, &[]).await?;
-                        continue;
-                    }
                     send(&self.tx.io, node::ACK, &[]).await?;
                     v
+                }
+                // Node's own message with a handle: acknowledged, its handle closed.
+                node::Line::InternalHandle => {
+                    send(&self.tx.io, node::ACK, &[]).await?;
+                    continue;
                 }
                 node::Line::Ack => {
                     self.tx.io.acks.ack();

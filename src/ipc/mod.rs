@@ -59,7 +59,7 @@ mod channel;
 pub(crate) mod framing;
 mod handle;
 mod inherit;
-mod node;
+pub(crate) mod node;
 mod wire;
 
 #[cfg(any(feature = "cluster", feature = "cgi"))]
