@@ -309,3 +309,42 @@ pub const NODE_ACK: &[u8] = crate::ipc::node::ACK;
 /// See [`NODE_ACK`].
 #[cfg(feature = "json")]
 pub const NODE_NACK: &[u8] = crate::ipc::node::NACK;
+
+/// A worker as the master counts it from the bytes of its channel: each read summed into a
+/// `cluster/proto.rs` `Report`, then applied the way `cluster/master.rs` applies it (and a
+/// connection handed to it counted as `cluster/handoff.rs` counts it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerCount {
+    /// Connections open in the worker (`ctl status`'s OPEN).
+    pub open: u64,
+    /// Connections handled (HANDLED).
+    pub handled: u64,
+    /// The worker said it is ready.
+    pub ready: bool,
+    /// Reads that held a pong.
+    pub pongs: u64,
+    /// Events the worker's task sent the master (at most one a read).
+    pub events: u64,
+}
+
+impl WorkerCount {
+    /// One read of the worker's channel.
+    pub fn read(&mut self, bytes: &[u8]) {
+        let mut r = crate::cluster::proto::Report::default();
+        r.add(bytes);
+        if r.is_empty() {
+            return;
+        }
+        self.events += 1;
+        self.ready |= r.ready;
+        self.pongs += u64::from(r.pong);
+        self.open = r.apply(self.open);
+        self.handled += u64::from(r.accepted);
+    }
+
+    /// The master handed the worker a connection.
+    pub fn handed(&mut self) {
+        self.handled += 1;
+        self.open += 1;
+    }
+}
