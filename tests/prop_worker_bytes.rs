@@ -19,7 +19,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(5000))]
+    #![proptest_config(ProptestConfig::with_cases(3000))]
 
     #[test]
     fn the_master_counts_a_workers_bytes_as_the_protocol_says(

@@ -588,36 +588,41 @@ pub fn same_answers(got: &[Out], want: &[Out]) -> bool {
         })
 }
 
-/// A FastCGI server for the whole process (the fuzz target runs many cases): a root with
-/// nothing in it, on a Unix socket.
-fn server() -> &'static std::path::Path {
-    static SOCKET: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    SOCKET.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("brood-prop-fastcgi-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("root")).expect("a scratch directory");
-        let sock = dir.join("fcgi.sock");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (root, addr) = (dir.join("root"), format!("unix:{}", sock.display()));
+/// A FastCGI server for the whole process (the fuzz target runs many cases) on an abstract
+/// Unix socket, serving a root that is removed once it serves: nothing can run, nothing is
+/// left behind.
+fn server() -> &'static std::os::unix::net::SocketAddr {
+    use std::os::linux::net::SocketAddrExt;
+    static ADDR: std::sync::OnceLock<std::os::unix::net::SocketAddr> = std::sync::OnceLock::new();
+    ADDR.get_or_init(|| {
+        let name = format!("brood-prop-fastcgi-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).expect("a name");
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr).expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let root = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&root).expect("a scratch directory");
+        let served = root.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime");
             rt.block_on(async move {
-                let listener = brood::cgi::FastCgiListener::bind(&addr)
-                    .await
-                    .expect("bind");
-                let cgi = brood::cgi::Cgi::root(&root)
+                let listener = tokio::net::UnixListener::from_std(listener).expect("tokio");
+                let cgi = brood::cgi::Cgi::root(&served)
                     .max_body(MAX_BODY)
                     .body_timeout(std::time::Duration::from_secs(600))
                     .on_log(|_| {});
-                tx.send(()).expect("the test waits");
                 let _ = cgi.serve_fastcgi(listener).await;
             });
         });
-        rx.recv().expect("the server started");
-        sock
+        // Once a GET_VALUES is answered the server runs (its root checked): remove the root.
+        let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect");
+        std::io::Write::write_all(&mut s, &[1, GET_VALUES, 0, 0, 0, 0, 0, 0]).expect("write");
+        let mut head = [0u8; 8];
+        std::io::Read::read_exact(&mut s, &mut head).expect("the server answers");
+        std::fs::remove_dir(&root).expect("the root removed");
+        addr
     })
 }
 
@@ -628,7 +633,7 @@ pub fn check_conn(case: &Case) {
     let data = stream(&case.pieces);
     let (records, _, _) = model_records(&data);
     let want = model_conn(&records);
-    let mut s = std::os::unix::net::UnixStream::connect(server()).expect("connect");
+    let mut s = std::os::unix::net::UnixStream::connect_addr(server()).expect("connect");
     s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .expect("timeout");
     let mut w = s.try_clone().expect("clone");
