@@ -245,8 +245,11 @@ impl<R: tokio::io::AsyncRead + Unpin> FastCgiReader<R> {
     }
 }
 
+/// A name and its value.
+pub type FastCgiPair = (Vec<u8>, Vec<u8>);
+
 /// FastCGI name-value pairs (`PARAMS`, `GET_VALUES`) as brood decodes them.
-pub fn fastcgi_pairs(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, &'static str> {
+pub fn fastcgi_pairs(data: &[u8]) -> Result<Vec<FastCgiPair>, &'static str> {
     crate::cgi::fastcgi::record::pairs(data).map(|list| {
         list.into_iter()
             .map(|(n, v)| (n.to_vec(), v.to_vec()))
