@@ -65,6 +65,11 @@ pub struct ClusterArgs {
     /// one retires; one that exits sooner stops the reload (the old ones keep serving).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     reload_settle: f64,
+    /// Seconds a worker may leave a connection or ping the master sent it unread before it
+    /// is killed (stopped first: the connections it never read go to other workers). After
+    /// one second unread it already gets no new connections.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    stuck_timeout: f64,
     /// Most workers `ctl scale` and SIGTTIN may ask for [default: 4 x CPUs].
     #[arg(long, value_name = "N")]
     max_workers: Option<usize>,
@@ -172,21 +177,21 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
     })
 }
 
+/// The duration options where 0 makes no sense.
+fn positive(name: &str) -> bool {
+    matches!(name, "heartbeat-timeout" | "stuck-timeout")
+}
+
 /// A duration option in seconds: 0 up to a year (beyond, deadlines would overflow), and
-/// more than 0 where 0 would make no sense (a heartbeat timeout). A usage error exits 125.
+/// more than 0 where 0 would make no sense (a heartbeat or stuck timeout). A usage error
+/// exits 125.
 fn secs(name: &str, v: f64) -> Duration {
     match Duration::try_from_secs_f64(v) {
-        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && name == "heartbeat-timeout") => {
-            d
-        }
+        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && positive(name)) => d,
         _ => {
             say!(
                 "brood cluster: --{name} takes seconds, {} to {} (a year)",
-                if name == "heartbeat-timeout" {
-                    "more than 0"
-                } else {
-                    "0"
-                },
+                if positive(name) { "more than 0" } else { "0" },
                 crate::log::MAX_DURATION.as_secs()
             );
             std::process::exit(125);
@@ -229,6 +234,7 @@ pub fn main(args: ClusterArgs) -> i32 {
         .kill_after(secs("kill-after", args.kill_after))
         .ready_timeout(secs("ready-timeout", args.ready_timeout))
         .reload_settle(secs("reload-settle", args.reload_settle))
+        .stuck_timeout(secs("stuck-timeout", args.stuck_timeout))
         .restart(match args.restart {
             RestartArg::Always => Restart::Always,
             RestartArg::OnFailure => Restart::OnFailure,

@@ -187,6 +187,29 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a worker may leave what the master sent it (a connection, a heartbeat
+    /// ping) unread before it is killed (default 10 s). The master first stops it
+    /// (`SIGSTOP`), asks the kernel which connections it never read, kills it, and hands
+    /// those to other workers. A worker that has left something unread for a second
+    /// already gets no new connections until it reads again.
+    ///
+    /// ```
+    /// use brood::cluster::Cluster;
+    /// use std::time::Duration;
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .workers(2)
+    ///     .stuck_timeout(Duration::from_secs(3))
+    ///     .build()?;
+    /// # drop(cluster);
+    /// # Ok::<(), brood::Error>(())
+    /// ```
+    pub fn stuck_timeout(mut self, d: Duration) -> Self {
+        self.timings.stuck_timeout = d.max(Duration::from_millis(10));
+        self
+    }
+
     /// The most workers `ctl scale` and `SIGTTIN` may ask for (default 4 × CPUs, at least
     /// the initial count).
     pub fn max_workers(mut self, n: usize) -> Self {

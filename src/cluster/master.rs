@@ -152,6 +152,7 @@ impl Master {
                         self.heartbeat();
                     }
                     self.housekeeping();
+                    self.check_unread();
                     self.sync_metrics();
                     self.report_ready_to_old_master();
                 }
@@ -209,6 +210,7 @@ impl Master {
             Event::Exited(id, exit) => self.on_exit(id, exit),
             Event::Control(req, reply) => self.control(req, reply),
             Event::Upgrade(outcome) => self.on_upgrade(outcome),
+            Event::Reclaimed(id, unread) => self.on_reclaimed(id, unread),
         }
     }
 
@@ -219,7 +221,7 @@ impl Master {
             Request::Kill(pid, sig) => match self.workers.values().find(|w| w.pid == pid) {
                 Some(w) => {
                     tracing::info!(pid, "ctl kill: sending {sig}");
-                    let _ = w.kill.send(sig);
+                    let _ = w.kill.send(super::proto::Order::Signal(sig));
                     format!("sent {sig} to worker {pid}\n")
                 }
                 None => format!("error: {pid} is not a worker of this master\n"),

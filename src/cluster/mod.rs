@@ -89,6 +89,7 @@ mod builder;
 mod config;
 pub(crate) mod control;
 mod handoff;
+mod inflight;
 mod lifecycle;
 mod listen;
 mod master;
@@ -100,6 +101,7 @@ pub(crate) mod proto;
 mod spawner;
 mod state;
 mod status;
+mod stuck;
 mod upgrade;
 mod watch;
 mod worker;
@@ -238,6 +240,9 @@ pub(crate) struct Timings {
     pub ready_timeout: Duration,
     /// After the stop signal, how long before `SIGKILL`.
     pub kill_after: Duration,
+    /// How long a worker may leave what the master sent it unread before it is killed
+    /// (and the connections it never read go to other workers).
+    pub stuck_timeout: Duration,
     /// In a rolling restart, how long a replacement that does not say when it is ready must
     /// stay up before it counts as ready and an old worker retires.
     pub reload_settle: Duration,
@@ -254,6 +259,7 @@ impl Default for Timings {
             healthy_after: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(30),
             kill_after: Duration::from_secs(5),
+            stuck_timeout: Duration::from_secs(10),
             reload_settle: Duration::from_secs(1),
         }
     }
