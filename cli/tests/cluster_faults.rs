@@ -315,3 +315,49 @@ async fn a_worker_at_its_fd_limit_drops_that_connection_and_keeps_its_channel() 
     assert_eq!(m.log_has("missed its heartbeats"), 0);
     m.stop().await;
 }
+
+/// A worker that floods its channel for ever with bytes the protocol does not have and
+/// with fds.
+const PY_FLOOD_FOREVER: &str = r#"
+import os, socket
+ch = socket.socket(fileno=3)
+r, w = os.pipe()
+chunk = b"x" * 65536
+while True:
+    ch.sendall(chunk)
+    socket.send_fds(ch, [b"x"], [r, w])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_flooding_for_ever_costs_the_master_little_cpu() {
+    let m = Master::start(
+        "flood-cpu",
+        &["--workers", "1", "--grace", "1", "--", "python3", "-c", PY_FLOOD_FOREVER],
+    )
+    .await;
+    let master = m.child.id().unwrap();
+    let worker = m.status().await[0].pid;
+    // The flood is under way once the worker has spent a tenth of a second writing it.
+    until("the worker floods", || cpu_ticks(worker) >= 10).await;
+    let tick = 100.0; // USER_HZ
+    let window = Duration::from_secs(2);
+    let (cpu0, t0) = (cpu_ticks(master), Instant::now());
+    while t0.elapsed() < window {
+        // The master answers meanwhile, and keeps the worker.
+        let rows = m.status().await;
+        assert_eq!((rows[0].pid, rows[0].restarts), (worker, 0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let used = (cpu_ticks(master) - cpu0) as f64 / tick / t0.elapsed().as_secs_f64();
+    let (peak, _) = rss_kib(master);
+    eprintln!(
+        "master CPU while a worker floods: {:.1}%, VmHWM {peak} KiB, {} fds",
+        used * 100.0,
+        fd_count(master)
+    );
+    assert!(used < 0.15, "master used {:.0}% CPU", used * 100.0);
+    assert!(peak < 64 * 1024, "master RSS peaked at {peak} KiB");
+    assert!(fd_count(master) < 40);
+    assert!(m.log_has("worker floods its channel") >= 1);
+    m.stop().await;
+}
