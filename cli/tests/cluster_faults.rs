@@ -332,7 +332,16 @@ while True:
 async fn a_worker_flooding_for_ever_costs_the_master_little_cpu() {
     let m = Master::start(
         "flood-cpu",
-        &["--workers", "1", "--grace", "1", "--", "python3", "-c", PY_FLOOD_FOREVER],
+        &[
+            "--workers",
+            "1",
+            "--grace",
+            "1",
+            "--",
+            "python3",
+            "-c",
+            PY_FLOOD_FOREVER,
+        ],
     )
     .await;
     let master = m.child.id().unwrap();

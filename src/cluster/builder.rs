@@ -104,6 +104,11 @@ impl Cluster {
             path
         });
         let result = master.run(accept, events).await;
+        // The master is done: so is its control socket (a library caller's runtime may
+        // go on).
+        if let Some(task) = master.control_task.take() {
+            task.abort();
+        }
         // After an upgrade the socket file is the new master's.
         if let Some(path) = path.filter(|_| !master.handed_over) {
             let _ = std::fs::remove_file(path);

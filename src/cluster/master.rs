@@ -171,7 +171,51 @@ impl Master {
                 tracing::info!("all workers gone; master exits");
                 return Ok(());
             }
+            if let Some(outcome) = self.every_slot_stopped() {
+                // Nobody will serve: stop accepting (the listener goes with `accept`, a
+                // shared listener or reuseport anchor with the source) and exit, rather
+                // than hold connections no worker takes (gunicorn's "worker failed to
+                // boot" halt).
+                drop(accept);
+                self.source = Source::Closed;
+                return outcome;
+            }
         }
+    }
+
+    /// When the restart policy has given up on every slot (`--restart never` or
+    /// `on-failure`, `--max-restarts`): no worker, none to start. Then the master's
+    /// outcome: an error when a slot failed or a worker's last exit was not a success, `Ok`
+    /// when every worker exited with status 0 under a policy that does not restart that.
+    fn every_slot_stopped(&self) -> Option<Result<()>> {
+        if self.shutting_down.is_some()
+            || !self.workers.is_empty()
+            || !self.respawns.is_empty()
+            || self.stopped.is_empty()
+            || self.stopped.len() < self.target
+        {
+            return None;
+        }
+        let failed = self.stopped.iter().filter(|s| s.failed).count();
+        let unsuccessful = self
+            .stopped
+            .iter()
+            .filter(|s| !s.failed && !s.exit.success())
+            .count();
+        if failed + unsuccessful == 0 {
+            tracing::info!(
+                workers = self.stopped.len(),
+                "every worker exited with status 0 and the restart policy does not restart them; master stops accepting and exits"
+            );
+            return Some(Ok(()));
+        }
+        let why = format!(
+            "no worker left: {failed} slots failed (--max-restarts), {unsuccessful} workers ended unsuccessfully and are not restarted (--restart)"
+        );
+        tracing::error!("{why}; master stops accepting and exits");
+        Some(Err(
+            crate::Error::new(libc::ECHILD, "cluster").with_detail(why)
+        ))
     }
 
     fn on_event(&mut self, ev: Event) {
