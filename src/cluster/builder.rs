@@ -75,7 +75,9 @@ impl Cluster {
 
     /// Runs the master until `SIGTERM` or `SIGINT` (graceful shutdown) and returns when every
     /// worker is gone. `SIGHUP` restarts the workers one by one, `SIGTTIN`/`SIGTTOU` add or
-    /// remove one.
+    /// remove one. When the restart policy has given up on every slot (no worker left, none
+    /// to start) it stops accepting and returns: an error when a slot failed or a worker
+    /// ended unsuccessfully, `Ok` when every worker exited with status 0.
     pub async fn run(mut self) -> Result<()> {
         let (events_tx, events) = mpsc::channel(EVENTS_MAX);
         let control = match self.control.take() {
@@ -230,6 +232,8 @@ impl ClusterBuilder {
 
     /// After `n` restarts of one worker slot within `within`, the master stops restarting
     /// it, logs it, and `ctl status` shows the slot as `failed` (a reload starts it again).
+    /// When no slot is left serving, [`Cluster::run`] closes the listener and returns an
+    /// error.
     pub fn max_restarts(mut self, n: u32, within: Duration) -> Self {
         self.max_restarts = Some((n, within));
         self

@@ -82,7 +82,9 @@
 //! (`SIGTERM` by default), and `SIGKILL` after the kill timeout. Workers run in their own
 //! process group, so a terminal's Ctrl-C reaches only the master, and die with the master
 //! process (`PR_SET_PDEATHSIG`, set from a spawning thread that lives as long as the
-//! process). The full lifecycle is in `docs/cluster.md`.
+//! process). A worker that leaves what the master sent it unread gets no new connections
+//! after a second and is killed after [`ClusterBuilder::stuck_timeout`]; the connections it
+//! never read go to other workers. The full lifecycle is in `docs/cluster.md`.
 
 mod backoff;
 mod builder;
