@@ -29,7 +29,15 @@ while True:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_loses_no_connection() {
     let args = ["--workers", "2", "--heartbeat-timeout", "60"];
-    stopped_worker("stopped", &[&args[..], &["--builtin", "echo"]].concat()).await;
+    let args = [&args[..], &["--stuck-timeout", "2", "--builtin", "echo"]].concat();
+    stopped_worker("stopped", &args, "killing it (its unread connections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_killed_for_its_heartbeats_loses_no_connection() {
+    let args = ["--workers", "2", "--heartbeat-timeout", "2"];
+    let args = [&args[..], &["--stuck-timeout", "60", "--builtin", "echo"]].concat();
+    stopped_worker("stopped-hb", &args, "missed its heartbeats").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,21 +47,23 @@ async fn a_stopped_any_language_worker_loses_no_connection() {
         "2",
         "--grace",
         "1",
+        "--stuck-timeout",
+        "2",
         "--",
         "python3",
         "-c",
         PY_ECHO_RR,
     ];
-    stopped_worker("stopped-py", &args).await;
+    stopped_worker("stopped-py", &args, "killing it (its unread connections").await;
 }
 
 /// One of two workers is stopped (SIGSTOP) before a load: it stops getting connections
-/// within about a second, is killed after the stuck timeout (2 s here; heartbeats alone
-/// would take 60 s, and the Python worker has none), and the connections it never read
-/// are served by the other workers: every request is answered. The master's fds stay
-/// bounded meanwhile.
-async fn stopped_worker(tag: &str, args: &[&str]) {
-    let m = Master::start(tag, &[args, &["--stuck-timeout", "2"]].concat()).await;
+/// within about a second, is killed (after a 2 s stuck timeout, or 2 s without heartbeats;
+/// the Python worker has none), logging `killed_by`, and the connections it never read are
+/// served by the other workers: every request is answered. The master's fds stay bounded
+/// meanwhile.
+async fn stopped_worker(tag: &str, args: &[&str], killed_by: &str) {
+    let m = Master::start(tag, args).await;
     let master = m.child.id().unwrap();
     let rows = m.status().await;
     let (frozen, handled_before) = (rows[0].pid, rows[0].handled);
@@ -106,7 +116,7 @@ async fn stopped_worker(tag: &str, args: &[&str]) {
     // It was found stuck, then killed and replaced; whatever it had been handed went to
     // the other workers.
     assert_eq!(m.log_has("no more connections to it"), 1);
-    assert_eq!(m.log_has("has not read its channel for"), 2);
+    assert_eq!(m.log_has(killed_by), 1);
     assert!(!alive(frozen), "the stopped worker {frozen} still runs");
     if stuck > 0 {
         assert_eq!(m.log_has("never read go to other workers"), 1);
@@ -116,6 +126,47 @@ async fn stopped_worker(tag: &str, args: &[&str]) {
         "a replacement",
     )
     .await;
+    m.stop().await;
+}
+
+/// A worker stopped for less than the stuck timeout gets no connections meanwhile, then
+/// reads what was queued to it once continued: nothing lost, nothing served twice, and it
+/// is not killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stuck_for_a_while_gets_connections_again_once_it_reads() {
+    let m = Master::start(
+        "unstuck",
+        &[
+            "--workers",
+            "2",
+            "--stuck-timeout",
+            "60",
+            "--builtin",
+            "echo",
+        ],
+    )
+    .await;
+    let rows = m.status().await;
+    let frozen = rows[0].pid;
+    brood::kill(frozen as i32, Signum::STOP).unwrap();
+    let (stop, load) = load(m.addr.clone(), 4);
+    m.wait_log("no more connections to it", 1).await;
+    let handed = m.status().await[0].handled;
+    brood::kill(frozen as i32, Signum::CONT).unwrap();
+    m.wait_log("reads its channel again", 1).await;
+    // It takes connections again.
+    m.wait_for(
+        |r| r[0].pid == frozen && r[0].handled > handed,
+        "more for it",
+    )
+    .await;
+    stop.send(true).unwrap();
+    let (ok, failed) = load.await.unwrap();
+    eprintln!("stuck for a while: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0);
+    let rows = m.status().await;
+    assert_eq!((rows[0].pid, rows[0].restarts), (frozen, 0));
+    assert_eq!(m.log_has("killing it"), 0);
     m.stop().await;
 }
 
