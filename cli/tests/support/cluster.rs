@@ -49,10 +49,10 @@ pub struct Row {
 impl Drop for Master {
     /// A failed test shows the master's log.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Ok(log) = self.log.lock() {
-                eprintln!("--- master log ---\n{}\n---", log.join("\n"));
-            }
+        if std::thread::panicking()
+            && let Ok(log) = self.log.lock()
+        {
+            eprintln!("--- master log ---\n{}\n---", log.join("\n"));
         }
     }
 }
