@@ -21,6 +21,11 @@ use clap::{Args, ValueEnum};
 /// closes its channel (end of stream = finish and exit), waits up to --grace seconds for it
 /// to exit, then sends --stop-signal, then SIGKILL after --kill-after seconds.
 ///
+/// A worker that leaves its channel unread gets no new connections after a second and is
+/// killed after --stuck-timeout seconds; the connections it never read go to other workers.
+/// When the restart policy has given up on every worker slot, the master stops listening
+/// and exits (1, or 0 when every worker exited with status 0).
+///
 /// Strategies: round-robin and least-connections (the master accepts and passes each
 /// connection over a Unix socket: fd 3 of the worker receives the byte `c` with the
 /// connection's fd), shared (fd 3 is the listening socket itself, LISTEN_FDS=1 and
@@ -77,7 +82,7 @@ pub struct ClusterArgs {
     #[arg(long, value_enum, default_value_t = RestartArg::Always)]
     restart: RestartArg,
     /// Stop restarting a worker slot after N restarts within --within seconds (shown as
-    /// `failed` by `ctl status`).
+    /// `failed` by `ctl status`; with every slot failed, the master exits).
     #[arg(long, value_name = "N", requires = "within")]
     max_restarts: Option<u32>,
     /// The window of --max-restarts, in seconds.
