@@ -61,7 +61,8 @@ impl Master {
         for id in kill {
             self.kill_and_reclaim(id);
         }
-        if unstuck {
+        // Workers that read what they had, or came back, may take what waits.
+        if unstuck || !self.backlog.is_empty() {
             self.flush_backlog();
         }
     }
