@@ -21,6 +21,11 @@ use clap::{Args, ValueEnum};
 /// closes its channel (end of stream = finish and exit), waits up to --grace seconds for it
 /// to exit, then sends --stop-signal, then SIGKILL after --kill-after seconds.
 ///
+/// A worker that leaves its channel unread gets no new connections after a second and is
+/// killed after --stuck-timeout seconds; the connections it never read go to other workers.
+/// When the restart policy has given up on every worker slot, the master stops listening
+/// and exits (1, or 0 when every worker exited with status 0).
+///
 /// Strategies: round-robin and least-connections (the master accepts and passes each
 /// connection over a Unix socket: fd 3 of the worker receives the byte `c` with the
 /// connection's fd), shared (fd 3 is the listening socket itself, LISTEN_FDS=1 and
@@ -65,6 +70,11 @@ pub struct ClusterArgs {
     /// one retires; one that exits sooner stops the reload (the old ones keep serving).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     reload_settle: f64,
+    /// Seconds a worker may leave a connection or ping the master sent it unread before it
+    /// is killed (stopped first: the connections it never read go to other workers). After
+    /// one second unread it already gets no new connections.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    stuck_timeout: f64,
     /// Most workers `ctl scale` and SIGTTIN may ask for [default: 4 x CPUs].
     #[arg(long, value_name = "N")]
     max_workers: Option<usize>,
@@ -72,7 +82,7 @@ pub struct ClusterArgs {
     #[arg(long, value_enum, default_value_t = RestartArg::Always)]
     restart: RestartArg,
     /// Stop restarting a worker slot after N restarts within --within seconds (shown as
-    /// `failed` by `ctl status`).
+    /// `failed` by `ctl status`; with every slot failed, the master exits).
     #[arg(long, value_name = "N", requires = "within")]
     max_restarts: Option<u32>,
     /// The window of --max-restarts, in seconds.
@@ -172,21 +182,21 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
     })
 }
 
+/// The duration options where 0 makes no sense.
+fn positive(name: &str) -> bool {
+    matches!(name, "heartbeat-timeout" | "stuck-timeout")
+}
+
 /// A duration option in seconds: 0 up to a year (beyond, deadlines would overflow), and
-/// more than 0 where 0 would make no sense (a heartbeat timeout). A usage error exits 125.
+/// more than 0 where 0 would make no sense (a heartbeat or stuck timeout). A usage error
+/// exits 125.
 fn secs(name: &str, v: f64) -> Duration {
     match Duration::try_from_secs_f64(v) {
-        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && name == "heartbeat-timeout") => {
-            d
-        }
+        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && positive(name)) => d,
         _ => {
             say!(
                 "brood cluster: --{name} takes seconds, {} to {} (a year)",
-                if name == "heartbeat-timeout" {
-                    "more than 0"
-                } else {
-                    "0"
-                },
+                if positive(name) { "more than 0" } else { "0" },
                 crate::log::MAX_DURATION.as_secs()
             );
             std::process::exit(125);
@@ -229,6 +239,7 @@ pub fn main(args: ClusterArgs) -> i32 {
         .kill_after(secs("kill-after", args.kill_after))
         .ready_timeout(secs("ready-timeout", args.ready_timeout))
         .reload_settle(secs("reload-settle", args.reload_settle))
+        .stuck_timeout(secs("stuck-timeout", args.stuck_timeout))
         .restart(match args.restart {
             RestartArg::Always => Restart::Always,
             RestartArg::OnFailure => Restart::OnFailure,

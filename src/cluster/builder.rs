@@ -75,7 +75,9 @@ impl Cluster {
 
     /// Runs the master until `SIGTERM` or `SIGINT` (graceful shutdown) and returns when every
     /// worker is gone. `SIGHUP` restarts the workers one by one, `SIGTTIN`/`SIGTTOU` add or
-    /// remove one.
+    /// remove one. When the restart policy has given up on every slot (no worker left, none
+    /// to start) it stops accepting and returns: an error when a slot failed or a worker
+    /// ended unsuccessfully, `Ok` when every worker exited with status 0.
     pub async fn run(mut self) -> Result<()> {
         let (events_tx, events) = mpsc::channel(EVENTS_MAX);
         let control = match self.control.take() {
@@ -104,6 +106,11 @@ impl Cluster {
             path
         });
         let result = master.run(accept, events).await;
+        // The master is done: so is its control socket (a library caller's runtime may
+        // go on).
+        if let Some(task) = master.control_task.take() {
+            task.abort();
+        }
         // After an upgrade the socket file is the new master's.
         if let Some(path) = path.filter(|_| !master.handed_over) {
             let _ = std::fs::remove_file(path);
@@ -187,6 +194,29 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a worker may leave what the master sent it (a connection, a heartbeat
+    /// ping) unread before it is killed (default 10 s). The master first stops it
+    /// (`SIGSTOP`), asks the kernel which connections it never read, kills it, and hands
+    /// those to other workers. A worker that has left something unread for a second
+    /// already gets no new connections until it reads again.
+    ///
+    /// ```
+    /// use brood::cluster::Cluster;
+    /// use std::time::Duration;
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .workers(2)
+    ///     .stuck_timeout(Duration::from_secs(3))
+    ///     .build()?;
+    /// # drop(cluster);
+    /// # Ok::<(), brood::Error>(())
+    /// ```
+    pub fn stuck_timeout(mut self, d: Duration) -> Self {
+        self.timings.stuck_timeout = d.max(Duration::from_millis(10));
+        self
+    }
+
     /// The most workers `ctl scale` and `SIGTTIN` may ask for (default 4 × CPUs, at least
     /// the initial count).
     pub fn max_workers(mut self, n: usize) -> Self {
@@ -202,6 +232,8 @@ impl ClusterBuilder {
 
     /// After `n` restarts of one worker slot within `within`, the master stops restarting
     /// it, logs it, and `ctl status` shows the slot as `failed` (a reload starts it again).
+    /// When no slot is left serving, [`Cluster::run`] closes the listener and returns an
+    /// error.
     pub fn max_restarts(mut self, n: u32, within: Duration) -> Self {
         self.max_restarts = Some((n, within));
         self

@@ -5,7 +5,9 @@
 //! channel's send buffer is kept small (`CHANNEL_SNDBUF`), so a worker that stops reading
 //! (stopped, hung) holds at most a handful of connections before its channel is full; from
 //! then on it is skipped, and the connections go to the other workers, until the kernel
-//! says its channel has room again.
+//! says its channel has room again. The master keeps each connection it sent until the
+//! worker has read it (`inflight.rs`), so a worker found stuck (`stuck.rs`) never takes the
+//! ones it did not read with it.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
@@ -15,8 +17,9 @@ use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::{TcpListener, UnixStream};
 
-use super::proto::Event;
-use super::state::{Master, State};
+use super::inflight::{self, WINDOW};
+use super::proto::{Event, Order};
+use super::state::{Master, State, WorkerSlot};
 use super::{Strategy, wire};
 
 /// The send buffer asked for on each worker channel: the kernel doubles it to 8 KiB, room
@@ -119,9 +122,19 @@ impl Master {
         while let Some(conn) = self.backlog.pop_front() {
             let accepted = self.backlog_at.pop_front();
             let mut tried = Vec::new();
-            let mut handed = false;
+            let mut handed = None;
+            let sizes = inflight::sizes();
             while let Some(id) = self.pick(&tried) {
                 let w = self.workers.get_mut(&id).expect("picked");
+                if w.inflight.len() >= WINDOW {
+                    // Let go of what it has read; a worker with a window of unread sends
+                    // waits (its channel is about full anyway).
+                    read_up_to_now(w);
+                    if w.inflight.len() >= WINDOW {
+                        tried.push(id);
+                        continue;
+                    }
+                }
                 let Some(chan) = &w.chan else {
                     tried.push(id);
                     continue;
@@ -130,7 +143,7 @@ impl Master {
                     Sent::Yes => {
                         w.handled += 1;
                         w.open += 1;
-                        handed = true;
+                        handed = Some(id);
                         break;
                     }
                     Sent::Full => {
@@ -143,24 +156,33 @@ impl Master {
                 // allocates nothing.)
                 tried.push(id);
             }
-            if !handed {
+            let Some(id) = handed else {
                 self.backlog.push_front(conn);
                 if let Some(t) = accepted {
                     self.backlog_at.push_front(t);
                 }
                 return;
-            }
+            };
             if let (Some(m), Some(t)) = (&self.metrics, accepted) {
                 m.handed(t.elapsed());
             }
-            // `conn` drops here: the master's copy closes; the worker has its own.
+            // The master keeps its copy until the worker has read the connection (the
+            // worker has its own); where that cannot be told, it closes at once.
+            if let Some(sizes) = sizes {
+                let w = self.workers.get_mut(&id).expect("picked");
+                w.inflight.push(Some(conn), sizes.with_fd, Instant::now());
+            }
         }
     }
 
     /// The next worker by the strategy, among ready ones with room not yet tried.
     fn pick(&mut self, tried: &[u64]) -> Option<u64> {
         let ready = self.workers.iter().filter(|(id, w)| {
-            w.state == State::Ready && w.chan.is_some() && !w.full && !tried.contains(id)
+            w.state == State::Ready
+                && w.chan.is_some()
+                && !w.full
+                && !w.stuck
+                && !tried.contains(id)
         });
         match self.cfg.strategy {
             Strategy::LeastConnections => ready
@@ -187,22 +209,65 @@ impl Master {
     /// channel is full gets no ping (it is not reading): its silence grows.
     pub(super) fn heartbeat(&mut self) {
         let t = self.cfg.timings;
+        let mut silent = Vec::new();
         for (id, w) in &mut self.workers {
-            if !w.aware || w.state != State::Ready {
+            if !w.aware || w.state != State::Ready || w.reclaiming {
                 continue;
             }
             if w.last_pong.elapsed() > t.heartbeat_timeout {
                 tracing::warn!(pid = w.pid, id, "worker missed its heartbeats; killing it");
                 w.missed_heartbeat = true;
-                let _ = w.kill.send(crate::Signum::KILL);
                 w.last_pong = Instant::now(); // once per timeout, not every tick
+                silent.push(*id);
                 continue;
             }
+            if w.inflight.len() >= WINDOW {
+                read_up_to_now(w);
+            }
             if let Some(chan) = &w.chan {
-                if let Sent::Broken = try_send(chan, wire::PING, None) {
-                    w.chan = None;
+                match try_send(chan, wire::PING, None) {
+                    Sent::Yes => {
+                        if let Some(sizes) = inflight::sizes() {
+                            w.inflight.push(None, sizes.plain, Instant::now());
+                        }
+                    }
+                    Sent::Full => {}
+                    Sent::Broken => w.chan = None,
                 }
             }
+        }
+        for id in silent {
+            self.kill_and_reclaim(id);
+        }
+    }
+
+    /// Kills a worker the master gives up on (silent, stuck, or past its stop signal),
+    /// taking back the connections it never read: its task stops it, counts, kills it
+    /// and reports `Event::Reclaimed` (`stuck.rs`). Nothing more is sent to it.
+    pub(super) fn kill_and_reclaim(&mut self, id: u64) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.reclaiming {
+            return;
+        }
+        w.reclaiming = true;
+        w.stuck = true;
+        w.chan = None;
+        let order = if w.inflight.len() > 0 {
+            Order::Reclaim
+        } else {
+            Order::Signal(crate::Signum::KILL)
+        };
+        let _ = w.kill.send(order);
+    }
+}
+
+/// Lets go of the sends the kernel says `w` has read.
+pub(super) fn read_up_to_now(w: &mut WorkerSlot) {
+    if let Some(sock) = &w.sock {
+        if let Ok(unread) = inflight::unread_bytes(sock.as_raw_fd()) {
+            w.inflight.read_up_to(unread);
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::handoff::CHANNEL_SNDBUF;
 use super::policy::{Lineage, Verdict};
-use super::proto::{self, Source};
+use super::proto::{self, Order, Source};
 use super::state::{Master, Reloading, State, Step, Stopped, WorkerSlot};
 use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, watch};
 use crate::error::{Error, Result, from_io};
@@ -107,6 +107,7 @@ impl Master {
             id,
             child,
             channel,
+            chan.clone(),
             kill_rx,
             self.events_tx.clone(),
         ));
@@ -121,7 +122,11 @@ impl Master {
                 } else {
                     State::Ready
                 },
+                sock: chan.clone(),
                 chan,
+                inflight: Default::default(),
+                stuck: false,
+                reclaiming: false,
                 kill: kill_tx,
                 aware: false,
                 started: now,
@@ -136,6 +141,7 @@ impl Master {
                 retire: None,
                 not_ready: false,
                 missed_heartbeat: false,
+                stuck_killed: false,
                 handled_reported: 0,
                 miss_reported: false,
             },
@@ -467,6 +473,7 @@ impl Master {
         let t = self.cfg.timings;
         let stop_signal = self.cfg.stop_signal;
         let mut late = Vec::new();
+        let mut kill = Vec::new();
         let mut settled = false;
         for (id, w) in &mut self.workers {
             if w.state == State::Starting && w.settle_at.is_some_and(|at| now >= at) {
@@ -479,12 +486,12 @@ impl Master {
             match w.retire {
                 Some((at, Step::Grace)) if now >= at => {
                     tracing::warn!(pid = w.pid, "grace period over; sending {stop_signal}");
-                    let _ = w.kill.send(stop_signal);
+                    let _ = w.kill.send(Order::Signal(stop_signal));
                     w.retire = Some((now + t.kill_after, Step::Stop));
                 }
                 Some((at, Step::Stop)) if now >= at => {
                     tracing::warn!(pid = w.pid, "still running after {stop_signal}; killing it");
-                    let _ = w.kill.send(Signum::KILL);
+                    kill.push(*id);
                     w.retire = None;
                 }
                 _ => {}
@@ -492,6 +499,9 @@ impl Master {
             if w.state == State::Starting && w.ready_by.is_some_and(|t| now >= t) {
                 late.push(*id);
             }
+        }
+        for id in kill {
+            self.kill_and_reclaim(id);
         }
         if settled {
             self.advance_reload();

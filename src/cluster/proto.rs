@@ -17,6 +17,19 @@ pub(crate) enum Event {
     Control(Request, oneshot::Sender<String>),
     /// The new master of a hot upgrade is ready, or failed.
     Upgrade(Outcome),
+    /// A worker being killed was stopped, then found with this many bytes of the
+    /// master's sends unread (`inflight.rs`), then sent `SIGKILL`.
+    Reclaimed(u64, usize),
+}
+
+/// What the master asks of a worker's task (`watch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Send this signal.
+    Signal(Signum),
+    /// Kill it, telling the master first what it never read: `SIGSTOP`, wait until it is
+    /// stopped, count its unread bytes, `SIGKILL`, report `Event::Reclaimed`.
+    Reclaim,
 }
 
 /// A command from `brood ctl` (parsed by `control.rs`).
