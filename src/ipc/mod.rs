@@ -59,7 +59,10 @@ mod channel;
 pub(crate) mod framing;
 mod handle;
 mod inherit;
+mod io;
 mod node;
+#[cfg(feature = "json")]
+mod node_reader;
 mod wire;
 
 #[cfg(any(feature = "cluster", feature = "cgi"))]
