@@ -38,14 +38,13 @@ process.on('message', (m, h) => {
 fn spawn_node(script: &str) -> (brood::Child, Channel) {
     let mut child = brood::Command::new("node")
         .args(["-e", script])
-        .env("NODE_CHANNEL_FD", "3")
-        .stdio(3, brood::Stdio::ipc())
+        .stdio(3, brood::Stdio::node_ipc())
         .stdout(brood::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("node must be installed (CI installs it)");
-    let mut ch = child.take_channel(3).unwrap();
-    ch.set_protocol(Protocol::Node).unwrap();
+    let ch = child.take_channel(3).unwrap();
+    assert_eq!(ch.protocol(), Protocol::Node);
     (child, ch)
 }
 

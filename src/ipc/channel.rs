@@ -2,9 +2,9 @@
 
 #[cfg(any(feature = "cluster", feature = "cgi"))]
 use std::os::fd::FromRawFd;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 #[cfg(any(feature = "cluster", feature = "cgi"))]
 use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -414,7 +414,6 @@ impl Channel {
     fn lost(&self, op: &str, lost: super::framing::Truncated) -> Error {
         lost_error(op, lost, self.tx.io.max_handles())
     }
-
 }
 
 impl std::ops::Deref for Channel {

@@ -149,7 +149,11 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Takes a message to send: `Ok(Some(out))` to write now (a handle is then in flight),
     /// `Ok(None)` when it was queued, or the message back with the reason it was refused.
-    pub fn submit(&mut self, out: Out, max_queued: usize) -> std::result::Result<Option<Out>, (Refused, Out)> {
+    pub fn submit(
+        &mut self,
+        out: Out,
+        max_queued: usize,
+    ) -> std::result::Result<Option<Out>, (Refused, Out)> {
         if self.closed {
             return Err((Refused::Closed, out));
         }
@@ -351,7 +355,10 @@ mod tests {
         assert_eq!((why, tags(&[back])), (Refused::Full, vec!["c".to_string()]));
         ob.close();
         assert_eq!(ob.queued(), 0);
-        assert_eq!(ob.submit(out("d", false), 2).unwrap_err().0, Refused::Closed);
+        assert_eq!(
+            ob.submit(out("d", false), 2).unwrap_err().0,
+            Refused::Closed
+        );
     }
 
     #[test]

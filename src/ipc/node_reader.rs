@@ -66,12 +66,7 @@ async fn run(io: Arc<Io>, mut rd: ReadHalf, tx: Tx) {
 }
 
 /// Reads until the end of the stream (`Ok`) or an error that ends reading.
-async fn read_all(
-    io: &Io,
-    rd: &mut ReadHalf,
-    tx: &Tx,
-    budget: &Arc<Semaphore>,
-) -> Result<()> {
+async fn read_all(io: &Io, rd: &mut ReadHalf, tx: &Tx, budget: &Arc<Semaphore>) -> Result<()> {
     loop {
         while let Some((line, bound, len)) = rd
             .rx
@@ -168,7 +163,10 @@ pub(crate) async fn send(io: &Io, line: Vec<u8>, handle: Option<BorrowedFd<'_>>)
     let op = "send_msg";
     let fd = match handle {
         Some(h) => Some(Arc::new(h.try_clone_to_owned().map_err(|e| {
-            crate::error::from_io(e, format!("{op}: keep the handle until Node acknowledges it"))
+            crate::error::from_io(
+                e,
+                format!("{op}: keep the handle until Node acknowledges it"),
+            )
         })?)),
         None => None,
     };
