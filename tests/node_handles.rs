@@ -48,6 +48,16 @@ fn spawn_node(script: &str) -> (brood::Child, Channel) {
     (child, ch)
 }
 
+/// This process's resident set, in KiB.
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 async fn read_all(s: std::os::unix::net::UnixStream) -> String {
     s.set_nonblocking(true).unwrap();
     let mut s = tokio::net::UnixStream::from_std(s).unwrap();
@@ -177,12 +187,12 @@ async fn node_pipelines_50_handles_to_a_brood_child_that_echoes_each_with_its_ha
     );
 }
 
-/// A Node child that first queues 4 MiB of messages to brood, then says so on stdout, and
+/// A Node child that first queues 16 MiB of messages to brood, then says so on stdout, and
 /// counts what it gets.
 const NODE_FLOOD: &str = r#"
 'use strict';
 const pad = 'x'.repeat(1024);
-for (let i = 0; i < 4096; i++) process.send({ pad });
+for (let i = 0; i < 16384; i++) process.send({ pad });
 console.log('flooded');
 let handles = 0, messages = 0;
 process.on('message', (m, h) => {
@@ -202,8 +212,9 @@ async fn a_full_queue_behind_an_ack_that_cannot_be_read_is_enobufs_and_recv_msg_
         .unwrap()
         .unwrap();
     assert_eq!(line, "flooded\n");
-    // Node's ACK of this handle comes after its 4 MiB, which brood's reader stops reading
+    // Node's ACK of this handle comes after its 16 MiB, which brood's reader stops reading
     // at about 1 MiB since nobody receives: the queue behind the handle can only fill.
+    let rss_before = rss_kib();
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
     ch.send_msg(&json!({ "h": 1 }), &[a.as_fd()]).await.unwrap();
     let mut queued = 0;
@@ -220,8 +231,14 @@ async fn a_full_queue_behind_an_ack_that_cannot_be_read_is_enobufs_and_recv_msg_
     assert_eq!(err.name(), "ENOBUFS", "{err}");
     assert!(err.to_string().contains("recv_msg"), "{err}");
     assert_eq!(queued, 1024, "the queue's bound");
+    // The reader kept about 1 MiB of Node's 16 MiB (read whole, they take 3-4 times that).
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 12 * 1024,
+        "RSS grew {grown} KiB while nobody received"
+    );
     // Receiving lets the reader go on: it reads the ACK, and the queue goes out in order.
-    for _ in 0..4096 {
+    for _ in 0..16384 {
         let (m, _) = timeout(LIMIT, ch.recv_msg::<Value>())
             .await
             .unwrap()

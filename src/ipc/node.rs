@@ -67,20 +67,34 @@ pub(crate) enum Line {
 #[cfg(feature = "json")]
 /// Reads one line of Node's protocol.
 pub(crate) fn classify(bytes: &[u8]) -> Result<Line> {
-    let mut v: Value = serde_json::from_slice(bytes)
+    let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::invalid("recv_msg", format!("bad message: {e}")))?;
+    Ok(classify_value(v))
+}
+
+#[cfg(feature = "json")]
+/// What a parsed line of Node's protocol is.
+pub(crate) fn classify_value(mut v: Value) -> Line {
     let cmd = match v.get("cmd").and_then(Value::as_str) {
         // Node's isInternal(): a string `cmd` longer than the prefix that starts with it.
         Some(c) if c.len() > 5 && c.starts_with("NODE_") => c,
-        _ => return Ok(Line::User(v)),
+        _ => return Line::User(v),
     };
-    Ok(match cmd {
+    match cmd {
         "NODE_HANDLE" => Line::Handle(v.get_mut("msg").map(Value::take).unwrap_or(Value::Null)),
         "NODE_HANDLE_ACK" => Line::Ack,
         "NODE_HANDLE_NACK" => Line::Nack,
         _ => Line::Internal,
-    })
+    }
 }
+
+/// The line a cluster master sends to a Node worker with each connection: Node's own
+/// handle message, so the worker's `process.on('message', (m, socket) => ..)` gets `m` =
+/// `{"brood":"connection"}` and a ready `net.Socket` (Node answers `NODE_HANDLE_ACK`).
+/// Short enough (one skb) that a non-blocking send of it is whole or nothing.
+#[cfg(feature = "cluster")]
+pub(crate) const CONNECTION: &[u8] =
+    b"{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"brood\":\"connection\"}}\n";
 
 #[cfg(feature = "json")]
 /// The `NODE_HANDLE` line that carries `msg` with a handle of `kind`.
@@ -281,6 +295,19 @@ mod tests {
             assert!(matches!(classify(user).unwrap(), Line::User(_)));
         }
         assert_eq!(classify(b"{nope").err().unwrap().name(), "EINVAL");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn the_cluster_connection_line_is_a_node_handle_message_for_the_user() {
+        let (line, rest) = CONNECTION.split_at(CONNECTION.len() - 1);
+        assert_eq!(rest, b"\n");
+        match classify(line).unwrap() {
+            Line::Handle(m) => assert_eq!(m, serde_json::json!({"brood": "connection"})),
+            _ => panic!("not a handle message"),
+        }
+        let v: Value = serde_json::from_slice(line).unwrap();
+        assert_eq!(v["type"], "net.Socket");
     }
 
     #[test]
