@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Every;
+use super::{Every, node};
 use super::proto::{Event, Report};
 use crate::ipc::Channel;
 use crate::{Exit, Signum};
@@ -20,6 +20,7 @@ pub(super) async fn watch_worker(
     id: u64,
     mut child: crate::Child,
     mut channel: Option<Channel>,
+    node: bool,
     mut kill: mpsc::UnboundedReceiver<Signum>,
     events: mpsc::Sender<Event>,
 ) {
@@ -29,6 +30,7 @@ pub(super) async fn watch_worker(
         // A worker never sends handles: take as many as the kernel allows, so none is an
         // error, and close them (below).
         ch.set_max_handles(usize::MAX);
+        ch.set_max_message(node::MAX_LINE);
     }
     loop {
         tokio::select! {
@@ -37,17 +39,32 @@ pub(super) async fn watch_worker(
                 let _ = events.send(Event::Exited(id, exit)).await;
                 return;
             }
-            r = async { channel.as_mut().unwrap().recv(&mut buf).await }, if channel.is_some() => {
+            r = async {
                 let ch = channel.as_mut().unwrap();
+                if node {
+                    return node::read(ch).await;
+                }
+                let r = ch.recv(&mut buf).await;
                 while ch.accept_handle().is_some() {} // dropped: closed
-                match r {
-                    Ok(0) => channel = None, // the worker closed it; its exit follows
-                    Ok(n) => {
+                r.map(|n| {
+                    (n > 0).then(|| {
                         let mut report = Report::default();
                         report.add(&buf[..n]);
+                        report
+                    })
+                })
+            }, if channel.is_some() => {
+                match r {
+                    Ok(None) => channel = None, // the worker closed it; its exit follows
+                    Ok(Some(report)) => {
                         if !report.is_empty() && events.send(Event::Report(id, report)).await.is_err() {
                             return;
                         }
+                    }
+                    Err(e) if node && e.name() == "EMSGSIZE" => {
+                        // A Node line that never ends: nothing after it can be read.
+                        tracing::warn!(id, "worker channel: {e}; no longer read");
+                        channel = None;
                     }
                     Err(e) => {
                         if let Some(n) = errors.hit() {
