@@ -164,3 +164,79 @@ async fn a_rolling_restart_of_node_workers_under_load_fails_no_request() {
         m.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_worker_holds_one_connection_at_most_and_the_other_answers_the_rest() {
+    let m = Master::start(
+        "node-stopped",
+        &["--workers", "2", "--", "node", &example("worker.js")],
+    )
+    .await;
+    let rows = m.status().await;
+    let stopped = rows[0].pid;
+    brood::kill(stopped as i32, Signum::STOP).unwrap();
+    // As in Node, a worker gets the next connection only once it acknowledged the last:
+    // a hung event loop holds one connection, never a queue of them.
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..100 {
+        let (addr, done_tx) = (m.addr.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let r = exchange(&addr, format!("conn {i}").as_bytes()).await;
+            let _ = done_tx.send(r.is_ok());
+        });
+    }
+    for _ in 0..99 {
+        let ok = timeout(LIMIT, done.recv())
+            .await
+            .expect("the running worker did not answer 99 connections")
+            .unwrap();
+        assert!(ok, "an exchange failed");
+    }
+    assert!(
+        done.try_recv().is_err(),
+        "the stopped worker cannot have answered"
+    );
+    let rows = m.status().await;
+    let handled = |pid| rows.iter().find(|r| r.pid == pid).unwrap().handled;
+    assert_eq!(handled(stopped), 1, "{rows:?}");
+    // Woken up, it answers the one it holds.
+    brood::kill(stopped as i32, Signum::CONT).unwrap();
+    let ok = timeout(LIMIT, done.recv()).await.unwrap().unwrap();
+    assert!(ok, "the held connection was answered");
+    m.stop().await;
+}
+
+/// A worker that sends the master 20 MiB of messages while it serves.
+const NODE_CHATTY: &str = r#"
+'use strict';
+const net = require('net');
+const server = net.createServer((s) => s.pipe(s));
+process.on('message', (m, socket) => { if (socket) server.emit('connection', socket); });
+process.on('disconnect', () => server.close());
+const pad = 'x'.repeat(1024);
+let left = 20 * 1024;
+for (let i = 0; i < 20 * 1024; i++) {
+  process.send({ i, pad }, () => { if (--left === 0) console.log('flooded'); });
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_worker_flooding_the_master_with_messages_leaves_it_small_and_serving() {
+    let m = Master::start(
+        "node-chatty",
+        &["--workers", "1", "--", "node", "-e", NODE_CHATTY],
+    )
+    .await;
+    let master = m.child.id().unwrap();
+    answer_200(&m.addr).await;
+    m.wait_log("flooded", 1).await;
+    answer_200(&m.addr).await;
+    let (peak, _) = rss_kib(master);
+    assert!(
+        peak < 40 * 1024,
+        "the master's peak RSS is {peak} KiB after 20 MiB of a worker's messages"
+    );
+    let rows = m.status().await;
+    assert_eq!(rows[0].handled, 400, "{rows:?}");
+    m.stop().await;
+}

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::WorkerProtocol;
 use super::backoff::AcceptBackoff;
 use super::config::Config;
 use super::policy::{Lineage, Policy};
 use super::proto::{Event, Request, Source};
-use super::WorkerProtocol;
 use super::state::{Master, State};
 use crate::Signum;
 use crate::error::Result;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Every, node};
 use super::proto::{Event, Report};
+use super::{Every, node};
 use crate::ipc::Channel;
 use crate::{Exit, Signum};
 
