@@ -192,6 +192,11 @@ impl Outbox {
         }
     }
 
+    /// Whether a message submitted now would be refused as `Full`.
+    pub fn is_full(&self, max_queued: usize) -> bool {
+        !self.closed && self.queue.len() >= max_queued
+    }
+
     /// The peer acknowledged the handle in flight: what to write now (the queued messages
     /// up to and including the next handle).
     pub fn ack(&mut self) -> Vec<Out> {

@@ -172,11 +172,11 @@ pub(crate) async fn send(io: &Io, line: Vec<u8>, handle: Option<BorrowedFd<'_>>)
     };
     let mut out = Out { line, fd };
     loop {
-        let room = io.acks.room.notified();
-        tokio::pin!(room);
-        room.as_mut().enable();
         // The writers' lock first, so nothing the reader releases is overtaken.
-        let guard = io.write.lock().await;
+        let guard = match io.write.try_lock() {
+            Ok(g) => g,
+            Err(_) => io.write.lock().await,
+        };
         let submitted = io.acks.outbox().submit(out, MAX_QUEUED);
         match submitted {
             Ok(Some(now)) => {
@@ -208,7 +208,17 @@ pub(crate) async fn send(io: &Io, line: Vec<u8>, handle: Option<BorrowedFd<'_>>)
                     )));
                 }
                 out = back;
-                room.await;
+                let room = io.acks.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                // Room made (or the reader stalled or ended) before `enable` would be missed:
+                // look again now that any later change wakes `room`.
+                if io.acks.outbox().is_full(MAX_QUEUED)
+                    && !io.acks.stalled.load(Ordering::Acquire)
+                    && io.acks.reading.load(Ordering::Acquire)
+                {
+                    room.await;
+                }
             }
         }
     }
