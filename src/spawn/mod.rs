@@ -86,8 +86,8 @@ fn node_channel_env(
     match cmd.env.get(OsStr::new(MODE)) {
         Some(Some(mode)) if mode != "json" => {
             return Err(Error::new(libc::EPROTONOSUPPORT, op).with_detail(format!(
-                "{MODE} is {mode:?}: brood speaks Node's \"json\" serialization, not \"advanced\" \
-                 (V8's structured clone)"
+                "{MODE} is {mode:?}: brood speaks only Node's \"json\" serialization \
+                 (not \"advanced\", V8's structured clone)"
             )));
         }
         _ => {
