@@ -175,6 +175,10 @@ async fn a_stopped_node_worker_holds_one_connection_at_most_and_the_other_answer
     let rows = m.status().await;
     let stopped = rows[0].pid;
     brood::kill(stopped as i32, Signum::STOP).unwrap();
+    until("the worker is stopped", || {
+        std::fs::read_to_string(format!("/proc/{stopped}/stat")).is_ok_and(|s| s.contains(") T "))
+    })
+    .await;
     // As in Node, a worker gets the next connection only once it acknowledged the last:
     // a hung event loop holds one connection, never a queue of them.
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
