@@ -35,6 +35,7 @@ use clap::{Args, ValueEnum};
 ///   brood cluster --listen 127.0.0.1:8080 --builtin http
 ///   brood cluster --listen 127.0.0.1:7000 --workers 4 --strategy shared --builtin echo
 ///   brood cluster --listen 127.0.0.1:8000 --strategy shared -- python3 worker.py
+///   brood cluster --listen 127.0.0.1:7000 -- node examples/node/worker.js
 ///   brood cluster --listen 127.0.0.1:8080 --control /tmp/brood.ctl --builtin http
 ///   brood ctl /tmp/brood.ctl status
 #[derive(Args, Debug)]
@@ -112,6 +113,13 @@ pub struct ClusterArgs {
     /// Open a control socket here for `brood ctl PATH status|reload|scale N|...`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// What a PROGRAM worker speaks on its channel: `brood` (the bytes above), `node` (a
+    /// Node.js app with no brood code: NODE_CHANNEL_FD, each connection as Node's own
+    /// handle message for `process.on('message', (m, socket) => ..)`, `process.send('ready')`
+    /// for --wait-ready, retiring = 'disconnect'), or `auto`: `node` when the program's
+    /// file name is node or nodejs, else `brood`.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
+    worker_protocol: ProtocolArg,
     /// Run a built-in worker: `echo` (the seed's echo server) or `http` (a fixed answer).
     #[arg(long, value_enum, conflicts_with = "program")]
     builtin: Option<Builtin>,
@@ -126,6 +134,19 @@ enum StrategyArg {
     LeastConnections,
     Shared,
     Reuseport,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProtocolArg {
+    Auto,
+    Brood,
+    Node,
+}
+
+/// `--worker-protocol auto`: Node's when the program is `node` (or `nodejs`).
+fn is_node(program: &std::ffi::OsStr) -> bool {
+    let name = std::path::Path::new(program).file_name();
+    name.is_some_and(|n| n == "node" || n == "nodejs")
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -275,6 +296,17 @@ pub fn main(args: ClusterArgs) -> i32 {
     b = b.upgrade_timeout(secs("upgrade-timeout", args.upgrade_timeout));
     if !args.program.is_empty() {
         b = b.program(args.program[0].clone(), args.program[1..].to_vec());
+        let node = match args.worker_protocol {
+            ProtocolArg::Auto => is_node(&args.program[0]),
+            ProtocolArg::Brood => false,
+            ProtocolArg::Node => true,
+        };
+        if node {
+            b = b.worker_protocol(brood::cluster::WorkerProtocol::Node);
+        }
+    } else if matches!(args.worker_protocol, ProtocolArg::Node) {
+        say!("brood cluster: --worker-protocol node is for a PROGRAM (a Node.js app)");
+        return 2;
     }
     let metrics = args.metrics.as_ref().map(|_| Metrics::new());
     if let Some(m) = &metrics {

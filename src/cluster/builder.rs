@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::config::Config;
 use super::proto::Source;
 use super::state::{EVENTS_MAX, Master};
-use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, control, listen};
+use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, WorkerProtocol, control, listen};
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
@@ -25,6 +25,7 @@ pub struct ClusterBuilder {
     pub(super) timings: Timings,
     pub(super) program: Option<(OsString, Vec<OsString>)>,
     pub(super) expect_ready: Option<bool>,
+    pub(super) worker_protocol: WorkerProtocol,
     pub(super) control: Option<PathBuf>,
     pub(super) env: Vec<(OsString, OsString)>,
     pub(super) stop_signal: Signum,
@@ -55,6 +56,7 @@ impl Cluster {
             timings: Timings::default(),
             program: None,
             expect_ready: None,
+            worker_protocol: WorkerProtocol::Brood,
             control: None,
             env: Vec::new(),
             stop_signal: Signum::TERM,
@@ -272,6 +274,26 @@ impl ClusterBuilder {
         self
     }
 
+    /// What the workers speak on their channel (default [`WorkerProtocol::Brood`]);
+    /// [`WorkerProtocol::Node`] runs a Node.js app as a worker with no brood code in it.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), brood::Error> {
+    /// use brood::cluster::{Cluster, WorkerProtocol};
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .listen("127.0.0.1:7000")
+    ///     .workers(2)
+    ///     .program("node", ["examples/node/worker.js"])
+    ///     .worker_protocol(WorkerProtocol::Node)
+    ///     .build()?;
+    /// # let _ = cluster; Ok(()) }
+    /// ```
+    pub fn worker_protocol(mut self, protocol: WorkerProtocol) -> Self {
+        self.worker_protocol = protocol;
+        self
+    }
+
     /// Opens a control socket at `path` (mode 0600, same user only) for `brood ctl`.
     pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
         self.control = Some(path.into());
@@ -350,6 +372,12 @@ impl ClusterBuilder {
                 (Source::ReusePort { _anchor: anchor }, local)
             }
         };
+        if self.worker_protocol == WorkerProtocol::Node && self.program.is_none() {
+            return Err(Error::invalid(
+                "cluster",
+                "Node's worker protocol is for a program (a Node app), not this program's own workers",
+            ));
+        }
         let control = match &self.control {
             Some(path) => Some((path.clone(), control::bind(path)?)),
             None => None,
@@ -362,6 +390,7 @@ impl ClusterBuilder {
             timings: self.timings,
             program: self.program,
             expect_ready: self.expect_ready,
+            worker_protocol: self.worker_protocol,
             env: self.env,
             stop_signal: self.stop_signal,
             restart: self.restart,

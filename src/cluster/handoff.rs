@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, UnixStream};
 use super::inflight::{self, WINDOW};
 use super::proto::{Event, Order};
 use super::state::{Master, State, WorkerSlot};
-use super::{Strategy, wire};
+use super::{Strategy, WorkerProtocol, node, wire};
 
 /// The send buffer asked for on each worker channel: the kernel doubles it to 8 KiB, room
 /// for about 11 handed-off connections waiting for the worker to read them.
@@ -51,7 +51,7 @@ enum Sent {
 }
 
 /// One non-blocking send of `byte` with `fd` attached.
-fn try_send(chan: &UnixStream, byte: u8, fd: Option<BorrowedFd<'_>>) -> Sent {
+fn try_send(chan: &UnixStream, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Sent {
     let sock = chan.as_raw_fd();
     let one;
     let fds: &[RawFd] = match fd {
@@ -62,7 +62,7 @@ fn try_send(chan: &UnixStream, byte: u8, fd: Option<BorrowedFd<'_>>) -> Sent {
         None => &[],
     };
     match chan.try_io(Interest::WRITABLE, || {
-        crate::ipc::send_raw(sock, &[byte], fds)
+        crate::ipc::send_raw(sock, bytes, fds)
     }) {
         Ok(_) => Sent::Yes,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Sent::Full,
@@ -119,11 +119,22 @@ impl Master {
 
     /// Hands queued connections out while some ready worker has room.
     pub(super) fn flush_backlog(&mut self) {
+        // A Node worker gets Node's handle message (one line, one kernel buffer: a
+        // non-blocking send takes all of it or none), and no other until it acknowledges.
+        let node = self.cfg.worker_protocol == WorkerProtocol::Node;
+        let payload: &[u8] = if node {
+            crate::ipc::NODE_CONNECTION
+        } else {
+            &[wire::CONN]
+        };
         while let Some(conn) = self.backlog.pop_front() {
             let accepted = self.backlog_at.pop_front();
             let mut tried = Vec::new();
             let mut handed = None;
-            let sizes = inflight::sizes();
+            // Kept until read: brood workers' reads are measured with SIOCOUTQ; a Node
+            // worker's connection waits for its ACK instead (`node_in_flight`).
+            let sizes = if node { None } else { inflight::sizes() };
+            let mut conn = Some(conn);
             while let Some(id) = self.pick(&tried) {
                 let w = self.workers.get_mut(&id).expect("picked");
                 if w.inflight.len() >= WINDOW {
@@ -139,11 +150,17 @@ impl Master {
                     tried.push(id);
                     continue;
                 };
-                match try_send(chan, wire::CONN, Some(conn.as_fd())) {
+                let fd = conn.as_ref().map(|c| c.as_fd());
+                match try_send(chan, payload, fd) {
                     Sent::Yes => {
                         w.handled += 1;
-                        w.open += 1;
                         handed = Some(id);
+                        if node {
+                            let conn = conn.take().expect("not handed yet");
+                            w.node_in_flight = Some(node::InFlight { conn, tries: 0 });
+                        } else {
+                            w.open += 1;
+                        }
                         break;
                     }
                     Sent::Full => {
@@ -157,6 +174,7 @@ impl Master {
                 tried.push(id);
             }
             let Some(id) = handed else {
+                let conn = conn.expect("not handed");
                 self.backlog.push_front(conn);
                 if let Some(t) = accepted {
                     self.backlog_at.push_front(t);
@@ -168,11 +186,40 @@ impl Master {
             }
             // The master keeps its copy until the worker has read the connection (the
             // worker has its own); where that cannot be told, it closes at once.
-            if let Some(sizes) = sizes {
+            if let (Some(sizes), Some(conn)) = (sizes, conn) {
                 let w = self.workers.get_mut(&id).expect("picked");
                 w.inflight.push(Some(conn), sizes.with_fd, Instant::now());
             }
         }
+    }
+
+    /// A Node worker answered the connection in flight: acknowledged (the master's copy
+    /// closes, the next may go), or not received (`NACK`: sent again, as Node does, up to
+    /// three times).
+    pub(super) fn node_answer(&mut self, id: u64, ack: bool) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let Some(f) = &mut w.node_in_flight else {
+            return;
+        };
+        if !ack && f.tries < node::MAX_RETRANSMISSIONS {
+            f.tries += 1;
+            if let Some(chan) = &w.chan
+                && let Sent::Yes = try_send(chan, crate::ipc::NODE_CONNECTION, Some(f.conn.as_fd()))
+            {
+                return;
+            }
+        }
+        if !ack {
+            tracing::warn!(
+                pid = w.pid,
+                id,
+                "the worker could not take a connection (NODE_HANDLE_NACK); closed"
+            );
+        }
+        w.node_in_flight = None;
+        self.flush_backlog();
     }
 
     /// The next worker by the strategy, among ready ones with room not yet tried.
@@ -182,6 +229,7 @@ impl Master {
                 && w.chan.is_some()
                 && !w.full
                 && !w.stuck
+                && w.node_in_flight.is_none()
                 && !tried.contains(id)
         });
         match self.cfg.strategy {
@@ -225,7 +273,7 @@ impl Master {
                 read_up_to_now(w);
             }
             if let Some(chan) = &w.chan {
-                match try_send(chan, wire::PING, None) {
+                match try_send(chan, &[wire::PING], None) {
                     Sent::Yes => {
                         if let Some(sizes) = inflight::sizes() {
                             w.inflight.push(None, sizes.plain, Instant::now());

@@ -14,7 +14,7 @@ use super::handoff::CHANNEL_SNDBUF;
 use super::policy::{Lineage, Verdict};
 use super::proto::{self, Order, Source};
 use super::state::{Master, Reloading, State, Step, Stopped, WorkerSlot};
-use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, watch};
+use super::{STRATEGY_ENV, WORKER_ENV, WorkerProtocol, listen, node, output, spawner, watch};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::{Command, Exit, Signum, Stdio};
@@ -74,6 +74,11 @@ impl Master {
             cmd.env(k, v);
         }
         output::configure(&mut cmd, cfg.worker_output);
+        let node = cfg.worker_protocol == WorkerProtocol::Node;
+        if node {
+            let accepts = matches!(self.source, Source::Accept(_) | Source::Closed);
+            node::configure(&mut cmd, if accepts { 3 } else { 4 });
+        }
         match &self.source {
             Source::Accept(_) | Source::Closed => {
                 cmd.stdio(3, Stdio::ipc());
@@ -108,6 +113,7 @@ impl Master {
             child,
             channel,
             chan.clone(),
+            node,
             kill_rx,
             self.events_tx.clone(),
         ));
@@ -144,6 +150,7 @@ impl Master {
                 stuck_killed: false,
                 handled_reported: 0,
                 miss_reported: false,
+                node_in_flight: None,
             },
         );
         tracing::info!(pid, id, "worker started");
@@ -161,8 +168,11 @@ impl Master {
             tracing::info!(pid = w.pid, id, "retiring worker");
             w.state = State::Retiring;
             if let Some(chan) = w.chan.take() {
+                // (A Node worker sees 'disconnect'.)
                 let _ = socket2::SockRef::from(&*chan).shutdown(std::net::Shutdown::Write);
             }
+            // Sent before the end of the channel: the worker reads it first.
+            w.node_in_flight = None;
             w.retire = Some((Instant::now() + grace, Step::Grace));
         }
         self.reload.retain(|x| *x != id);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::WorkerProtocol;
 use super::backoff::AcceptBackoff;
 use super::config::Config;
 use super::policy::{Lineage, Policy};
@@ -225,7 +226,8 @@ impl Master {
                     return;
                 };
                 if r.ready {
-                    w.aware = true;
+                    // A Node worker gets no pings (they are not Node's messages).
+                    w.aware = self.cfg.worker_protocol != WorkerProtocol::Node;
                     w.last_pong = Instant::now();
                     if w.state == State::Starting {
                         w.state = State::Ready;
@@ -240,6 +242,9 @@ impl Master {
                 }
                 w.open = r.apply(w.open);
                 w.handled += u64::from(r.accepted);
+                if r.ack || r.nack {
+                    self.node_answer(id, r.ack);
+                }
                 if r.ready {
                     self.advance_reload();
                     self.flush_backlog();

@@ -96,6 +96,7 @@ mod lifecycle;
 mod listen;
 mod master;
 mod metrics;
+mod node;
 mod notify;
 mod output;
 mod policy;
@@ -172,6 +173,20 @@ impl Every {
 /// ```
 pub fn is_worker() -> bool {
     std::env::var(WORKER_ENV).is_ok_and(|v| v == std::os::unix::process::parent_id().to_string())
+}
+
+/// What a worker program speaks on its channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum WorkerProtocol {
+    /// brood's bytes (`c` + fd, `r`, `p`/`P`, `a`/`d`; `docs/protocols.md`).
+    #[default]
+    Brood,
+    /// Node.js's IPC protocol, for a Node app with no brood code in it: the channel is
+    /// the worker's `NODE_CHANNEL_FD` (`process.send`, `process.on('message')`,
+    /// `'disconnect'`), each connection arrives as Node's own handle message (a
+    /// `net.Socket` with `{"brood":"connection"}`), one at a time until Node acknowledges
+    /// it, and `process.send('ready')` is the readiness signal.
+    Node,
 }
 
 /// How connections reach workers. See the [module docs](self).

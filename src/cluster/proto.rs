@@ -93,6 +93,10 @@ pub(crate) struct Report {
     /// the same read): summing per read keeps the protocol's order (`a d` is 0 open, `d a`
     /// is 1).
     pub opened: u32,
+    /// A Node worker acknowledged the connection in flight (`NODE_HANDLE_ACK`).
+    pub ack: bool,
+    /// A Node worker did not get the fd of the connection in flight (`NODE_HANDLE_NACK`).
+    pub nack: bool,
 }
 
 impl Report {
@@ -115,7 +119,7 @@ impl Report {
 
     /// Whether the read said nothing the master counts.
     pub(crate) fn is_empty(&self) -> bool {
-        !self.ready && !self.pong && self.done == 0 && self.accepted == 0
+        !self.ready && !self.pong && self.done == 0 && self.accepted == 0 && !self.ack && !self.nack
     }
 
     /// The master's open count of a worker after this read's report.

@@ -76,6 +76,10 @@ pub(crate) struct WorkerSlot {
     /// What the metrics were last told (`metrics.rs`).
     pub handled_reported: u64,
     pub miss_reported: bool,
+    /// A Node worker (`WorkerProtocol::Node`): the connection sent and not yet
+    /// acknowledged, kept to send again on a NACK (with the retransmissions so far); no
+    /// other goes to it meanwhile.
+    pub node_in_flight: Option<super::node::InFlight>,
 }
 
 /// A slot with no worker: its worker failed too often (`--max-restarts`), or exited and

@@ -14,9 +14,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Every;
 use super::inflight::unread_bytes;
 use super::proto::{Event, Order, Report};
+use super::{Every, node};
 use crate::ipc::Channel;
 use crate::{Exit, Signum};
 
@@ -31,6 +31,9 @@ const ERROR_PAUSE: Duration = Duration::from_millis(5);
 const WINDOW: Duration = Duration::from_millis(100);
 const READS_PER_WINDOW: u32 = 200;
 const FDS_PER_READ: u32 = 8;
+/// A Node worker's lines (an ACK per connection) are read from a buffer: this many count
+/// as one read.
+const NODE_LINES_PER_READ: u32 = 8;
 
 /// How long a worker being killed may take to stop (`SIGSTOP`) before it is killed without
 /// taking anything back from it.
@@ -43,18 +46,21 @@ pub(super) async fn watch_worker(
     mut child: crate::Child,
     mut channel: Option<Channel>,
     sock: Option<Arc<UnixStream>>,
+    node: bool,
     mut orders: mpsc::UnboundedReceiver<Order>,
     events: mpsc::Sender<Event>,
 ) {
     let mut buf = [0u8; 4096];
     let mut errors = Every::default();
     let mut flood = Every::default();
+    let mut node_lines = 0u32;
     // The current pacing window: its end and what was spent in it.
     let (mut window_end, mut spent) = (Instant::now() + WINDOW, 0u32);
     if let Some(ch) = &mut channel {
         // A worker never sends handles: take as many as the kernel allows, so none is an
         // error, and close them (below).
         ch.set_max_handles(usize::MAX);
+        ch.set_max_message(node::MAX_LINE);
     }
     loop {
         tokio::select! {
@@ -66,29 +72,55 @@ pub(super) async fn watch_worker(
             _ = tokio::time::sleep_until(window_end), if spent >= READS_PER_WINDOW => {
                 (window_end, spent) = (Instant::now() + WINDOW, 0);
             }
-            r = async { channel.as_mut().unwrap().recv(&mut buf).await }, if channel.is_some() && spent < READS_PER_WINDOW => {
+            r = async {
                 let ch = channel.as_mut().unwrap();
-                if Instant::now() >= window_end {
-                    (window_end, spent) = (Instant::now() + WINDOW, 0);
+                if node {
+                    // One line each; reading is buffered, so several lines cost one
+                    // kernel read: they are paced as `NODE_LINES_PER_READ` to one read.
+                    return node::read(ch).await.map(|r| (r, 0));
                 }
+                let r = ch.recv(&mut buf).await;
                 let mut fds = 0;
                 while ch.accept_handle().is_some() {
                     fds += 1; // dropped: closed
                 }
-                spent += 1 + fds / FDS_PER_READ;
+                r.map(|n| {
+                    let report = (n > 0).then(|| {
+                        let mut report = Report::default();
+                        report.add(&buf[..n]);
+                        report
+                    });
+                    (report, fds)
+                })
+            }, if channel.is_some() && spent < READS_PER_WINDOW => {
+                if Instant::now() >= window_end {
+                    (window_end, spent) = (Instant::now() + WINDOW, 0);
+                }
+                if node {
+                    node_lines += 1;
+                    if node_lines % NODE_LINES_PER_READ == 0 {
+                        spent += 1;
+                    }
+                } else {
+                    let fds = r.as_ref().map_or(0, |(_, fds)| *fds);
+                    spent += 1 + fds / FDS_PER_READ;
+                }
                 if spent >= READS_PER_WINDOW {
                     if let Some(n) = flood.hit() {
                         tracing::warn!(id, windows = n, "worker floods its channel: reading it is paced");
                     }
                 }
                 match r {
-                    Ok(0) => channel = None, // the worker closed it; its exit follows
-                    Ok(n) => {
-                        let mut report = Report::default();
-                        report.add(&buf[..n]);
+                    Ok((None, _)) => channel = None, // the worker closed it; its exit follows
+                    Ok((Some(report), _)) => {
                         if !report.is_empty() && events.send(Event::Report(id, report)).await.is_err() {
                             return;
                         }
+                    }
+                    Err(e) if node && e.name() == "EMSGSIZE" => {
+                        // A Node line that never ends: nothing after it can be read.
+                        tracing::warn!(id, "worker channel: {e}; no longer read");
+                        channel = None;
                     }
                     Err(e) => {
                         if let Some(n) = errors.hit() {
