@@ -43,6 +43,10 @@ use clap::{ArgGroup, Args};
 /// the scripts' stderr lines, prefixed with the script name. SIGINT or SIGTERM stops the
 /// server and kills the scripts still running.
 ///
+/// Exit status: 0 after SIGINT/SIGTERM; a usage or configuration error (bad option, no such
+/// root or script, unusable htpasswd file, address in use) is reported before "listening"
+/// and makes brood exit 125, as `brood run` and `brood cluster` do; 1 if serving fails.
+///
 /// Examples:
 ///   brood cgi --listen 127.0.0.1:8080 --root ./cgi-bin
 ///   brood cgi --listen 127.0.0.1:8080 --root ./www --prefix / --timeout 30 --max-children 8
@@ -103,6 +107,15 @@ pub struct CgiArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = brood::cgi::DEFAULT_MAX_BODY)]
     max_body: u64,
+    /// Disk for request bodies in temporary files, all requests together, in bytes (503
+    /// beyond, saying why; a body's share is freed when its script ends). Default: a quarter
+    /// of the free space of the temporary directory ($TMPDIR, else /tmp) at start.
+    #[arg(long, value_name = "BYTES")]
+    max_spool: Option<u64>,
+    /// At most N client connections open at once, idle keep-alive ones included (more
+    /// wait in the listen backlog). Default: half the fd limit (ulimit -n), 16 to 65536.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// A request body that stalls this long between two pieces ends the request (408).
     #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
     body_timeout: f64,
@@ -176,11 +189,44 @@ pub fn main(args: CgiArgs) -> i32 {
     };
     match rt.block_on(run(args)) {
         Ok(()) => 0,
-        Err(e) => {
+        Err(Fail::Config(e)) => {
+            say(&format!("brood cgi: {e}"));
+            EXIT_CONFIG
+        }
+        Err(Fail::Serving(e)) => {
             say(&format!("brood cgi: {e}"));
             1
         }
     }
+}
+
+/// A usage or configuration error (bad option, no such root, unreadable htpasswd file,
+/// address in use...), found before "listening" is printed: exit 125, as clap's usage
+/// errors, `brood run` and `brood cluster` do.
+const EXIT_CONFIG: i32 = crate::run::EXIT_BROOD;
+
+/// Why `brood cgi` ended badly.
+enum Fail {
+    /// Before listening: [`EXIT_CONFIG`].
+    Config(String),
+    /// The server failed while serving: 1.
+    Serving(String),
+}
+
+impl From<String> for Fail {
+    fn from(e: String) -> Fail {
+        Fail::Config(e)
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(e: &str) -> Fail {
+        Fail::Config(e.to_string())
+    }
+}
+
+fn serving(e: brood::Error) -> Fail {
+    Fail::Serving(e.to_string())
 }
 
 /// Where log lines go: access lines to `--access-log` (when given) in `--log-format`,
@@ -214,7 +260,7 @@ fn logger(args: &CgiArgs) -> Result<impl Fn(&LogLine) + Send + Sync + 'static, S
     })
 }
 
-async fn run(args: CgiArgs) -> Result<(), String> {
+async fn run(args: CgiArgs) -> Result<(), Fail> {
     if !args.program.is_empty() && !args.raw {
         return Err("a PROGRAM is given only with --raw".into());
     }
@@ -293,7 +339,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     // The listener is open: connections from now on are served.
     systemd.ready();
     let name = tokio::select! {
-        r = &mut serve => return r.map_err(|e| e.to_string()),
+        r = &mut serve => return r.map_err(serving),
         Some(_) = int.recv() => "SIGINT",
         Some(_) = term.recv() => "SIGTERM",
     };
@@ -303,7 +349,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         return Ok(());
     }
     let _ = stop.send(());
-    serve.await.map_err(|e| e.to_string())
+    serve.await.map_err(serving)
 }
 
 /// The `Cgi` the options describe (HTTP and FastCGI), and a phrase saying what it serves.
@@ -344,6 +390,12 @@ fn configure(
     if let Some(n) = args.max_children {
         cgi = cgi.max_children(n);
     }
+    if let Some(n) = args.max_spool {
+        cgi = cgi.max_spool(n);
+    }
+    if let Some(n) = args.max_connections {
+        cgi = cgi.max_connections(n);
+    }
     for (k, v) in &args.env {
         cgi = cgi.env(k, v);
     }
@@ -360,7 +412,7 @@ async fn fastcgi(
     timeout: Option<Duration>,
     queue: Duration,
     body_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), Fail> {
     let (cgi, what) = configure(&args, log, timeout, queue, body_timeout);
     let cgi = cgi.stderr_to_client(args.stderr_to_client);
     cgi.check().map_err(|e| e.to_string())?;
@@ -389,11 +441,11 @@ async fn fastcgi(
     });
     tokio::pin!(serve);
     let name = tokio::select! {
-        r = &mut serve => return r.map_err(|e| e.to_string()),
+        r = &mut serve => return r.map_err(serving),
         Some(_) = int.recv() => "SIGINT",
         Some(_) = term.recv() => "SIGTERM",
     };
     say(&format!("brood cgi: {name}, stopping"));
     let _ = stop.send(());
-    serve.await.map_err(|e| e.to_string())
+    serve.await.map_err(serving)
 }

@@ -181,7 +181,7 @@ fn bad_arguments_are_refused() {
         .args(["cgi", "--listen", "127.0.0.1:0", "--root", "/no/such/dir/x"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125), "a configuration error: 125");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("ENOENT") && err.contains("/no/such/dir/x"),
@@ -224,13 +224,29 @@ fn a_closed_stderr_does_not_stop_the_server() {
 }
 
 #[test]
-fn configuration_is_checked_before_listening() {
+fn configuration_errors_exit_125_before_listening() {
+    let root = temp_root("config-errors");
+    let empty = root.join("htpasswd-empty");
+    std::fs::write(&empty, "# nobody\n").unwrap();
+    let bad_listen = ["--listen", "not-an-address"];
+    let (busy, busy_addr) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap().to_string();
+        (l, a)
+    };
+    let empty_s = empty.to_str().unwrap();
     for args in [
         &["--root", "/no/such/dir"][..],
         &["--script", "/no/such/script"],
         &["--root", "/tmp", "--htpasswd", "/no/such/htpasswd"],
+        &["--root", "/tmp", "--htpasswd", empty_s],
         &["--raw", "--", "/no/such/program"],
         &["--raw", "--", "no-such-program-in-path"],
+        &["--root", "/tmp", "--timeout", "-1"],
+        &["--root", "/tmp", "--max-children", "0"],
+        &["--root", "/tmp", "--max-connections", "0"],
+        &["--root", "/tmp", "--prefix", "no-slash"],
+        &["--root", "/tmp", "--fastcgi", "--listen", "systemd"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_brood"))
             .args(["cgi", "--listen", "127.0.0.1:0"])
@@ -238,9 +254,19 @@ fn configuration_is_checked_before_listening() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
         assert!(!err.contains("listening"), "{args:?}: {err}");
     }
+    for listen in [&bad_listen[1], busy_addr.as_str()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .args(["cgi", "--root", "/tmp", "--listen", listen])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "--listen {listen}: {err}");
+    }
+    drop(busy);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -257,6 +283,11 @@ fn help_gives_every_default() {
         "[default: 1073741824]",
         "[default: 30]",
         "--htpasswd <FILE>",
+        "--max-spool <BYTES>",
+        "Default: a quarter of the free",
+        "--max-connections <N>",
+        "Default: half the fd limit",
+        "exit 125",
     ] {
         assert!(help.contains(want), "{want} missing from:\n{help}");
     }

@@ -82,7 +82,7 @@ pub(crate) async fn launch(
         log,
     } = job;
     let (stdin, fed) = match &upload {
-        Some(Upload::File(f, _)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
+        Some(Upload::File(f, ..)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
         Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
         _ => (Stdio::null(), None),
     };
@@ -101,10 +101,12 @@ pub(crate) async fn launch(
     // The exec has happened when spawn returns: the open script and body file may go.
     let spawned = cmd.spawn();
     drop(opened);
-    // A body in memory keeps its share of the budget until the script has read it.
-    let budget = match upload {
-        Some(Upload::Memory(_, r)) => Some(r),
-        _ => None,
+    // A body in memory keeps its share of the budget until the script has read it; one
+    // in a file, its share of the disk until the script has ended (it reads the file).
+    let (budget, disk) = match upload {
+        Some(Upload::Memory(_, r)) => (Some(r), None),
+        Some(Upload::File(_, _, r)) => (None, Some(r)),
+        None => (None, None),
     };
     let child = match spawned {
         Ok(c) => c,
@@ -121,6 +123,7 @@ pub(crate) async fn launch(
         stopping: state.stopping.subscribe(),
         live: LiveGuard::new(&state.live),
         body: fed.map(|b| (b, budget)),
+        disk,
         deadline: state.timeout.map(|t| Instant::now() + t),
         permit,
         name: name.clone(),

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::answer::text;
+use super::answer::{text, text_saying};
 use super::auth::{Htpasswd, basic_credentials};
 use super::body::ScriptBody;
 use super::log::{Access, LogLine};
@@ -173,16 +173,36 @@ fn message(
     start: Instant,
     status: StatusCode,
 ) -> Response<Body> {
-    let resp = short(status);
-    let bytes = text(status).len() as u64;
+    message_text(state, peer, head, user, start, status, text(status))
+}
+
+/// [`message`] with a body of its own.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of the access line and the answer"
+)]
+fn message_text(
+    state: &State,
+    peer: &Peer,
+    head: &Head,
+    user: Option<&str>,
+    start: Instant,
+    status: StatusCode,
+    body: String,
+) -> Response<Body> {
+    let bytes = body.len() as u64;
     log_access(state, peer, head, user, status.as_u16(), bytes, start, None);
-    resp
+    short_text(status, body)
 }
 
 /// A short plain-text answer whose access line the supervisor writes.
 fn short(status: StatusCode) -> Response<Body> {
+    short_text(status, text(status))
+}
+
+fn short_text(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(
-        Full::new(Bytes::from(text(status)))
+        Full::new(Bytes::from(body))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
@@ -283,13 +303,30 @@ fn respond(
             Some(_) if content_length(&head).is_some_and(|n| n > state.max_body) => {
                 return refused("body over --max-body", StatusCode::PAYLOAD_TOO_LARGE);
             }
-            Some(body) => match read_all(body, state.max_body, state.body_timeout).await {
+            Some(body) => match read_all(body, state.max_body, &state.disk, state.body_timeout)
+                .await
+            {
                 Ok(u) => Some(u),
                 Err(UploadError::Broken { gone: true, .. }) => {
-                    log_access(&state, &peer, &head, user_ref, 0, 0, start, None);
-                    return short(StatusCode::BAD_REQUEST);
+                    // The client went away mid-request: 400, as nginx logs it (499 is for a
+                    // whole request whose client left before the answer).
+                    let status = StatusCode::BAD_REQUEST;
+                    log_access(&state, &peer, &head, user_ref, 400, 0, start, None);
+                    return short(status);
                 }
-                Err(e) => return refused(&format!("request body: {e}"), e.status()),
+                Err(e) => {
+                    let why = format!("request body: {e}");
+                    let Some(sentence) = e.sentence() else {
+                        return refused(&why, e.status());
+                    };
+                    (state.log)(&LogLine::Error(format!(
+                        "{} {}: {why}",
+                        head.method,
+                        head.uri.path()
+                    )));
+                    let body = text_saying(e.status(), sentence);
+                    return message_text(&state, &peer, &head, user_ref, start, e.status(), body);
+                }
             },
         };
         let permit = match &state.limit {

@@ -12,6 +12,7 @@ use super::log::Log;
 use super::map::Mapping;
 use super::script::KILL_GRACE;
 use super::tasks::Tasks;
+use super::upload::Budget;
 
 /// A server's fixed settings.
 pub(crate) struct State {
@@ -24,6 +25,10 @@ pub(crate) struct State {
     pub auth: Option<Arc<Htpasswd>>,
     pub realm: String,
     pub max_body: u64,
+    /// The disk that bodies in temporary files may take, all requests together.
+    pub disk: Arc<Budget>,
+    /// One permit per open client connection.
+    pub connections: Arc<Semaphore>,
     pub body_timeout: Duration,
     pub log: Log,
     pub tasks: Tasks,

@@ -241,3 +241,116 @@ async fn a_compiled_program_runs_from_its_open_file() {
     assert_eq!(String::from_utf8(body).unwrap(), real.to_str().unwrap());
     server.stop().await;
 }
+
+/// `htpasswd FLAGS FILE USER PASSWORD`, Apache's own tool.
+fn htpasswd(flags: &[&str], file: &Path, user: &str, password: &str) {
+    let out = std::process::Command::new("htpasswd")
+        .args(flags)
+        .arg(file)
+        .args([user, password])
+        .output()
+        .expect("htpasswd (apache2-utils)");
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+/// The time of one request refused with 401.
+async fn refused_in(addr: SocketAddr, user: &str, password: &str) -> Duration {
+    let request = format!(
+        "GET /cgi-bin/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {}\r\n\r\n",
+        basic(user, password)
+    );
+    let t = std::time::Instant::now();
+    let answer = raw(addr, request.as_bytes()).await;
+    let took = t.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test]
+async fn an_unknown_user_takes_as_long_to_refuse_as_a_wrong_password() {
+    let root = Root::new();
+    root.script(
+        "hello",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhello'\n",
+    );
+    let file = root.dir.join("htpasswd");
+    // bcrypt at cost 8: a check takes milliseconds, far above a request on loopback.
+    htpasswd(&["-cbB", "-C", "8"], &file, "alice", "s3cret");
+    htpasswd(&["-bB", "-C", "8"], &file, "bob", "other");
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs).htpasswd(&file)).await;
+    let (mut unknown, mut wrong) = (Vec::new(), Vec::new());
+    // Interleaved, so a change in the machine's load falls on both.
+    for i in 0..9 {
+        unknown.push(refused_in(server.addr, &format!("nobody{i}"), "s3cret").await);
+        wrong.push(refused_in(server.addr, "alice", &format!("wrong{i}")).await);
+    }
+    let (unknown, wrong) = (median(unknown), median(wrong));
+    eprintln!("median 401: unknown user {unknown:?}, known user with a wrong password {wrong:?}");
+    // Same order of magnitude (without the dummy check, an unknown user is refused in a
+    // small fraction of a bcrypt check).
+    assert!(
+        unknown * 4 > wrong,
+        "unknown {unknown:?} vs wrong {wrong:?}"
+    );
+    assert!(
+        wrong * 4 > unknown,
+        "unknown {unknown:?} vs wrong {wrong:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unusable_htpasswd_line_is_skipped_with_a_warning_naming_it() {
+    let root = Root::new();
+    root.script(
+        "hello",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhello %s' \"$REMOTE_USER\"\n",
+    );
+    let file = root.dir.join("htpasswd");
+    htpasswd(&["-cbB", "-C", "4"], &file, "alice", "s3cret");
+    // A crypt(3) line (`htpasswd -d`, refused by brood's hashing crates), then a plain one.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("carol:rqXexS6ZhobKA\ndave:plaintext\n");
+    std::fs::write(&file, text).unwrap();
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs).htpasswd(&file)).await;
+    let hello = |user: &str, pw: &str| {
+        format!(
+            "GET /cgi-bin/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {}\r\n\r\n",
+            basic(user, pw)
+        )
+    };
+    let answer = raw(server.addr, hello("alice", "s3cret").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("hello alice"), "{answer}");
+    // The skipped users cannot log in, whatever they send.
+    let answer = raw(server.addr, hello("carol", "rqXexS6ZhobKA").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    let answer = raw(server.addr, hello("dave", "plaintext").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(
+        logs.has("line 2 (user \"carol\")"),
+        "the warning names the line"
+    );
+    assert!(
+        logs.has("line 3 (user \"dave\")"),
+        "the warning names the line"
+    );
+    server.stop().await;
+
+    // A file with no usable line: an error at start.
+    std::fs::write(&file, "carol:rqXexS6ZhobKA\n").unwrap();
+    let err = root.cgi(&logs).htpasswd(&file).check().unwrap_err();
+    assert!(err.to_string().contains("no usable line"), "{err}");
+}
