@@ -15,7 +15,7 @@ use super::config::{DEFAULT_TIMEOUT, check_env, default_max_children};
 use super::log::{Access, Log, LogLine, default_log};
 use super::meta;
 use super::script::{GroupKill, KILL_GRACE, log_stderr};
-use super::tasks::{AbortOnDrop, Tasks, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, Tasks, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 use crate::{Command, Stdio};
 
@@ -161,16 +161,17 @@ impl Raw {
         let this = Arc::new(self);
         let tasks = Tasks::default();
         let _stop = AbortOnDrop(tasks.clone());
+        let mut backoff = AcceptBackoff::default();
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),
                 Err(e) => {
-                    (this.log)(&LogLine::Error(format!("accept: {e}")));
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(backoff.failed(&e, &this.log)).await;
                     continue;
                 }
             };
+            backoff.ok();
             let (this, env, limit) = (this.clone(), env.clone(), limit.clone());
             tasks.spawn(async move { this.connection(tcp, remote, &env, limit).await });
         }

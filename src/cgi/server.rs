@@ -31,7 +31,7 @@ use super::response::content_length_of;
 use super::runner::{self, Outcome};
 use super::script;
 use super::state::State;
-use super::tasks::{AbortOnDrop, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, accept_is_fatal};
 use super::upload::{Upload, UploadError, read_all};
 use crate::error::{Result, from_io};
 
@@ -54,7 +54,14 @@ pub(crate) async fn serve(
 ) -> Result<()> {
     let _stop = AbortOnDrop(state.tasks.clone());
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // At the connection limit, new connections wait in the listen backlog (an idle
+        // keep-alive connection is closed after HEADER_READ_TIMEOUT without a request).
+        let slot = tokio::select! {
+            s = state.connections.clone().acquire_owned() => s,
+            () = &mut shutdown => break,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = &mut shutdown => break,
@@ -63,12 +70,14 @@ pub(crate) async fn serve(
             Ok(c) => c,
             Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi: accept")),
             Err(e) => {
-                (state.log)(&LogLine::Error(format!("accept: {e}")));
-                // Out of fds or memory: give running requests a moment to release some.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+                let pause = backoff.failed(&e, &state.log);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = &mut shutdown => break,
+                }
             }
         };
+        backoff.ok();
         let Ok(local) = tcp.local_addr() else {
             continue;
         };
@@ -84,6 +93,7 @@ pub(crate) async fn serve(
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
+            drop(slot);
         });
     }
     // Graceful stop: no new connection; every running script's group gets SIGTERM, then

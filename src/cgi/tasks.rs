@@ -5,9 +5,13 @@
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::log::{Log, LogLine};
 
 /// Tasks of one server (connections, supervisors): aborted together when it stops, which
 /// kills every script still running.
@@ -32,6 +36,61 @@ pub(crate) struct AbortOnDrop(pub Tasks);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort_all();
+    }
+}
+
+/// Backoff of an accept loop after errors that come back at once until something else
+/// changes (out of fds or memory: the connection stays in the backlog and the listener
+/// stays readable), as the cluster master does: pause accepting, doubling from 20 ms up
+/// to 1 s, and log at most once a second, with how many accepts failed.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptBackoff {
+    delay: Duration,
+    failed: u64,
+    logged: Option<Instant>,
+}
+
+const PAUSE_MIN: Duration = Duration::from_millis(20);
+const PAUSE_MAX: Duration = Duration::from_secs(1);
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl AcceptBackoff {
+    /// An accept worked: no more pause.
+    pub(crate) fn ok(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    /// An accept failed with `e`: how long to pause before the next one (zero for an error
+    /// that concerns one connection, a reset before accept). Logs through `log`, at most
+    /// once a second.
+    pub(crate) fn failed(&mut self, e: &io::Error, log: &Log) -> Duration {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if exhausted {
+            self.delay = (self.delay * 2).clamp(PAUSE_MIN, PAUSE_MAX);
+        }
+        self.failed += 1;
+        let now = Instant::now();
+        if self.logged.is_none_or(|t| now >= t + LOG_EVERY) {
+            let pause = if exhausted {
+                format!("; pausing accepts {} ms", self.delay.as_millis())
+            } else {
+                String::new()
+            };
+            log(&LogLine::Error(format!(
+                "accept: {e} ({} failed since the last such line){pause}",
+                self.failed
+            )));
+            self.failed = 0;
+            self.logged = Some(now);
+        }
+        if exhausted {
+            self.delay
+        } else {
+            Duration::ZERO
+        }
     }
 }
 
