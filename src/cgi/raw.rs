@@ -227,9 +227,10 @@ impl Raw {
         }
         let spawned = cmd.spawn();
         // The program holds the connection now; ours closes so that its exit ends it. A
-        // duplicate is kept only to shut the connection down at the timeout (closing it
-        // sends nothing while a process outside the group still holds it).
-        let cut = tcp.into_std().ok();
+        // duplicate is kept to see the client leave (it is never read: the bytes are the
+        // program's) and to shut the connection down at the timeout (closing it sends
+        // nothing while a process outside the group still holds it).
+        let cut = tcp;
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
@@ -241,29 +242,27 @@ impl Raw {
             GroupKill::new(child.id().expect("a child not waited for has its pid") as i32);
         let errs = log_stderr(child.stderr.take(), name.clone(), self.log.clone());
         let wait = async {
-            match self.timeout {
-                None => child.wait().await.ok(),
-                Some(t) => match tokio::time::timeout_at(start + t, child.wait()).await {
-                    Ok(r) => r.ok(),
-                    Err(_) => {
-                        (self.log)(&LogLine::Error(format!("{name}: timed out, ended")));
-                        if let Some(c) = &cut {
-                            let _ = c.shutdown(std::net::Shutdown::Both);
-                        }
-                        group.term();
-                        match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                            Ok(r) => {
-                                group.kill();
-                                r.ok()
-                            }
-                            Err(_) => {
-                                group.kill();
-                                child.wait().await.ok()
-                            }
-                        }
-                    }
-                },
-            }
+            let far = Instant::now() + Duration::from_secs(86400 * 365);
+            let deadline = self.timeout.map_or(far, |t| start + t);
+            let why = tokio::select! {
+                r = child.wait() => return r.ok(),
+                () = tokio::time::sleep_until(deadline) => "timed out",
+                () = client_gone(&cut) => "client gone",
+            };
+            // As in HTTP mode: SIGTERM to the group, SIGKILL once the program has exited
+            // or after the grace.
+            (self.log)(&LogLine::Error(format!("{name}: {remote}: {why}, ended")));
+            let _ = socket2::SockRef::from(&cut).shutdown(std::net::Shutdown::Both);
+            group.term();
+            let exit = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                Ok(r) => r.ok(),
+                Err(_) => {
+                    group.kill();
+                    child.wait().await.ok()
+                }
+            };
+            group.kill();
+            exit
         };
         let (exit, ()) = tokio::join!(wait, errs);
         drop(cut);
@@ -282,5 +281,24 @@ impl Raw {
             user_agent: None,
             time: std::time::SystemTime::now(),
         }));
+    }
+}
+
+/// Resolves when the client has closed its side of the connection (a FIN, as nginx takes
+/// it for a client that went away, or a reset); never without a socket to watch. Only
+/// readiness is looked at: the program reads the bytes.
+async fn client_gone(sock: &TcpStream) {
+    loop {
+        let Ok(ready) = sock.ready(tokio::io::Interest::READABLE).await else {
+            return std::future::pending().await;
+        };
+        if ready.is_read_closed() {
+            return;
+        }
+        // Bytes for the program: forget this readiness (reading nothing) and wait for the
+        // next change.
+        let _ = sock.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
     }
 }
