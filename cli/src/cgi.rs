@@ -107,6 +107,11 @@ pub struct CgiArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = brood::cgi::DEFAULT_MAX_BODY)]
     max_body: u64,
+    /// Hand `#!` scripts to their interpreter as /dev/fd/3 (the file brood opened and
+    /// checked) instead of by path: no rename inside the root can swap what runs, but the
+    /// script's $0 / __file__ is /dev/fd/3 (SCRIPT_FILENAME keeps the real path).
+    #[arg(long, conflicts_with = "raw")]
+    scripts_by_fd: bool,
     /// Disk for request bodies in temporary files, all requests together, in bytes (503
     /// beyond, saying why; a body's share is freed when its script ends). Default: a quarter
     /// of the free space of the temporary directory ($TMPDIR, else /tmp) at start.
@@ -393,6 +398,7 @@ fn configure(
     if let Some(n) = args.max_spool {
         cgi = cgi.max_spool(n);
     }
+    cgi = cgi.scripts_by_fd(args.scripts_by_fd);
     if let Some(n) = args.max_connections {
         cgi = cgi.max_connections(n);
     }

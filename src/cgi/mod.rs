@@ -116,6 +116,7 @@ pub struct Cgi {
     max_body: u64,
     max_spool: Option<u64>,
     max_connections: Option<usize>,
+    scripts_by_fd: bool,
     body_timeout: Duration,
     stderr_to_client: bool,
     log: Log,
@@ -149,6 +150,7 @@ impl Cgi {
             max_body: DEFAULT_MAX_BODY,
             max_spool: None,
             max_connections: None,
+            scripts_by_fd: false,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             stderr_to_client: false,
             log: default_log(),
@@ -248,6 +250,19 @@ impl Cgi {
     /// the listen backlog until one closes.
     pub fn max_connections(mut self, n: usize) -> Cgi {
         self.max_connections = Some(n);
+        self
+    }
+
+    /// Hands `#!` scripts to their interpreter as `/dev/fd/3`, the very file brood opened
+    /// and checked, instead of by their real path: then no swap of a name inside the root
+    /// can make the interpreter read another file; but the script sees `/dev/fd/3` as its
+    /// `$0` (`__file__`, `$PROGRAM_NAME`), so one that finds its files next to itself that
+    /// way breaks (`SCRIPT_FILENAME` still has the real path). Off by default: the path
+    /// is re-checked (no symlink on it, the same file) just before the exec, which leaves
+    /// the time until the interpreter opens it; see docs/cgi.md. Compiled programs always
+    /// run from the open file.
+    pub fn scripts_by_fd(mut self, yes: bool) -> Cgi {
+        self.scripts_by_fd = yes;
         self
     }
 
@@ -358,6 +373,7 @@ impl Cgi {
             auth,
             realm: self.realm,
             max_body: self.max_body,
+            scripts_by_fd: self.scripts_by_fd,
             disk: upload::Budget::new(self.max_spool.unwrap_or_else(default_max_spool)),
             connections: Arc::new(tokio::sync::Semaphore::new(
                 self.max_connections

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::answer::text;
 use super::body::{HeadError, read_head};
 use super::log::{Log, LogLine};
-use super::map::{Opened, Target};
+use super::map::{Opened, SCRIPT_FD, Target};
 use super::response::{Reply, parse_cgi, parse_nph};
 use super::script::{self, Run, Shared, Watch};
 use super::state::State;
@@ -86,7 +86,17 @@ pub(crate) async fn launch(
         Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
         _ => (Stdio::null(), None),
     };
-    let mut cmd = Command::new(opened.program());
+    let by_fd = state.scripts_by_fd;
+    if opened.interpreted && !by_fd {
+        if let Err(r) = opened.recheck() {
+            (state.log)(&LogLine::Error(format!("{}: {}", log_name(&target), r.why)));
+            return Outcome::NotRun(r.status);
+        }
+    }
+    let mut cmd = Command::new(opened.program(by_fd));
+    if opened.interpreted && by_fd {
+        cmd.stdio(SCRIPT_FD, Stdio::inherit_fd(opened.file.as_raw_fd()));
+    }
     cmd.arg0(&opened.real)
         .args(args)
         .env_clear()

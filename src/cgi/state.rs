@@ -25,6 +25,8 @@ pub(crate) struct State {
     pub auth: Option<Arc<Htpasswd>>,
     pub realm: String,
     pub max_body: u64,
+    /// `#!` scripts are handed to their interpreter as `/dev/fd/3`, not by path.
+    pub scripts_by_fd: bool,
     /// The disk that bodies in temporary files may take, all requests together.
     pub disk: Arc<Budget>,
     /// One permit per open client connection.
