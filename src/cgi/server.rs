@@ -91,6 +91,9 @@ pub(crate) async fn serve(
                 // A client gets this long to send a request head (slowloris).
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                // Past MAX_HEADERS brood answers 431 itself, with a body; past this, hyper
+                // does, without one.
+                .max_headers(PARSED_HEADERS)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
             drop(slot);
@@ -138,7 +141,7 @@ async fn handle(
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + head.uri.to_string().len();
-    if head_size > MAX_REQUEST_HEAD {
+    if head_size > MAX_REQUEST_HEAD || head.headers.len() > MAX_HEADERS {
         let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
         return Ok(message(&state, &peer, &head, None, start, status));
     }
@@ -173,6 +176,13 @@ fn unauthorized(state: &State, peer: &Peer, head: &Head, start: Instant) -> Resp
 
 /// The largest request head (target and headers) that is passed to a script.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// The most request headers passed to a script (hyper's default limit).
+const MAX_HEADERS: usize = 100;
+
+/// The most headers hyper parses (on the heap, per request): requests with more than
+/// [`MAX_HEADERS`] up to this many get brood's 431 with a body, beyond it hyper's own 431.
+const PARSED_HEADERS: usize = 1000;
 
 /// A short plain-text answer from the server itself, logged.
 fn message(

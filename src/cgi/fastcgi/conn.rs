@@ -506,7 +506,8 @@ impl Conn {
                 Event::Mine(_) => {}
                 Event::Abort => return Some(Err(self.aborted(id).await)),
                 Event::Gone => {
-                    let line = params::access(p, 0, 0, start.elapsed(), None);
+                    // The web server went away mid-request: 400, as in HTTP mode (nginx).
+                    let line = params::access(p, 400, 0, start.elapsed(), None);
                     (self.state.log)(&LogLine::Access(line));
                     return None;
                 }
