@@ -143,7 +143,7 @@ pub struct CgiArgs {
     #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
     max_header_bytes: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (requests by status class, request
-    /// duration, timeouts, 5xx by cause).
+    /// duration, timeouts, 5xx by cause, scripts running, requests queued).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// With --raw: the program and its arguments.
@@ -278,6 +278,7 @@ async fn run(args: CgiArgs) -> Result<(), Fail> {
         .as_ref()
         .map(|_| std::sync::Arc::new(crate::metrics::CgiMetrics::new()));
     let counted = metrics.clone();
+    let gauges = metrics.clone();
     let log = move |line: &LogLine| {
         if let (Some(m), LogLine::Access(a)) = (&counted, line) {
             m.observe(a);
@@ -290,7 +291,7 @@ async fn run(args: CgiArgs) -> Result<(), Fail> {
         say(&format!("brood cgi: metrics on http://{a}/metrics"));
     }
     if args.fastcgi {
-        return fastcgi(args, log, timeout, queue, body_timeout).await;
+        return fastcgi(args, log, gauges, timeout, queue, body_timeout).await;
     }
     let listen: SocketAddr = args
         .listen
@@ -334,6 +335,9 @@ async fn run(args: CgiArgs) -> Result<(), Fail> {
         Box::pin(raw.serve(listener)) as std::pin::Pin<Box<dyn Future<Output = _>>>
     } else {
         let (cgi, what) = configure(&args, log, timeout, queue, body_timeout);
+        if let Some(m) = &gauges {
+            m.follow(cgi.load());
+        }
         cgi.check().map_err(|e| e.to_string())?;
         say(&format!("brood cgi: listening on http://{addr} ({what})"));
         Box::pin(cgi.serve_until(listener, async {
@@ -415,11 +419,15 @@ fn configure(
 async fn fastcgi(
     args: CgiArgs,
     log: impl Fn(&LogLine) + Send + Sync + 'static,
+    gauges: Option<std::sync::Arc<crate::metrics::CgiMetrics>>,
     timeout: Option<Duration>,
     queue: Duration,
     body_timeout: Duration,
 ) -> Result<(), Fail> {
     let (cgi, what) = configure(&args, log, timeout, queue, body_timeout);
+    if let Some(m) = &gauges {
+        m.follow(cgi.load());
+    }
     let cgi = cgi.stderr_to_client(args.stderr_to_client);
     cgi.check().map_err(|e| e.to_string())?;
     let listener = if args.listen == "systemd" {

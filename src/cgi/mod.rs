@@ -54,6 +54,7 @@ mod auth;
 mod body;
 mod config;
 pub(crate) mod fastcgi;
+mod load;
 mod log;
 pub(crate) mod map;
 pub(crate) mod meta;
@@ -85,6 +86,7 @@ pub use config::{
     default_max_connections, default_max_spool,
 };
 pub use fastcgi::FastCgiListener;
+pub use load::Load;
 pub use log::{Access, LogFormat, LogLine};
 pub use raw::Raw;
 
@@ -117,6 +119,7 @@ pub struct Cgi {
     max_spool: Option<u64>,
     max_connections: Option<usize>,
     scripts_by_fd: bool,
+    load: Load,
     body_timeout: Duration,
     stderr_to_client: bool,
     log: Log,
@@ -151,6 +154,7 @@ impl Cgi {
             max_spool: None,
             max_connections: None,
             scripts_by_fd: false,
+            load: Load::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
             stderr_to_client: false,
             log: default_log(),
@@ -266,6 +270,12 @@ impl Cgi {
         self
     }
 
+    /// A live view of the scripts running and the requests waiting for a slot, for
+    /// metrics; shared by every server started from this `Cgi` (or a clone).
+    pub fn load(&self) -> Load {
+        self.load.clone()
+    }
+
     /// How long a request body may stall between two pieces before the request ends with
     /// 408 ([`DEFAULT_BODY_TIMEOUT`] by default). No script runs until the body is whole.
     pub fn body_timeout(mut self, idle: Duration) -> Cgi {
@@ -374,6 +384,7 @@ impl Cgi {
             realm: self.realm,
             max_body: self.max_body,
             scripts_by_fd: self.scripts_by_fd,
+            load: self.load.clone(),
             disk: upload::Budget::new(self.max_spool.unwrap_or_else(default_max_spool)),
             connections: Arc::new(tokio::sync::Semaphore::new(
                 self.max_connections

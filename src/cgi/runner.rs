@@ -131,7 +131,7 @@ pub(crate) async fn launch(
     };
     let watch = Watch {
         stopping: state.stopping.subscribe(),
-        live: LiveGuard::new(&state.live),
+        live: LiveGuard::new(&state.live, &state.load),
         body: fed.map(|b| (b, budget)),
         disk,
         deadline: state.timeout.map(|t| Instant::now() + t),

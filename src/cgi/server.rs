@@ -349,26 +349,9 @@ fn respond(
                 }
             },
         };
-        let permit = match &state.limit {
-            None => None,
-            Some(sem) => {
-                let sem = sem.clone();
-                let acquired = if state.queue.is_zero() {
-                    sem.try_acquire_owned().ok()
-                } else {
-                    tokio::time::timeout(state.queue, sem.acquire_owned())
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok())
-                };
-                match acquired {
-                    Some(p) => Some(p),
-                    None => {
-                        let status = StatusCode::SERVICE_UNAVAILABLE;
-                        return message(&state, &peer, &head, user_ref, start, status);
-                    }
-                }
-            }
+        let Some(permit) = state.slot().await else {
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return message(&state, &peer, &head, user_ref, start, status);
         };
         let job = Job {
             peer,

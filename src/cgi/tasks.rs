@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::load::{Counted, Load};
 use super::log::{Log, LogLine};
 
 /// Tasks of one server (connections, supervisors): aborted together when it stops, which
@@ -102,13 +103,17 @@ pub(crate) fn accept_is_fatal(e: &io::Error) -> bool {
     )
 }
 
-/// Counts a running supervisor in [`State::live`] while it exists.
-pub(crate) struct LiveGuard(Arc<watch::Sender<usize>>);
+/// Counts a running supervisor in the server's live count (what a graceful stop waits
+/// for) and in its [`Load`] while it exists.
+pub(crate) struct LiveGuard(
+    Arc<watch::Sender<usize>>,
+    #[allow(dead_code, reason = "held for its drop")] Counted,
+);
 
 impl LiveGuard {
-    pub(crate) fn new(live: &Arc<watch::Sender<usize>>) -> LiveGuard {
+    pub(crate) fn new(live: &Arc<watch::Sender<usize>>, load: &Load) -> LiveGuard {
         live.send_modify(|n| *n += 1);
-        LiveGuard(live.clone())
+        LiveGuard(live.clone(), load.running())
     }
 }
 

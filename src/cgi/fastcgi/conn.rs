@@ -292,7 +292,7 @@ impl Conn {
                 Ok(o) => o,
                 Err(r) => return self.refused(id, &p, start, r, after(stdin_read)).await,
             };
-            let Some(permit) = permit(self.state.clone()).await else {
+            let Some(permit) = self.state.slot().await else {
                 self.refuse(id, &p, start, StatusCode::SERVICE_UNAVAILABLE)
                     .await;
                 return after(stdin_read);
@@ -659,21 +659,4 @@ async fn recv(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// A `max_children` slot (waiting up to `queue`); `None`: none free.
-async fn permit(state: Arc<State>) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
-    let Some(sem) = state.limit.clone() else {
-        return Some(None);
-    };
-    let queue = state.queue;
-    let acquired = if queue.is_zero() {
-        sem.try_acquire_owned().ok()
-    } else {
-        tokio::time::timeout(queue, sem.acquire_owned())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-    };
-    acquired.map(Some)
 }
