@@ -36,7 +36,8 @@ use clap::{ArgGroup, Args};
 /// the path mapped as above; it must be inside --root (or be --script). The params are the
 /// script's variables; the web server authenticates (its REMOTE_USER is trusted).
 ///
-/// Fixed limits: a client has 30 s to send a request head, of at most 64 KiB (431 beyond);
+/// Fixed limits: a client has 30 s to send a request head, of at most 64 KiB and 100
+/// headers (431 beyond); an idle keep-alive connection is closed after 30 s;
 /// request bodies held in memory share 64 MiB for the whole server (beyond, temp files).
 ///
 /// One access line per request (with a timestamp) goes to stderr or --access-log, as do
