@@ -322,6 +322,9 @@ async fn run(args: CgiArgs) -> Result<(), Fail> {
         if let Some(n) = args.max_children {
             raw = raw.max_children(n);
         }
+        if let Some(n) = args.max_connections {
+            raw = raw.max_connections(n);
+        }
         for (k, v) in &args.env {
             raw = raw.env(k, v);
         }

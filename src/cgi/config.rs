@@ -30,7 +30,8 @@ pub fn default_max_spool() -> u64 {
     }
 }
 
-/// The default [`Cgi::max_connections`](super::Cgi::max_connections): half the soft fd limit
+/// The default [`Cgi::max_connections`](super::Cgi::max_connections) and
+/// [`Raw::max_connections`](super::Raw::max_connections): half the soft fd limit
 /// (`RLIMIT_NOFILE`; the other half stays for scripts' pipes, bodies and the log), at
 /// least 16, at most 65536.
 pub fn default_max_connections() -> usize {

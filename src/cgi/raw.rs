@@ -47,6 +47,7 @@ pub struct Raw {
     args: Vec<OsString>,
     timeout: Option<Duration>,
     max_children: Option<usize>,
+    max_connections: Option<usize>,
     queue: Duration,
     env: Vec<(OsString, OsString)>,
     pass_env: Vec<OsString>,
@@ -70,6 +71,7 @@ impl Raw {
             args: Vec::new(),
             timeout: Some(DEFAULT_TIMEOUT),
             max_children: Some(default_max_children()),
+            max_connections: None,
             queue: Duration::ZERO,
             env: Vec::new(),
             pass_env: Vec::new(),
@@ -103,6 +105,14 @@ impl Raw {
         self
     }
 
+    /// At most `n` connections open at once, the ones waiting for a slot included
+    /// ([`default_max_connections`](super::default_max_connections) by default); beyond,
+    /// new connections wait in the listen backlog.
+    pub fn max_connections(mut self, n: usize) -> Raw {
+        self.max_connections = Some(n);
+        self
+    }
+
     /// How long a connection over the limit waits (zero by default).
     pub fn queue(mut self, wait: Duration) -> Raw {
         self.queue = wait;
@@ -131,8 +141,11 @@ impl Raw {
     /// exist and be executable (searched in `PATH` without a slash).
     pub fn check(&self) -> Result<()> {
         check_env(&self.env, &self.pass_env)?;
-        if self.max_children == Some(0) {
-            return Err(Error::invalid("cgi raw", "max_children must be 1 or more"));
+        if self.max_children == Some(0) || self.max_connections == Some(0) {
+            return Err(Error::invalid(
+                "cgi raw",
+                "max_children and max_connections must be 1 or more",
+            ));
         }
         let what = format!("cgi raw: program {}", self.program.to_string_lossy());
         let prog = std::path::Path::new(&self.program);
@@ -156,13 +169,20 @@ impl Raw {
     /// program still running is killed with its process group.
     pub async fn serve(self, listener: TcpListener) -> Result<()> {
         self.check()?;
+        let max_connections = self
+            .max_connections
+            .unwrap_or_else(super::config::default_max_connections);
         let limit = self.max_children.map(|n| Arc::new(Semaphore::new(n)));
         let env = Arc::new(meta::base_env(&self.env, &self.pass_env));
         let this = Arc::new(self);
         let tasks = Tasks::default();
         let _stop = AbortOnDrop(tasks.clone());
         let mut backoff = AcceptBackoff::default();
+        let connections = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
         loop {
+            let Ok(slot) = connections.clone().acquire_owned().await else {
+                continue;
+            };
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),
@@ -173,7 +193,10 @@ impl Raw {
             };
             backoff.ok();
             let (this, env, limit) = (this.clone(), env.clone(), limit.clone());
-            tasks.spawn(async move { this.connection(tcp, remote, &env, limit).await });
+            tasks.spawn(async move {
+                this.connection(tcp, remote, &env, limit).await;
+                drop(slot);
+            });
         }
     }
 
