@@ -71,8 +71,9 @@ impl Hash {
         }
     }
 
-    /// A hash of the same scheme and cost, of a password no one knows: what an unknown
-    /// user's password is checked against. (bcrypt's is computed once, at load.)
+    /// A hash of the same scheme and cost: what an unknown user's password is checked
+    /// against, for the time it takes (the result is thrown away, so which password it
+    /// hashes does not matter). bcrypt's is computed once, at load.
     fn dummy(kind: (u8, u32)) -> Hash {
         let mut secret = [0u8; 16];
         for (i, b) in secret.iter_mut().enumerate() {

@@ -122,3 +122,33 @@ impl Drop for LiveGuard {
         self.0.send_modify(|n| *n -= 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_of_exhaustion_pause_doubling_and_are_logged_once_a_second() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let log: Log = Arc::new(move |l: &LogLine| seen.lock().unwrap().push(l.to_string()));
+        let mut b = AcceptBackoff::default();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(b.failed(&emfile, &log), PAUSE_MIN);
+        for _ in 0..10 {
+            b.failed(&emfile, &log);
+        }
+        assert_eq!(b.failed(&emfile, &log), PAUSE_MAX);
+        assert_eq!(
+            lines.lock().unwrap().len(),
+            1,
+            "{:?}",
+            lines.lock().unwrap()
+        );
+        b.ok();
+        assert_eq!(b.failed(&emfile, &log), PAUSE_MIN);
+        // An error of one connection (reset before accept) does not pause.
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(b.failed(&aborted, &log), Duration::ZERO);
+    }
+}
