@@ -66,8 +66,9 @@ Examples (one for every option):
 /// program is not found, 126 when it cannot be executed, 124 when --timeout ended it, 125
 /// when brood itself fails (a usage error, a bad --cwd, no permission for --uid, an fd that
 /// was not open). SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to brood are
-/// passed on to the child (to its process group with --timeout). With --init brood acts as
-/// an init (tini): it reaps orphans and passes on every catchable signal.
+/// passed on to the child (to its process group with --timeout), but not a Ctrl-C or
+/// Ctrl-\ the child got from the terminal itself. With --init brood acts as an init (tini):
+/// it reaps orphans and passes on every catchable signal.
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, after_help = EXAMPLES)]
 pub struct RunArgs {
@@ -102,11 +103,11 @@ pub struct RunArgs {
     /// Wire child fd N, repeatable: ignore (/dev/null at 0-2, closed above), null
     /// (/dev/null), inherit (brood's fd N), fd:M (brood's fd M), file:PATH (read at 0,
     /// else written without truncating), truncate:PATH (>), append:PATH (>>). Unset 0-2
-    /// are inherited.
+    /// are inherited (one closed for brood is closed for the child).
     #[arg(long = "stdio", value_name = "N=SPEC", value_parser = parse::stdio)]
     stdio: Vec<(i32, StdioSpec)>,
     /// Send --kill-signal to the child's process group after DURATION: seconds (1.5) or
-    /// 300ms, 2s, 1m, 1h, 1d; 0 means no timeout. The child runs in a process group of
+    /// 300ms, 2s, 1m, 1h, 1d; 0 means no timeout (below 1ns is 1ns). The child runs in a process group of
     /// its own, so it is not the terminal's foreground job (see --foreground).
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     timeout: Option<Duration>,
@@ -395,13 +396,18 @@ fn setup(
         };
         stdio.push((slot, s));
     }
-    // A detached child gets /dev/null where it was given nothing: it must not hold the
-    // caller's terminal or a `$(...)` pipe open while it runs on.
-    if args.detach {
-        for fd in 0..3 {
-            if !args.stdio.iter().any(|(slot, _)| *slot == fd) {
-                stdio.push((fd, Stdio::ignore()));
-            }
+    for fd in 0..3 {
+        if args.stdio.iter().any(|(slot, _)| *slot == fd) {
+            continue;
+        }
+        if args.detach {
+            // A detached child gets /dev/null where it was given nothing: it must not hold
+            // the caller's terminal or a `$(...)` pipe open while it runs on.
+            stdio.push((fd, Stdio::ignore()));
+        } else if fds::closed_at_start(fd) {
+            // Closed for brood's caller, closed for the child (as env and timeout), not
+            // the /dev/null Rust's runtime put there for brood.
+            stdio.push((fd, Stdio::closed()));
         }
     }
     let creds = ids::resolve(args.user.as_ref(), args.uid.as_ref(), args.gid.as_ref())
