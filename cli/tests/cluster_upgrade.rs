@@ -11,6 +11,40 @@ use brood::Signum;
 use support::*;
 use tokio::time::timeout;
 
+/// A new master, started by the old one (not by this test, so `kill_on_drop` does not reach
+/// it): SIGKILLed if the test fails before it stops it, through a pidfd, so never a process
+/// that got its pid later. Its workers follow it (their parent-death signal).
+struct KillOnPanic(Option<std::os::fd::OwnedFd>);
+
+impl KillOnPanic {
+    fn new(pid: u32) -> KillOnPanic {
+        // SAFETY: pidfd_open with plain integers; it returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a new fd that nothing else owns (when >= 0).
+        KillOnPanic((fd >= 0).then(|| unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+        }))
+    }
+}
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if let (Some(fd), true) = (&self.0, std::thread::panicking()) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
+    }
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -101,6 +135,7 @@ async fn upgrade_under_load(tag: &str, strategy: &str) {
         .trim()
         .parse()
         .unwrap();
+    let _new_master_guard = KillOnPanic::new(new_master);
     assert_ne!(new_master, old_master);
     // The old master drains and exits cleanly, its workers with it.
     let exit = timeout(LIMIT, m.child.wait()).await.unwrap().unwrap();
@@ -471,6 +506,7 @@ async fn reuseport_upgrade_under_load(tag: &str) -> Tally {
         .trim()
         .parse()
         .unwrap();
+    let _new_master_guard = KillOnPanic::new(new_master);
     assert_ne!(new_master, old_master);
     let exit = timeout(LIMIT, m.child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "old master: {exit}");
