@@ -67,24 +67,12 @@ fn all_ready(s: &serde_json::Value, n: usize) -> bool {
     w.len() == n && w.iter().all(|w| w["state"] == "ready")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_under_load_fails_no_connection_and_changes_every_pid() {
-    upgrade_under_load("upgrade", "round-robin").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_of_a_shared_listener_cluster_under_load_fails_no_connection() {
-    upgrade_under_load("upgrade-shared", "shared").await;
-}
-
-async fn upgrade_under_load(tag: &str, strategy: &str) {
-    let dir = tempdir(&format!("{tag}-notify"));
-    let notify_path = dir.0.join("notify.sock");
-    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
-    let env = format!("NOTIFY_SOCKET={}", notify_path.display());
-    let mut m = Master::launch(
+/// A master (through `wrap`) with 2 builtin echo workers of `strategy` and a 5 s grace, once
+/// both are ready: the master, its pid (generation 1) and its workers' pids.
+async fn two_echo_workers(tag: &str, wrap: &[&str], strategy: &str) -> (Master, u32, Vec<u32>) {
+    let m = Master::launch(
         tag,
-        &["env", &env],
+        wrap,
         &[
             "--workers",
             "2",
@@ -107,6 +95,25 @@ async fn upgrade_under_load(tag: &str, strategy: &str) {
     assert_eq!(old_master, m.child.id().unwrap());
     assert_eq!(old["master"]["generation"], 1);
     let old_workers = worker_pids(&old);
+    (m, old_master, old_workers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_under_load_fails_no_connection_and_changes_every_pid() {
+    upgrade_under_load("upgrade", "round-robin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_of_a_shared_listener_cluster_under_load_fails_no_connection() {
+    upgrade_under_load("upgrade-shared", "shared").await;
+}
+
+async fn upgrade_under_load(tag: &str, strategy: &str) {
+    let dir = tempdir(&format!("{tag}-notify"));
+    let notify_path = dir.0.join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+    let env = format!("NOTIFY_SOCKET={}", notify_path.display());
+    let (mut m, old_master, old_workers) = two_echo_workers(tag, &["env", &env], strategy).await;
 
     // A steady load of new connections through the whole upgrade.
     let (stop_load, load) = load(m.addr.clone(), 4);
@@ -472,29 +479,7 @@ fn bring_loopback_up() {
 /// queued connections (no refusal, no hang, every pid changed, the new master stops
 /// cleanly) and returns the tally.
 async fn reuseport_upgrade_under_load(tag: &str) -> Tally {
-    let mut m = Master::launch(
-        tag,
-        &[],
-        &[
-            "--workers",
-            "2",
-            "--grace",
-            "5",
-            "--strategy",
-            "reuseport",
-            "--builtin",
-            "echo",
-        ],
-    )
-    .await;
-    m.wait_for(
-        |r| r.len() == 2 && r.iter().all(|r| r.state == "ready"),
-        "ready",
-    )
-    .await;
-    let old = status(&m).await;
-    let old_master = old["master"]["pid"].as_u64().unwrap() as u32;
-    let old_workers = worker_pids(&old);
+    let (mut m, old_master, old_workers) = two_echo_workers(tag, &[], "reuseport").await;
 
     let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (stop_load, load) = classified_load(m.addr.clone(), 4, ok.clone());
