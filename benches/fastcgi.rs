@@ -114,13 +114,11 @@ struct Proc(Child);
 /// to the bench alone, where no `Drop` runs.
 fn watched(cmd: &mut Command) -> Proc {
     let program = cmd.get_program().to_owned();
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(&program).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(&program).is_file()));
     assert!(
         found,
-        "{} is not installed (apt-get install nginx-light fcgiwrap wrk)",
-        program.display()
+        "{program:?} is not installed (apt-get install nginx-light fcgiwrap wrk)"
     );
     let mut sh = Command::new("sh");
     sh.args(["-c", "\"$@\" & read _; kill -TERM 0", "sh"])

@@ -239,7 +239,10 @@ fn no_parent_handler_runs_in_a_child_during_a_signal_storm() {
         let n = r.in_parent.iter().find(|(s, _)| *s == sig).map(|p| p.1);
         assert!(n.unwrap_or(0) > 0, "signal {sig} never arrived: {r:?}");
     }
-    assert!(r.killed_by_storm > 0, "no child ever got a storm signal: {r:?}");
+    assert!(
+        r.killed_by_storm > 0,
+        "no child ever got a storm signal: {r:?}"
+    );
 }
 
 /// The storm helper, run in a process group of its own: a thread sends every storm signal
@@ -248,8 +251,9 @@ fn storm() {
     PARENT.store(raw_getpid(), Ordering::SeqCst);
     install_recorder();
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
     let sender = {
-        let stop = stop.clone();
+        let (stop, rounds) = (stop.clone(), rounds.clone());
         std::thread::spawn(move || {
             let sigs = storm_signals();
             while !stop.load(Ordering::Relaxed) {
@@ -257,11 +261,14 @@ fn storm() {
                     // SAFETY: kill(2) to our own process group (the helper and its children).
                     unsafe { libc::kill(0, sig) };
                 }
+                rounds.fetch_add(1, Ordering::Relaxed);
                 // Let the handlers keep up (real-time signals queue, up to a limit).
                 std::thread::yield_now();
             }
         })
     };
+    // The spawns start once the storm has.
+    poll_until("the storm to start", || rounds.load(Ordering::Relaxed) > 0);
     let spawned = Arc::new(AtomicUsize::new(0));
     let mask_changed = Arc::new(AtomicUsize::new(0));
     let killed = Arc::new(AtomicUsize::new(0));
@@ -276,7 +283,11 @@ fn storm() {
                 let before = thread_mask();
                 let storm = storm_signals();
                 rt().block_on(async {
-                    while spawned.load(Ordering::Relaxed) < SPAWNS && Instant::now() < deadline {
+                    // SPAWNS children, and more until one has met the storm (bounded).
+                    while (spawned.load(Ordering::Relaxed) < SPAWNS
+                        || killed.load(Ordering::Relaxed) == 0)
+                        && Instant::now() < deadline
+                    {
                         let mut child = Command::new("true")
                             .stdin(Stdio::null())
                             .stdout(Stdio::null())
@@ -336,12 +347,16 @@ fn a_child_starts_with_an_empty_mask_and_the_spawning_threads_mask_is_restored()
             let before = thread_mask();
             assert_eq!(before.count_ones(), 62, "{before:#x}");
             for _ in 0..20 {
-                let mut child = Command::new("cat")
+                let child = Command::new("cat")
                     .arg("/proc/self/status")
                     .stdout(Stdio::piped())
                     .spawn()
                     .unwrap();
-                assert_eq!(thread_mask(), before, "the spawn changed this thread's mask");
+                assert_eq!(
+                    thread_mask(),
+                    before,
+                    "the spawn changed this thread's mask"
+                );
                 let out = bounded("cat", child.wait_with_output()).await.unwrap();
                 assert!(out.exit.success(), "{}", out.exit);
                 let status = String::from_utf8(out.stdout).unwrap();

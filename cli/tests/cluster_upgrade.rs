@@ -21,9 +21,7 @@ impl KillOnPanic {
         // SAFETY: pidfd_open with plain integers; it returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         // SAFETY: a new fd that nothing else owns (when >= 0).
-        KillOnPanic((fd >= 0).then(|| unsafe {
-            std::os::fd::FromRawFd::from_raw_fd(fd as i32)
-        }))
+        KillOnPanic((fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }))
     }
 }
 
@@ -422,11 +420,8 @@ async fn with_tcp_migrate_req_a_reuseport_upgrade_loses_nothing() {
         return;
     }
     // SAFETY: getuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::getuid() },
-        0,
-        "unshare --net needs root, as CI runs the tests"
-    );
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(uid, 0, "unshare --net needs root, as CI runs the tests");
     let exe = std::env::current_exe().unwrap();
     let out = timeout(
         Duration::from_secs(60),

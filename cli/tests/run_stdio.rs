@@ -212,7 +212,11 @@ const REPORT_STDIO: &str = "s=; for fd in 0 1 2; do \
 /// (`None`: closed) and fd 3 a pipe passed on with `--stdio 3=inherit`; returns brood's exit
 /// code, the report and brood's stderr (empty when fd 2 was closed).
 async fn stdio_report(closed: [bool; 3], args: &[&str]) -> (i64, String, String) {
-    let args = [args, &["--stdio", "3=inherit", "--", "sh", "-c", REPORT_STDIO]].concat();
+    let args = [
+        args,
+        &["--stdio", "3=inherit", "--", "sh", "-c", REPORT_STDIO],
+    ]
+    .concat();
     let mut cmd = run_cmd(&args);
     cmd.stdio(3, Stdio::piped());
     for (fd, closed) in closed.into_iter().enumerate() {
@@ -243,14 +247,30 @@ async fn fds_closed_for_brood_are_closed_for_the_child() {
     let (code, report, _) = stdio_report([true, true, true], &[]).await;
     assert_eq!((code, report.as_str()), (0, "0:closed 1:closed 2:closed"));
     let (code, report, err) = stdio_report([true, false, false], &[]).await;
-    assert_eq!((code, report.as_str()), (0, "0:closed 1:open 2:open"), "{err}");
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:closed 1:open 2:open"),
+        "{err}"
+    );
     let (code, report, err) = stdio_report([false, true, false], &["--init"]).await;
-    assert_eq!((code, report.as_str()), (0, "0:open 1:closed 2:open"), "{err}");
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:open 1:closed 2:open"),
+        "{err}"
+    );
     let (code, report, err) = stdio_report([false, false, false], &[]).await;
-    assert_eq!((code, report.as_str()), (0, "0:open 1:open 2:open"), "{err}");
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:open 1:open 2:open"),
+        "{err}"
+    );
     // Asked for, the child gets /dev/null there.
     let (code, report, err) = stdio_report([true, true, false], &["--stdio", "0=null"]).await;
-    assert_eq!((code, report.as_str()), (0, "0:open 1:closed 2:open"), "{err}");
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:open 1:closed 2:open"),
+        "{err}"
+    );
     // Detached, it gets /dev/null at 0-2 whatever brood had (see detach_gives_dev_null...).
 }
 
@@ -270,6 +290,9 @@ async fn naming_a_closed_stdio_fd_is_ebadf() {
         let out = bounded("brood", cmd.output()).await.unwrap();
         let err = text(&out.stderr);
         assert_eq!(code(&out), 125, "{args:?}: {err}");
-        assert!(err.contains("EBADF") && err.contains("fd 1 was not open"), "{args:?}: {err}");
+        assert!(
+            err.contains("EBADF") && err.contains("fd 1 was not open"),
+            "{args:?}: {err}"
+        );
     }
 }
