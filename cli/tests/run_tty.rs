@@ -41,10 +41,14 @@ while True:
 /// terminal) or `kill:SIG` (sent to brood), the rest brood's arguments. Prints the child's
 /// lines, then `EXIT <brood's wait status>`.
 const DRIVER: &str = r#"
-import os, pty, select, signal, sys, time
+import os, pty, select, signal, sys, termios, time
 brood, how, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 pid, master = pty.fork()
 if pid == 0:
+    # NOFLSH: a typed Ctrl-C must not flush output the child is writing at that moment.
+    attrs = termios.tcgetattr(0)
+    attrs[3] |= termios.NOFLSH
+    termios.tcsetattr(0, termios.TCSANOW, attrs)
     os.execv(brood, [brood, "run"] + args)
 deadline = time.monotonic() + 30
 buf = b""
@@ -103,7 +107,7 @@ async fn counts(how: &str, args: &[&str]) -> (u32, u32) {
     assert!(stdout.contains("EXIT 0"), "brood did not exit 0:\n{stdout}");
     let done = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("DONE "))
+        .find_map(|l| l.split_once("DONE ").map(|(_, d)| d))
         .unwrap_or_else(|| panic!("no DONE line:\n{stdout}"));
     let field = |k: &str| -> u32 {
         done.split_whitespace()
