@@ -66,8 +66,8 @@ fn all_ready(s: &serde_json::Value, n: usize) -> bool {
 }
 
 /// A master (through `wrap`) with 2 builtin echo workers of `strategy` and a 5 s grace, once
-/// both are ready: the master, its pid (generation 1) and its workers' pids.
-async fn two_echo_workers(tag: &str, wrap: &[&str], strategy: &str) -> (Master, u32, Vec<u32>) {
+/// both are ready: the master (generation 1) and its workers' pids.
+async fn two_echo_workers(tag: &str, wrap: &[&str], strategy: &str) -> (Master, Vec<u32>) {
     let m = Master::launch(
         tag,
         wrap,
@@ -93,7 +93,26 @@ async fn two_echo_workers(tag: &str, wrap: &[&str], strategy: &str) -> (Master, 
     assert_eq!(old_master, m.child.id().unwrap());
     assert_eq!(old["master"]["generation"], 1);
     let old_workers = worker_pids(&old);
-    (m, old_master, old_workers)
+    (m, old_workers)
+}
+
+/// After `ctl upgrade` answered `answer`: the new master's pid (guarded), once the old
+/// master has exited cleanly and its workers are gone.
+async fn handed_over(m: &mut Master, answer: &str, old_workers: &[u32]) -> (u32, KillOnPanic) {
+    let new_master: u32 = answer
+        .strip_prefix("upgraded: new master ")
+        .unwrap_or_else(|| panic!("{answer}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let guard = KillOnPanic::new(new_master);
+    assert_ne!(Some(new_master), m.child.id());
+    let exit = timeout(LIMIT, m.child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "old master: {exit}");
+    for pid in old_workers {
+        until("the old workers to exit", || !alive(*pid)).await;
+    }
+    (new_master, guard)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +130,7 @@ async fn upgrade_under_load(tag: &str, strategy: &str) {
     let notify_path = dir.0.join("notify.sock");
     let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
     let env = format!("NOTIFY_SOCKET={}", notify_path.display());
-    let (mut m, old_master, old_workers) = two_echo_workers(tag, &["env", &env], strategy).await;
+    let (mut m, old_workers) = two_echo_workers(tag, &["env", &env], strategy).await;
 
     // A steady load of new connections through the whole upgrade.
     let (stop_load, load) = load(m.addr.clone(), 4);
@@ -134,20 +153,8 @@ async fn upgrade_under_load(tag: &str, strategy: &str) {
     .unwrap();
     let answer = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.exit.success(), "{answer}");
-    let new_master: u32 = answer
-        .strip_prefix("upgraded: new master ")
-        .unwrap_or_else(|| panic!("{answer}"))
-        .trim()
-        .parse()
-        .unwrap();
-    let _new_master_guard = KillOnPanic::new(new_master);
-    assert_ne!(new_master, old_master);
     // The old master drains and exits cleanly, its workers with it.
-    let exit = timeout(LIMIT, m.child.wait()).await.unwrap().unwrap();
-    assert!(exit.success(), "old master: {exit}");
-    for pid in &old_workers {
-        until("the old workers to exit", || !alive(*pid)).await;
-    }
+    let (new_master, _new_master_guard) = handed_over(&mut m, &answer, &old_workers).await;
     // Load on the new master alone for a while.
     let handed = |s: &serde_json::Value| -> u64 {
         s["workers"]
@@ -474,25 +481,13 @@ fn bring_loopback_up() {
 /// queued connections (no refusal, no hang, every pid changed, the new master stops
 /// cleanly) and returns the tally.
 async fn reuseport_upgrade_under_load(tag: &str) -> Tally {
-    let (mut m, old_master, old_workers) = two_echo_workers(tag, &[], "reuseport").await;
+    let (mut m, old_workers) = two_echo_workers(tag, &[], "reuseport").await;
 
     let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (stop_load, load) = classified_load(m.addr.clone(), 4, ok.clone());
     grows(&ok, 50, "load before the upgrade").await;
     let answer = m.ctl("upgrade").await;
-    let new_master: u32 = answer
-        .strip_prefix("upgraded: new master ")
-        .unwrap_or_else(|| panic!("{answer}"))
-        .trim()
-        .parse()
-        .unwrap();
-    let _new_master_guard = KillOnPanic::new(new_master);
-    assert_ne!(new_master, old_master);
-    let exit = timeout(LIMIT, m.child.wait()).await.unwrap().unwrap();
-    assert!(exit.success(), "old master: {exit}");
-    for pid in &old_workers {
-        until("the old workers to exit", || !alive(*pid)).await;
-    }
+    let (new_master, _new_master_guard) = handed_over(&mut m, &answer, &old_workers).await;
     // The new generation alone serves the load for a while.
     grows(&ok, 200, "load on the new master").await;
     stop_load.send(true).unwrap();
