@@ -83,7 +83,7 @@ def resolve(cur, parts):
 
 def paths(body):
     """Every path starting with crate:: or super::, with `{a, b}` groups expanded."""
-    for m in re.finditer(r"\b(crate|super)((?:::\w+)*)(::\{([^}]*)\})?", body):
+    for m in re.finditer(r"\b(crate|super)\b((?:::\w+)*)(::\{([^}]*)\})?", body):
         head = [m.group(1)] + [p for p in m.group(2).split("::") if p]
         if m.group(4):
             for item in m.group(4).split(","):

@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStringExt;
 
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Uri, Version};
+use percent_encoding::percent_decode_str;
 
 use super::map::Target;
 
@@ -169,6 +170,30 @@ pub(crate) fn variables(
         set(&http_name(n), OsString::from_vec(joined));
     }
     v
+}
+
+/// RFC 3875 4.4: a `GET`/`HEAD` query with no `=` is a search string, given to the script
+/// as arguments (split on `+`, then decoded). None when any word does not decode cleanly
+/// or starts with `-`, which a program would take as an option (php-cgi's CVE-2012-1823:
+/// `?-d+allow_url_include%3d1`).
+pub(crate) fn search_args(method: &Method, query: Option<&str>) -> Vec<OsString> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return Vec::new();
+    }
+    let Some(q) = query.filter(|q| !q.is_empty() && !q.contains('=')) else {
+        return Vec::new();
+    };
+    let words: Vec<Vec<u8>> = q
+        .split('+')
+        .map(|w| percent_decode_str(w).collect())
+        .collect();
+    if words
+        .iter()
+        .any(|w| w.contains(&0) || w.first() == Some(&b'-') || w.contains(&b'='))
+    {
+        return Vec::new();
+    }
+    words.into_iter().map(OsString::from_vec).collect()
 }
 
 #[cfg(test)]

@@ -49,9 +49,12 @@
 //! # Ok(()) }
 //! ```
 
+mod answer;
 mod auth;
 mod body;
-mod fastcgi;
+mod config;
+pub(crate) mod fastcgi;
+mod log;
 pub(crate) mod map;
 pub(crate) mod meta;
 mod raw;
@@ -59,193 +62,28 @@ pub(crate) mod response;
 mod runner;
 mod script;
 pub(crate) mod server;
+mod state;
+mod tasks;
 mod time;
 mod upload;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::Exit;
 use crate::error::{Error, Result, from_io};
+use config::check_env;
+use log::{Log, default_log};
 
+pub use config::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, default_max_children};
 pub use fastcgi::FastCgiListener;
+pub use log::{Access, LogFormat, LogLine};
 pub use raw::Raw;
-
-/// Where log lines go.
-pub(crate) type Log = Arc<dyn Fn(&LogLine) + Send + Sync>;
-
-/// One line of a CGI server's log, given to [`Cgi::on_log`] (printed to stderr by default).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum LogLine {
-    /// A request was answered (written when its script has ended, with its exit).
-    Access(Access),
-    /// A line the script wrote to its stderr.
-    Stderr {
-        /// The script's `SCRIPT_NAME` (the program, in raw mode).
-        script: String,
-        /// The line, without its newline.
-        line: String,
-    },
-    /// Something the operator should know: a refused path, a bad header block, a timeout.
-    Error(String),
-}
-
-/// The access-log record of one request.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Access {
-    /// The client.
-    pub remote: SocketAddr,
-    /// The request method (`-` in raw mode).
-    pub method: String,
-    /// The request target, path and query (the program, in raw mode).
-    pub target: String,
-    /// `HTTP/1.1` or `HTTP/1.0` (`-` in raw mode).
-    pub protocol: String,
-    /// The status the client got: 499 when it went away before any answer (as nginx
-    /// logs it), 0 in raw mode.
-    pub status: u16,
-    /// Body bytes sent to the client.
-    pub bytes: u64,
-    /// From the request to the script's end.
-    pub elapsed: Duration,
-    /// How the script ended, when one ran.
-    pub exit: Option<Exit>,
-    /// The user brood authenticated (`--htpasswd`).
-    pub user: Option<String>,
-    /// The `Referer` header.
-    pub referer: Option<String>,
-    /// The `User-Agent` header.
-    pub user_agent: Option<String>,
-    /// When the line was written.
-    pub time: SystemTime,
-}
-
-/// How [`LogLine::Access`] lines are written by [`LogLine::format`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// brood's own: `TIME CLIENT "METHOD TARGET" STATUS BYTESB MSms exit=N|signal=N`.
-    #[default]
-    Brood,
-    /// The Common Log Format of Apache, nginx and lighttpd.
-    Common,
-    /// Common, then `"referer" "user-agent"` (Apache's and nginx's `combined`).
-    Combined,
-}
-
-impl LogLine {
-    /// The line in `format` (which changes only access lines), with a timestamp: RFC 3339
-    /// UTC at the start in brood's format, `[day/Mon/year:h:m:s +0000]` in the others.
-    ///
-    /// ```
-    /// use brood::cgi::{Cgi, LogFormat};
-    /// // Access lines in the Common Log Format, everything else in brood's own.
-    /// let cgi = Cgi::root("/srv/cgi-bin").on_log(|line| {
-    ///     eprintln!("{}", line.format(LogFormat::Common));
-    /// });
-    /// # drop(cgi);
-    /// let line = brood::cgi::LogLine::Error("bad header block".into()).format(LogFormat::Brood);
-    /// assert!(line.ends_with("Z error: bad header block"));
-    /// ```
-    pub fn format(&self, format: LogFormat) -> String {
-        let LogLine::Access(a) = self else {
-            return format!("{} {self}", time::rfc3339(SystemTime::now()));
-        };
-        let quoted = |v: &Option<String>| {
-            v.as_deref()
-                .map_or("-".to_string(), |s| s.replace('"', "\\\""))
-        };
-        match format {
-            LogFormat::Brood => format!("{} {self}", time::rfc3339(a.time)),
-            LogFormat::Common | LogFormat::Combined => {
-                let mut line = format!(
-                    "{} - {} [{}] \"{} {} {}\" {} {}",
-                    a.remote.ip(),
-                    a.user.as_deref().unwrap_or("-").replace([' ', '"'], "_"),
-                    time::clf(a.time),
-                    a.method,
-                    a.target.replace('"', "%22"),
-                    a.protocol,
-                    a.status,
-                    if a.bytes == 0 {
-                        "-".to_string()
-                    } else {
-                        a.bytes.to_string()
-                    }
-                );
-                if format == LogFormat::Combined {
-                    line.push_str(&format!(
-                        " \"{}\" \"{}\"",
-                        quoted(&a.referer),
-                        quoted(&a.user_agent)
-                    ));
-                }
-                line
-            }
-        }
-    }
-}
-
-impl fmt::Display for LogLine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LogLine::Access(a) => {
-                write!(
-                    f,
-                    "{} \"{} {}\" {} {}B {}ms",
-                    a.remote,
-                    a.method,
-                    a.target,
-                    a.status,
-                    a.bytes,
-                    a.elapsed.as_millis()
-                )?;
-                match a.exit {
-                    None => write!(f, " exit=-"),
-                    Some(e) if e.signal != 0 => write!(f, " signal={}", e.signal),
-                    Some(e) => write!(f, " exit={}", e.status),
-                }
-            }
-            LogLine::Stderr { script, line } => write!(f, "[{script}] {line}"),
-            LogLine::Error(msg) => write!(f, "error: {msg}"),
-        }
-    }
-}
-
-/// Writes a line to stderr, ignoring errors: a closed or full stderr must not stop (or
-/// panic) the server.
-pub(crate) fn write_stderr(text: &str) {
-    use std::io::Write;
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(text.as_bytes());
-    let _ = err.write_all(b"\n");
-}
-
-fn default_log() -> Log {
-    Arc::new(|line: &LogLine| write_stderr(&line.format(LogFormat::Brood)))
-}
-
-/// The default [`Cgi::timeout`] and [`Raw::timeout`].
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The default [`Cgi::body_timeout`].
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The default [`Cgi::max_body`]: 1 GiB, as Apache's `LimitRequestBody`.
-pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
-
-/// The default [`Cgi::max_children`] and [`Raw::max_children`]: 16 per CPU.
-pub fn default_max_children() -> usize {
-    16 * std::thread::available_parallelism().map_or(1, |n| n.get())
-}
 
 #[derive(Debug, Clone)]
 enum Source {
@@ -428,7 +266,7 @@ impl Cgi {
         self
     }
 
-    fn state(self) -> Result<server::State> {
+    fn state(self) -> Result<state::State> {
         let op = "cgi";
         let prefix = normalize_prefix(&self.prefix)?;
         let mapping = match &self.source {
@@ -472,7 +310,7 @@ impl Cgi {
             None => None,
             Some(path) => Some(Arc::new(auth::Htpasswd::load(path)?)),
         };
-        Ok(server::State {
+        Ok(state::State {
             auth,
             realm: self.realm,
             max_body: self.max_body,
@@ -486,7 +324,7 @@ impl Cgi {
             queue: self.queue,
             max_header: self.max_header,
             log: self.log,
-            tasks: server::Tasks::default(),
+            tasks: tasks::Tasks::default(),
             stopping: tokio::sync::watch::channel(false).0,
             live: Arc::new(tokio::sync::watch::channel(0).0),
         })
@@ -592,17 +430,4 @@ fn normalize_prefix(p: &str) -> Result<String> {
         ));
     }
     Ok(p.trim_end_matches('/').to_string())
-}
-
-pub(crate) fn check_env(env: &[(OsString, OsString)], pass: &[OsString]) -> Result<()> {
-    for k in env.iter().map(|(k, _)| k).chain(pass) {
-        let b = k.as_encoded_bytes();
-        if b.is_empty() || b.contains(&b'=') || b.contains(&0) {
-            return Err(Error::invalid(
-                format!("cgi: env {k:?}"),
-                "a variable name is not empty and has no = or NUL",
-            ));
-        }
-    }
-    Ok(())
 }

@@ -11,9 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::config::{DEFAULT_TIMEOUT, check_env, default_max_children};
+use super::log::{Access, Log, LogLine, default_log};
+use super::meta;
 use super::script::{GroupKill, KILL_GRACE, log_stderr};
-use super::server::{AbortOnDrop, Tasks, accept_is_fatal};
-use super::{Access, Log, LogLine, check_env, default_log, meta};
+use super::tasks::{AbortOnDrop, Tasks, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 use crate::{Command, Stdio};
 
@@ -66,8 +68,8 @@ impl Raw {
         Raw {
             program: program.into(),
             args: Vec::new(),
-            timeout: Some(super::DEFAULT_TIMEOUT),
-            max_children: Some(super::default_max_children()),
+            timeout: Some(DEFAULT_TIMEOUT),
+            max_children: Some(default_max_children()),
             queue: Duration::ZERO,
             env: Vec::new(),
             pass_env: Vec::new(),

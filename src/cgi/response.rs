@@ -20,6 +20,14 @@ pub(crate) enum Reply {
 /// Where the header block ends: `(end of the block, start of the body)`, at the first empty
 /// line (`\n\n` or `\n\r\n`). `None` while the block is incomplete. An empty first line
 /// gives an empty block, which [`parse_cgi`] refuses.
+/// The `Content-Length` a script's header block gives.
+pub(crate) fn content_length_of(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 #[cfg(test)]
 pub(crate) fn find_end(buf: &[u8]) -> Option<(usize, usize)> {
     find_end_from(buf, 0)

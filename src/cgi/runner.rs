@@ -13,13 +13,15 @@ use hyper::header::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+use super::answer::text;
 use super::body::{HeadError, read_head};
+use super::log::{Log, LogLine};
 use super::map::{Opened, Target};
 use super::response::{Reply, parse_cgi, parse_nph};
 use super::script::{self, Run, Shared, Watch};
-use super::server::{LiveGuard, State, text};
+use super::state::State;
+use super::tasks::LiveGuard;
 use super::upload::Upload;
-use super::{Log, LogLine};
 use crate::{Command, Exit, Stdio};
 
 /// One request ready to run: its script opened, its body whole, its slot taken.

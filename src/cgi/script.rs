@@ -16,8 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use tokio::time::Instant;
 
+use super::log::{Log, LogLine};
+use super::tasks::LiveGuard;
 use super::upload::Reservation;
-use super::{Log, LogLine};
 use crate::{Child, Exit, Signum};
 
 /// The script's stdout, stdin or stderr, whatever kind of fd the spawn engine gives.
@@ -146,7 +147,7 @@ pub(crate) struct Watch {
     /// Becomes `true` when the server stops gracefully.
     pub stopping: watch::Receiver<bool>,
     /// Held while the supervisor runs.
-    pub live: super::server::LiveGuard,
+    pub live: LiveGuard,
     /// The whole request body, for a stdin pipe (a body in a file is the stdin itself),
     /// with its share of the memory budget.
     pub body: Option<(Bytes, Option<Reservation>)>,

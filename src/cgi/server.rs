@@ -2,13 +2,11 @@
 //! answer each request by running its script.
 
 use std::convert::Infallible;
-use std::ffi::OsString;
 use std::future::Future;
 use std::io;
-use std::os::unix::ffi::OsStringExt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,21 +18,25 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::answer::text;
 use super::auth::{Htpasswd, basic_credentials};
 use super::body::ScriptBody;
-use super::map::{Mapping, Opened, Target};
+use super::log::{Access, LogLine};
+use super::map::{Opened, Target};
 use super::meta::{self, Head, Peer};
+use super::response::content_length_of;
 use super::runner::{self, Outcome};
 use super::script;
+use super::state::State;
+use super::tasks::{AbortOnDrop, accept_is_fatal};
 use super::upload::{Upload, UploadError, read_all};
-use super::{Access, Log, LogLine};
 use crate::error::{Result, from_io};
+
+// `fuzzing.rs` reaches the query's argv here.
+pub(crate) use super::meta::search_args;
 
 /// The response body type: a script's stdout or a short message of the server's.
 type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -44,60 +46,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Local redirects followed for one request before answering 500.
 const MAX_REDIRECTS: usize = 10;
-
-/// Tasks of one server (connections, supervisors): aborted together when it stops, which
-/// kills every script still running.
-#[derive(Clone, Default)]
-pub(crate) struct Tasks(Arc<Mutex<JoinSet<()>>>);
-
-impl Tasks {
-    pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while set.try_join_next().is_some() {}
-        set.spawn(fut);
-    }
-
-    pub(crate) fn abort_all(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).abort_all();
-    }
-}
-
-/// Aborts a server's tasks when its `serve` future ends or is dropped.
-pub(crate) struct AbortOnDrop(pub Tasks);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort_all();
-    }
-}
-
-/// A server's fixed settings.
-pub(crate) struct State {
-    pub mapping: Mapping,
-    pub env: Vec<(OsString, OsString)>,
-    pub timeout: Option<Duration>,
-    pub limit: Option<Arc<Semaphore>>,
-    pub queue: Duration,
-    pub max_header: usize,
-    pub auth: Option<Arc<Htpasswd>>,
-    pub realm: String,
-    pub max_body: u64,
-    pub body_timeout: Duration,
-    pub log: Log,
-    pub tasks: Tasks,
-    /// Set when a graceful stop begins: supervisors end their groups.
-    pub stopping: watch::Sender<bool>,
-    /// Supervisors still running.
-    pub live: Arc<watch::Sender<usize>>,
-}
-
-/// Whether an accept error concerns one connection (go on) or the listener (stop).
-pub(crate) fn accept_is_fatal(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP)
-    )
-}
 
 pub(crate) async fn serve(
     state: Arc<State>,
@@ -141,26 +89,8 @@ pub(crate) async fn serve(
     // Graceful stop: no new connection; every running script's group gets SIGTERM, then
     // SIGKILL after the grace (its supervisor sees `stopping`); then the rest is aborted.
     drop(listener);
-    state.stopping.send_replace(true);
-    let mut live = state.live.subscribe();
-    let _ = tokio::time::timeout(script::KILL_GRACE * 2, live.wait_for(|n| *n == 0)).await;
+    state.stop_scripts().await;
     Ok(())
-}
-
-/// Counts a running supervisor in [`State::live`] while it exists.
-pub(crate) struct LiveGuard(Arc<watch::Sender<usize>>);
-
-impl LiveGuard {
-    pub(crate) fn new(live: &Arc<watch::Sender<usize>>) -> LiveGuard {
-        live.send_modify(|n| *n += 1);
-        LiveGuard(live.clone())
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
 }
 
 async fn handle(
@@ -234,34 +164,6 @@ fn unauthorized(state: &State, peer: &Peer, head: &Head, start: Instant) -> Resp
 /// The largest request head (target and headers) that is passed to a script.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
-/// One sentence for the client on what an error status means here.
-pub(crate) fn explain(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 => "The request was malformed.",
-        401 => "This server needs a valid user and password.",
-        403 => "This path may not be run.",
-        404 => "No script at this path.",
-        408 => "The request body stopped coming.",
-        413 => "The request body is larger than this server takes.",
-        431 => "The request headers are larger than this server takes.",
-        500 => "The script could not be started.",
-        502 => "The script did not give a valid CGI answer.",
-        503 => "Too many scripts are running; try again later.",
-        504 => "The script took too long.",
-        _ => "",
-    }
-}
-
-/// The body of an answer brood makes itself.
-pub(crate) fn text(status: StatusCode) -> String {
-    format!(
-        "{} {}\n{}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        explain(status)
-    )
-}
-
 /// A short plain-text answer from the server itself, logged.
 fn message(
     state: &State,
@@ -329,30 +231,6 @@ fn log_access(
         user_agent: header(header::USER_AGENT),
         time: std::time::SystemTime::now(),
     }));
-}
-
-/// RFC 3875 4.4: a `GET`/`HEAD` query with no `=` is a search string, given to the script
-/// as arguments (split on `+`, then decoded). None when any word does not decode cleanly
-/// or starts with `-`, which a program would take as an option (php-cgi's CVE-2012-1823:
-/// `?-d+allow_url_include%3d1`).
-pub(crate) fn search_args(method: &Method, query: Option<&str>) -> Vec<OsString> {
-    if !matches!(*method, Method::GET | Method::HEAD) {
-        return Vec::new();
-    }
-    let Some(q) = query.filter(|q| !q.is_empty() && !q.contains('=')) else {
-        return Vec::new();
-    };
-    let words: Vec<Vec<u8>> = q
-        .split('+')
-        .map(|w| percent_decode_str(w).collect())
-        .collect();
-    if words
-        .iter()
-        .any(|w| w.contains(&0) || w.first() == Some(&b'-') || w.contains(&b'='))
-    {
-        return Vec::new();
-    }
-    words.into_iter().map(OsString::from_vec).collect()
 }
 
 /// The request's `Content-Length`, when it has one and is not chunked.
@@ -571,12 +449,4 @@ async fn run_script(state: Arc<State>, job: Job) -> Response<Body> {
         }
     }
     resp
-}
-
-/// The `Content-Length` a script's header block gives.
-pub(crate) fn content_length_of(headers: &hyper::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }

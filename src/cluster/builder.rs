@@ -1,4 +1,5 @@
-//! `Cluster` and its builder: the settings, the listening socket, and `run`.
+//! `Cluster` and its builder: the settings (checked into a plain `Config`), the listening
+//! socket, and `run`, which hands both to the master.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::master::{EVENTS_MAX, Master};
+use super::config::Config;
+use super::proto::Source;
+use super::state::{EVENTS_MAX, Master};
 use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, control, listen};
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
@@ -37,28 +40,9 @@ pub struct ClusterBuilder {
 /// A master process of a multi-process server. See the [module docs](super).
 #[derive(Debug)]
 pub struct Cluster {
-    pub(super) cfg: ClusterBuilder,
-    pub(super) workers: usize,
-    pub(super) max_workers: usize,
-    pub(super) local_addr: SocketAddr,
-    pub(super) source: Source,
+    cfg: Config,
+    source: Source,
     control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
-}
-
-/// Where connections come from.
-#[derive(Debug)]
-pub(super) enum Source {
-    /// The master accepts (round-robin, least-connections).
-    Accept(std::net::TcpListener),
-    /// Workers share this listener.
-    Shared(std::net::TcpListener),
-    /// Shut down: no listening socket left in the master.
-    Closed,
-    /// Workers get their own socket in the group this anchor holds.
-    ReusePort {
-        /// Held, never used: it keeps the port while workers come and go.
-        _anchor: socket2::Socket,
-    },
 }
 
 impl Cluster {
@@ -86,7 +70,7 @@ impl Cluster {
 
     /// The address the cluster listens on (the port is known even when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.cfg.local_addr
     }
 
     /// Runs the master until `SIGTERM` or `SIGINT` (graceful shutdown) and returns when every
@@ -104,18 +88,16 @@ impl Cluster {
             None => None,
         };
         // The master's accepting listener lives in `Master::run` only, so shutdown closes it.
-        let accept = match std::mem::replace(&mut self.source, Source::Closed) {
+        let (accept, source) = match std::mem::replace(&mut self.source, Source::Closed) {
             Source::Accept(l) => {
                 l.set_nonblocking(true)
                     .map_err(|e| from_io(e, "listener"))?;
-                Some(TcpListener::from_std(l).map_err(|e| from_io(e, "listener"))?)
+                let l = TcpListener::from_std(l).map_err(|e| from_io(e, "listener"))?;
+                (Some(l), Source::Closed)
             }
-            other => {
-                self.source = other;
-                None
-            }
+            other => (None, other),
         };
-        let mut master = Master::start(self, events_tx)?;
+        let mut master = Master::start(self.cfg, source, events_tx)?;
         let path = control.map(|(path, task, copy)| {
             master.control_task = Some(task);
             master.control_fd = Some(copy.into());
@@ -340,11 +322,25 @@ impl ClusterBuilder {
             Some(path) => Some((path.clone(), control::bind(path)?)),
             None => None,
         };
-        Ok(Cluster {
-            cfg: self,
+        let cfg = Config {
+            local_addr,
             workers,
             max_workers,
-            local_addr,
+            strategy: self.strategy,
+            timings: self.timings,
+            program: self.program,
+            expect_ready: self.expect_ready,
+            env: self.env,
+            stop_signal: self.stop_signal,
+            restart: self.restart,
+            max_restarts: self.max_restarts,
+            worker_output: self.worker_output,
+            metrics: self.metrics,
+            upgrade_program: self.upgrade_program,
+            upgrade_timeout: self.upgrade_timeout,
+        };
+        Ok(Cluster {
+            cfg,
             source,
             control,
         })

@@ -13,27 +13,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::master::Event;
+use super::proto::{CONTROL_FD_ENV, Event, Request};
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
 /// The longest command line read.
 const MAX_LINE: u64 = 1024;
-
-/// A command from `brood ctl`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Request {
-    Status,
-    StatusJson,
-    Reload,
-    Scale(usize),
-    /// Send a signal to one of the master's workers (by pid).
-    Kill(u32, Signum),
-    /// Graceful shutdown, as `SIGTERM`.
-    Stop,
-    /// Hot upgrade of the master, as `SIGUSR2`.
-    Upgrade,
-}
 
 pub(crate) fn parse(line: &str) -> Option<Request> {
     let mut words = line.split_whitespace();
@@ -64,7 +49,7 @@ const USAGE: &str = "error: commands are `status [--json]`, `reload`, `scale N`,
 pub(crate) fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     let op = format!("control socket {:?}", path.display().to_string());
     // The new master of an upgrade takes over the old one's socket.
-    if let Some(fd) = super::upgrade::inherited(super::upgrade::CONTROL_FD_ENV) {
+    if let Some(fd) = super::upgrade::inherited(CONTROL_FD_ENV) {
         let listener = std::os::unix::net::UnixListener::from(fd);
         listener.set_nonblocking(true).map_err(|e| from_io(e, op))?;
         return Ok(listener);

@@ -1,5 +1,5 @@
 //! Handing connections and pings to workers without ever waiting for one, and accepting
-//! with a backoff when the process is out of fds or memory.
+//! with a backoff when the process is out of fds or memory (`backoff.rs`).
 //!
 //! Each send is one non-blocking `sendmsg` on the master's end of the worker's channel. The
 //! channel's send buffer is kept small (`CHANNEL_SNDBUF`), so a worker that stops reading
@@ -9,14 +9,15 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::{TcpListener, UnixStream};
 
-use super::master::{Event, Master, State};
-use super::{Every, Strategy, wire};
+use super::proto::Event;
+use super::state::{Master, State};
+use super::{Strategy, wire};
 
 /// The send buffer asked for on each worker channel: the kernel doubles it to 8 KiB, room
 /// for about 11 handed-off connections waiting for the worker to read them.
@@ -161,7 +162,7 @@ impl Master {
         let ready = self.workers.iter().filter(|(id, w)| {
             w.state == State::Ready && w.chan.is_some() && !w.full && !tried.contains(id)
         });
-        match self.cluster.cfg.strategy {
+        match self.cfg.strategy {
             Strategy::LeastConnections => ready
                 .min_by_key(|(id, w)| (w.open, w.handled, **id))
                 .map(|(id, _)| *id),
@@ -185,7 +186,7 @@ impl Master {
     /// Pings brood-aware workers and kills the ones silent for too long. A worker whose
     /// channel is full gets no ping (it is not reading): its silence grows.
     pub(super) fn heartbeat(&mut self) {
-        let t = self.cluster.cfg.timings;
+        let t = self.cfg.timings;
         for (id, w) in &mut self.workers {
             if !w.aware || w.state != State::Ready {
                 continue;
@@ -213,73 +214,4 @@ fn notify_writable(id: u64, chan: Arc<UnixStream>, events: tokio::sync::mpsc::Se
             let _ = events.send(Event::Writable(id)).await;
         }
     });
-}
-
-/// Backoff of the accept loop after errors that come back at once until something else
-/// changes (out of fds or memory): pause accepting, doubling up to a second, and log at
-/// most once a second how many failed.
-#[derive(Default)]
-pub(super) struct AcceptBackoff {
-    until: Option<Instant>,
-    delay: Duration,
-    log: Every,
-}
-
-const PAUSE_MIN: Duration = Duration::from_millis(20);
-const PAUSE_MAX: Duration = Duration::from_secs(1);
-
-impl AcceptBackoff {
-    pub fn paused(&self) -> bool {
-        self.until.is_some_and(|t| Instant::now() < t)
-    }
-
-    pub fn ok(&mut self) {
-        self.delay = Duration::ZERO;
-        self.until = None;
-    }
-
-    pub fn failed(&mut self, e: &std::io::Error) {
-        let exhausted = matches!(
-            e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        );
-        if exhausted {
-            self.delay = (self.delay * 2).clamp(PAUSE_MIN, PAUSE_MAX);
-            self.until = Some(Instant::now() + self.delay);
-        }
-        if let Some(failed) = self.log.hit() {
-            if exhausted {
-                tracing::warn!(
-                    failed,
-                    pause_ms = self.delay.as_millis() as u64,
-                    "accept: {e}; pausing accepts"
-                );
-            } else {
-                tracing::warn!(failed, "accept: {e}");
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_errors_of_exhaustion_pause_with_a_doubling_delay() {
-        let mut b = AcceptBackoff::default();
-        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
-        b.failed(&emfile);
-        assert!(b.paused());
-        assert_eq!(b.delay, PAUSE_MIN);
-        for _ in 0..10 {
-            b.failed(&emfile);
-        }
-        assert_eq!(b.delay, PAUSE_MAX);
-        b.ok();
-        assert!(!b.paused());
-        // Other errors (a connection reset before accept) do not pause.
-        b.failed(&std::io::Error::from_raw_os_error(libc::ECONNABORTED));
-        assert!(!b.paused());
-    }
 }

@@ -10,11 +10,11 @@ use std::time::Instant;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::builder::Source;
 use super::handoff::CHANNEL_SNDBUF;
-use super::master::{Master, Reloading, State, Step, Stopped, WorkerSlot};
 use super::policy::{Lineage, Verdict};
-use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, upgrade, watch};
+use super::proto::{self, Source};
+use super::state::{Master, Reloading, State, Step, Stopped, WorkerSlot};
+use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, watch};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::{Command, Exit, Signum, Stdio};
@@ -39,7 +39,7 @@ fn master_end(channel: &Channel) -> Result<Arc<UnixStream>> {
 impl Master {
     /// Starts one worker in the slot whose history is `lineage`.
     pub(super) fn spawn_worker(&mut self, lineage: Lineage) -> Result<u64> {
-        let cfg = &self.cluster.cfg;
+        let cfg = &self.cfg;
         let (program, args) = match &cfg.program {
             Some((p, a)) => (p.clone(), a.clone()),
             None => (
@@ -63,10 +63,10 @@ impl Master {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
-            .env_remove(upgrade::UPGRADE_FD_ENV)
-            .env_remove(upgrade::CONTROL_FD_ENV)
-            .env_remove(upgrade::LISTEN_ENV)
-            .env_remove(super::status::GENERATION_ENV)
+            .env_remove(proto::UPGRADE_FD_ENV)
+            .env_remove(proto::CONTROL_FD_ENV)
+            .env_remove(proto::LISTEN_ENV)
+            .env_remove(proto::GENERATION_ENV)
             .process_group(0)
             .parent_death_signal(Signum::KILL)
             .kill_on_drop(true);
@@ -74,7 +74,7 @@ impl Master {
             cmd.env(k, v);
         }
         output::configure(&mut cmd, cfg.worker_output);
-        match &self.cluster.source {
+        match &self.source {
             Source::Accept(_) | Source::Closed => {
                 cmd.stdio(3, Stdio::ipc());
             }
@@ -85,7 +85,7 @@ impl Master {
                     .env_pid("LISTEN_PID");
             }
             Source::ReusePort { .. } => {
-                let l = listen::reuseport_listener(self.cluster.local_addr)?;
+                let l = listen::reuseport_listener(self.cfg.local_addr)?;
                 cmd.stdio(3, Stdio::inherit_stream(&l))
                     .stdio(4, Stdio::ipc())
                     .env("LISTEN_FDS", "1")
@@ -111,7 +111,7 @@ impl Master {
             self.events_tx.clone(),
         ));
         let now = Instant::now();
-        let t = self.cluster.cfg.timings;
+        let t = self.cfg.timings;
         self.workers.insert(
             id,
             WorkerSlot {
@@ -147,7 +147,7 @@ impl Master {
     /// Retires a worker: no more connections, its channel closed (the "finish and exit"
     /// signal), and after the grace period the stop signal, then `SIGKILL`.
     pub(super) fn retire(&mut self, id: u64) {
-        let grace = self.cluster.cfg.timings.grace;
+        let grace = self.cfg.timings.grace;
         if let Some(w) = self.workers.get_mut(&id) {
             if w.state == State::Retiring {
                 return;
@@ -170,7 +170,7 @@ impl Master {
         self.shutting_down = Some(Instant::now());
         self.control_fd = None;
         // The master's own copy of a shared listener or reuseport anchor goes now.
-        self.cluster.source = super::builder::Source::Closed;
+        self.source = Source::Closed;
         self.respawns.clear();
         let reloading = !self.reload.is_empty() || self.reloading.is_some();
         self.reload.clear();
@@ -209,7 +209,7 @@ impl Master {
 
     /// Sets the target count (bounded by `max_workers`); housekeeping converges to it.
     pub(super) fn scale(&mut self, n: usize) -> Result<()> {
-        let max = self.cluster.max_workers;
+        let max = self.cfg.max_workers;
         if n == 0 {
             return Err(Error::invalid("scale", "at least 1 worker"));
         }
@@ -321,7 +321,7 @@ impl Master {
                         old: Some(old),
                         new,
                     });
-                    let settle = self.cluster.cfg.timings.reload_settle;
+                    let settle = self.cfg.timings.reload_settle;
                     let w = self.workers.get_mut(&new).expect("just started");
                     if w.state == State::Ready {
                         if settle.is_zero() {
@@ -464,8 +464,8 @@ impl Master {
     /// Every 50 ms: retirement steps, ready deadlines, due respawns, the target count.
     pub(super) fn housekeeping(&mut self) {
         let now = Instant::now();
-        let t = self.cluster.cfg.timings;
-        let stop_signal = self.cluster.cfg.stop_signal;
+        let t = self.cfg.timings;
+        let stop_signal = self.cfg.stop_signal;
         let mut late = Vec::new();
         let mut settled = false;
         for (id, w) in &mut self.workers {

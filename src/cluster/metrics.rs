@@ -1,6 +1,7 @@
 //! A cluster master's metrics, kept with `prometheus-client` and encoded in the OpenMetrics
 //! text format (which Prometheus scrapes). The master updates them from its one task:
-//! counters as things happen, gauges every housekeeping tick (50 ms).
+//! counters as things happen, gauges every housekeeping tick (50 ms). The master passes
+//! the numbers; nothing here knows its state.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::master::{Master, State, WorkerSlot};
 use crate::Exit;
 
 type Labels = Vec<(&'static str, String)>;
@@ -153,59 +153,45 @@ fn cause(exit: Exit, heartbeat: bool, not_ready: bool) -> &'static str {
     }
 }
 
-impl Master {
-    /// Brings the gauges and the per-worker counters up to date (every tick).
-    pub(super) fn sync_metrics(&mut self) {
-        let Some(m) = self.metrics.clone() else {
-            return;
-        };
-        let mut counts = [0i64; 5];
-        for (id, w) in &mut self.workers {
-            counts[match w.state {
-                State::Starting => 0,
-                State::Ready => 1,
-                State::Retiring => 2,
-            }] += 1;
-            let new = w.handled - w.handled_reported;
-            if new > 0 {
-                m.0.connections
-                    .get_or_create(&label("worker", id))
-                    .inc_by(new);
-                w.handled_reported = w.handled;
-            }
-            if w.missed_heartbeat && !w.miss_reported {
-                m.0.heartbeat_misses.inc();
-                w.miss_reported = true;
-            }
-        }
-        for s in &self.stopped {
-            counts[if s.failed { 3 } else { 4 }] += 1;
-        }
+impl Metrics {
+    /// Workers by state, in the order of `STATES` (starting, ready, retiring; failed and
+    /// exited slots).
+    pub(super) fn set_workers(&self, counts: [i64; 5]) {
         for (i, state) in STATES.iter().enumerate() {
-            m.0.workers
+            self.0
+                .workers
                 .get_or_create(&label("state", state))
                 .set(counts[i]);
         }
-        m.0.queue.set(self.backlog.len() as i64);
     }
 
-    /// A worker is gone: its series is dropped (so the families hold live workers only),
-    /// and a missed heartbeat not yet counted is.
-    pub(super) fn metrics_worker_gone(&self, id: u64, w: &WorkerSlot) {
-        let Some(m) = &self.metrics else {
-            return;
-        };
-        m.0.connections.remove(&label("worker", id));
-        if w.missed_heartbeat && !w.miss_reported {
-            m.0.heartbeat_misses.inc();
-        }
+    /// `n` more connections handed to (or accepted by) worker `id`.
+    pub(super) fn connections(&self, id: u64, n: u64) {
+        self.0
+            .connections
+            .get_or_create(&label("worker", id))
+            .inc_by(n);
     }
 
-    /// A worker that exited on its own is restarted.
-    pub(super) fn metrics_restarted(&self, w: &WorkerSlot, exit: Exit) {
-        if let Some(m) = &self.metrics {
-            let why = cause(exit, w.missed_heartbeat, w.not_ready);
-            m.0.restarts.get_or_create(&label("cause", why)).inc();
-        }
+    /// A worker was killed for missing its heartbeats.
+    pub(super) fn heartbeat_missed(&self) {
+        self.0.heartbeat_misses.inc();
+    }
+
+    /// Connections waiting for a worker.
+    pub(super) fn set_queue(&self, n: usize) {
+        self.0.queue.set(n as i64);
+    }
+
+    /// A worker is gone: its series is dropped (so the families hold live workers only).
+    pub(super) fn worker_gone(&self, id: u64) {
+        self.0.connections.remove(&label("worker", id));
+    }
+
+    /// A worker that exited on its own (`exit`; killed for missing heartbeats, or for not
+    /// being ready in time) is restarted.
+    pub(super) fn restarted(&self, exit: Exit, heartbeat: bool, not_ready: bool) {
+        let why = cause(exit, heartbeat, not_ready);
+        self.0.restarts.get_or_create(&label("cause", why)).inc();
     }
 }

@@ -84,7 +84,9 @@
 //! process (`PR_SET_PDEATHSIG`, set from a spawning thread that lives as long as the
 //! process). The full lifecycle is in `docs/cluster.md`.
 
+mod backoff;
 mod builder;
+mod config;
 pub(crate) mod control;
 mod handoff;
 mod lifecycle;
@@ -94,7 +96,9 @@ mod metrics;
 mod notify;
 mod output;
 mod policy;
+pub(crate) mod proto;
 mod spawner;
+mod state;
 mod status;
 mod upgrade;
 mod watch;

@@ -3,9 +3,9 @@
 //! `READY=1` around a rolling restart, `STOPPING=1` when the graceful shutdown starts,
 //! `STATUS=` with the workers and restarts, and `WATCHDOG=1` at half of `WATCHDOG_USEC`
 //! while the master's loop runs. All derived from the master's state after each of its
-//! events, so no other code of the master has to know about systemd.
+//! events (the master passes what it is: `Systemd::update`), so no other code of the master
+//! has to know about systemd.
 
-use super::master::{Master, State};
 use crate::notify::Notifier;
 
 /// The notifier, and whether startup readiness was reached (after it, a worker that dies
@@ -27,57 +27,47 @@ impl Systemd {
             last: None,
         }
     }
-}
 
-impl Master {
     /// Sends systemd whatever changed since the last call (nothing without
     /// `NOTIFY_SOCKET`). Called after every event of the master's loop, and at least every
-    /// 50 ms (its housekeeping tick), which also paces the watchdog.
-    pub(super) fn notify_systemd(&mut self) {
-        if !self.systemd.notifier.is_enabled() {
+    /// 50 ms (its housekeeping tick), which also paces the watchdog. `counts` gives the
+    /// ready workers and the restarts so far (asked only when something is sent).
+    pub(super) fn update(
+        &mut self,
+        reloading: bool,
+        stopping: bool,
+        target: usize,
+        counts: impl FnOnce() -> (usize, u64),
+    ) {
+        if !self.notifier.is_enabled() {
             return;
         }
-        let reloading = !self.reload.is_empty() || self.reloading.is_some();
-        let stopping = self.shutting_down.is_some();
         let now = std::time::Instant::now();
-        let recent = self.systemd.last.is_some_and(|(at, r, s)| {
+        let recent = self.last.is_some_and(|(at, r, s)| {
             (r, s) == (reloading, stopping)
                 && now.duration_since(at) < std::time::Duration::from_millis(20)
         });
         if recent {
             return;
         }
-        self.systemd.last = Some((now, reloading, stopping));
-        let ready = self
-            .workers
-            .values()
-            .filter(|w| w.state == State::Ready)
-            .count();
-        let restarts: u64 = self
-            .workers
-            .values()
-            .map(|w| u64::from(w.lineage.restarts))
-            .chain(self.stopped.iter().map(|s| u64::from(s.restarts)))
-            .sum();
+        self.last = Some((now, reloading, stopping));
+        let (ready, restarts) = counts();
         let phase = if stopping {
             ", stopping"
-        } else if reloading && self.systemd.started {
+        } else if reloading && self.started {
             ", reloading"
         } else {
             ""
         };
-        let status = format!(
-            "{ready}/{} workers ready, {restarts} restarts{phase}",
-            self.target
-        );
-        let sd = &mut self.systemd;
+        let status = format!("{ready}/{target} workers ready, {restarts} restarts{phase}");
+        let sd = self;
         // The status first: `systemctl status` then shows why the state changed.
         sd.notifier.status(&status);
         if stopping {
             sd.notifier.stopping();
         } else if !sd.started {
             // The listener is open from `Cluster::build` on; the workers must all be ready.
-            if ready >= self.target && !reloading {
+            if ready >= target && !reloading {
                 sd.started = true;
                 sd.notifier.ready();
             }

@@ -7,12 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::master::{Master, State};
+use super::proto::GENERATION_ENV;
+use super::state::{Master, State};
 use crate::{Exit, Signum};
-
-/// The environment variable that numbers the master generations of a hot upgrade: 1 for
-/// the first master, one more for each master started by an upgrade.
-pub(crate) const GENERATION_ENV: &str = "BROOD_MASTER_GENERATION";
 
 /// This master's generation.
 pub(super) fn generation() -> u64 {
@@ -126,8 +123,8 @@ impl Master {
         let status = Status {
             master: MasterStatus {
                 pid: std::process::id(),
-                strategy: self.cluster.cfg.strategy.name(),
-                listen: vec![self.cluster.local_addr.to_string()],
+                strategy: self.cfg.strategy.name(),
+                listen: vec![self.cfg.local_addr.to_string()],
                 started_at: unix(self.started_at),
                 uptime_secs: self.started.elapsed().as_secs_f64(),
                 generation: self.generation,
@@ -150,8 +147,8 @@ impl Master {
             std::process::id(),
             self.generation,
             self.started.elapsed().as_secs_f64(),
-            self.cluster.local_addr,
-            self.cluster.cfg.strategy,
+            self.cfg.local_addr,
+            self.cfg.strategy,
             self.workers.len(),
             self.target,
             if self.shutting_down.is_some() {

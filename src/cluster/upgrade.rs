@@ -14,30 +14,12 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::builder::Source;
-use super::master::{Event, Master};
-use super::status::GENERATION_ENV;
+use super::proto::{
+    CONTROL_FD_ENV, Event, GENERATION_ENV, LISTEN_ENV, Outcome, Source, UPGRADE_FD_ENV,
+};
+use super::state::{Master, Pending, State};
 use crate::error::Result;
 use crate::{Child, Command, Signum, Stdio};
-
-/// In a new master: the fd of its channel to the old master.
-pub(crate) const UPGRADE_FD_ENV: &str = "BROOD_UPGRADE_FD";
-/// In a new master: the fd of the inherited control socket.
-pub(crate) const CONTROL_FD_ENV: &str = "BROOD_CONTROL_FD";
-/// In a new master of a reuseport cluster: the address its workers' sockets bind.
-pub(crate) const LISTEN_ENV: &str = "BROOD_UPGRADE_LISTEN";
-
-/// What became of a new master.
-pub(crate) enum Outcome {
-    Ready(u32),
-    Failed(String),
-}
-
-/// An upgrade in progress.
-pub(super) struct Pending {
-    pub pid: u32,
-    pub waiters: Vec<oneshot::Sender<String>>,
-}
 
 /// Whether this process is a new master started by an upgrade (`LISTEN_PID` names it).
 fn for_me() -> bool {
@@ -130,7 +112,7 @@ impl Master {
         &mut self,
         listener: Option<&tokio::io::unix::AsyncFd<std::net::TcpListener>>,
     ) -> Result<u32> {
-        let program = match &self.cluster.cfg.upgrade_program {
+        let program = match &self.cfg.upgrade_program {
             Some(p) => p.clone(),
             None => self.program_on_disk.clone().ok_or_else(|| {
                 crate::Error::new(libc::ENOENT, "upgrade")
@@ -144,7 +126,7 @@ impl Master {
             .env_remove(CONTROL_FD_ENV)
             .env_remove(LISTEN_ENV)
             .env_remove("LISTEN_FDNAMES");
-        let listen_fd = match (&self.cluster.source, listener) {
+        let listen_fd = match (&self.source, listener) {
             (_, Some(l)) => Some(l.get_ref().as_fd().try_clone_to_owned()),
             (Source::Shared(l), None) => Some(l.as_fd().try_clone_to_owned()),
             _ => None,
@@ -160,7 +142,7 @@ impl Master {
                 // Reuseport: the new master's workers bind their own sockets in the group.
                 cmd.stdio(3, Stdio::null())
                     .env_remove("LISTEN_FDS")
-                    .env(LISTEN_ENV, self.cluster.local_addr.to_string())
+                    .env(LISTEN_ENV, self.cfg.local_addr.to_string())
                     .env_pid("LISTEN_PID");
             }
         }
@@ -188,7 +170,7 @@ impl Master {
         tokio::spawn(watch_new_master(
             child,
             ours,
-            self.cluster.cfg.upgrade_timeout,
+            self.cfg.upgrade_timeout,
             self.events_tx.clone(),
         ));
         Ok(pid)
@@ -233,10 +215,7 @@ impl Master {
     pub(super) fn report_ready_to_old_master(&mut self) {
         if self.upgrade_parent.is_none()
             || self.workers.len() < self.target
-            || !self
-                .workers
-                .values()
-                .all(|w| w.state == super::master::State::Ready)
+            || !self.workers.values().all(|w| w.state == State::Ready)
         {
             return;
         }
@@ -248,11 +227,6 @@ impl Master {
                 Err(e) => tracing::warn!("upgrade: telling the old master: {e}"),
             }
         }
-    }
-
-    /// The pid of the new master being started, if any.
-    pub(super) fn upgrading_to(&self) -> Option<u32> {
-        self.upgrade.as_ref().map(|p| p.pid)
     }
 }
 

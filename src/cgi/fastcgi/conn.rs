@@ -17,11 +17,16 @@ use tokio::time::Instant;
 
 use super::params::{self, Params};
 use super::record::{self, ReadError, Reader, Record};
+use crate::cgi::answer::text;
 use crate::cgi::body::ScriptBody;
+use crate::cgi::log::{Log, LogLine};
+use crate::cgi::map::Refusal;
+use crate::cgi::meta::search_args;
+use crate::cgi::response::content_length_of;
 use crate::cgi::runner::{self, Outcome};
-use crate::cgi::server::{State, content_length_of, search_args, text};
+use crate::cgi::script::Shared;
+use crate::cgi::state::State;
 use crate::cgi::upload::{Spool, Upload, UploadError};
-use crate::cgi::{Log, LogLine};
 
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
@@ -281,7 +286,7 @@ impl Conn {
             let (log, stderr) = self.stderr_log();
             let done = {
                 let (state, p) = (self.state.clone(), p.clone());
-                move |shared: &crate::cgi::script::Shared, exit| {
+                move |shared: &Shared, exit| {
                     let status = shared.status.load(Ordering::Relaxed);
                     let bytes = shared.bytes.load(Ordering::Relaxed);
                     let line = params::access(&p, status, bytes, start.elapsed(), exit);
@@ -380,7 +385,7 @@ impl Conn {
         id: u16,
         p: &Params,
         start: Instant,
-        r: crate::cgi::map::Refusal,
+        r: Refusal,
         next: Next,
     ) -> Next {
         if r.status != StatusCode::NOT_FOUND {
@@ -544,7 +549,7 @@ impl Conn {
         id: u16,
         mut body: ScriptBody,
         mut stderr: Option<mpsc::Receiver<String>>,
-        shared: &crate::cgi::script::Shared,
+        shared: &Shared,
     ) -> Next {
         let mut errs = 0;
         // Bytes already there go out with the header block, in one write: `ready` means
@@ -610,7 +615,7 @@ impl Conn {
     }
 
     /// Ends the streams and the request.
-    async fn end(&mut self, id: u16, shared: &crate::cgi::script::Shared, errs: usize) -> Next {
+    async fn end(&mut self, id: u16, shared: &Shared, errs: usize) -> Next {
         record::put_stream(&mut self.out, record::STDOUT, id, b"");
         if errs > 0 {
             record::put_stream(&mut self.out, record::STDERR, id, b"");

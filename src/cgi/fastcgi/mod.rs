@@ -4,7 +4,7 @@
 
 mod conn;
 mod params;
-mod record;
+pub(crate) mod record;
 
 use std::fmt;
 use std::io;
@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use super::LogLine;
-use super::script;
-use super::server::{AbortOnDrop, State, accept_is_fatal};
+use super::log::LogLine;
+use super::state::State;
+use super::tasks::{AbortOnDrop, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 
 pub(crate) use conn::Settings;
@@ -188,8 +188,6 @@ pub(crate) async fn serve(
     }
     // Graceful stop, as in HTTP mode.
     drop(listener);
-    state.stopping.send_replace(true);
-    let mut live = state.live.subscribe();
-    let _ = tokio::time::timeout(script::KILL_GRACE * 2, live.wait_for(|n| *n == 0)).await;
+    state.stop_scripts().await;
     Ok(())
 }

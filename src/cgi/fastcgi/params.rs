@@ -11,7 +11,7 @@ use hyper::StatusCode;
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
 use crate::Exit;
-use crate::cgi::Access;
+use crate::cgi::log::Access;
 use crate::cgi::map::{Mapping, Refusal, Target, is_nph, refuse, resolve_under};
 
 /// A request's params, in the order they came.
