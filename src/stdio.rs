@@ -38,6 +38,8 @@ pub struct Stdio(pub(crate) Kind);
 pub(crate) enum Kind {
     /// `/dev/null` for 0-2, closed above (`UV_IGNORE`).
     Ignore,
+    /// Closed, even at 0-2.
+    Closed,
     /// The parent's fd of the same number.
     Inherit,
     /// The parent's fd `n`, borrowed: it must stay open until `spawn` returns.
@@ -65,6 +67,28 @@ impl Stdio {
     /// An alias of [`ignore`](Stdio::ignore), the name `std::process::Stdio::null` users know.
     pub fn null() -> Stdio {
         Stdio::ignore()
+    }
+
+    /// Nothing: the slot is closed in the child, even at 0-2 (where [`ignore`](Stdio::ignore)
+    /// gives `/dev/null`). What a program started with that fd closed passes on when it
+    /// keeps it closed, as `env` and `timeout` do. The child's first `open` then lands there:
+    /// prefer [`ignore`](Stdio::ignore) unless the caller asked for a closed fd.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use brood::{Command, Stdio};
+    ///
+    /// let out = Command::new("sh")
+    ///     .args(["-c", "if [ -e /proc/self/fd/0 ]; then echo open; else echo closed; fi"])
+    ///     .stdin(Stdio::closed())
+    ///     .stdout(Stdio::piped())
+    ///     .output()
+    ///     .await?;
+    /// assert_eq!(out.stdout, b"closed\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn closed() -> Stdio {
+        Stdio(Kind::Closed)
     }
 
     /// The parent's own fd of the same number as the slot (`UV_INHERIT_FD` with `fd == slot`).

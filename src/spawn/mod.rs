@@ -393,7 +393,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         fd::check_slot(slot).map_err(|e| e.context(&op))?;
         let source = match &mut s.0 {
             Kind::Ignore if slot <= 2 => Source::DevNull,
-            Kind::Ignore => Source::Close,
+            Kind::Ignore | Kind::Closed => Source::Close,
             Kind::Inherit => Source::Fd(slot),
             Kind::InheritFd(n) => Source::Fd(*n),
             Kind::Owned(_) => {
