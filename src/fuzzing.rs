@@ -188,3 +188,166 @@ impl IpcFramer {
         self.0.buffered()
     }
 }
+
+/// One FastCGI record as brood's record layer (`cgi/fastcgi/record.rs`) reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastCgiRecord {
+    /// The record type.
+    pub kind: u8,
+    /// The request id.
+    pub id: u16,
+    /// The content (padding dropped).
+    pub content: Vec<u8>,
+}
+
+/// Why the record layer gave no record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastCgiEnd {
+    /// End of input between two records.
+    Eof,
+    /// End of input inside a record.
+    Truncated,
+    /// A header whose version byte is not 1.
+    BadVersion(u8),
+    /// The reader failed.
+    Io(String),
+}
+
+/// brood's FastCGI record reader over any byte source.
+pub struct FastCgiReader<R>(crate::cgi::fastcgi::record::Reader<R>);
+
+impl<R> std::fmt::Debug for FastCgiReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FastCgiReader")
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FastCgiReader<R> {
+    /// A reader of the records in `r`.
+    pub fn new(r: R) -> FastCgiReader<R> {
+        FastCgiReader(crate::cgi::fastcgi::record::Reader::new(r))
+    }
+
+    /// The next record (cancel-safe, as the connection uses it in `select!`).
+    pub async fn next(&mut self) -> Result<FastCgiRecord, FastCgiEnd> {
+        use crate::cgi::fastcgi::record::ReadError;
+        match self.0.next().await {
+            Ok(r) => Ok(FastCgiRecord {
+                kind: r.kind,
+                id: r.id,
+                content: r.content.to_vec(),
+            }),
+            Err(ReadError::Eof) => Err(FastCgiEnd::Eof),
+            Err(ReadError::Truncated) => Err(FastCgiEnd::Truncated),
+            Err(ReadError::BadVersion(v)) => Err(FastCgiEnd::BadVersion(v)),
+            Err(ReadError::Io(e)) => Err(FastCgiEnd::Io(e.to_string())),
+        }
+    }
+}
+
+/// A name and its value.
+pub type FastCgiPair = (Vec<u8>, Vec<u8>);
+
+/// FastCGI name-value pairs (`PARAMS`, `GET_VALUES`) as brood decodes them.
+pub fn fastcgi_pairs(data: &[u8]) -> Result<Vec<FastCgiPair>, &'static str> {
+    crate::cgi::fastcgi::record::pairs(data).map(|list| {
+        list.into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect()
+    })
+}
+
+/// One name-value pair, encoded as brood encodes it.
+pub fn fastcgi_put_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let mut b = bytes::BytesMut::new();
+    crate::cgi::fastcgi::record::put_pair(&mut b, name, value);
+    out.extend_from_slice(&b);
+}
+
+/// What a line of Node's IPC protocol is to brood (`ipc/node.rs`).
+#[cfg(feature = "json")]
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeLine {
+    /// The user's message.
+    User(serde_json::Value),
+    /// A `NODE_HANDLE`'s inner message, for the user with the handle.
+    Handle(serde_json::Value),
+    /// A `NODE_HANDLE` whose inner message is Node's own.
+    InternalHandle,
+    /// `NODE_HANDLE_ACK`.
+    Ack,
+    /// `NODE_HANDLE_NACK`.
+    Nack,
+    /// Another of Node's internal messages.
+    Internal,
+}
+
+/// Classifies one received line (without its newline) as a channel in Node's protocol does.
+#[cfg(feature = "json")]
+pub fn node_classify(bytes: &[u8]) -> crate::Result<NodeLine> {
+    use crate::ipc::node::{self, Line};
+    Ok(match node::classify(bytes)? {
+        Line::User(v) => NodeLine::User(v),
+        Line::Handle(v) => NodeLine::Handle(v),
+        Line::InternalHandle => NodeLine::InternalHandle,
+        Line::Ack => NodeLine::Ack,
+        Line::Nack => NodeLine::Nack,
+        Line::Internal => NodeLine::Internal,
+    })
+}
+
+/// The `NODE_HANDLE` line (with its newline) that sends `msg` with a handle of `kind`.
+#[cfg(feature = "json")]
+pub fn node_wrap(
+    msg: &serde_json::Value,
+    kind: crate::ipc::HandleType,
+    ipv6: bool,
+) -> crate::Result<Vec<u8>> {
+    crate::ipc::node::wrap(msg, kind, ipv6)
+}
+
+/// The lines a channel in Node's protocol answers with.
+#[cfg(feature = "json")]
+pub const NODE_ACK: &[u8] = crate::ipc::node::ACK;
+/// See [`NODE_ACK`].
+#[cfg(feature = "json")]
+pub const NODE_NACK: &[u8] = crate::ipc::node::NACK;
+
+/// A worker as the master counts it from the bytes of its channel: each read summed into a
+/// `cluster/proto.rs` `Report`, then applied the way `cluster/master.rs` applies it (and a
+/// connection handed to it counted as `cluster/handoff.rs` counts it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerCount {
+    /// Connections open in the worker (`ctl status`'s OPEN).
+    pub open: u64,
+    /// Connections handled (HANDLED).
+    pub handled: u64,
+    /// The worker said it is ready.
+    pub ready: bool,
+    /// Reads that held a pong.
+    pub pongs: u64,
+    /// Events the worker's task sent the master (at most one a read).
+    pub events: u64,
+}
+
+impl WorkerCount {
+    /// One read of the worker's channel.
+    pub fn read(&mut self, bytes: &[u8]) {
+        let mut r = crate::cluster::proto::Report::default();
+        r.add(bytes);
+        if r.is_empty() {
+            return;
+        }
+        self.events += 1;
+        self.ready |= r.ready;
+        self.pongs += u64::from(r.pong);
+        self.open = r.apply(self.open);
+        self.handled += u64::from(r.accepted);
+    }
+
+    /// The master handed the worker a connection.
+    pub fn handed(&mut self) {
+        self.handled += 1;
+        self.open += 1;
+    }
+}

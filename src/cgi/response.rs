@@ -115,10 +115,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 fn value(name: &HeaderName, v: &[u8]) -> Result<HeaderValue, String> {
-    // hyper will not send a response whose Content-Length is not a number: it would close
-    // the connection instead of answering. Refused here, the client gets a 502.
-    if name == hyper::header::CONTENT_LENGTH && (v.is_empty() || !v.iter().all(u8::is_ascii_digit))
-    {
+    // hyper will not send a response whose Content-Length is not a number (digits that fit
+    // a u64): it would close the connection instead of answering. Refused here, the client
+    // gets a 502.
+    let number = || {
+        v.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(v).is_ok_and(|s| s.parse::<u64>().is_ok())
+    };
+    if name == hyper::header::CONTENT_LENGTH && !number() {
         return Err(format!(
             "bad Content-Length {:?}",
             String::from_utf8_lossy(v)

@@ -60,7 +60,7 @@ pub(crate) mod framing;
 mod handle;
 mod inherit;
 mod io;
-mod node;
+pub(crate) mod node;
 #[cfg(feature = "json")]
 mod node_reader;
 mod wire;

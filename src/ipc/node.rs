@@ -56,6 +56,9 @@ pub(crate) enum Line {
     User(Value),
     /// A `NODE_HANDLE` line: its inner message, which comes with a handle.
     Handle(Value),
+    /// A `NODE_HANDLE` line whose inner message is itself one of Node's (`NODE_CLUSTER`'s
+    /// `newconn`): acknowledged, never the user's (Node emits it as `internalMessage`).
+    InternalHandle,
     /// The peer acknowledged our last handle.
     Ack,
     /// The peer did not get our last handle's fd.
@@ -75,13 +78,19 @@ pub(crate) fn classify(bytes: &[u8]) -> Result<Line> {
 #[cfg(feature = "json")]
 /// What a parsed line of Node's protocol is.
 pub(crate) fn classify_value(mut v: Value) -> Line {
-    let cmd = match v.get("cmd").and_then(Value::as_str) {
-        // Node's isInternal(): a string `cmd` longer than the prefix that starts with it.
-        Some(c) if c.len() > 5 && c.starts_with("NODE_") => c,
-        _ => return Line::User(v),
+    let cmd = match internal_cmd(&v) {
+        Some(c) => c,
+        None => return Line::User(v),
     };
     match cmd {
-        "NODE_HANDLE" => Line::Handle(v.get_mut("msg").map(Value::take).unwrap_or(Value::Null)),
+        "NODE_HANDLE" => {
+            let msg = v.get_mut("msg").map(Value::take).unwrap_or(Value::Null);
+            // Node: handleMessage(message.msg, handle, isInternal(message.msg)).
+            match internal_cmd(&msg) {
+                Some(_) => Line::InternalHandle,
+                None => Line::Handle(msg),
+            }
+        }
         "NODE_HANDLE_ACK" => Line::Ack,
         "NODE_HANDLE_NACK" => Line::Nack,
         _ => Line::Internal,
@@ -95,6 +104,14 @@ pub(crate) fn classify_value(mut v: Value) -> Line {
 #[cfg(feature = "cluster")]
 pub(crate) const CONNECTION: &[u8] =
     b"{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"brood\":\"connection\"}}\n";
+
+#[cfg(feature = "json")]
+/// Node's isInternal(): a string `cmd` longer than the prefix that starts with it.
+fn internal_cmd(v: &Value) -> Option<&str> {
+    v.get("cmd")
+        .and_then(Value::as_str)
+        .filter(|c| c.len() > 5 && c.starts_with("NODE_"))
+}
 
 #[cfg(feature = "json")]
 /// The `NODE_HANDLE` line that carries `msg` with a handle of `kind`.

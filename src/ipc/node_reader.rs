@@ -84,6 +84,17 @@ async fn read_all(io: &Io, rd: &mut ReadHalf, tx: &Tx, budget: &Arc<Semaphore>) 
                     super::io::send(io, node::ACK, &[]).await?;
                     Ok(v)
                 }
+                // Node's own message with a handle (e.g. its cluster's `newconn`):
+                // acknowledged as Node does, its handle closed, never the user's.
+                Ok(node::Line::InternalHandle) => {
+                    let reply = if bound.handles.is_empty() {
+                        node::NACK
+                    } else {
+                        node::ACK
+                    };
+                    super::io::send(io, reply, &[]).await?;
+                    continue;
+                }
                 Ok(node::Line::Ack) => {
                     flush(io, Outbox::ack).await?;
                     continue;

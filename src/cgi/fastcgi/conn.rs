@@ -214,14 +214,17 @@ impl Conn {
                 b"FCGI_MPXS_CONNS" => b"0",
                 _ => continue,
             };
+            // The answer is one record: whole pairs only (names and values below 128 bytes
+            // take one length byte each).
+            if body.len() + 2 + name.len() + value.len() > record::MAX_CONTENT {
+                break;
+            }
             record::put_pair(&mut body, name, value);
         }
-        record::put_stream(
-            &mut self.out,
-            record::GET_VALUES_RESULT,
-            0,
-            &body[..body.len().min(record::MAX_CONTENT)],
-        );
+        // One record, not a stream (which `put_stream` would cut at 16 KiB).
+        let head = record::header(record::GET_VALUES_RESULT, 0, body.len());
+        self.out.put_slice(&head);
+        self.out.put_slice(&body);
     }
 
     /// A short answer of brood's own: `Status`, a text body, the end of the request.
