@@ -15,7 +15,7 @@ use super::config::{DEFAULT_TIMEOUT, check_env, default_max_children};
 use super::log::{Access, Log, LogLine, default_log};
 use super::meta;
 use super::script::{GroupKill, KILL_GRACE, log_stderr};
-use super::tasks::{AbortOnDrop, AcceptBackoff, Tasks, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, ConnectionCap, Tasks, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 use crate::{Command, Stdio};
 
@@ -178,11 +178,9 @@ impl Raw {
         let tasks = Tasks::default();
         let _stop = AbortOnDrop(tasks.clone());
         let mut backoff = AcceptBackoff::default();
-        let connections = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
+        let connections = ConnectionCap::new(max_connections);
         loop {
-            let Ok(slot) = connections.clone().acquire_owned().await else {
-                continue;
-            };
+            let slot = connections.slot(&this.log).await;
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),

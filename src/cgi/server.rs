@@ -59,7 +59,7 @@ pub(crate) async fn serve(
         // At the connection limit, new connections wait in the listen backlog (an idle
         // keep-alive connection is closed after HEADER_READ_TIMEOUT without a request).
         let slot = tokio::select! {
-            s = state.connections.clone().acquire_owned() => s,
+            s = state.connections.slot(&state.log) => s,
             () = &mut shutdown => break,
         };
         let accepted = tokio::select! {
