@@ -201,7 +201,9 @@ fn find_program(program: &std::ffi::OsStr) -> Result<std::path::PathBuf, String>
         vec![program.into()]
     } else {
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-        std::env::split_paths(&path).map(|d| d.join(program)).collect()
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .collect()
     };
     let mut why = format!("{shown}: no such file");
     for c in candidates {
@@ -413,6 +415,11 @@ pub fn main(args: ClusterArgs) -> i32 {
     });
     match result {
         Ok(()) => 0,
+        // The restart policy gave up on every slot: a sentence, no errno (ECHILD) in front.
+        Err((code, e)) if e.errno() == libc::ECHILD && e.detail().is_some() => {
+            say!("brood cluster: {}", e.detail().unwrap_or_default());
+            code
+        }
         Err((code, e)) => {
             say!("brood cluster: {e}");
             code
@@ -505,7 +512,10 @@ mod tests {
             ("#!/usr/bin/env node\n", true),
             ("#!/usr/bin/nodejs --harmony\n", true),
             ("#! /usr/local/bin/node\n", true),
-            ("#!/usr/bin/env -S NODE_ENV=production node --no-warnings\n", true),
+            (
+                "#!/usr/bin/env -S NODE_ENV=production node --no-warnings\n",
+                true,
+            ),
             ("#!/usr/bin/env python3\n", false),
             ("#!/bin/sh\nexec node app.js\n", false),
             ("#!/usr/bin/env nodemon\n", false),

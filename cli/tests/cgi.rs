@@ -596,7 +596,10 @@ fn reaching_max_connections_is_logged_once_in_a_while() {
     late.write_all(b"GET /cgi-bin/hi HTTP/1.0\r\n\r\n").unwrap();
     let line = server.wait_line("connections open");
     assert!(line.contains("2 connections open"), "{line}");
-    assert!(line.contains("--max-connections") && line.contains("wait"), "{line}");
+    assert!(
+        line.contains("--max-connections") && line.contains("wait"),
+        "{line}"
+    );
     let first = Instant::now();
     // The waiting one is served once a slot frees.
     drop(idle);
@@ -628,4 +631,70 @@ fn exchange_after(addr: &str, held: Vec<TcpStream>) -> String {
     let mut answer = String::new();
     late.read_to_string(&mut answer).unwrap();
     answer
+}
+
+#[test]
+fn a_body_larger_than_the_whole_max_spool_is_413_not_try_again_later() {
+    let root = temp_root("over-spool");
+    script(
+        &root.join("hi"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhi'\n",
+    );
+    let mut server = Server::start(&["--root", root.to_str().unwrap(), "--max-spool", "300000"]);
+    // Refused from its Content-Length alone: no byte of it is sent.
+    let answer = exchange(
+        &server.addr,
+        "POST /cgi-bin/hi HTTP/1.0\r\nContent-Length: 1000000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.0 413 "), "{answer}");
+    assert!(
+        answer.contains("larger than all the server's space"),
+        "{answer}"
+    );
+    server.wait_line("larger than the whole --max-spool");
+    // One that fits is served.
+    let body = "x".repeat(1000);
+    let answer = exchange(
+        &server.addr,
+        &format!("POST /cgi-bin/hi HTTP/1.0\r\nContent-Length: 1000\r\n\r\n{body}"),
+    );
+    assert!(answer.ends_with("hi"), "{answer}");
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn raw_mode_refuses_http_options_and_says_a_directory_is_one() {
+    for args in [
+        &["--max-spool", "1000"][..],
+        &["--max-body", "1000"],
+        &["--body-timeout", "5"],
+        &["--max-header-bytes", "1000"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .args(["cgi", "--listen", "127.0.0.1:0", "--raw"])
+            .args(args)
+            .args(["--", "cat"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains("--raw"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("listening"), "{args:?}: {err}");
+    }
+    let dir = std::env::temp_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .args(["cgi", "--listen", "127.0.0.1:0", "--raw", "--"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("is a directory") && !err.contains("ENOENT"),
+        "{err}"
+    );
 }

@@ -59,7 +59,10 @@ fn usage_and_configuration_errors_exit_125_before_listening() {
     let local = ["--listen", "127.0.0.1:0"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--workers", "0", "--builtin", "echo"], "worker"),
-        (vec!["--stop-signal", "SIGFOO", "--builtin", "echo"], "SIGFOO"),
+        (
+            vec!["--stop-signal", "SIGFOO", "--builtin", "echo"],
+            "SIGFOO",
+        ),
         (
             vec!["--worker-protocol", "node", "--builtin", "echo"],
             "node",
@@ -97,6 +100,28 @@ fn usage_and_configuration_errors_exit_125_before_listening() {
     drop(busy);
 }
 
+/// The restart policy giving up on every slot ends the master with 1 and a plain sentence
+/// (no errno in front of it).
+#[test]
+fn no_worker_left_exits_1_with_a_plain_sentence() {
+    let (code, err) = cluster(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("brood cluster: no worker left: "), "{err}");
+    assert!(!err.contains("ECHILD"), "{err}");
+}
+
 #[test]
 fn help_gives_the_exit_codes() {
     let out = Command::new(env!("CARGO_BIN_EXE_brood"))
@@ -104,7 +129,10 @@ fn help_gives_the_exit_codes() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("Exit status:") && help.contains("125"), "{help}");
+    assert!(
+        help.contains("Exit status:") && help.contains("125"),
+        "{help}"
+    );
     assert!(help.contains("#!/usr/bin/env node"), "{help}");
 }
 
@@ -121,11 +149,7 @@ async fn a_script_whose_shebang_runs_node_gets_the_node_protocol() {
         ("flags.js", "#!/usr/bin/env -S node --no-warnings"),
     ] {
         let script = dir.0.join(name);
-        std::fs::write(
-            &script,
-            format!("{shebang}\nrequire({example:?});\n"),
-        )
-        .unwrap();
+        std::fs::write(&script, format!("{shebang}\nrequire({example:?});\n")).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let m = Master::start(
             &format!("shebang-{name}"),

@@ -387,8 +387,7 @@ impl Cgi {
             load: self.load.clone(),
             disk: upload::Budget::new(self.max_spool.unwrap_or_else(default_max_spool)),
             connections: tasks::ConnectionCap::new(
-                self.max_connections
-                    .unwrap_or_else(default_max_connections),
+                self.max_connections.unwrap_or_else(default_max_connections),
             ),
             body_timeout: self.body_timeout,
             mapping,

@@ -156,13 +156,23 @@ impl Raw {
             let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
             std::env::split_paths(&path).map(|d| d.join(prog)).collect()
         };
-        let runnable = candidates.iter().any(|c| {
-            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        });
-        if !runnable {
-            return Err(Error::new(libc::ENOENT, what).with_detail("no such executable file"));
+        // Why the last candidate that exists cannot run, else that none exists.
+        let mut why = Error::new(libc::ENOENT, what.clone()).with_detail("no such executable file");
+        for c in &candidates {
+            match std::fs::metadata(c) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+                Ok(m) if m.is_dir() => {
+                    why = Error::new(libc::EISDIR, what.clone())
+                        .with_detail(format!("{} is a directory", c.display()));
+                }
+                Ok(_) => {
+                    why = Error::new(libc::EACCES, what.clone())
+                        .with_detail(format!("{} is not an executable file", c.display()));
+                }
+                Err(_) => {}
+            }
         }
-        Ok(())
+        Err(why)
     }
 
     /// Accepts connections until an error on the listener. Drop the future to stop: every
