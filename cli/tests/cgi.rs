@@ -191,7 +191,8 @@ fn raw_mode_gives_the_connection_to_the_program() {
     let mut server = Server::start(&["--raw", "--", "sh", "-c", "echo hi $TCPREMOTEIP"]);
     let answer = exchange(&server.addr, "");
     assert_eq!(answer, "hi 127.0.0.1\n");
-    server.wait_line("\"- sh\" 0 0B");
+    // The access line counts the bytes the program wrote to the connection.
+    server.wait_line("\"- sh\" 0 13B");
     assert_eq!(server.stop(), 0);
 }
 

@@ -276,13 +276,14 @@ impl Raw {
             let far = Instant::now() + Duration::from_secs(86400 * 365);
             let deadline = self.timeout.map_or(far, |t| start + t);
             let why = tokio::select! {
-                r = child.wait() => return r.ok(),
+                r = child.wait() => return (r.ok(), written(&cut)),
                 () = tokio::time::sleep_until(deadline) => "timed out",
                 () = client_gone(&cut) => "client gone",
             };
             // As in HTTP mode: SIGTERM to the group, SIGKILL once the program has exited
             // or after the grace.
             (self.log)(&LogLine::Error(format!("{name}: {remote}: {why}, ended")));
+            let bytes = written(&cut);
             let _ = socket2::SockRef::from(&cut).shutdown(std::net::Shutdown::Both);
             group.term();
             let exit = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
@@ -293,9 +294,9 @@ impl Raw {
                 }
             };
             group.kill();
-            exit
+            (exit, bytes)
         };
-        let (exit, ()) = tokio::join!(wait, errs);
+        let ((exit, bytes), ()) = tokio::join!(wait, errs);
         drop(cut);
         group.disarm();
         (self.log)(&LogLine::Access(Access {
@@ -303,7 +304,7 @@ impl Raw {
             method: "-".into(),
             target: name.clone(),
             status: 0,
-            bytes: 0,
+            bytes,
             elapsed: start.elapsed(),
             exit,
             protocol: "-".into(),
@@ -313,6 +314,12 @@ impl Raw {
             time: std::time::SystemTime::now(),
         }));
     }
+}
+
+/// The bytes the program (and anyone else holding the connection) wrote to it so far, as
+/// the kernel counts them; 0 where it does not say.
+fn written(sock: &TcpStream) -> u64 {
+    crate::fd::tcp_bytes_written(std::os::fd::AsFd::as_fd(sock)).unwrap_or(0)
 }
 
 /// Resolves when the client has closed its side of the connection (a FIN, as nginx takes
