@@ -22,6 +22,8 @@ use clap::{ArgGroup, Args};
 ///
 /// With --raw, each connection runs PROGRAM with stdin and stdout set to the socket and
 /// TCPREMOTEIP / TCPREMOTEPORT in its environment; the connection closes when it exits.
+/// The options about HTTP requests (--max-body, --max-spool, --body-timeout,
+/// --max-header-bytes, --htpasswd, --prefix, --scripts-by-fd) are refused with --raw.
 ///
 /// Request bodies are read whole before the script starts (memory, then a temporary file)
 /// and given with CONTENT_LENGTH. REMOTE_USER is set only for users checked against
@@ -106,7 +108,7 @@ pub struct CgiArgs {
     )]
     realm: String,
     /// Largest request body in bytes (413 beyond).
-    #[arg(long, value_name = "BYTES", default_value_t = brood::cgi::DEFAULT_MAX_BODY)]
+    #[arg(long, value_name = "BYTES", default_value_t = brood::cgi::DEFAULT_MAX_BODY, conflicts_with = "raw")]
     max_body: u64,
     /// Hand `#!` scripts to their interpreter as /dev/fd/3 (the file brood opened and
     /// checked) instead of by path: no rename inside the root can swap what runs, but the
@@ -114,16 +116,17 @@ pub struct CgiArgs {
     #[arg(long, conflicts_with = "raw")]
     scripts_by_fd: bool,
     /// Disk for request bodies in temporary files, all requests together, in bytes (503
-    /// beyond, saying why; a body's share is freed when its script ends). Default: a quarter
+    /// beyond, saying why; 413 for a body larger than all of it; a body's share is freed
+    /// when its script ends). Default: a quarter
     /// of the free space of the temporary directory ($TMPDIR, else /tmp) at start.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", conflicts_with = "raw")]
     max_spool: Option<u64>,
     /// At most N client connections open at once, idle keep-alive ones included (more
     /// wait in the listen backlog). Default: half the fd limit (ulimit -n), 16 to 65536.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// A request body that stalls this long between two pieces ends the request (408).
-    #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
+    #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_BODY_TIMEOUT.as_secs_f64(), conflicts_with = "raw")]
     body_timeout: f64,
     /// Append access lines to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
@@ -141,7 +144,7 @@ pub struct CgiArgs {
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<OsString>,
     /// Largest header block a script may print, in bytes.
-    #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024, conflicts_with = "raw")]
     max_header_bytes: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (requests by status class, request
     /// duration, timeouts, 5xx by cause, scripts running, requests queued).

@@ -191,7 +191,8 @@ fn raw_mode_gives_the_connection_to_the_program() {
     let mut server = Server::start(&["--raw", "--", "sh", "-c", "echo hi $TCPREMOTEIP"]);
     let answer = exchange(&server.addr, "");
     assert_eq!(answer, "hi 127.0.0.1\n");
-    server.wait_line("\"- sh\" 0 0B");
+    // The access line counts the bytes the program wrote to the connection.
+    server.wait_line("\"- sh\" 0 13B");
     assert_eq!(server.stop(), 0);
 }
 
@@ -516,4 +517,185 @@ fn out_of_fds_the_server_backs_off_logs_little_and_serves_again() {
     assert!(busy < 0.5, "CPU {busy:.2} while out of fds");
     assert_eq!(server.stop(), 0);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `htpasswd -nb[B|m] USER PASSWORD`: one line as Apache's tool writes it.
+fn htpasswd_line(flag: &str, user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args([flag, user, password])
+        .output()
+        .expect("htpasswd (apache2-utils) is installed by .ci/run");
+    assert!(out.status.success(), "htpasswd {flag}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn htpasswd_with_a_byte_order_mark_and_trailing_white_space_lets_its_users_in() {
+    let root = temp_root("htpasswd-bom");
+    script(
+        &root.join("who"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nuser=%s' \"$REMOTE_USER\"\n",
+    );
+    // A BOM before the first user (as a Windows editor saves it) and spaces or a tab
+    // after each hash: Apache ignores both.
+    let file = root.join("htpasswd");
+    std::fs::write(
+        &file,
+        format!(
+            "\u{feff}{}  \n{}\t\r\n",
+            htpasswd_line("-nbB", "alice", "wonderland"),
+            htpasswd_line("-nbm", "bob", "builder")
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--htpasswd",
+        file.to_str().unwrap(),
+    ]);
+    // base64 of alice:wonderland and bob:builder.
+    for (b64, user) in [
+        ("YWxpY2U6d29uZGVybGFuZA==", "alice"),
+        ("Ym9iOmJ1aWxkZXI=", "bob"),
+    ] {
+        let answer = exchange(
+            &server.addr,
+            &format!("GET /cgi-bin/who HTTP/1.0\r\nAuthorization: Basic {b64}\r\n\r\n"),
+        );
+        assert!(answer.starts_with("HTTP/1.0 200"), "{user}: {answer}");
+        assert!(answer.ends_with(&format!("user={user}")), "{answer}");
+    }
+    // A wrong password is still refused.
+    let answer = exchange(
+        &server.addr,
+        "GET /cgi-bin/who HTTP/1.0\r\nAuthorization: Basic Ym9iOm5vcGU=\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.0 401"), "{answer}");
+    let skipped: Vec<_> = server
+        .lines_so_far()
+        .iter()
+        .filter(|l| l.contains("skipped"))
+        .cloned()
+        .collect();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn reaching_max_connections_is_logged_once_in_a_while() {
+    let root = temp_root("max-connections-log");
+    script(
+        &root.join("hi"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhi'\n",
+    );
+    let mut server = Server::start(&["--root", root.to_str().unwrap(), "--max-connections", "2"]);
+    let idle = idle_connections(&server.addr, 2);
+    let mut late = TcpStream::connect(&server.addr).unwrap();
+    late.set_read_timeout(Some(T)).unwrap();
+    late.write_all(b"GET /cgi-bin/hi HTTP/1.0\r\n\r\n").unwrap();
+    let line = server.wait_line("connections open");
+    assert!(line.contains("2 connections open"), "{line}");
+    assert!(
+        line.contains("--max-connections") && line.contains("wait"),
+        "{line}"
+    );
+    let first = Instant::now();
+    // The waiting one is served once a slot frees.
+    drop(idle);
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("hi"), "{answer}");
+    // Filling the slots again and again logs at most a line every 5 s.
+    for _ in 0..5 {
+        let held = idle_connections(&server.addr, 2);
+        assert!(exchange_after(&server.addr, held).ends_with("hi"));
+    }
+    let lines = server
+        .lines_so_far()
+        .iter()
+        .filter(|l| l.contains("connections open"))
+        .count();
+    let most = 1 + first.elapsed().as_secs() / 5;
+    assert!(lines as u64 <= most, "{lines} lines: {:?}", server.seen);
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A request sent behind `held` connections, answered once they close.
+fn exchange_after(addr: &str, held: Vec<TcpStream>) -> String {
+    let mut late = TcpStream::connect(addr).unwrap();
+    late.set_read_timeout(Some(T)).unwrap();
+    late.write_all(b"GET /cgi-bin/hi HTTP/1.0\r\n\r\n").unwrap();
+    drop(held);
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_body_larger_than_the_whole_max_spool_is_413_not_try_again_later() {
+    let root = temp_root("over-spool");
+    script(
+        &root.join("hi"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhi'\n",
+    );
+    let mut server = Server::start(&["--root", root.to_str().unwrap(), "--max-spool", "300000"]);
+    // Refused from its Content-Length alone: no byte of it is sent.
+    let answer = exchange(
+        &server.addr,
+        "POST /cgi-bin/hi HTTP/1.0\r\nContent-Length: 1000000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.0 413 "), "{answer}");
+    assert!(
+        answer.contains("larger than all the server's space"),
+        "{answer}"
+    );
+    server.wait_line("larger than the whole --max-spool");
+    // One that fits is served.
+    let body = "x".repeat(1000);
+    let answer = exchange(
+        &server.addr,
+        &format!("POST /cgi-bin/hi HTTP/1.0\r\nContent-Length: 1000\r\n\r\n{body}"),
+    );
+    assert!(answer.ends_with("hi"), "{answer}");
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn raw_mode_refuses_http_options_and_says_a_directory_is_one() {
+    for args in [
+        &["--max-spool", "1000"][..],
+        &["--max-body", "1000"],
+        &["--body-timeout", "5"],
+        &["--max-header-bytes", "1000"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .args(["cgi", "--listen", "127.0.0.1:0", "--raw"])
+            .args(args)
+            .args(["--", "cat"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains("--raw"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("listening"), "{args:?}: {err}");
+    }
+    let dir = std::env::temp_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .args(["cgi", "--listen", "127.0.0.1:0", "--raw", "--"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("is a directory") && !err.contains("ENOENT"),
+        "{err}"
+    );
 }

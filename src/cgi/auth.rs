@@ -136,9 +136,12 @@ impl Htpasswd {
     fn parse(text: &str) -> (Option<Htpasswd>, Vec<String>) {
         let mut users = HashMap::new();
         let mut skipped = Vec::new();
+        // As Apache reads the file (`ap_cfg_getline`): a UTF-8 byte order mark at its start
+        // (an editor's) and white space around each line are not part of the user or hash.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (n, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.starts_with('#') {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let Some((user, hash)) = line.split_once(':') else {
@@ -315,6 +318,19 @@ mod tests {
         let (none, skipped) = Htpasswd::parse("old:Xo3k1C7v2c3kI\n");
         assert!(none.is_none());
         assert_eq!(skipped.len(), 1);
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_white_space_around_lines_are_ignored_as_apache_does() {
+        let (h, skipped) = Htpasswd::parse(
+            "\u{feff}a:$apr1$Rn3ec92l$r58FgtLDf4RDs/6I.toeL1 \t\r\n\
+             s:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\t\n",
+        );
+        let h = h.unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert!(h.check("a", b"password"));
+        assert!(h.check("s", b"password"));
+        assert!(!h.check("\u{feff}a", b"password"));
     }
 
     #[test]

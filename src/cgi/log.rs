@@ -44,7 +44,8 @@ pub struct Access {
     /// The status the client got: 499 when it sent its whole request and went away before
     /// any answer, 400 when it left mid-request (as nginx logs both), 0 in raw mode.
     pub status: u16,
-    /// Body bytes sent to the client.
+    /// Body bytes sent to the client (raw mode: every byte the program wrote to the
+    /// connection, as the kernel counts them).
     pub bytes: u64,
     /// From the request to the script's end.
     pub elapsed: Duration,

@@ -386,11 +386,9 @@ impl Cgi {
             scripts_by_fd: self.scripts_by_fd,
             load: self.load.clone(),
             disk: upload::Budget::new(self.max_spool.unwrap_or_else(default_max_spool)),
-            connections: Arc::new(tokio::sync::Semaphore::new(
-                self.max_connections
-                    .unwrap_or_else(default_max_connections)
-                    .min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            connections: tasks::ConnectionCap::new(
+                self.max_connections.unwrap_or_else(default_max_connections),
+            ),
             body_timeout: self.body_timeout,
             mapping,
             env: meta::base_env(&self.env, &self.pass_env),

@@ -15,7 +15,7 @@ use super::config::{DEFAULT_TIMEOUT, check_env, default_max_children};
 use super::log::{Access, Log, LogLine, default_log};
 use super::meta;
 use super::script::{GroupKill, KILL_GRACE, log_stderr};
-use super::tasks::{AbortOnDrop, AcceptBackoff, Tasks, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, ConnectionCap, Tasks, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 use crate::{Command, Stdio};
 
@@ -156,13 +156,23 @@ impl Raw {
             let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
             std::env::split_paths(&path).map(|d| d.join(prog)).collect()
         };
-        let runnable = candidates.iter().any(|c| {
-            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        });
-        if !runnable {
-            return Err(Error::new(libc::ENOENT, what).with_detail("no such executable file"));
+        // Why the last candidate that exists cannot run, else that none exists.
+        let mut why = Error::new(libc::ENOENT, what.clone()).with_detail("no such executable file");
+        for c in &candidates {
+            match std::fs::metadata(c) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+                Ok(m) if m.is_dir() => {
+                    why = Error::new(libc::EISDIR, what.clone())
+                        .with_detail(format!("{} is a directory", c.display()));
+                }
+                Ok(_) => {
+                    why = Error::new(libc::EACCES, what.clone())
+                        .with_detail(format!("{} is not an executable file", c.display()));
+                }
+                Err(_) => {}
+            }
         }
-        Ok(())
+        Err(why)
     }
 
     /// Accepts connections until an error on the listener. Drop the future to stop: every
@@ -178,11 +188,9 @@ impl Raw {
         let tasks = Tasks::default();
         let _stop = AbortOnDrop(tasks.clone());
         let mut backoff = AcceptBackoff::default();
-        let connections = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
+        let connections = ConnectionCap::new(max_connections);
         loop {
-            let Ok(slot) = connections.clone().acquire_owned().await else {
-                continue;
-            };
+            let slot = connections.slot(&this.log).await;
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),
@@ -268,13 +276,14 @@ impl Raw {
             let far = Instant::now() + Duration::from_secs(86400 * 365);
             let deadline = self.timeout.map_or(far, |t| start + t);
             let why = tokio::select! {
-                r = child.wait() => return r.ok(),
+                r = child.wait() => return (r.ok(), written(&cut)),
                 () = tokio::time::sleep_until(deadline) => "timed out",
                 () = client_gone(&cut) => "client gone",
             };
             // As in HTTP mode: SIGTERM to the group, SIGKILL once the program has exited
             // or after the grace.
             (self.log)(&LogLine::Error(format!("{name}: {remote}: {why}, ended")));
+            let bytes = written(&cut);
             let _ = socket2::SockRef::from(&cut).shutdown(std::net::Shutdown::Both);
             group.term();
             let exit = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
@@ -285,9 +294,9 @@ impl Raw {
                 }
             };
             group.kill();
-            exit
+            (exit, bytes)
         };
-        let (exit, ()) = tokio::join!(wait, errs);
+        let ((exit, bytes), ()) = tokio::join!(wait, errs);
         drop(cut);
         group.disarm();
         (self.log)(&LogLine::Access(Access {
@@ -295,7 +304,7 @@ impl Raw {
             method: "-".into(),
             target: name.clone(),
             status: 0,
-            bytes: 0,
+            bytes,
             elapsed: start.elapsed(),
             exit,
             protocol: "-".into(),
@@ -305,6 +314,12 @@ impl Raw {
             time: std::time::SystemTime::now(),
         }));
     }
+}
+
+/// The bytes the program (and anyone else holding the connection) wrote to it so far, as
+/// the kernel counts them; 0 where it does not say.
+fn written(sock: &TcpStream) -> u64 {
+    crate::fd::tcp_bytes_written(std::os::fd::AsFd::as_fd(sock)).unwrap_or(0)
 }
 
 /// Resolves when the client has closed its side of the connection (a FIN, as nginx takes

@@ -32,7 +32,7 @@ use super::runner::{self, Outcome};
 use super::script;
 use super::state::State;
 use super::tasks::{AbortOnDrop, AcceptBackoff, accept_is_fatal};
-use super::upload::{Upload, UploadError, read_all};
+use super::upload::{Spool, Upload, UploadError, read_all};
 use crate::error::{Result, from_io};
 
 // `fuzzing.rs` reaches the query's argv here.
@@ -59,7 +59,7 @@ pub(crate) async fn serve(
         // At the connection limit, new connections wait in the listen backlog (an idle
         // keep-alive connection is closed after HEADER_READ_TIMEOUT without a request).
         let slot = tokio::select! {
-            s = state.connections.clone().acquire_owned() => s,
+            s = state.connections.slot(&state.log) => s,
             () = &mut shutdown => break,
         };
         let accepted = tokio::select! {
@@ -320,12 +320,13 @@ fn respond(
                 || head.headers.contains_key(header::CONTENT_LENGTH));
         let upload = match body.filter(|_| has_body) {
             None => None,
-            Some(_) if content_length(&head).is_some_and(|n| n > state.max_body) => {
-                return refused("body over --max-body", StatusCode::PAYLOAD_TOO_LARGE);
-            }
-            Some(body) => match read_all(body, state.max_body, &state.disk, state.body_timeout)
-                .await
+            Some(body) => match match content_length(&head)
+                .and_then(|n| Spool::refuse(n, state.max_body, &state.disk))
             {
+                // Refused from its Content-Length, before a byte is read.
+                Some(e) => Err(e),
+                None => read_all(body, state.max_body, &state.disk, state.body_timeout).await,
+            } {
                 Ok(u) => Some(u),
                 Err(UploadError::Broken { gone: true, .. }) => {
                     // The client went away mid-request: 400, as nginx logs it (499 is for a

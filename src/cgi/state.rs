@@ -12,7 +12,7 @@ use super::load::Load;
 use super::log::Log;
 use super::map::Mapping;
 use super::script::KILL_GRACE;
-use super::tasks::Tasks;
+use super::tasks::{ConnectionCap, Tasks};
 use super::upload::Budget;
 
 /// A server's fixed settings.
@@ -33,7 +33,7 @@ pub(crate) struct State {
     /// The disk that bodies in temporary files may take, all requests together.
     pub disk: Arc<Budget>,
     /// One permit per open client connection.
-    pub connections: Arc<Semaphore>,
+    pub connections: ConnectionCap,
     pub body_timeout: Duration,
     pub log: Log,
     pub tasks: Tasks,

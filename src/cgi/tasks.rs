@@ -7,7 +7,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -91,6 +91,59 @@ impl AcceptBackoff {
             self.delay
         } else {
             Duration::ZERO
+        }
+    }
+}
+
+/// The cap on a server's open connections (`max_connections`): one permit per connection.
+/// At the cap the accept loop waits for a permit (new connections wait in the listen
+/// backlog) and says so, at most once every [`CAP_LOG_EVERY`].
+#[derive(Debug)]
+pub(crate) struct ConnectionCap {
+    permits: Arc<Semaphore>,
+    max: usize,
+    logged: Mutex<Option<Instant>>,
+}
+
+/// The least time between two "at the connection cap" lines.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl ConnectionCap {
+    pub(crate) fn new(max: usize) -> ConnectionCap {
+        let max = max.min(Semaphore::MAX_PERMITS);
+        ConnectionCap {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            logged: Mutex::new(None),
+        }
+    }
+
+    /// A permit for the next connection, held as long as it is open; at the cap, logs
+    /// (at most once every [`CAP_LOG_EVERY`]) and waits for one to close.
+    pub(crate) async fn slot(&self, log: &Log) -> OwnedSemaphorePermit {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return p;
+        }
+        let now = Instant::now();
+        let due = {
+            let mut last = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| now >= t + CAP_LOG_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
+            log(&LogLine::Error(format!(
+                "{} connections open, the most allowed (--max-connections): new ones wait \
+                 in the listen backlog until one closes",
+                self.max
+            )));
+        }
+        match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            // Never closed.
+            Err(_) => std::future::pending().await,
         }
     }
 }

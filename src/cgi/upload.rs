@@ -46,6 +46,11 @@ impl Budget {
         })
     }
 
+    /// The most bytes it holds.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Bytes reserved now.
     #[cfg(test)]
     pub(crate) fn used(&self) -> u64 {
@@ -122,6 +127,8 @@ pub(crate) enum UploadError {
     Storage(std::io::Error),
     /// The server's temporary files for bodies are at `max_spool`: 503.
     DiskFull,
+    /// Larger than the whole `max_spool`: it can never fit, 413.
+    OverSpool,
 }
 
 impl std::fmt::Display for UploadError {
@@ -132,6 +139,7 @@ impl std::fmt::Display for UploadError {
             UploadError::Broken { why, .. } => write!(f, "{why}"),
             UploadError::Storage(e) => write!(f, "temporary file: {e}"),
             UploadError::DiskFull => write!(f, "the temporary files of bodies are at --max-spool"),
+            UploadError::OverSpool => write!(f, "larger than the whole --max-spool"),
         }
     }
 }
@@ -139,7 +147,7 @@ impl std::fmt::Display for UploadError {
 impl UploadError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            UploadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UploadError::TooLarge | UploadError::OverSpool => StatusCode::PAYLOAD_TOO_LARGE,
             UploadError::Idle => StatusCode::REQUEST_TIMEOUT,
             UploadError::Broken { .. } => StatusCode::BAD_REQUEST,
             UploadError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -152,6 +160,9 @@ impl UploadError {
         match self {
             UploadError::DiskFull => {
                 Some("The server's space for request bodies is full; try again later.")
+            }
+            UploadError::OverSpool => {
+                Some("The request body is larger than all the server's space for request bodies.")
             }
             _ => None,
         }
@@ -191,7 +202,7 @@ impl Spool {
         match &mut self.file {
             Some(f) => {
                 if !self.disk.grow(data.len() as u64) {
-                    return Err(UploadError::DiskFull);
+                    return Err(self.disk_full());
                 }
                 write(f, data)?
             }
@@ -202,7 +213,7 @@ impl Spool {
             }
             None => {
                 if !self.disk.grow((self.mem.len() + data.len()) as u64) {
-                    return Err(UploadError::DiskFull);
+                    return Err(self.disk_full());
                 }
                 let mut f = temp_file().map_err(UploadError::Storage)?;
                 write(&mut f, &self.mem)?;
@@ -213,6 +224,29 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// No disk left for this body: for now (503), or ever, when it is already larger than
+    /// the whole budget (413).
+    fn disk_full(&self) -> UploadError {
+        if self.total > self.disk.budget.limit {
+            UploadError::OverSpool
+        } else {
+            UploadError::DiskFull
+        }
+    }
+
+    /// Whether a body of `n` bytes (its declared length) can never be taken: larger than
+    /// `max` ([`UploadError::TooLarge`]), or than what stays in memory and the whole disk
+    /// budget ([`UploadError::OverSpool`]).
+    pub(crate) fn refuse(n: u64, max: u64, disk: &Budget) -> Option<UploadError> {
+        if n > max {
+            Some(UploadError::TooLarge)
+        } else if n > MEMORY_LIMIT as u64 && n > disk.limit() {
+            Some(UploadError::OverSpool)
+        } else {
+            None
+        }
     }
 
     /// Bytes received so far.
@@ -341,6 +375,15 @@ mod tests {
         let mut b = Spool::new(u64::MAX, &disk);
         b.push(&piece[..10]).unwrap(); // memory: no disk
         assert!(matches!(b.push(&piece), Err(UploadError::DiskFull)));
+        // One larger than the whole budget never fits: 413, not "try again later".
+        let mut c = Spool::new(u64::MAX, &disk);
+        c.push(&piece).unwrap();
+        assert!(matches!(c.push(&piece), Err(UploadError::DiskFull)));
+        let mut d = Spool::new(u64::MAX, &Budget::new(MEMORY_LIMIT as u64));
+        d.push(&piece).unwrap();
+        let over = d.push(&piece[..1]).unwrap_err();
+        assert!(matches!(over, UploadError::OverSpool), "{over:?}");
+        assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let whole = a.finish().unwrap();
         assert_eq!(disk.used(), MEMORY_LIMIT as u64 * 2);
         drop(whole);

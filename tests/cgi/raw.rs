@@ -30,14 +30,20 @@ async fn raw_mode_with_a_tick_script() {
             (local, text)
         }));
     }
+    let mut sizes = Vec::new();
     for c in clients {
         let (local, text) = c.await.unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 11, "{text}");
         assert_eq!(lines[0], format!("from 127.0.0.1:{}", local.port()));
         assert!(lines[1..].iter().all(|l| *l == "tick"), "{text}");
+        sizes.push(text.len());
     }
-    logs.wait_for("\"- sh\" 0 0B").await;
+    // The access line counts what the program wrote to the connection.
+    for &n in &sizes {
+        let times = sizes.iter().filter(|&&m| m == n).count();
+        logs.wait_count(&format!("\"- sh\" 0 {n}B"), times).await;
+    }
     task.abort();
     root.assert_no_process_left().await;
 }
@@ -103,7 +109,7 @@ async fn raw_mode_program_writes_to_a_blocking_socket() {
     .await
     .unwrap();
     assert_eq!(n, 20_000_000);
-    logs.wait_for("\"- head\" 0 0B").await;
+    logs.wait_for("\"- head\" 0 20000000B").await;
     assert!(logs.has("exit=0"), "head failed");
     task.abort();
 }
@@ -137,7 +143,7 @@ async fn raw_mode_ends_the_group_of_a_client_that_left() {
     drop(tcp);
     logs.wait_for("client gone, ended").await;
     root.assert_no_process_left().await;
-    logs.wait_for("\"- sh\" 0 0B").await;
+    logs.wait_for("\"- sh\" 0 8B").await;
     task.abort();
 
     // Data first, then the close: the program sees the data; its group still ends, with

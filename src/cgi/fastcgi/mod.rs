@@ -171,7 +171,7 @@ pub(crate) async fn serve(
     loop {
         // At the connection limit, new connections wait in the listen backlog.
         let slot = tokio::select! {
-            s = state.connections.clone().acquire_owned() => s,
+            s = state.connections.slot(&state.log) => s,
             () = &mut shutdown => break,
         };
         let accepted = tokio::select! {
