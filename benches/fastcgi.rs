@@ -3,7 +3,9 @@
 //! (`fcgiwrap -c N`), on two compiled CGI programs (C, built here with gcc): a minimal one
 //! and one answering 64 KiB. `wrk -t2 -c16`, rounds interleaved (the order flips each
 //! round), the median of the per-round ratios with min..max. nginx, fcgiwrap and wrk must
-//! be installed (`.ci/run` installs them). Timing never gates a test.
+//! be installed (`apt-get install nginx-light fcgiwrap wrk`; benches never run in CI).
+//! Timing never gates a test. Every server runs in a watched process group (see `watched`),
+//! so nothing is left running however the bench ends, Ctrl-C included.
 //!
 //! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5).
 
@@ -101,14 +103,40 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// A server the bench started; ended (with everything it forked) when dropped.
 struct Proc(Child);
+
+/// Starts `cmd` under a watchdog shell in a process group of its own: the shell runs it in
+/// the background and waits for EOF on its stdin, a pipe only this bench holds, then sends
+/// SIGTERM to its whole group. So the server and everything it forks (fcgiwrap's `-c N`
+/// workers, nginx's) end when the bench ends in any way: dropped normally, a panic, a Ctrl-C
+/// (which the terminal sends to the bench's group, not this one), or a SIGTERM or SIGKILL
+/// to the bench alone, where no `Drop` runs.
+fn watched(cmd: &mut Command) -> Proc {
+    let program = cmd.get_program().to_owned();
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(&program).is_file()));
+    assert!(
+        found,
+        "{program:?} is not installed (apt-get install nginx-light fcgiwrap wrk)"
+    );
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "\"$@\" & read _; kill -TERM 0", "sh"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut sh, 0);
+    Proc(sh.spawn().expect("sh starts the server"))
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A watched server's shell ends its group on this EOF; the brood server exits on it.
         drop(self.0.stdin.take());
         let pid = self.0.id() as i32;
         let _ = brood::kill(pid, brood::Signum::TERM);
-        // fcgiwrap's workers are in the group its parent leads (others have no group).
+        // A watched server leads its group (the brood server has none).
         let _ = brood::kill(-pid, brood::Signum::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -167,22 +195,21 @@ fn nginx(dir: &Path, root: &Path, brood: &Path, wrap: &Path) -> (Proc, u16) {
         w = location("fcgiwrap", wrap),
     );
     std::fs::write(nd.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(nd.join("nginx.conf"))
-        .arg("-p")
-        .arg(&nd)
-        .arg("-e")
-        .arg(nd.join("error.log"))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nginx is installed");
+    let nginx = watched(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(nd.join("nginx.conf"))
+            .arg("-p")
+            .arg(&nd)
+            .arg("-e")
+            .arg(nd.join("error.log")),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nginx did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (Proc(child), port)
+    (nginx, port)
 }
 
 /// `wrk -t2 -c16` for `secs`: requests/s counting only 2xx answers.
@@ -241,17 +268,11 @@ fn bench() {
             .spawn()
             .unwrap(),
     );
-    // fcgiwrap -c N forks its N workers: a process group of its own, ended as a whole.
-    let wrap = Proc(
-        std::os::unix::process::CommandExt::process_group(
-            Command::new("fcgiwrap")
-                .args(["-c", &FCGIWRAP_PROCESSES.to_string(), "-s"])
-                .arg(format!("unix:{}", wrap_sock.display()))
-                .stdin(Stdio::null()),
-            0,
-        )
-        .spawn()
-        .expect("fcgiwrap is installed"),
+    // fcgiwrap -c N forks its N workers, which outlive their parent: a watched group.
+    let wrap = watched(
+        Command::new("fcgiwrap")
+            .args(["-c", &FCGIWRAP_PROCESSES.to_string(), "-s"])
+            .arg(format!("unix:{}", wrap_sock.display())),
     );
     wait_for(&brood_sock);
     wait_for(&wrap_sock);

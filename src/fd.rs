@@ -46,6 +46,48 @@ pub(crate) fn is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
+/// The bytes written so far to a connected TCP socket, by any process that holds it: what
+/// the peer has acknowledged (`TCP_INFO`'s `tcpi_bytes_acked`, Linux 4.1+) plus what is
+/// still in the send queue (`SIOCOUTQ`). `None` where the kernel does not say.
+#[cfg_attr(
+    not(feature = "cgi"),
+    allow(dead_code, reason = "used by cgi's raw mode")
+)]
+pub(crate) fn tcp_bytes_written(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: tcp_info is plain integers: all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large and
+    // lives for the call, and sets `len` to what it wrote; a bad fd is an error.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    if r < 0 || (len as usize) < needed {
+        return None;
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, which points to
+    // `queued` for the duration of the call; a bad fd is an error.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut queued as *mut libc::c_int,
+        )
+    } < 0
+    {
+        return None;
+    }
+    Some(info.tcpi_bytes_acked + u64::try_from(queued).unwrap_or(0))
+}
+
 /// The number of fds open in this process (entries of `/proc/self/fd`, less the one
 /// used to read it). Linux only; tests and benchmarks use it to prove nothing leaks.
 pub fn open_fd_count() -> Result<usize> {

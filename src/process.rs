@@ -87,9 +87,15 @@ impl Child {
         for (slot, end) in ends {
             let op = || format!("spawn: register pipe of slot {slot}");
             let end = match end {
-                ParentEnd::Ipc(s) => {
+                ParentEnd::Ipc(s, node) => {
                     let s = UnixStream::from_std(s).map_err(|e| from_io(e, op()))?;
-                    child.channels.insert(slot, Channel::new(s));
+                    let mut channel = Channel::new(s);
+                    if node {
+                        channel
+                            .set_protocol(crate::ipc::Protocol::Node)
+                            .map_err(|e| e.context(op()))?;
+                    }
+                    child.channels.insert(slot, channel);
                     continue;
                 }
                 ParentEnd::Pipe(end) => ChildPipe::new(end).map_err(|e| from_io(e, op()))?,
@@ -169,7 +175,7 @@ impl Child {
     }
 
     /// Takes the parent's end of the IPC channel at `slot` (made with
-    /// [`Stdio::ipc`](crate::Stdio::ipc)).
+    /// [`Stdio::ipc`](crate::Stdio::ipc) or [`Stdio::node_ipc`](crate::Stdio::node_ipc)).
     pub fn take_channel(&mut self, slot: i32) -> Option<Channel> {
         self.channels.remove(&slot)
     }

@@ -38,6 +38,8 @@ pub struct Stdio(pub(crate) Kind);
 pub(crate) enum Kind {
     /// `/dev/null` for 0-2, closed above (`UV_IGNORE`).
     Ignore,
+    /// Closed, even at 0-2.
+    Closed,
     /// The parent's fd of the same number.
     Inherit,
     /// The parent's fd `n`, borrowed: it must stay open until `spawn` returns.
@@ -47,8 +49,9 @@ pub(crate) enum Kind {
     /// A kernel pipe when one-way, a socketpair when both; `readable`/`writable` say what
     /// the child may do, as libuv's flags.
     Pipe { readable: bool, writable: bool },
-    /// A socketpair in IPC mode: the parent gets a `brood::ipc::Channel`.
-    Ipc,
+    /// A socketpair in IPC mode: the parent gets a `brood::ipc::Channel`; with `node`,
+    /// the child is told of it as Node's channel and the parent's end speaks Node's protocol.
+    Ipc { node: bool },
     /// An `Owned` fd already handed to a child by an earlier spawn of the same `Command`.
     Given,
     /// A bad argument found when the `Stdio` was made, reported by `spawn`.
@@ -64,6 +67,28 @@ impl Stdio {
     /// An alias of [`ignore`](Stdio::ignore), the name `std::process::Stdio::null` users know.
     pub fn null() -> Stdio {
         Stdio::ignore()
+    }
+
+    /// Nothing: the slot is closed in the child, even at 0-2 (where [`ignore`](Stdio::ignore)
+    /// gives `/dev/null`). What a program started with that fd closed passes on when it
+    /// keeps it closed, as `env` and `timeout` do. The child's first `open` then lands there:
+    /// prefer [`ignore`](Stdio::ignore) unless the caller asked for a closed fd.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use brood::{Command, Stdio};
+    ///
+    /// let out = Command::new("sh")
+    ///     .args(["-c", "if [ -e /proc/self/fd/0 ]; then echo open; else echo closed; fi"])
+    ///     .stdin(Stdio::closed())
+    ///     .stdout(Stdio::piped())
+    ///     .output()
+    ///     .await?;
+    /// assert_eq!(out.stdout, b"closed\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn closed() -> Stdio {
+        Stdio(Kind::Closed)
     }
 
     /// The parent's own fd of the same number as the slot (`UV_INHERIT_FD` with `fd == slot`).
@@ -144,11 +169,44 @@ impl Stdio {
     /// `BROOD_CHANNEL_FD` variable (the lowest such slot, if several); the parent gets a
     /// [`Channel`](crate::ipc::Channel) from [`Child::take_channel`](crate::Child::take_channel).
     pub fn ipc() -> Stdio {
-        Stdio(Kind::Ipc)
+        Stdio(Kind::Ipc { node: false })
+    }
+
+    /// An IPC channel for a Node.js child (Node's `'ipc'` stdio, as `child_process.fork`
+    /// makes): the child's `NODE_CHANNEL_FD` names the slot (the lowest such slot, if
+    /// several) and `NODE_CHANNEL_SERIALIZATION_MODE` is `json`, so `process.send`,
+    /// `process.on('message')` and `process.disconnect()` work in the child; the parent's
+    /// [`Channel`](crate::ipc::Channel), from [`Child::take_channel`](crate::Child::take_channel),
+    /// speaks Node's protocol ([`Protocol::Node`](crate::ipc::Protocol::Node)): messages
+    /// with `send_msg`/`recv_msg` (feature `json`), sockets and servers as Node's handles.
+    /// Node's `advanced` serialization (V8's structured clone) is not spoken: setting
+    /// `NODE_CHANNEL_SERIALIZATION_MODE` to it with [`env`](crate::Command::env) makes
+    /// `spawn` fail with `EPROTONOSUPPORT`. The spawn needs a tokio runtime (the channel's
+    /// reader task).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use brood::{Command, Stdio};
+    /// use serde_json::{Value, json};
+    ///
+    /// let mut child = Command::new("node")
+    ///     .args(["-e", "process.on('message', (m) => { process.send({ echo: m }); process.disconnect(); })"])
+    ///     .stdio(3, Stdio::node_ipc())
+    ///     .spawn()?;
+    /// let mut channel = child.take_channel(3).unwrap();
+    /// channel.send_msg(&json!({ "hello": "node" }), &[]).await?;
+    /// let (reply, _handles) = channel.recv_msg::<Value>().await?.unwrap();
+    /// assert_eq!(reply, json!({ "echo": { "hello": "node" } }));
+    /// assert!(channel.recv_msg::<Value>().await?.is_none()); // process.disconnect()
+    /// assert!(child.wait().await?.success());
+    /// # Ok(()) }
+    /// ```
+    pub fn node_ipc() -> Stdio {
+        Stdio(Kind::Ipc { node: true })
     }
 
     pub(crate) fn is_pipe(&self) -> bool {
-        matches!(self.0, Kind::Pipe { .. } | Kind::Ipc)
+        matches!(self.0, Kind::Pipe { .. } | Kind::Ipc { .. })
     }
 }
 

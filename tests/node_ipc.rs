@@ -209,11 +209,17 @@ fn child_side() {
             }
         }
         drop(ch);
-        assert_eq!(
-            brood::open_fd_count().unwrap(),
-            fds_at_start - 1,
-            "every handle closed, and the channel"
-        );
+        // The channel's reader task holds the socket until the runtime drops it.
+        let deadline = std::time::Instant::now() + LIMIT;
+        while brood::open_fd_count().unwrap() != fds_at_start - 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "every handle closed, and the channel: {} fds, {} at start",
+                brood::open_fd_count().unwrap(),
+                fds_at_start
+            );
+            tokio::task::yield_now().await;
+        }
     });
 }
 
@@ -255,11 +261,14 @@ async fn nodes_advanced_serialization_is_refused_with_a_clear_error() {
     run_node("advanced").await;
 }
 
-/// A Node child of a brood parent: echoes every message with its handle, after writing to
-/// a socket it got; leaves at `{"bye": true}`.
+/// A Node child of a brood parent: reports its channel variables, echoes every message
+/// with its handle (after writing to a socket it got), leaves at `{"bye": true}` with
+/// `process.disconnect()`, or on `'disconnect'` (brood closed) says so on stdout.
 const NODE_CHILD: &str = r#"
 'use strict';
 const net = require('net');
+process.send({ connected: process.connected });
+process.on('disconnect', () => console.log('disconnected'));
 process.on('message', (m, h) => {
   if (m && m.bye) { process.disconnect(); return; }
   if (h instanceof net.Socket) {
@@ -270,28 +279,50 @@ process.on('message', (m, h) => {
 });
 "#;
 
-#[tokio::test]
-async fn a_brood_parent_talks_to_a_node_child_with_set_protocol() {
-    use tokio::io::AsyncReadExt;
+fn node_child() -> (brood::Child, Channel) {
     let mut child = brood::Command::new("node")
         .args(["-e", NODE_CHILD])
-        .env(NODE_CHANNEL_FD_ENV, "3")
-        .stdio(3, brood::Stdio::ipc())
+        .stdio(3, brood::Stdio::node_ipc())
+        .stdout(brood::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("node must be installed (CI installs it)");
-    let mut ch = child.take_channel(3).unwrap();
-    ch.set_protocol(Protocol::Node);
-    for i in 0..1000 {
-        ch.send_msg(&json!({ "i": i }), &[]).await.unwrap();
-    }
-    for i in 0..1000 {
-        let (m, hs) = timeout(LIMIT, ch.recv_msg::<Value>())
+    let ch = child.take_channel(3).unwrap();
+    assert_eq!(ch.protocol(), Protocol::Node);
+    (child, ch)
+}
+
+async fn next(ch: &mut Channel) -> (Value, Vec<brood::ipc::Handle>) {
+    timeout(LIMIT, ch.recv_msg::<Value>())
+        .await
+        .expect("no message from node")
+        .unwrap()
+        .expect("node closed the channel")
+}
+
+#[tokio::test]
+async fn a_brood_parent_talks_to_a_node_child_over_stdio_node_ipc() {
+    use tokio::io::AsyncReadExt;
+    let (mut child, mut ch) = node_child();
+    let (hello, _) = next(&mut ch).await;
+    assert_eq!(hello, json!({ "connected": true }));
+    // Node removes the variables at start-up, as brood does; the kernel keeps the
+    // environment the process started with.
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id().unwrap())).unwrap();
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    assert!(vars.contains(&&b"NODE_CHANNEL_FD=3"[..]));
+    assert!(vars.contains(&&b"NODE_CHANNEL_SERIALIZATION_MODE=json"[..]));
+    assert!(!vars.iter().any(|v| v.starts_with(b"BROOD_CHANNEL_FD=")));
+    // 10,000 messages each way, all sent before any is received.
+    const N: usize = 10_000;
+    for i in 0..N {
+        ch.send_msg(&json!({ "i": i, "s": "é漢🙂" }), &[])
             .await
-            .unwrap()
-            .unwrap()
             .unwrap();
-        assert_eq!(m, json!({ "echo": { "i": i } }));
+    }
+    for i in 0..N {
+        let (m, hs) = next(&mut ch).await;
+        assert_eq!(m, json!({ "echo": { "i": i, "s": "é漢🙂" } }));
         assert!(hs.is_empty());
     }
     // A TCP connection to the child and back.
@@ -302,11 +333,7 @@ async fn a_brood_parent_talks_to_a_node_child_with_set_protocol() {
         .await
         .unwrap();
     drop(server_side);
-    let (m, mut hs) = timeout(LIMIT, ch.recv_msg::<Value>())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (m, mut hs) = next(&mut ch).await;
     assert_eq!(m, json!({ "echo": { "kind": "tcp" } }));
     assert_eq!(hs.len(), 1);
     let mut s: TcpStream = hs.remove(0).accept().unwrap();
@@ -318,7 +345,7 @@ async fn a_brood_parent_talks_to_a_node_child_with_set_protocol() {
         .unwrap()
         .unwrap();
     assert_eq!(got, "node child\nbrood parent\n");
-    // Node's disconnect is end of stream here.
+    // Node's process.disconnect() is end of stream here.
     ch.send_msg(&json!({ "bye": true }), &[]).await.unwrap();
     let end = timeout(LIMIT, ch.recv_msg::<Value>())
         .await
@@ -327,6 +354,43 @@ async fn a_brood_parent_talks_to_a_node_child_with_set_protocol() {
     assert!(end.is_none());
     let exit = timeout(LIMIT, child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "node child {exit}");
+    let mut out = String::new();
+    let mut stdout = child.take_pipe(1).unwrap();
+    timeout(LIMIT, stdout.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "disconnected\n");
+}
+
+#[tokio::test]
+async fn a_brood_parent_that_drops_its_channel_disconnects_the_node_child() {
+    use tokio::io::AsyncReadExt;
+    let (mut child, mut ch) = node_child();
+    next(&mut ch).await;
+    drop(ch);
+    // Node's 'disconnect' fires, and with nothing else to do node exits.
+    let exit = timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "node child {exit}");
+    let mut out = String::new();
+    let mut stdout = child.take_pipe(1).unwrap();
+    timeout(LIMIT, stdout.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "disconnected\n");
+}
+
+#[tokio::test]
+async fn stdio_node_ipc_refuses_nodes_advanced_serialization_naming_it() {
+    let err = brood::Command::new("node")
+        .args(["-e", "process.exit(3)"])
+        .env("NODE_CHANNEL_SERIALIZATION_MODE", "advanced")
+        .stdio(3, brood::Stdio::node_ipc())
+        .spawn()
+        .unwrap_err();
+    assert_eq!(err.name(), "EPROTONOSUPPORT", "{err}");
+    assert!(err.to_string().contains("\"advanced\""), "{err}");
 }
 
 /// The example binary next to this test's own (cargo builds examples before tests).

@@ -22,6 +22,8 @@ use clap::{ArgGroup, Args};
 ///
 /// With --raw, each connection runs PROGRAM with stdin and stdout set to the socket and
 /// TCPREMOTEIP / TCPREMOTEPORT in its environment; the connection closes when it exits.
+/// The options about HTTP requests (--max-body, --max-spool, --body-timeout,
+/// --max-header-bytes, --htpasswd, --prefix, --scripts-by-fd) are refused with --raw.
 ///
 /// Request bodies are read whole before the script starts (memory, then a temporary file)
 /// and given with CONTENT_LENGTH. REMOTE_USER is set only for users checked against
@@ -36,12 +38,17 @@ use clap::{ArgGroup, Args};
 /// the path mapped as above; it must be inside --root (or be --script). The params are the
 /// script's variables; the web server authenticates (its REMOTE_USER is trusted).
 ///
-/// Fixed limits: a client has 30 s to send a request head, of at most 64 KiB (431 beyond);
+/// Fixed limits: a client has 30 s to send a request head, of at most 64 KiB and 100
+/// headers (431 beyond); an idle keep-alive connection is closed after 30 s;
 /// request bodies held in memory share 64 MiB for the whole server (beyond, temp files).
 ///
 /// One access line per request (with a timestamp) goes to stderr or --access-log, as do
 /// the scripts' stderr lines, prefixed with the script name. SIGINT or SIGTERM stops the
 /// server and kills the scripts still running.
+///
+/// Exit status: 0 after SIGINT/SIGTERM; a usage or configuration error (bad option, no such
+/// root or script, unusable htpasswd file, address in use) is reported before "listening"
+/// and makes brood exit 125, as `brood run` and `brood cluster` do; 1 if serving fails.
 ///
 /// Examples:
 ///   brood cgi --listen 127.0.0.1:8080 --root ./cgi-bin
@@ -101,10 +108,25 @@ pub struct CgiArgs {
     )]
     realm: String,
     /// Largest request body in bytes (413 beyond).
-    #[arg(long, value_name = "BYTES", default_value_t = brood::cgi::DEFAULT_MAX_BODY)]
+    #[arg(long, value_name = "BYTES", default_value_t = brood::cgi::DEFAULT_MAX_BODY, conflicts_with = "raw")]
     max_body: u64,
+    /// Hand `#!` scripts to their interpreter as /dev/fd/3 (the file brood opened and
+    /// checked) instead of by path: no rename inside the root can swap what runs, but the
+    /// script's $0 / __file__ is /dev/fd/3 (SCRIPT_FILENAME keeps the real path).
+    #[arg(long, conflicts_with = "raw")]
+    scripts_by_fd: bool,
+    /// Disk for request bodies in temporary files, all requests together, in bytes (503
+    /// beyond, saying why; 413 for a body larger than all of it; a body's share is freed
+    /// when its script ends). Default: a quarter
+    /// of the free space of the temporary directory ($TMPDIR, else /tmp) at start.
+    #[arg(long, value_name = "BYTES", conflicts_with = "raw")]
+    max_spool: Option<u64>,
+    /// At most N client connections open at once, idle keep-alive ones included (more
+    /// wait in the listen backlog). Default: half the fd limit (ulimit -n), 16 to 65536.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// A request body that stalls this long between two pieces ends the request (408).
-    #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
+    #[arg(long, value_name = "SECS", default_value_t = brood::cgi::DEFAULT_BODY_TIMEOUT.as_secs_f64(), conflicts_with = "raw")]
     body_timeout: f64,
     /// Append access lines to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
@@ -122,10 +144,10 @@ pub struct CgiArgs {
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<OsString>,
     /// Largest header block a script may print, in bytes.
-    #[arg(long, value_name = "N", default_value_t = 64 * 1024)]
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024, conflicts_with = "raw")]
     max_header_bytes: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (requests by status class, request
-    /// duration, timeouts, 5xx by cause).
+    /// duration, timeouts, 5xx by cause, scripts running, requests queued).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// With --raw: the program and its arguments.
@@ -176,11 +198,44 @@ pub fn main(args: CgiArgs) -> i32 {
     };
     match rt.block_on(run(args)) {
         Ok(()) => 0,
-        Err(e) => {
+        Err(Fail::Config(e)) => {
+            say(&format!("brood cgi: {e}"));
+            EXIT_CONFIG
+        }
+        Err(Fail::Serving(e)) => {
             say(&format!("brood cgi: {e}"));
             1
         }
     }
+}
+
+/// A usage or configuration error (bad option, no such root, unreadable htpasswd file,
+/// address in use...), found before "listening" is printed: exit 125, as clap's usage
+/// errors, `brood run` and `brood cluster` do.
+const EXIT_CONFIG: i32 = crate::run::EXIT_BROOD;
+
+/// Why `brood cgi` ended badly.
+enum Fail {
+    /// Before listening: [`EXIT_CONFIG`].
+    Config(String),
+    /// The server failed while serving: 1.
+    Serving(String),
+}
+
+impl From<String> for Fail {
+    fn from(e: String) -> Fail {
+        Fail::Config(e)
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(e: &str) -> Fail {
+        Fail::Config(e.to_string())
+    }
+}
+
+fn serving(e: brood::Error) -> Fail {
+    Fail::Serving(e.to_string())
 }
 
 /// Where log lines go: access lines to `--access-log` (when given) in `--log-format`,
@@ -214,7 +269,7 @@ fn logger(args: &CgiArgs) -> Result<impl Fn(&LogLine) + Send + Sync + 'static, S
     })
 }
 
-async fn run(args: CgiArgs) -> Result<(), String> {
+async fn run(args: CgiArgs) -> Result<(), Fail> {
     if !args.program.is_empty() && !args.raw {
         return Err("a PROGRAM is given only with --raw".into());
     }
@@ -227,6 +282,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         .as_ref()
         .map(|_| std::sync::Arc::new(crate::metrics::CgiMetrics::new()));
     let counted = metrics.clone();
+    let gauges = metrics.clone();
     let log = move |line: &LogLine| {
         if let (Some(m), LogLine::Access(a)) = (&counted, line) {
             m.observe(a);
@@ -239,7 +295,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         say(&format!("brood cgi: metrics on http://{a}/metrics"));
     }
     if args.fastcgi {
-        return fastcgi(args, log, timeout, queue, body_timeout).await;
+        return fastcgi(args, log, gauges, timeout, queue, body_timeout).await;
     }
     let listen: SocketAddr = args
         .listen
@@ -269,6 +325,9 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         if let Some(n) = args.max_children {
             raw = raw.max_children(n);
         }
+        if let Some(n) = args.max_connections {
+            raw = raw.max_connections(n);
+        }
         for (k, v) in &args.env {
             raw = raw.env(k, v);
         }
@@ -283,6 +342,9 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         Box::pin(raw.serve(listener)) as std::pin::Pin<Box<dyn Future<Output = _>>>
     } else {
         let (cgi, what) = configure(&args, log, timeout, queue, body_timeout);
+        if let Some(m) = &gauges {
+            m.follow(cgi.load());
+        }
         cgi.check().map_err(|e| e.to_string())?;
         say(&format!("brood cgi: listening on http://{addr} ({what})"));
         Box::pin(cgi.serve_until(listener, async {
@@ -293,7 +355,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
     // The listener is open: connections from now on are served.
     systemd.ready();
     let name = tokio::select! {
-        r = &mut serve => return r.map_err(|e| e.to_string()),
+        r = &mut serve => return r.map_err(serving),
         Some(_) = int.recv() => "SIGINT",
         Some(_) = term.recv() => "SIGTERM",
     };
@@ -303,7 +365,7 @@ async fn run(args: CgiArgs) -> Result<(), String> {
         return Ok(());
     }
     let _ = stop.send(());
-    serve.await.map_err(|e| e.to_string())
+    serve.await.map_err(serving)
 }
 
 /// The `Cgi` the options describe (HTTP and FastCGI), and a phrase saying what it serves.
@@ -344,6 +406,13 @@ fn configure(
     if let Some(n) = args.max_children {
         cgi = cgi.max_children(n);
     }
+    if let Some(n) = args.max_spool {
+        cgi = cgi.max_spool(n);
+    }
+    cgi = cgi.scripts_by_fd(args.scripts_by_fd);
+    if let Some(n) = args.max_connections {
+        cgi = cgi.max_connections(n);
+    }
     for (k, v) in &args.env {
         cgi = cgi.env(k, v);
     }
@@ -357,11 +426,15 @@ fn configure(
 async fn fastcgi(
     args: CgiArgs,
     log: impl Fn(&LogLine) + Send + Sync + 'static,
+    gauges: Option<std::sync::Arc<crate::metrics::CgiMetrics>>,
     timeout: Option<Duration>,
     queue: Duration,
     body_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), Fail> {
     let (cgi, what) = configure(&args, log, timeout, queue, body_timeout);
+    if let Some(m) = &gauges {
+        m.follow(cgi.load());
+    }
     let cgi = cgi.stderr_to_client(args.stderr_to_client);
     cgi.check().map_err(|e| e.to_string())?;
     let listener = if args.listen == "systemd" {
@@ -389,11 +462,11 @@ async fn fastcgi(
     });
     tokio::pin!(serve);
     let name = tokio::select! {
-        r = &mut serve => return r.map_err(|e| e.to_string()),
+        r = &mut serve => return r.map_err(serving),
         Some(_) = int.recv() => "SIGINT",
         Some(_) = term.recv() => "SIGTERM",
     };
     say(&format!("brood cgi: {name}, stopping"));
     let _ = stop.send(());
-    serve.await.map_err(|e| e.to_string())
+    serve.await.map_err(serving)
 }

@@ -21,6 +21,17 @@ use clap::{Args, ValueEnum};
 /// closes its channel (end of stream = finish and exit), waits up to --grace seconds for it
 /// to exit, then sends --stop-signal, then SIGKILL after --kill-after seconds.
 ///
+/// A worker that leaves its channel unread gets no new connections after a second and is
+/// killed after --stuck-timeout seconds; the connections it never read go to other workers.
+/// When the restart policy has given up on every worker slot, the master stops listening
+/// and exits (1, or 0 when every worker exited with status 0).
+///
+/// Exit status: 0 after SIGINT/SIGTERM (or every worker done with status 0); 125 for a
+/// usage or configuration error (bad option or signal, --workers 0, address in use or
+/// unusable, bad --control path, a worker PROGRAM that is not an executable file), always
+/// before "listening" is printed, as `brood run` and `brood cgi` do; 1 if the master fails
+/// after that (no worker left...).
+///
 /// Strategies: round-robin and least-connections (the master accepts and passes each
 /// connection over a Unix socket: fd 3 of the worker receives the byte `c` with the
 /// connection's fd), shared (fd 3 is the listening socket itself, LISTEN_FDS=1 and
@@ -30,6 +41,7 @@ use clap::{Args, ValueEnum};
 ///   brood cluster --listen 127.0.0.1:8080 --builtin http
 ///   brood cluster --listen 127.0.0.1:7000 --workers 4 --strategy shared --builtin echo
 ///   brood cluster --listen 127.0.0.1:8000 --strategy shared -- python3 worker.py
+///   brood cluster --listen 127.0.0.1:7000 -- node examples/node/worker.js
 ///   brood cluster --listen 127.0.0.1:8080 --control /tmp/brood.ctl --builtin http
 ///   brood ctl /tmp/brood.ctl status
 #[derive(Args, Debug)]
@@ -65,6 +77,11 @@ pub struct ClusterArgs {
     /// one retires; one that exits sooner stops the reload (the old ones keep serving).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     reload_settle: f64,
+    /// Seconds a worker may leave a connection or ping the master sent it unread before it
+    /// is killed (stopped first: the connections it never read go to other workers). After
+    /// one second unread it already gets no new connections.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    stuck_timeout: f64,
     /// Most workers `ctl scale` and SIGTTIN may ask for [default: 4 x CPUs].
     #[arg(long, value_name = "N")]
     max_workers: Option<usize>,
@@ -72,7 +89,7 @@ pub struct ClusterArgs {
     #[arg(long, value_enum, default_value_t = RestartArg::Always)]
     restart: RestartArg,
     /// Stop restarting a worker slot after N restarts within --within seconds (shown as
-    /// `failed` by `ctl status`).
+    /// `failed` by `ctl status`; with every slot failed, the master exits).
     #[arg(long, value_name = "N", requires = "within")]
     max_restarts: Option<u32>,
     /// The window of --max-restarts, in seconds.
@@ -102,6 +119,14 @@ pub struct ClusterArgs {
     /// Open a control socket here for `brood ctl PATH status|reload|scale N|...`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// What a PROGRAM worker speaks on its channel: `brood` (the bytes above), `node` (a
+    /// Node.js app with no brood code: NODE_CHANNEL_FD, each connection as Node's own
+    /// handle message for `process.on('message', (m, socket) => ..)`, `process.send('ready')`
+    /// for --wait-ready, retiring = 'disconnect'), or `auto`: `node` when the program's
+    /// file name is node or nodejs, or its `#!` line runs node (`#!/usr/bin/env node`),
+    /// else `brood`.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Auto)]
+    worker_protocol: ProtocolArg,
     /// Run a built-in worker: `echo` (the seed's echo server) or `http` (a fixed answer).
     #[arg(long, value_enum, conflicts_with = "program")]
     builtin: Option<Builtin>,
@@ -116,6 +141,84 @@ enum StrategyArg {
     LeastConnections,
     Shared,
     Reuseport,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProtocolArg {
+    Auto,
+    Brood,
+    Node,
+}
+
+/// `--worker-protocol auto`: Node's when the program is `node` (or `nodejs`), or a script
+/// whose `#!` line runs node (`#!/usr/bin/node`, `#!/usr/bin/env node`, `#!/usr/bin/env -S
+/// node --flag`). `path` is the program as found (see [`find_program`]).
+fn is_node(program: &std::ffi::OsStr, path: Option<&std::path::Path>) -> bool {
+    let node = |word: &[u8]| {
+        let name = word.rsplit(|&b| b == b'/').next().unwrap_or(word);
+        name == b"node" || name == b"nodejs"
+    };
+    if node(program.as_encoded_bytes()) {
+        return true;
+    }
+    let Some(line) = path.and_then(shebang) else {
+        return false;
+    };
+    let mut words = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    match words.next() {
+        Some(interp) if node(interp) => true,
+        // env's options and VAR=value assignments come before the program it runs.
+        Some(interp) if interp.rsplit(|&b| b == b'/').next() == Some(b"env") => words
+            .find(|w| !w.starts_with(b"-") && !w.contains(&b'='))
+            .is_some_and(node),
+        _ => false,
+    }
+}
+
+/// The `#!` line of a file (without `#!` and the newline), read from its first 256 bytes
+/// (as much as Linux reads); `None` for a file that does not start with `#!`.
+fn shebang(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(256);
+    std::fs::File::open(path)
+        .ok()?
+        .take(256)
+        .read_to_end(&mut head)
+        .ok()?;
+    let rest = head.strip_prefix(b"#!")?;
+    let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    Some(rest[..end].to_vec())
+}
+
+/// The worker program as `execvp` will find it (a name without `/` through `PATH`), checked
+/// before "listening" is printed: an executable file, else why not.
+fn find_program(program: &std::ffi::OsStr) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = program.to_string_lossy();
+    let candidates: Vec<std::path::PathBuf> = if program.as_encoded_bytes().contains(&b'/') {
+        vec![program.into()]
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .collect()
+    };
+    let mut why = format!("{shown}: no such file");
+    for c in candidates {
+        match std::fs::metadata(&c) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(c),
+            Ok(m) if m.is_dir() => why = format!("{}: is a directory", c.display()),
+            Ok(_) => why = format!("{}: not an executable file", c.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => why = format!("{}: {e}", c.display()),
+        }
+    }
+    if !program.as_encoded_bytes().contains(&b'/') && why.ends_with("no such file") {
+        why = format!("{shown}: not found in PATH");
+    }
+    Err(why)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -172,21 +275,25 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
     })
 }
 
+/// A usage or configuration error found before "listening" is printed: 125, as clap's usage
+/// errors, `brood run` and `brood cgi` use.
+const EXIT_CONFIG: i32 = crate::run::EXIT_BROOD;
+
+/// The duration options where 0 makes no sense.
+fn positive(name: &str) -> bool {
+    matches!(name, "heartbeat-timeout" | "stuck-timeout")
+}
+
 /// A duration option in seconds: 0 up to a year (beyond, deadlines would overflow), and
-/// more than 0 where 0 would make no sense (a heartbeat timeout). A usage error exits 125.
+/// more than 0 where 0 would make no sense (a heartbeat or stuck timeout). A usage error
+/// exits 125.
 fn secs(name: &str, v: f64) -> Duration {
     match Duration::try_from_secs_f64(v) {
-        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && name == "heartbeat-timeout") => {
-            d
-        }
+        Ok(d) if d <= crate::log::MAX_DURATION && !(d.is_zero() && positive(name)) => d,
         _ => {
             say!(
                 "brood cluster: --{name} takes seconds, {} to {} (a year)",
-                if name == "heartbeat-timeout" {
-                    "more than 0"
-                } else {
-                    "0"
-                },
+                if positive(name) { "more than 0" } else { "0" },
                 crate::log::MAX_DURATION.as_secs()
             );
             std::process::exit(125);
@@ -205,13 +312,13 @@ pub fn main(args: ClusterArgs) -> i32 {
     crate::log::init();
     if args.builtin.is_none() && args.program.is_empty() {
         say!("brood cluster: give --builtin echo|http or -- PROGRAM [ARGS]");
-        return 2;
+        return EXIT_CONFIG;
     }
     let stop_signal: brood::Signum = match args.stop_signal.parse() {
         Ok(s) => s,
         Err(e) => {
             say!("brood cluster: --stop-signal: {e}");
-            return 2;
+            return EXIT_CONFIG;
         }
     };
     let strategy = match args.strategy {
@@ -229,6 +336,7 @@ pub fn main(args: ClusterArgs) -> i32 {
         .kill_after(secs("kill-after", args.kill_after))
         .ready_timeout(secs("ready-timeout", args.ready_timeout))
         .reload_settle(secs("reload-settle", args.reload_settle))
+        .stuck_timeout(secs("stuck-timeout", args.stuck_timeout))
         .restart(match args.restart {
             RestartArg::Always => Restart::Always,
             RestartArg::OnFailure => Restart::OnFailure,
@@ -263,7 +371,25 @@ pub fn main(args: ClusterArgs) -> i32 {
     }
     b = b.upgrade_timeout(secs("upgrade-timeout", args.upgrade_timeout));
     if !args.program.is_empty() {
+        let found = match find_program(&args.program[0]) {
+            Ok(p) => p,
+            Err(why) => {
+                say!("brood cluster: worker program {why}");
+                return EXIT_CONFIG;
+            }
+        };
         b = b.program(args.program[0].clone(), args.program[1..].to_vec());
+        let node = match args.worker_protocol {
+            ProtocolArg::Auto => is_node(&args.program[0], Some(&found)),
+            ProtocolArg::Brood => false,
+            ProtocolArg::Node => true,
+        };
+        if node {
+            b = b.worker_protocol(brood::cluster::WorkerProtocol::Node);
+        }
+    } else if matches!(args.worker_protocol, ProtocolArg::Node) {
+        say!("brood cluster: --worker-protocol node is for a PROGRAM (a Node.js app)");
+        return EXIT_CONFIG;
     }
     let metrics = args.metrics.as_ref().map(|_| Metrics::new());
     if let Some(m) = &metrics {
@@ -278,19 +404,25 @@ pub fn main(args: ClusterArgs) -> i32 {
                 Ok(a) => say!("brood cluster: metrics on http://{a}/metrics"),
                 Err(e) => {
                     say!("brood cluster: --metrics {addr}: {e}");
-                    std::process::exit(2);
+                    std::process::exit(EXIT_CONFIG);
                 }
             }
         }
-        let cluster = b.build()?;
+        // Bad settings, an address in use, an unusable --control path: before "listening".
+        let cluster = b.build().map_err(|e| (EXIT_CONFIG, e))?;
         say!("brood cluster: listening on {}", cluster.local_addr());
-        cluster.run().await
+        cluster.run().await.map_err(|e| (1, e))
     });
     match result {
         Ok(()) => 0,
-        Err(e) => {
+        // The restart policy gave up on every slot: a sentence, no errno (ECHILD) in front.
+        Err((code, e)) if e.errno() == libc::ECHILD && e.detail().is_some() => {
+            say!("brood cluster: {}", e.detail().unwrap_or_default());
+            code
+        }
+        Err((code, e)) => {
             say!("brood cluster: {e}");
-            1
+            code
         }
     }
 }
@@ -366,4 +498,42 @@ async fn http(conn: brood::cluster::Connection) {
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_detects_node_by_name_or_by_the_scripts_shebang() {
+        let dir = std::env::temp_dir().join(format!("brood-is-node-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            ("#!/usr/bin/env node\n", true),
+            ("#!/usr/bin/nodejs --harmony\n", true),
+            ("#! /usr/local/bin/node\n", true),
+            (
+                "#!/usr/bin/env -S NODE_ENV=production node --no-warnings\n",
+                true,
+            ),
+            ("#!/usr/bin/env python3\n", false),
+            ("#!/bin/sh\nexec node app.js\n", false),
+            ("#!/usr/bin/env nodemon\n", false),
+            ("console.log('no shebang')\n", false),
+            ("", false),
+        ];
+        for (i, (text, node)) in cases.into_iter().enumerate() {
+            let file = dir.join(format!("s{i}"));
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(is_node("./s".as_ref(), Some(&file)), node, "{text:?}");
+        }
+        // A first line longer than Linux reads is not followed past 256 bytes.
+        let long = dir.join("long");
+        std::fs::write(&long, format!("#!/usr/bin/env {}node\n", " ".repeat(300))).unwrap();
+        assert!(!is_node("./long".as_ref(), Some(&long)));
+        assert!(is_node("/usr/bin/node".as_ref(), None));
+        assert!(is_node("nodejs".as_ref(), None));
+        assert!(!is_node("python3".as_ref(), None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -88,13 +88,17 @@ pub fn serve(
     Ok(local)
 }
 
-/// `brood cgi --metrics`: counted from each access line, as the server logs it.
+/// `brood cgi --metrics`: counted from each access line, as the server logs it, and the
+/// server's [`brood::cgi::Load`] read at each scrape.
 pub struct CgiMetrics {
     registry: prometheus_client::registry::Registry,
     requests: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     duration: Histogram,
     timeouts: Counter,
+    running: prometheus_client::metrics::gauge::Gauge,
+    queued: prometheus_client::metrics::gauge::Gauge,
+    load: std::sync::OnceLock<brood::cgi::Load>,
 }
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -108,6 +112,9 @@ impl CgiMetrics {
             // 1 ms to about 65 s, ×4 each bucket.
             duration: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
             timeouts: Counter::default(),
+            running: Default::default(),
+            queued: Default::default(),
+            load: std::sync::OnceLock::new(),
             registry: prometheus_client::registry::Registry::default(),
         };
         // Every class's series exists from the start, at 0.
@@ -134,7 +141,22 @@ impl CgiMetrics {
             "5xx answers by cause (spawn: 500, bad_answer: 502, busy: 503, timeout: 504, other)",
             m.errors.clone(),
         );
+        registry.register(
+            "brood_cgi_scripts_running",
+            "Scripts started and not yet ended",
+            m.running.clone(),
+        );
+        registry.register(
+            "brood_cgi_queue_depth",
+            "Requests waiting for a --max-children slot (with --queue)",
+            m.queued.clone(),
+        );
         CgiMetrics { registry, ..m }
+    }
+
+    /// Reads the gauges from `load` at each scrape (HTTP and FastCGI mode).
+    pub fn follow(&self, load: brood::cgi::Load) {
+        let _ = self.load.set(load);
     }
 
     /// Counts one access line.
@@ -165,6 +187,10 @@ impl CgiMetrics {
     }
 
     pub fn encode(&self) -> String {
+        if let Some(load) = self.load.get() {
+            self.running.set(load.scripts_running() as i64);
+            self.queued.set(load.queued() as i64);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

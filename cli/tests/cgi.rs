@@ -27,13 +27,25 @@ impl Drop for Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_brood"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_brood"));
+        cmd.arg("cgi").args(["--listen", "127.0.0.1:0"]).args(args);
+        Server::spawn(cmd)
+    }
+
+    /// `brood cgi ARGS` with its fd limit (`ulimit -n`) set to `nofile`.
+    fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_brood"))
             .arg("cgi")
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .args(args);
+        Server::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let (tx, lines) = channel();
         let err = BufReader::new(child.stderr.take().unwrap());
         std::thread::spawn(move || {
@@ -76,6 +88,14 @@ impl Server {
                 return line;
             }
         }
+    }
+
+    /// Every stderr line that came so far.
+    fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
     }
 
     fn stop(mut self) -> i32 {
@@ -171,7 +191,8 @@ fn raw_mode_gives_the_connection_to_the_program() {
     let mut server = Server::start(&["--raw", "--", "sh", "-c", "echo hi $TCPREMOTEIP"]);
     let answer = exchange(&server.addr, "");
     assert_eq!(answer, "hi 127.0.0.1\n");
-    server.wait_line("\"- sh\" 0 0B");
+    // The access line counts the bytes the program wrote to the connection.
+    server.wait_line("\"- sh\" 0 13B");
     assert_eq!(server.stop(), 0);
 }
 
@@ -181,7 +202,7 @@ fn bad_arguments_are_refused() {
         .args(["cgi", "--listen", "127.0.0.1:0", "--root", "/no/such/dir/x"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125), "a configuration error: 125");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("ENOENT") && err.contains("/no/such/dir/x"),
@@ -224,13 +245,28 @@ fn a_closed_stderr_does_not_stop_the_server() {
 }
 
 #[test]
-fn configuration_is_checked_before_listening() {
+fn configuration_errors_exit_125_before_listening() {
+    let root = temp_root("config-errors");
+    let empty = root.join("htpasswd-empty");
+    std::fs::write(&empty, "# nobody\n").unwrap();
+    let (busy, busy_addr) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap().to_string();
+        (l, a)
+    };
+    let empty_s = empty.to_str().unwrap();
     for args in [
         &["--root", "/no/such/dir"][..],
         &["--script", "/no/such/script"],
         &["--root", "/tmp", "--htpasswd", "/no/such/htpasswd"],
+        &["--root", "/tmp", "--htpasswd", empty_s],
         &["--raw", "--", "/no/such/program"],
         &["--raw", "--", "no-such-program-in-path"],
+        &["--root", "/tmp", "--timeout", "-1"],
+        &["--root", "/tmp", "--max-children", "0"],
+        &["--root", "/tmp", "--max-connections", "0"],
+        &["--root", "/tmp", "--prefix", "no-slash"],
+        &["--root", "/tmp", "--fastcgi", "--listen", "systemd"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_brood"))
             .args(["cgi", "--listen", "127.0.0.1:0"])
@@ -238,9 +274,19 @@ fn configuration_is_checked_before_listening() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
         assert!(!err.contains("listening"), "{args:?}: {err}");
     }
+    for listen in ["not-an-address", busy_addr.as_str()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .args(["cgi", "--root", "/tmp", "--listen", listen])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "--listen {listen}: {err}");
+    }
+    drop(busy);
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -257,6 +303,11 @@ fn help_gives_every_default() {
         "[default: 1073741824]",
         "[default: 30]",
         "--htpasswd <FILE>",
+        "--max-spool <BYTES>",
+        "Default: a quarter of the free",
+        "--max-connections <N>",
+        "Default: half the fd limit",
+        "exit 125",
     ] {
         assert!(help.contains(want), "{want} missing from:\n{help}");
     }
@@ -350,4 +401,301 @@ fn many_big_uploads_at_once_stay_out_of_memory() {
     // Bodies go to temporary files past 256 KiB each: far below what came in.
     assert!(grown < 48 * 1024, "peak RSS grew by {grown} KiB");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Connections that send nothing (idle keep-alive clients, or a slowloris).
+fn idle_connections(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect()
+}
+
+#[test]
+fn idle_connections_are_capped_below_the_fd_limit_by_default() {
+    let root = temp_root("max-connections");
+    script(
+        &root.join("hi"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhi'\n",
+    );
+    // A limit of 64 fds: the default cap is 32 connections.
+    let mut server = Server::start_with_nofile(64, &["--root", root.to_str().unwrap()]);
+    let pid = server.child.id();
+    let base = fd_count(pid);
+    let idle = idle_connections(&server.addr, 100);
+    // A request behind them waits in the backlog until some leave.
+    let mut late = TcpStream::connect(&server.addr).unwrap();
+    late.set_read_timeout(Some(T)).unwrap();
+    late.write_all(b"GET /cgi-bin/hi HTTP/1.0\r\n\r\n").unwrap();
+    let deadline = Instant::now() + T;
+    while fd_count(pid) < base + 32 {
+        assert!(Instant::now() < deadline, "brood did not accept");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // brood took what it may (32) and no more, for as long as the clients stay: it never
+    // runs out of fds (without the cap it accepts until EMFILE).
+    let held = Instant::now();
+    let mut most = 0;
+    while held.elapsed() < Duration::from_millis(500) {
+        most = most.max(fd_count(pid));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        most <= base + 32 + 4,
+        "{most} fds open, {base} before the clients"
+    );
+    drop(idle);
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("hi"), "{answer}");
+    let errors: Vec<_> = server
+        .lines_so_far()
+        .iter()
+        .filter(|l| l.contains("accept:"))
+        .cloned()
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn out_of_fds_the_server_backs_off_logs_little_and_serves_again() {
+    let root = temp_root("emfile");
+    script(
+        &root.join("hi"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhi'\n",
+    );
+    // A cap above the fd limit: accept fails with EMFILE while the clients stay.
+    let mut server = Server::start_with_nofile(
+        64,
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "--max-connections",
+            "1000",
+        ],
+    );
+    let pid = server.child.id();
+    let idle = idle_connections(&server.addr, 100);
+    server.wait_line("Too many open files");
+    // The fault lasts two seconds: without a backoff, a line every few milliseconds.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(2) {
+        assert!(server.child.try_wait().unwrap().is_none(), "brood cgi died");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cpu_ticks = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = cpu_ticks(pid);
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = (cpu_ticks(pid) - before) as f64 / 100.0 / t.elapsed().as_secs_f64();
+    drop(idle);
+    // Serves again once the clients have left (the pause is at most a second).
+    let deadline = Instant::now() + T;
+    loop {
+        let answer = exchange(&server.addr, "GET /cgi-bin/hi HTTP/1.0\r\n\r\n");
+        if answer.ends_with("hi") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not served again: {answer:?}");
+    }
+    let errors = server
+        .lines_so_far()
+        .iter()
+        .filter(|l| l.contains("accept:"))
+        .count();
+    eprintln!("{errors} accept lines in about 3 s out of fds; CPU while paused {busy:.2}");
+    assert!(errors <= 6, "{errors} accept lines: {:?}", server.seen);
+    assert!(busy < 0.5, "CPU {busy:.2} while out of fds");
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `htpasswd -nb[B|m] USER PASSWORD`: one line as Apache's tool writes it.
+fn htpasswd_line(flag: &str, user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args([flag, user, password])
+        .output()
+        .expect("htpasswd (apache2-utils) is installed by .ci/run");
+    assert!(out.status.success(), "htpasswd {flag}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn htpasswd_with_a_byte_order_mark_and_trailing_white_space_lets_its_users_in() {
+    let root = temp_root("htpasswd-bom");
+    script(
+        &root.join("who"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nuser=%s' \"$REMOTE_USER\"\n",
+    );
+    // A BOM before the first user (as a Windows editor saves it) and spaces or a tab
+    // after each hash: Apache ignores both.
+    let file = root.join("htpasswd");
+    std::fs::write(
+        &file,
+        format!(
+            "\u{feff}{}  \n{}\t\r\n",
+            htpasswd_line("-nbB", "alice", "wonderland"),
+            htpasswd_line("-nbm", "bob", "builder")
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--htpasswd",
+        file.to_str().unwrap(),
+    ]);
+    // base64 of alice:wonderland and bob:builder.
+    for (b64, user) in [
+        ("YWxpY2U6d29uZGVybGFuZA==", "alice"),
+        ("Ym9iOmJ1aWxkZXI=", "bob"),
+    ] {
+        let answer = exchange(
+            &server.addr,
+            &format!("GET /cgi-bin/who HTTP/1.0\r\nAuthorization: Basic {b64}\r\n\r\n"),
+        );
+        assert!(answer.starts_with("HTTP/1.0 200"), "{user}: {answer}");
+        assert!(answer.ends_with(&format!("user={user}")), "{answer}");
+    }
+    // A wrong password is still refused.
+    let answer = exchange(
+        &server.addr,
+        "GET /cgi-bin/who HTTP/1.0\r\nAuthorization: Basic Ym9iOm5vcGU=\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.0 401"), "{answer}");
+    let skipped: Vec<_> = server
+        .lines_so_far()
+        .iter()
+        .filter(|l| l.contains("skipped"))
+        .cloned()
+        .collect();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn reaching_max_connections_is_logged_once_in_a_while() {
+    let root = temp_root("max-connections-log");
+    script(
+        &root.join("hi"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhi'\n",
+    );
+    let mut server = Server::start(&["--root", root.to_str().unwrap(), "--max-connections", "2"]);
+    let idle = idle_connections(&server.addr, 2);
+    let mut late = TcpStream::connect(&server.addr).unwrap();
+    late.set_read_timeout(Some(T)).unwrap();
+    late.write_all(b"GET /cgi-bin/hi HTTP/1.0\r\n\r\n").unwrap();
+    let line = server.wait_line("connections open");
+    assert!(line.contains("2 connections open"), "{line}");
+    assert!(
+        line.contains("--max-connections") && line.contains("wait"),
+        "{line}"
+    );
+    let first = Instant::now();
+    // The waiting one is served once a slot frees.
+    drop(idle);
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("hi"), "{answer}");
+    // Filling the slots again and again logs at most a line every 5 s.
+    for _ in 0..5 {
+        let held = idle_connections(&server.addr, 2);
+        assert!(exchange_after(&server.addr, held).ends_with("hi"));
+    }
+    let lines = server
+        .lines_so_far()
+        .iter()
+        .filter(|l| l.contains("connections open"))
+        .count();
+    let most = 1 + first.elapsed().as_secs() / 5;
+    assert!(lines as u64 <= most, "{lines} lines: {:?}", server.seen);
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A request sent behind `held` connections, answered once they close.
+fn exchange_after(addr: &str, held: Vec<TcpStream>) -> String {
+    let mut late = TcpStream::connect(addr).unwrap();
+    late.set_read_timeout(Some(T)).unwrap();
+    late.write_all(b"GET /cgi-bin/hi HTTP/1.0\r\n\r\n").unwrap();
+    drop(held);
+    let mut answer = String::new();
+    late.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_body_larger_than_the_whole_max_spool_is_413_not_try_again_later() {
+    let root = temp_root("over-spool");
+    script(
+        &root.join("hi"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhi'\n",
+    );
+    let mut server = Server::start(&["--root", root.to_str().unwrap(), "--max-spool", "300000"]);
+    // Refused from its Content-Length alone: no byte of it is sent.
+    let answer = exchange(
+        &server.addr,
+        "POST /cgi-bin/hi HTTP/1.0\r\nContent-Length: 1000000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.0 413 "), "{answer}");
+    assert!(
+        answer.contains("larger than all the server's space"),
+        "{answer}"
+    );
+    server.wait_line("larger than the whole --max-spool");
+    // One that fits is served.
+    let body = "x".repeat(1000);
+    let answer = exchange(
+        &server.addr,
+        &format!("POST /cgi-bin/hi HTTP/1.0\r\nContent-Length: 1000\r\n\r\n{body}"),
+    );
+    assert!(answer.ends_with("hi"), "{answer}");
+    assert_eq!(server.stop(), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn raw_mode_refuses_http_options_and_says_a_directory_is_one() {
+    for args in [
+        &["--max-spool", "1000"][..],
+        &["--max-body", "1000"],
+        &["--body-timeout", "5"],
+        &["--max-header-bytes", "1000"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+            .args(["cgi", "--listen", "127.0.0.1:0", "--raw"])
+            .args(args)
+            .args(["--", "cat"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(
+            err.contains(args[0]) && err.contains("--raw"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("listening"), "{args:?}: {err}");
+    }
+    let dir = std::env::temp_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_brood"))
+        .args(["cgi", "--listen", "127.0.0.1:0", "--raw", "--"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("is a directory") && !err.contains("ENOENT"),
+        "{err}"
+    );
 }

@@ -27,33 +27,48 @@ while True:
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_worker_stops_getting_connections_and_the_rest_are_served() {
+async fn a_stopped_worker_loses_no_connection() {
     let args = ["--workers", "2", "--heartbeat-timeout", "60"];
-    stopped_worker("stopped", &[&args[..], &["--builtin", "echo"]].concat()).await;
+    let args = [&args[..], &["--stuck-timeout", "2", "--builtin", "echo"]].concat();
+    stopped_worker("stopped", &args, "killing it (its unread connections").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_any_language_worker_stops_getting_connections() {
+async fn a_stopped_worker_killed_for_its_heartbeats_loses_no_connection() {
+    let args = ["--workers", "2", "--heartbeat-timeout", "2"];
+    let args = [&args[..], &["--stuck-timeout", "60", "--builtin", "echo"]].concat();
+    stopped_worker("stopped-hb", &args, "missed its heartbeats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_any_language_worker_loses_no_connection() {
     let args = [
         "--workers",
         "2",
         "--grace",
         "1",
+        "--stuck-timeout",
+        "2",
         "--",
         "python3",
         "-c",
         PY_ECHO_RR,
     ];
-    stopped_worker("stopped-py", &args).await;
+    stopped_worker("stopped-py", &args, "killing it (its unread connections").await;
 }
 
-async fn stopped_worker(tag: &str, args: &[&str]) {
+/// One of two workers is stopped (SIGSTOP) before a load: it stops getting connections
+/// within about a second, is killed (after a 2 s stuck timeout, or 2 s without heartbeats;
+/// the Python worker has none), logging `killed_by`, and the connections it never read are
+/// served by the other workers: every request is answered. The master's fds stay bounded
+/// meanwhile.
+async fn stopped_worker(tag: &str, args: &[&str], killed_by: &str) {
     let m = Master::start(tag, args).await;
+    let master = m.child.id().unwrap();
     let rows = m.status().await;
     let (frozen, handled_before) = (rows[0].pid, rows[0].handled);
     brood::kill(frozen as i32, Signum::STOP).unwrap();
-    // 8 clients, 300 exchanges, each given 3 s: only what sits in the stopped worker's
-    // channel may hang.
+    // 8 clients, 296 exchanges, each given far longer than the stuck timeout.
     let mut tasks = Vec::new();
     for c in 0..8 {
         let addr = m.addr.clone();
@@ -61,7 +76,7 @@ async fn stopped_worker(tag: &str, args: &[&str]) {
             let (mut ok, mut failed) = (0, 0);
             for i in 0..300 / 8 {
                 let msg = format!("{c}/{i}");
-                match timeout(Duration::from_secs(3), exchange(&addr, msg.as_bytes())).await {
+                match timeout(LIMIT, exchange(&addr, msg.as_bytes())).await {
                     Ok(Ok(())) => ok += 1,
                     _ => failed += 1,
                 }
@@ -69,21 +84,89 @@ async fn stopped_worker(tag: &str, args: &[&str]) {
             (ok, failed)
         }));
     }
+    // Meanwhile: the master's fds, and how many connections the stopped worker got.
+    let (mut max_fds, mut stuck) = (0, 0);
+    while !tasks.iter().all(|t| t.is_finished()) {
+        max_fds = max_fds.max(fd_count(master));
+        if let Some(r) = m.status().await.iter().find(|r| r.pid == frozen) {
+            stuck = r.handled - handled_before;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (mut ok, mut failed) = (0, 0);
     for t in tasks {
         let (o, f) = t.await.unwrap();
         ok += o;
         failed += f;
     }
-    let rows = m.status().await;
-    let stuck = rows.iter().find(|r| r.pid == frozen).unwrap().handled - handled_before;
-    brood::kill(frozen as i32, Signum::CONT).unwrap();
-    eprintln!("stopped worker: {failed} failed, {ok} ok, {stuck} handed to it");
-    assert!(
-        failed <= 16 && stuck <= 16,
-        "{failed} failed, {ok} ok, {stuck} handed to the stopped worker"
+    let _ = brood::kill(frozen as i32, Signum::CONT);
+    eprintln!(
+        "stopped worker: {failed} failed, {ok} ok, {stuck} handed to it; master fds at most {max_fds}"
     );
-    assert!(ok >= 280, "{ok} ok");
+    assert_eq!(
+        (ok, failed),
+        (296, 0),
+        "{stuck} handed to the stopped worker"
+    );
+    assert!(
+        stuck <= 16,
+        "{stuck} connections handed to the stopped worker"
+    );
+    assert!(max_fds < 64, "the master held {max_fds} fds");
+    // It was found stuck, then killed and replaced; whatever it had been handed went to
+    // the other workers.
+    assert_eq!(m.log_has("no more connections to it"), 1);
+    assert_eq!(m.log_has(killed_by), 1);
+    assert!(!alive(frozen), "the stopped worker {frozen} still runs");
+    if stuck > 0 {
+        assert_eq!(m.log_has("never read go to other workers"), 1);
+    }
+    m.wait_for(
+        |rows| rows.len() == 2 && rows.iter().all(|r| r.state == "ready" && r.pid != frozen),
+        "a replacement",
+    )
+    .await;
+    m.stop().await;
+}
+
+/// A worker stopped for less than the stuck timeout gets no connections meanwhile, then
+/// reads what was queued to it once continued: nothing lost, nothing served twice, and it
+/// is not killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stuck_for_a_while_gets_connections_again_once_it_reads() {
+    let m = Master::start(
+        "unstuck",
+        &[
+            "--workers",
+            "2",
+            "--stuck-timeout",
+            "60",
+            "--builtin",
+            "echo",
+        ],
+    )
+    .await;
+    let rows = m.status().await;
+    let frozen = rows[0].pid;
+    brood::kill(frozen as i32, Signum::STOP).unwrap();
+    let (stop, load) = load(m.addr.clone(), 4);
+    m.wait_log("no more connections to it", 1).await;
+    let handed = m.status().await[0].handled;
+    brood::kill(frozen as i32, Signum::CONT).unwrap();
+    m.wait_log("reads its channel again", 1).await;
+    // It takes connections again.
+    m.wait_for(
+        |r| r[0].pid == frozen && r[0].handled > handed,
+        "more for it",
+    )
+    .await;
+    stop.send(true).unwrap();
+    let (ok, failed) = load.await.unwrap();
+    eprintln!("stuck for a while: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0);
+    let rows = m.status().await;
+    assert_eq!((rows[0].pid, rows[0].restarts), (frozen, 0));
+    assert_eq!(m.log_has("killing it"), 0);
     m.stop().await;
 }
 
@@ -267,7 +350,12 @@ async fn a_worker_at_its_fd_limit_drops_that_connection_and_keeps_its_channel() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(conns);
-    // And it still takes connections from its channel.
+    // Once it has closed the connections the clients left (it is below its limit again),
+    // it still takes connections from its channel.
+    until("the worker closes what the clients left", || {
+        fd_count(pid) < 32
+    })
+    .await;
     for i in 0..10 {
         let msg = format!("after {i}");
         let mut s = TcpStream::connect(&m.addr).await.unwrap();
@@ -281,5 +369,60 @@ async fn a_worker_at_its_fd_limit_drops_that_connection_and_keeps_its_channel() 
     let rows = m.status().await;
     assert_eq!((rows[0].pid, rows[0].restarts), (pid, 0));
     assert_eq!(m.log_has("missed its heartbeats"), 0);
+    m.stop().await;
+}
+
+/// A worker that floods its channel for ever with bytes the protocol does not have and
+/// with fds.
+const PY_FLOOD_FOREVER: &str = r#"
+import os, socket
+ch = socket.socket(fileno=3)
+r, w = os.pipe()
+chunk = b"x" * 65536
+while True:
+    ch.sendall(chunk)
+    socket.send_fds(ch, [b"x"], [r, w])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_flooding_for_ever_costs_the_master_little_cpu() {
+    let m = Master::start(
+        "flood-cpu",
+        &[
+            "--workers",
+            "1",
+            "--grace",
+            "1",
+            "--",
+            "python3",
+            "-c",
+            PY_FLOOD_FOREVER,
+        ],
+    )
+    .await;
+    let master = m.child.id().unwrap();
+    let worker = m.status().await[0].pid;
+    // The flood is under way once the worker has spent a tenth of a second writing it.
+    until("the worker floods", || cpu_ticks(worker) >= 10).await;
+    let tick = 100.0; // USER_HZ
+    let window = Duration::from_secs(2);
+    let (cpu0, t0) = (cpu_ticks(master), Instant::now());
+    while t0.elapsed() < window {
+        // The master answers meanwhile, and keeps the worker.
+        let rows = m.status().await;
+        assert_eq!((rows[0].pid, rows[0].restarts), (worker, 0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let used = (cpu_ticks(master) - cpu0) as f64 / tick / t0.elapsed().as_secs_f64();
+    let (peak, _) = rss_kib(master);
+    eprintln!(
+        "master CPU while a worker floods: {:.1}%, VmHWM {peak} KiB, {} fds",
+        used * 100.0,
+        fd_count(master)
+    );
+    assert!(used < 0.15, "master used {:.0}% CPU", used * 100.0);
+    assert!(peak < 64 * 1024, "master RSS peaked at {peak} KiB");
+    assert!(fd_count(master) < 40);
+    assert!(m.log_has("worker floods its channel") >= 1);
     m.stop().await;
 }

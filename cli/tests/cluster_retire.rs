@@ -440,43 +440,62 @@ async fn sigint_to_the_masters_process_group_drains_instead_of_killing_workers()
     assert_eq!(m.log_has("signal=2"), 0, "no worker died of SIGINT");
 }
 
+/// A worker program for two slots: the first worker to start holds `DIR/held` and stays
+/// up (until its stop signal); every other one exits at once with status `code`.
+fn one_healthy(dir: &std::path::Path, code: &str) -> String {
+    format!(
+        "mkdir '{}/held' 2>/dev/null && exec sleep 600; exit {code}",
+        dir.display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_never_and_on_failure_leave_the_slot_empty() {
     for (policy, code) in [("never", "3"), ("on-failure", "0")] {
+        let dir = tempdir(&format!("restart-{policy}-held"));
         let m = Master::launch(
             &format!("restart-{policy}"),
             &[],
             &[
                 "--workers",
-                "1",
+                "2",
+                "--grace",
+                "0.1",
                 "--restart",
                 policy,
                 "--",
                 "sh",
                 "-c",
-                &format!("exit {code}"),
+                &one_healthy(&dir.0, code),
             ],
         )
         .await;
         m.wait_for(
-            |r| r.len() == 1 && r[0].state == "exited" && r[0].restarts == 0,
-            "the slot shown as exited",
+            |r| {
+                r.len() == 2
+                    && r.iter().any(|r| r.state == "ready")
+                    && r.iter().any(|r| r.state == "exited" && r.restarts == 0)
+            },
+            "one slot shown as exited",
         )
         .await;
         m.wait_log("not restarted (restart policy)", 1).await;
-        assert_eq!(m.log_has("worker started"), 1, "{policy}: restarted");
+        assert_eq!(m.log_has("worker started"), 2, "{policy}: restarted");
         m.stop().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_restarts_within_marks_the_slot_failed() {
+    let dir = tempdir("maxrestarts-held");
     let m = Master::launch(
         "maxrestarts",
         &[],
         &[
             "--workers",
-            "1",
+            "2",
+            "--grace",
+            "0.1",
             "--restart",
             "on-failure",
             "--max-restarts",
@@ -486,20 +505,71 @@ async fn max_restarts_within_marks_the_slot_failed() {
             "--",
             "sh",
             "-c",
-            "exit 3",
+            &one_healthy(&dir.0, "3"),
         ],
     )
     .await;
     let rows = m
         .wait_for(
-            |r| r.len() == 1 && r[0].state == "failed",
+            |r| r.len() == 2 && r.iter().any(|r| r.state == "failed"),
             "the slot shown as failed",
         )
         .await;
-    assert_eq!(rows[0].restarts, 2, "{rows:?}");
+    let failed = rows.iter().find(|r| r.state == "failed").unwrap();
+    assert_eq!(failed.restarts, 2, "{rows:?}");
     m.wait_log("not restarting it", 1).await;
-    assert_eq!(m.log_has("worker started"), 3);
+    assert_eq!(m.log_has("worker started"), 4);
     m.stop().await;
+}
+
+/// When the restart policy has given up on every slot, the master stops accepting, says
+/// why, and exits: 1 when workers failed, 0 when they all exited with status 0 under a
+/// policy that does not restart that. (It used to keep accepting connections nobody took.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_exits_when_every_slot_has_failed() {
+    for (tag, policy, code, expect) in [
+        ("halt-never", &["--restart", "never"][..], "3", 1),
+        (
+            "halt-maxrestarts",
+            &[
+                "--restart",
+                "always",
+                "--max-restarts",
+                "1",
+                "--within",
+                "60",
+            ][..],
+            "0",
+            1,
+        ),
+        ("halt-clean", &["--restart", "on-failure"][..], "0", 0),
+    ] {
+        let script = format!("exit {code}");
+        let args = [
+            &["--workers", "2"][..],
+            policy,
+            &["--", "sh", "-c", &script][..],
+        ]
+        .concat();
+        let mut m = Master::launch(tag, &[], &args).await;
+        let exit = timeout(LIMIT, m.child.wait()).await.unwrap().unwrap();
+        assert_eq!(exit.code(), Some(expect), "{tag}: master {exit}");
+        let why = if expect == 0 {
+            "every worker exited with status 0"
+        } else {
+            "no worker left"
+        };
+        m.wait_log_at_least(why, 1).await;
+        m.wait_log("master stops accepting and exits", 1).await;
+        // Nothing listens any more: connections are refused, not held.
+        let refused = TcpStream::connect(&m.addr).await.unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{tag}"
+        );
+        assert!(!m.control.exists(), "{tag}: the control socket is left");
+    }
 }
 
 /// A round-robin worker that, for its first connection, starts `brood cluster` itself (as an

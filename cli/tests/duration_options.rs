@@ -59,10 +59,8 @@ fn huge_or_meaningless_durations_are_usage_errors() {
         &["run", "--timeout", "99999999999999999999", "--", "true"],
     ] {
         let (code, err) = brood(args);
-        // 125 (a usage error) for run and cluster; brood cgi reports its configuration
-        // errors with 1, after parsing.
-        let want = if args[0] == "cgi" { 1 } else { 125 };
-        assert_eq!(code, want, "{args:?}: {err}");
+        // 125, a usage error, for run, cluster and cgi alike.
+        assert_eq!(code, 125, "{args:?}: {err}");
         assert!(
             err.contains("takes seconds")
                 || err.contains("not a duration")

@@ -202,3 +202,97 @@ async fn file_truncate_append_and_null_specs() {
     assert_eq!(code(&out), 125);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Which of fds 0-2 the program brood runs has: `sh` writes `0:open 1:closed ...` to fd 3.
+const REPORT_STDIO: &str = "s=; for fd in 0 1 2; do \
+    if [ -e /proc/$$/fd/$fd ]; then s=\"$s $fd:open\"; else s=\"$s $fd:closed\"; fi; \
+    done; echo $s >&3";
+
+/// Runs `brood run ARGS -- sh -c REPORT_STDIO` with brood's fds 0-2 as `stdio` gives them
+/// (`None`: closed) and fd 3 a pipe passed on with `--stdio 3=inherit`; returns brood's exit
+/// code, the report and brood's stderr (empty when fd 2 was closed).
+async fn stdio_report(closed: [bool; 3], args: &[&str]) -> (i64, String, String) {
+    let args = [
+        args,
+        &["--stdio", "3=inherit", "--", "sh", "-c", REPORT_STDIO],
+    ]
+    .concat();
+    let mut cmd = run_cmd(&args);
+    cmd.stdio(3, Stdio::piped());
+    for (fd, closed) in closed.into_iter().enumerate() {
+        let fd = fd as i32;
+        cmd.stdio(
+            fd,
+            match (closed, fd) {
+                (true, _) => Stdio::closed(),
+                (false, 2) => Stdio::piped(),
+                (false, _) => Stdio::ignore(),
+            },
+        );
+    }
+    let mut brood = cmd.spawn().unwrap();
+    let mut three = brood.take_pipe(3).unwrap();
+    let mut report = String::new();
+    bounded("the report on fd 3", three.read_to_string(&mut report))
+        .await
+        .unwrap();
+    let out = bounded("brood", brood.wait_with_output()).await.unwrap();
+    (code(&out), report.trim().to_owned(), text(&out.stderr))
+}
+
+/// A 0-2 closed when brood starts is closed for the child too, as `env` and `timeout` pass
+/// it on (Rust's runtime put /dev/null there for brood itself, which the child got before).
+#[tokio::test]
+async fn fds_closed_for_brood_are_closed_for_the_child() {
+    let (code, report, _) = stdio_report([true, true, true], &[]).await;
+    assert_eq!((code, report.as_str()), (0, "0:closed 1:closed 2:closed"));
+    let (code, report, err) = stdio_report([true, false, false], &[]).await;
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:closed 1:open 2:open"),
+        "{err}"
+    );
+    let (code, report, err) = stdio_report([false, true, false], &["--init"]).await;
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:open 1:closed 2:open"),
+        "{err}"
+    );
+    let (code, report, err) = stdio_report([false, false, false], &[]).await;
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:open 1:open 2:open"),
+        "{err}"
+    );
+    // Asked for, the child gets /dev/null there.
+    let (code, report, err) = stdio_report([true, true, false], &["--stdio", "0=null"]).await;
+    assert_eq!(
+        (code, report.as_str()),
+        (0, "0:open 1:closed 2:open"),
+        "{err}"
+    );
+    // Detached, it gets /dev/null at 0-2 whatever brood had (see detach_gives_dev_null...).
+}
+
+/// Naming a 0-2 that was closed when brood started is EBADF, as for any fd that was not open.
+#[tokio::test]
+async fn naming_a_closed_stdio_fd_is_ebadf() {
+    for args in [
+        &["--stdio", "3=fd:1"][..],
+        &["--stdio", "1=inherit"],
+        &["--json-fd", "1"],
+    ] {
+        let mut cmd = run_cmd(args);
+        cmd.args(["--", "echo", "ran"])
+            .stdin(Stdio::ignore())
+            .stdout(Stdio::closed())
+            .stderr(Stdio::piped());
+        let out = bounded("brood", cmd.output()).await.unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(code(&out), 125, "{args:?}: {err}");
+        assert!(
+            err.contains("EBADF") && err.contains("fd 1 was not open"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -235,3 +235,49 @@ async fn durations_take_units_and_zero_means_no_timeout() {
         assert_eq!(out.stdout, b"");
     }
 }
+
+/// A positive timeout too small for a nanosecond is the smallest timeout, not "none": the
+/// child is signalled at once (it rounded to zero, which meant no timeout, before).
+#[tokio::test]
+async fn a_positive_timeout_below_a_nanosecond_is_still_a_timeout() {
+    for t in ["0.0000000001", "0.0000000000001ms"] {
+        let out = bounded_by(
+            Duration::from_secs(20),
+            "a tiny timeout",
+            run_cmd(&["--timeout", t, "--json", "--", "sleep", "60"])
+                .stdin(Stdio::ignore())
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code(&out), 124, "--timeout {t}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("\"timed_out\":true"), "{t}");
+    }
+    // The same for --kill-after: a tiny one escalates to SIGKILL, it does not mean never.
+    let out = bounded_by(
+        Duration::from_secs(20),
+        "a tiny kill-after",
+        run_cmd(&[
+            "--timeout",
+            "100ms",
+            "--kill-signal",
+            "CONT",
+            "--kill-after",
+            "0.0000000001",
+            "--json",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdin(Stdio::ignore())
+        .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code(&out), 124, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("\"term_signal\":9"),
+        "{}",
+        text(&out.stderr)
+    );
+}

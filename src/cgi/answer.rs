@@ -22,10 +22,14 @@ pub(crate) fn explain(status: StatusCode) -> &'static str {
 
 /// The body of an answer brood makes itself.
 pub(crate) fn text(status: StatusCode) -> String {
+    text_saying(status, explain(status))
+}
+
+/// The body of an answer brood makes itself, with its own sentence.
+pub(crate) fn text_saying(status: StatusCode, sentence: &str) -> String {
     format!(
-        "{} {}\n{}\n",
+        "{} {}\n{sentence}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        explain(status)
     )
 }

@@ -20,6 +20,27 @@ pub fn default_max_children() -> usize {
     16 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The default [`Cgi::max_spool`](super::Cgi::max_spool): a quarter of the space free (to
+/// unprivileged users) on the temporary directory's filesystem now, 4 GiB if it cannot be
+/// read.
+pub fn default_max_spool() -> u64 {
+    match rustix::fs::statvfs(std::env::temp_dir()) {
+        Ok(s) => s.f_bavail.saturating_mul(s.f_frsize) / 4,
+        Err(_) => 4 << 30,
+    }
+}
+
+/// The default [`Cgi::max_connections`](super::Cgi::max_connections) and
+/// [`Raw::max_connections`](super::Raw::max_connections): half the soft fd limit
+/// (`RLIMIT_NOFILE`; the other half stays for scripts' pipes, bodies and the log), at
+/// least 16, at most 65536.
+pub fn default_max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(65536 * 2);
+    (soft / 2).clamp(16, 65536) as usize
+}
+
 /// Variable names given to `env`/`pass_env` are non-empty and hold no `=` or NUL.
 pub(crate) fn check_env(env: &[(OsString, OsString)], pass: &[OsString]) -> Result<()> {
     for k in env.iter().map(|(k, _)| k).chain(pass) {

@@ -41,10 +41,11 @@ pub struct Access {
     pub target: String,
     /// `HTTP/1.1` or `HTTP/1.0` (`-` in raw mode).
     pub protocol: String,
-    /// The status the client got: 499 when it went away before any answer (as nginx
-    /// logs it), 0 in raw mode.
+    /// The status the client got: 499 when it sent its whole request and went away before
+    /// any answer, 400 when it left mid-request (as nginx logs both), 0 in raw mode.
     pub status: u16,
-    /// Body bytes sent to the client.
+    /// Body bytes sent to the client (raw mode: every byte the program wrote to the
+    /// connection, as the kernel counts them).
     pub bytes: u64,
     /// From the request to the script's end.
     pub elapsed: Duration,

@@ -183,17 +183,65 @@ pub(crate) struct Opened {
     pub interpreted: bool,
 }
 
+/// The fd a `#!` script is handed to its interpreter on, in by-fd mode (`/dev/fd/3`).
+pub(crate) const SCRIPT_FD: i32 = 3;
+
 impl Opened {
     /// What to exec: the open file itself (`/proc/self/fd/N`, which the kernel resolves
-    /// to this very open file, not by name), or for a `#!` script its real path, which
-    /// the interpreter opens again (an open file would be closed at exec, as every fd
-    /// brood does not hand over is, so the interpreter could not read it).
-    pub(crate) fn program(&self) -> PathBuf {
+    /// to this very open file, not by name); for a `#!` script, `/dev/fd/3` in by-fd mode
+    /// (the open file handed over as fd 3: the interpreter opens that fd's file), else its
+    /// real path, which the interpreter opens again by name.
+    pub(crate) fn program(&self, by_fd: bool) -> PathBuf {
         use std::os::fd::AsRawFd;
-        if self.interpreted {
-            self.real.clone()
-        } else {
-            PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+        match (self.interpreted, by_fd) {
+            (true, true) => PathBuf::from(format!("/dev/fd/{SCRIPT_FD}")),
+            (true, false) => self.real.clone(),
+            (false, _) => PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd())),
+        }
+    }
+
+    /// Checks, just before a `#!` script is run by its real path, that this path still
+    /// leads to the open file with no symlink on the way (`openat2` with
+    /// `RESOLVE_NO_SYMLINKS`, then the same device and inode), so a name swapped since the
+    /// open is refused rather than run. What this leaves open is the short time from here
+    /// to the interpreter's own open of the path (docs/cgi.md says so).
+    pub(crate) fn recheck(&self) -> Result<(), Refusal> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let changed = |why: String| {
+            refuse(
+                StatusCode::FORBIDDEN,
+                format!("{}: {why}", self.real.display()),
+            )
+        };
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let now = match rustix::fs::openat2(
+            rustix::fs::CWD,
+            &self.real,
+            flags,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            // Before Linux 5.6: the last component at least is no symlink, and the whole
+            // path is still its own canonical form.
+            Err(rustix::io::Errno::NOSYS) => {
+                if std::fs::canonicalize(&self.real).ok().as_ref() != Some(&self.real) {
+                    return Err(changed("its path changed since it was checked".into()));
+                }
+                rustix::fs::openat(
+                    rustix::fs::CWD,
+                    &self.real,
+                    flags | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(|e| changed(format!("changed since it was checked ({e})")))?
+            }
+            Err(e) => return Err(changed(format!("changed since it was checked ({e})"))),
+        };
+        let (a, b) = (rustix::fs::fstat(&now), rustix::fs::fstat(&self.file));
+        match (a, b) {
+            (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino => Ok(()),
+            _ => Err(changed("another file since it was checked".into())),
         }
     }
 }

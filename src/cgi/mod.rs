@@ -54,6 +54,7 @@ mod auth;
 mod body;
 mod config;
 pub(crate) mod fastcgi;
+mod load;
 mod log;
 pub(crate) mod map;
 pub(crate) mod meta;
@@ -80,8 +81,12 @@ use crate::error::{Error, Result, from_io};
 use config::check_env;
 use log::{Log, default_log};
 
-pub use config::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, default_max_children};
+pub use config::{
+    DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, default_max_children,
+    default_max_connections, default_max_spool,
+};
 pub use fastcgi::FastCgiListener;
+pub use load::Load;
 pub use log::{Access, LogFormat, LogLine};
 pub use raw::Raw;
 
@@ -107,8 +112,14 @@ pub struct Cgi {
     pass_env: Vec<OsString>,
     max_header: usize,
     htpasswd: Option<PathBuf>,
+    /// Set once the htpasswd file's skipped lines were logged (by `check` or `serve`).
+    htpasswd_warned: Arc<std::sync::atomic::AtomicBool>,
     realm: String,
     max_body: u64,
+    max_spool: Option<u64>,
+    max_connections: Option<usize>,
+    scripts_by_fd: bool,
+    load: Load,
     body_timeout: Duration,
     stderr_to_client: bool,
     log: Log,
@@ -137,8 +148,13 @@ impl Cgi {
             pass_env: Vec::new(),
             max_header: 64 * 1024,
             htpasswd: None,
+            htpasswd_warned: Arc::default(),
             realm: "brood".to_string(),
             max_body: DEFAULT_MAX_BODY,
+            max_spool: None,
+            max_connections: None,
+            scripts_by_fd: false,
+            load: Load::default(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
             stderr_to_client: false,
             log: default_log(),
@@ -186,7 +202,11 @@ impl Cgi {
     /// (bcrypt, apr1-MD5 or SHA-1 hashes) for every request: 401 with `WWW-Authenticate`
     /// otherwise. The user becomes the script's `REMOTE_USER`. Without it, no script ever
     /// gets a `REMOTE_USER`, whatever `Authorization` header the client sends. The file is
-    /// read when the server starts.
+    /// read when the server starts; a line it cannot use (a crypt(3) or plain-text hash, no
+    /// `:`) is skipped with a warning in the log naming its number (that user cannot log
+    /// in), and a file with no usable line is an error. An unknown user takes as long to
+    /// refuse as a wrong password (a dummy hash of the file's usual scheme and cost is
+    /// checked), so the time of a 401 does not tell which users exist.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -195,13 +215,14 @@ impl Cgi {
     /// // `htpasswd -nbs alice password` (apr1 and bcrypt lines work the same way).
     /// std::fs::write(dir.join("users"), "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")?;
     /// let cgi = brood::cgi::Cgi::root(&dir).htpasswd(dir.join("users")).realm("staff");
-    /// cgi.check()?; // the file is read and every line understood
+    /// cgi.check()?; // the file is read: a user at least
     /// assert!(brood::cgi::Cgi::root(&dir).htpasswd(dir.join("missing")).check().is_err());
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(()) }
     /// ```
     pub fn htpasswd(mut self, path: impl AsRef<Path>) -> Cgi {
         self.htpasswd = Some(path.as_ref().to_path_buf());
+        self.htpasswd_warned = Arc::default();
         self
     }
 
@@ -217,6 +238,42 @@ impl Cgi {
     pub fn max_body(mut self, bytes: u64) -> Cgi {
         self.max_body = bytes;
         self
+    }
+
+    /// The most disk that request bodies in temporary files take, all requests together
+    /// ([`default_max_spool`]: a quarter of the temporary directory's free space when the
+    /// server starts). A body that would take more gets 503 with a body saying why; a
+    /// file's share is given back when its script has ended.
+    pub fn max_spool(mut self, bytes: u64) -> Cgi {
+        self.max_spool = Some(bytes);
+        self
+    }
+
+    /// At most `n` client connections open at once, idle keep-alive ones included
+    /// ([`default_max_connections`]: half the fd limit); beyond, new connections wait in
+    /// the listen backlog until one closes.
+    pub fn max_connections(mut self, n: usize) -> Cgi {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// Hands `#!` scripts to their interpreter as `/dev/fd/3`, the very file brood opened
+    /// and checked, instead of by their real path: then no swap of a name inside the root
+    /// can make the interpreter read another file; but the script sees `/dev/fd/3` as its
+    /// `$0` (`__file__`, `$PROGRAM_NAME`), so one that finds its files next to itself that
+    /// way breaks (`SCRIPT_FILENAME` still has the real path). Off by default: the path
+    /// is re-checked (no symlink on it, the same file) just before the exec, which leaves
+    /// the time until the interpreter opens it; see docs/cgi.md. Compiled programs always
+    /// run from the open file.
+    pub fn scripts_by_fd(mut self, yes: bool) -> Cgi {
+        self.scripts_by_fd = yes;
+        self
+    }
+
+    /// A live view of the scripts running and the requests waiting for a slot, for
+    /// metrics; shared by every server started from this `Cgi` (or a clone).
+    pub fn load(&self) -> Load {
+        self.load.clone()
     }
 
     /// How long a request body may stall between two pieces before the request ends with
@@ -306,14 +363,32 @@ impl Cgi {
         if self.max_children == Some(0) {
             return Err(Error::invalid(op, "max_children must be 1 or more"));
         }
+        if self.max_connections == Some(0) {
+            return Err(Error::invalid(op, "max_connections must be 1 or more"));
+        }
         let auth = match &self.htpasswd {
             None => None,
-            Some(path) => Some(Arc::new(auth::Htpasswd::load(path)?)),
+            Some(path) => {
+                let (users, skipped) = auth::Htpasswd::load(path)?;
+                let warned = &self.htpasswd_warned;
+                if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    for line in skipped {
+                        (self.log)(&LogLine::Error(line));
+                    }
+                }
+                Some(Arc::new(users))
+            }
         };
         Ok(state::State {
             auth,
             realm: self.realm,
             max_body: self.max_body,
+            scripts_by_fd: self.scripts_by_fd,
+            load: self.load.clone(),
+            disk: upload::Budget::new(self.max_spool.unwrap_or_else(default_max_spool)),
+            connections: tasks::ConnectionCap::new(
+                self.max_connections.unwrap_or_else(default_max_connections),
+            ),
             body_timeout: self.body_timeout,
             mapping,
             env: meta::base_env(&self.env, &self.pass_env),

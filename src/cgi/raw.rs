@@ -15,7 +15,7 @@ use super::config::{DEFAULT_TIMEOUT, check_env, default_max_children};
 use super::log::{Access, Log, LogLine, default_log};
 use super::meta;
 use super::script::{GroupKill, KILL_GRACE, log_stderr};
-use super::tasks::{AbortOnDrop, Tasks, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, ConnectionCap, Tasks, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 use crate::{Command, Stdio};
 
@@ -47,6 +47,7 @@ pub struct Raw {
     args: Vec<OsString>,
     timeout: Option<Duration>,
     max_children: Option<usize>,
+    max_connections: Option<usize>,
     queue: Duration,
     env: Vec<(OsString, OsString)>,
     pass_env: Vec<OsString>,
@@ -70,6 +71,7 @@ impl Raw {
             args: Vec::new(),
             timeout: Some(DEFAULT_TIMEOUT),
             max_children: Some(default_max_children()),
+            max_connections: None,
             queue: Duration::ZERO,
             env: Vec::new(),
             pass_env: Vec::new(),
@@ -103,6 +105,14 @@ impl Raw {
         self
     }
 
+    /// At most `n` connections open at once, the ones waiting for a slot included
+    /// ([`default_max_connections`](super::default_max_connections) by default); beyond,
+    /// new connections wait in the listen backlog.
+    pub fn max_connections(mut self, n: usize) -> Raw {
+        self.max_connections = Some(n);
+        self
+    }
+
     /// How long a connection over the limit waits (zero by default).
     pub fn queue(mut self, wait: Duration) -> Raw {
         self.queue = wait;
@@ -131,8 +141,11 @@ impl Raw {
     /// exist and be executable (searched in `PATH` without a slash).
     pub fn check(&self) -> Result<()> {
         check_env(&self.env, &self.pass_env)?;
-        if self.max_children == Some(0) {
-            return Err(Error::invalid("cgi raw", "max_children must be 1 or more"));
+        if self.max_children == Some(0) || self.max_connections == Some(0) {
+            return Err(Error::invalid(
+                "cgi raw",
+                "max_children and max_connections must be 1 or more",
+            ));
         }
         let what = format!("cgi raw: program {}", self.program.to_string_lossy());
         let prog = std::path::Path::new(&self.program);
@@ -143,36 +156,55 @@ impl Raw {
             let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
             std::env::split_paths(&path).map(|d| d.join(prog)).collect()
         };
-        let runnable = candidates.iter().any(|c| {
-            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        });
-        if !runnable {
-            return Err(Error::new(libc::ENOENT, what).with_detail("no such executable file"));
+        // Why the last candidate that exists cannot run, else that none exists.
+        let mut why = Error::new(libc::ENOENT, what.clone()).with_detail("no such executable file");
+        for c in &candidates {
+            match std::fs::metadata(c) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+                Ok(m) if m.is_dir() => {
+                    why = Error::new(libc::EISDIR, what.clone())
+                        .with_detail(format!("{} is a directory", c.display()));
+                }
+                Ok(_) => {
+                    why = Error::new(libc::EACCES, what.clone())
+                        .with_detail(format!("{} is not an executable file", c.display()));
+                }
+                Err(_) => {}
+            }
         }
-        Ok(())
+        Err(why)
     }
 
     /// Accepts connections until an error on the listener. Drop the future to stop: every
     /// program still running is killed with its process group.
     pub async fn serve(self, listener: TcpListener) -> Result<()> {
         self.check()?;
+        let max_connections = self
+            .max_connections
+            .unwrap_or_else(super::config::default_max_connections);
         let limit = self.max_children.map(|n| Arc::new(Semaphore::new(n)));
         let env = Arc::new(meta::base_env(&self.env, &self.pass_env));
         let this = Arc::new(self);
         let tasks = Tasks::default();
         let _stop = AbortOnDrop(tasks.clone());
+        let mut backoff = AcceptBackoff::default();
+        let connections = ConnectionCap::new(max_connections);
         loop {
+            let slot = connections.slot(&this.log).await;
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),
                 Err(e) => {
-                    (this.log)(&LogLine::Error(format!("accept: {e}")));
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(backoff.failed(&e, &this.log)).await;
                     continue;
                 }
             };
+            backoff.ok();
             let (this, env, limit) = (this.clone(), env.clone(), limit.clone());
-            tasks.spawn(async move { this.connection(tcp, remote, &env, limit).await });
+            tasks.spawn(async move {
+                this.connection(tcp, remote, &env, limit).await;
+                drop(slot);
+            });
         }
     }
 
@@ -226,9 +258,10 @@ impl Raw {
         }
         let spawned = cmd.spawn();
         // The program holds the connection now; ours closes so that its exit ends it. A
-        // duplicate is kept only to shut the connection down at the timeout (closing it
-        // sends nothing while a process outside the group still holds it).
-        let cut = tcp.into_std().ok();
+        // duplicate is kept to see the client leave (it is never read: the bytes are the
+        // program's) and to shut the connection down at the timeout (closing it sends
+        // nothing while a process outside the group still holds it).
+        let cut = tcp;
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
@@ -240,31 +273,30 @@ impl Raw {
             GroupKill::new(child.id().expect("a child not waited for has its pid") as i32);
         let errs = log_stderr(child.stderr.take(), name.clone(), self.log.clone());
         let wait = async {
-            match self.timeout {
-                None => child.wait().await.ok(),
-                Some(t) => match tokio::time::timeout_at(start + t, child.wait()).await {
-                    Ok(r) => r.ok(),
-                    Err(_) => {
-                        (self.log)(&LogLine::Error(format!("{name}: timed out, ended")));
-                        if let Some(c) = &cut {
-                            let _ = c.shutdown(std::net::Shutdown::Both);
-                        }
-                        group.term();
-                        match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                            Ok(r) => {
-                                group.kill();
-                                r.ok()
-                            }
-                            Err(_) => {
-                                group.kill();
-                                child.wait().await.ok()
-                            }
-                        }
-                    }
-                },
-            }
+            let far = Instant::now() + Duration::from_secs(86400 * 365);
+            let deadline = self.timeout.map_or(far, |t| start + t);
+            let why = tokio::select! {
+                r = child.wait() => return (r.ok(), written(&cut)),
+                () = tokio::time::sleep_until(deadline) => "timed out",
+                () = client_gone(&cut) => "client gone",
+            };
+            // As in HTTP mode: SIGTERM to the group, SIGKILL once the program has exited
+            // or after the grace.
+            (self.log)(&LogLine::Error(format!("{name}: {remote}: {why}, ended")));
+            let bytes = written(&cut);
+            let _ = socket2::SockRef::from(&cut).shutdown(std::net::Shutdown::Both);
+            group.term();
+            let exit = match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                Ok(r) => r.ok(),
+                Err(_) => {
+                    group.kill();
+                    child.wait().await.ok()
+                }
+            };
+            group.kill();
+            (exit, bytes)
         };
-        let (exit, ()) = tokio::join!(wait, errs);
+        let ((exit, bytes), ()) = tokio::join!(wait, errs);
         drop(cut);
         group.disarm();
         (self.log)(&LogLine::Access(Access {
@@ -272,7 +304,7 @@ impl Raw {
             method: "-".into(),
             target: name.clone(),
             status: 0,
-            bytes: 0,
+            bytes,
             elapsed: start.elapsed(),
             exit,
             protocol: "-".into(),
@@ -281,5 +313,30 @@ impl Raw {
             user_agent: None,
             time: std::time::SystemTime::now(),
         }));
+    }
+}
+
+/// The bytes the program (and anyone else holding the connection) wrote to it so far, as
+/// the kernel counts them; 0 where it does not say.
+fn written(sock: &TcpStream) -> u64 {
+    crate::fd::tcp_bytes_written(std::os::fd::AsFd::as_fd(sock)).unwrap_or(0)
+}
+
+/// Resolves when the client has closed its side of the connection (a FIN, as nginx takes
+/// it for a client that went away, or a reset); never without a socket to watch. Only
+/// readiness is looked at: the program reads the bytes.
+async fn client_gone(sock: &TcpStream) {
+    loop {
+        let Ok(ready) = sock.ready(tokio::io::Interest::READABLE).await else {
+            return std::future::pending().await;
+        };
+        if ready.is_read_closed() {
+            return;
+        }
+        // Bytes for the program: forget this readiness (reading nothing) and wait for the
+        // next change.
+        let _ = sock.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::answer::text;
 use super::body::{HeadError, read_head};
 use super::log::{Log, LogLine};
-use super::map::{Opened, Target};
+use super::map::{Opened, SCRIPT_FD, Target};
 use super::response::{Reply, parse_cgi, parse_nph};
 use super::script::{self, Run, Shared, Watch};
 use super::state::State;
@@ -82,11 +82,21 @@ pub(crate) async fn launch(
         log,
     } = job;
     let (stdin, fed) = match &upload {
-        Some(Upload::File(f, _)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
+        Some(Upload::File(f, ..)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
         Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
         _ => (Stdio::null(), None),
     };
-    let mut cmd = Command::new(opened.program());
+    let by_fd = state.scripts_by_fd;
+    if opened.interpreted && !by_fd {
+        if let Err(r) = opened.recheck() {
+            (state.log)(&LogLine::Error(format!("{}: {}", log_name(&target), r.why)));
+            return Outcome::NotRun(r.status);
+        }
+    }
+    let mut cmd = Command::new(opened.program(by_fd));
+    if opened.interpreted && by_fd {
+        cmd.stdio(SCRIPT_FD, Stdio::inherit_fd(opened.file.as_raw_fd()));
+    }
     cmd.arg0(&opened.real)
         .args(args)
         .env_clear()
@@ -101,10 +111,12 @@ pub(crate) async fn launch(
     // The exec has happened when spawn returns: the open script and body file may go.
     let spawned = cmd.spawn();
     drop(opened);
-    // A body in memory keeps its share of the budget until the script has read it.
-    let budget = match upload {
-        Some(Upload::Memory(_, r)) => Some(r),
-        _ => None,
+    // A body in memory keeps its share of the budget until the script has read it; one
+    // in a file, its share of the disk until the script has ended (it reads the file).
+    let (budget, disk) = match upload {
+        Some(Upload::Memory(_, r)) => (Some(r), None),
+        Some(Upload::File(_, _, r)) => (None, Some(r)),
+        None => (None, None),
     };
     let child = match spawned {
         Ok(c) => c,
@@ -119,8 +131,9 @@ pub(crate) async fn launch(
     };
     let watch = Watch {
         stopping: state.stopping.subscribe(),
-        live: LiveGuard::new(&state.live),
+        live: LiveGuard::new(&state.live, &state.load),
         body: fed.map(|b| (b, budget)),
+        disk,
         deadline: state.timeout.map(|t| Instant::now() + t),
         permit,
         name: name.clone(),

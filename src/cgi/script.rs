@@ -151,6 +151,8 @@ pub(crate) struct Watch {
     /// The whole request body, for a stdin pipe (a body in a file is the stdin itself),
     /// with its share of the memory budget.
     pub body: Option<(Bytes, Option<Reservation>)>,
+    /// The body file's share of the disk budget: held until the script has ended.
+    pub disk: Option<Reservation>,
     pub deadline: Option<Instant>,
     pub permit: Option<OwnedSemaphorePermit>,
     pub name: String,
@@ -199,6 +201,7 @@ async fn supervise(
 ) {
     let mut group = GroupKill::new(child.id().expect("a child not waited for has its pid") as i32);
     let permit = watch.permit;
+    let disk = watch.disk;
     let _live = watch.live;
     let mut stopping = watch.stopping;
     let mut stop_seen = false;
@@ -277,6 +280,7 @@ async fn supervise(
         let _ = tokio::time::timeout(Duration::from_millis(200), errs).await;
     }
     drop(permit);
+    drop(disk);
     done(&shared, exit.flatten());
 }
 

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::answer::text;
+use super::answer::{text, text_saying};
 use super::auth::{Htpasswd, basic_credentials};
 use super::body::ScriptBody;
 use super::log::{Access, LogLine};
@@ -31,8 +31,8 @@ use super::response::content_length_of;
 use super::runner::{self, Outcome};
 use super::script;
 use super::state::State;
-use super::tasks::{AbortOnDrop, accept_is_fatal};
-use super::upload::{Upload, UploadError, read_all};
+use super::tasks::{AbortOnDrop, AcceptBackoff, accept_is_fatal};
+use super::upload::{Spool, Upload, UploadError, read_all};
 use crate::error::{Result, from_io};
 
 // `fuzzing.rs` reaches the query's argv here.
@@ -54,7 +54,14 @@ pub(crate) async fn serve(
 ) -> Result<()> {
     let _stop = AbortOnDrop(state.tasks.clone());
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // At the connection limit, new connections wait in the listen backlog (an idle
+        // keep-alive connection is closed after HEADER_READ_TIMEOUT without a request).
+        let slot = tokio::select! {
+            s = state.connections.slot(&state.log) => s,
+            () = &mut shutdown => break,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = &mut shutdown => break,
@@ -63,12 +70,14 @@ pub(crate) async fn serve(
             Ok(c) => c,
             Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi: accept")),
             Err(e) => {
-                (state.log)(&LogLine::Error(format!("accept: {e}")));
-                // Out of fds or memory: give running requests a moment to release some.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+                let pause = backoff.failed(&e, &state.log);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = &mut shutdown => break,
+                }
             }
         };
+        backoff.ok();
         let Ok(local) = tcp.local_addr() else {
             continue;
         };
@@ -82,8 +91,12 @@ pub(crate) async fn serve(
                 // A client gets this long to send a request head (slowloris).
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                // Past MAX_HEADERS brood answers 431 itself, with a body; past this, hyper
+                // does, without one.
+                .max_headers(PARSED_HEADERS)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
+            drop(slot);
         });
     }
     // Graceful stop: no new connection; every running script's group gets SIGTERM, then
@@ -128,7 +141,7 @@ async fn handle(
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + head.uri.to_string().len();
-    if head_size > MAX_REQUEST_HEAD {
+    if head_size > MAX_REQUEST_HEAD || head.headers.len() > MAX_HEADERS {
         let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
         return Ok(message(&state, &peer, &head, None, start, status));
     }
@@ -164,6 +177,13 @@ fn unauthorized(state: &State, peer: &Peer, head: &Head, start: Instant) -> Resp
 /// The largest request head (target and headers) that is passed to a script.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// The most request headers passed to a script (hyper's default limit).
+const MAX_HEADERS: usize = 100;
+
+/// The most headers hyper parses (on the heap, per request): requests with more than
+/// [`MAX_HEADERS`] up to this many get brood's 431 with a body, beyond it hyper's own 431.
+const PARSED_HEADERS: usize = 1000;
+
 /// A short plain-text answer from the server itself, logged.
 fn message(
     state: &State,
@@ -173,16 +193,36 @@ fn message(
     start: Instant,
     status: StatusCode,
 ) -> Response<Body> {
-    let resp = short(status);
-    let bytes = text(status).len() as u64;
+    message_text(state, peer, head, user, start, status, text(status))
+}
+
+/// [`message`] with a body of its own.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of the access line and the answer"
+)]
+fn message_text(
+    state: &State,
+    peer: &Peer,
+    head: &Head,
+    user: Option<&str>,
+    start: Instant,
+    status: StatusCode,
+    body: String,
+) -> Response<Body> {
+    let bytes = body.len() as u64;
     log_access(state, peer, head, user, status.as_u16(), bytes, start, None);
-    resp
+    short_text(status, body)
 }
 
 /// A short plain-text answer whose access line the supervisor writes.
 fn short(status: StatusCode) -> Response<Body> {
+    short_text(status, text(status))
+}
+
+fn short_text(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(
-        Full::new(Bytes::from(text(status)))
+        Full::new(Bytes::from(body))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
@@ -280,38 +320,39 @@ fn respond(
                 || head.headers.contains_key(header::CONTENT_LENGTH));
         let upload = match body.filter(|_| has_body) {
             None => None,
-            Some(_) if content_length(&head).is_some_and(|n| n > state.max_body) => {
-                return refused("body over --max-body", StatusCode::PAYLOAD_TOO_LARGE);
-            }
-            Some(body) => match read_all(body, state.max_body, state.body_timeout).await {
+            Some(body) => match match content_length(&head)
+                .and_then(|n| Spool::refuse(n, state.max_body, &state.disk))
+            {
+                // Refused from its Content-Length, before a byte is read.
+                Some(e) => Err(e),
+                None => read_all(body, state.max_body, &state.disk, state.body_timeout).await,
+            } {
                 Ok(u) => Some(u),
                 Err(UploadError::Broken { gone: true, .. }) => {
-                    log_access(&state, &peer, &head, user_ref, 0, 0, start, None);
-                    return short(StatusCode::BAD_REQUEST);
+                    // The client went away mid-request: 400, as nginx logs it (499 is for a
+                    // whole request whose client left before the answer).
+                    let status = StatusCode::BAD_REQUEST;
+                    log_access(&state, &peer, &head, user_ref, 400, 0, start, None);
+                    return short(status);
                 }
-                Err(e) => return refused(&format!("request body: {e}"), e.status()),
+                Err(e) => {
+                    let why = format!("request body: {e}");
+                    let Some(sentence) = e.sentence() else {
+                        return refused(&why, e.status());
+                    };
+                    (state.log)(&LogLine::Error(format!(
+                        "{} {}: {why}",
+                        head.method,
+                        head.uri.path()
+                    )));
+                    let body = text_saying(e.status(), sentence);
+                    return message_text(&state, &peer, &head, user_ref, start, e.status(), body);
+                }
             },
         };
-        let permit = match &state.limit {
-            None => None,
-            Some(sem) => {
-                let sem = sem.clone();
-                let acquired = if state.queue.is_zero() {
-                    sem.try_acquire_owned().ok()
-                } else {
-                    tokio::time::timeout(state.queue, sem.acquire_owned())
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok())
-                };
-                match acquired {
-                    Some(p) => Some(p),
-                    None => {
-                        let status = StatusCode::SERVICE_UNAVAILABLE;
-                        return message(&state, &peer, &head, user_ref, start, status);
-                    }
-                }
-            }
+        let Some(permit) = state.slot().await else {
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return message(&state, &peer, &head, user_ref, start, status);
         };
         let job = Job {
             peer,

@@ -5,13 +5,15 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::auth::Htpasswd;
+use super::load::Load;
 use super::log::Log;
 use super::map::Mapping;
 use super::script::KILL_GRACE;
-use super::tasks::Tasks;
+use super::tasks::{ConnectionCap, Tasks};
+use super::upload::Budget;
 
 /// A server's fixed settings.
 pub(crate) struct State {
@@ -24,6 +26,14 @@ pub(crate) struct State {
     pub auth: Option<Arc<Htpasswd>>,
     pub realm: String,
     pub max_body: u64,
+    /// `#!` scripts are handed to their interpreter as `/dev/fd/3`, not by path.
+    pub scripts_by_fd: bool,
+    /// Scripts running and requests queued, for metrics.
+    pub load: Load,
+    /// The disk that bodies in temporary files may take, all requests together.
+    pub disk: Arc<Budget>,
+    /// One permit per open client connection.
+    pub connections: ConnectionCap,
     pub body_timeout: Duration,
     pub log: Log,
     pub tasks: Tasks,
@@ -34,6 +44,26 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// A `max_children` slot, waiting up to `queue` (counted in [`Load::queued`]);
+    /// `Some(None)` without a limit, `None` when no slot came free.
+    pub(crate) async fn slot(&self) -> Option<Option<OwnedSemaphorePermit>> {
+        let Some(sem) = self.limit.clone() else {
+            return Some(None);
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Some(Some(p));
+        }
+        if self.queue.is_zero() {
+            return None;
+        }
+        let _waiting = self.load.waiting();
+        tokio::time::timeout(self.queue, sem.acquire_owned())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map(Some)
+    }
+
     /// A graceful stop: every running script's group gets SIGTERM, then SIGKILL after the
     /// grace (its supervisor sees `stopping`); returns once they are gone, or after twice
     /// the grace.

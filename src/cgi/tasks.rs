@@ -5,9 +5,14 @@
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::load::{Counted, Load};
+use super::log::{Log, LogLine};
 
 /// Tasks of one server (connections, supervisors): aborted together when it stops, which
 /// kills every script still running.
@@ -35,6 +40,114 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Backoff of an accept loop after errors that come back at once until something else
+/// changes (out of fds or memory: the connection stays in the backlog and the listener
+/// stays readable), as the cluster master does: pause accepting, doubling from 20 ms up
+/// to 1 s, and log at most once a second, with how many accepts failed.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptBackoff {
+    delay: Duration,
+    failed: u64,
+    logged: Option<Instant>,
+}
+
+const PAUSE_MIN: Duration = Duration::from_millis(20);
+const PAUSE_MAX: Duration = Duration::from_secs(1);
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl AcceptBackoff {
+    /// An accept worked: no more pause.
+    pub(crate) fn ok(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    /// An accept failed with `e`: how long to pause before the next one (zero for an error
+    /// that concerns one connection, a reset before accept). Logs through `log`, at most
+    /// once a second.
+    pub(crate) fn failed(&mut self, e: &io::Error, log: &Log) -> Duration {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if exhausted {
+            self.delay = (self.delay * 2).clamp(PAUSE_MIN, PAUSE_MAX);
+        }
+        self.failed += 1;
+        let now = Instant::now();
+        if self.logged.is_none_or(|t| now >= t + LOG_EVERY) {
+            let pause = if exhausted {
+                format!("; pausing accepts {} ms", self.delay.as_millis())
+            } else {
+                String::new()
+            };
+            log(&LogLine::Error(format!(
+                "accept: {e} ({} failed since the last such line){pause}",
+                self.failed
+            )));
+            self.failed = 0;
+            self.logged = Some(now);
+        }
+        if exhausted {
+            self.delay
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// The cap on a server's open connections (`max_connections`): one permit per connection.
+/// At the cap the accept loop waits for a permit (new connections wait in the listen
+/// backlog) and says so, at most once every [`CAP_LOG_EVERY`].
+#[derive(Debug)]
+pub(crate) struct ConnectionCap {
+    permits: Arc<Semaphore>,
+    max: usize,
+    logged: Mutex<Option<Instant>>,
+}
+
+/// The least time between two "at the connection cap" lines.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl ConnectionCap {
+    pub(crate) fn new(max: usize) -> ConnectionCap {
+        let max = max.min(Semaphore::MAX_PERMITS);
+        ConnectionCap {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            logged: Mutex::new(None),
+        }
+    }
+
+    /// A permit for the next connection, held as long as it is open; at the cap, logs
+    /// (at most once every [`CAP_LOG_EVERY`]) and waits for one to close.
+    pub(crate) async fn slot(&self, log: &Log) -> OwnedSemaphorePermit {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return p;
+        }
+        let now = Instant::now();
+        let due = {
+            let mut last = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| now >= t + CAP_LOG_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
+            log(&LogLine::Error(format!(
+                "{} connections open, the most allowed (--max-connections): new ones wait \
+                 in the listen backlog until one closes",
+                self.max
+            )));
+        }
+        match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            // Never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
 /// Whether an accept error concerns one connection (go on) or the listener (stop).
 pub(crate) fn accept_is_fatal(e: &io::Error) -> bool {
     matches!(
@@ -43,18 +156,52 @@ pub(crate) fn accept_is_fatal(e: &io::Error) -> bool {
     )
 }
 
-/// Counts a running supervisor in [`State::live`] while it exists.
-pub(crate) struct LiveGuard(Arc<watch::Sender<usize>>);
+/// Counts a running supervisor in the server's live count (what a graceful stop waits
+/// for) and in its [`Load`] while it exists.
+pub(crate) struct LiveGuard(
+    Arc<watch::Sender<usize>>,
+    #[allow(dead_code, reason = "held for its drop")] Counted,
+);
 
 impl LiveGuard {
-    pub(crate) fn new(live: &Arc<watch::Sender<usize>>) -> LiveGuard {
+    pub(crate) fn new(live: &Arc<watch::Sender<usize>>, load: &Load) -> LiveGuard {
         live.send_modify(|n| *n += 1);
-        LiveGuard(live.clone())
+        LiveGuard(live.clone(), load.running())
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_of_exhaustion_pause_doubling_and_are_logged_once_a_second() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let log: Log = Arc::new(move |l: &LogLine| seen.lock().unwrap().push(l.to_string()));
+        let mut b = AcceptBackoff::default();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(b.failed(&emfile, &log), PAUSE_MIN);
+        for _ in 0..10 {
+            b.failed(&emfile, &log);
+        }
+        assert_eq!(b.failed(&emfile, &log), PAUSE_MAX);
+        assert_eq!(
+            lines.lock().unwrap().len(),
+            1,
+            "{:?}",
+            lines.lock().unwrap()
+        );
+        b.ok();
+        assert_eq!(b.failed(&emfile, &log), PAUSE_MIN);
+        // An error of one connection (reset before accept) does not pause.
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(b.failed(&aborted, &log), Duration::ZERO);
     }
 }

@@ -3,11 +3,17 @@
 //! server's `max_body`. So a script always gets `CONTENT_LENGTH` and exactly that many bytes
 //! (RFC 3875 4.1.2), a client trickling its body holds no script, and a body that breaks
 //! off (a bad chunk, a client gone) is never seen by one.
+//!
+//! Two budgets bound what bodies hold: memory for the whole process ([`MEMORY_BUDGET`]),
+//! and the temporary files of one server (`Cgi::max_spool`): a body that would take more
+//! disk than is left is refused (503), and a file's share is given back only when its
+//! script has ended (the script reads the file as its stdin).
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,37 +28,70 @@ pub(crate) const MEMORY_LIMIT: usize = 256 * 1024;
 /// bodies go to temporary files however small they are.
 pub(crate) const MEMORY_BUDGET: usize = 64 * 1024 * 1024;
 
-static IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
+/// The process's memory budget for bodies.
+static MEMORY: LazyLock<Arc<Budget>> = LazyLock::new(|| Budget::new(MEMORY_BUDGET as u64));
 
-/// A share of [`MEMORY_BUDGET`], given back when dropped.
+/// Bytes that many requests share: taken in [`Reservation`]s, never more than the limit.
 #[derive(Debug)]
-pub(crate) struct Reservation(usize);
+pub(crate) struct Budget {
+    used: AtomicU64,
+    limit: u64,
+}
 
-impl Reservation {
-    fn take(n: usize) -> Option<Reservation> {
-        let before = IN_MEMORY.fetch_add(n, Ordering::Relaxed);
-        if before + n > MEMORY_BUDGET {
-            IN_MEMORY.fetch_sub(n, Ordering::Relaxed);
-            return None;
-        }
-        Some(Reservation(n))
+impl Budget {
+    pub(crate) fn new(limit: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: AtomicU64::new(0),
+            limit,
+        })
     }
 
-    fn grow(&mut self, n: usize) -> bool {
-        match Reservation::take(n) {
-            Some(more) => {
-                self.0 += more.0;
-                std::mem::forget(more);
-                true
-            }
-            None => false,
+    /// The most bytes it holds.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes reserved now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// A share of a [`Budget`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: Arc<Budget>,
+    n: u64,
+}
+
+impl Reservation {
+    fn none(budget: &Arc<Budget>) -> Reservation {
+        Reservation {
+            budget: budget.clone(),
+            n: 0,
         }
+    }
+
+    /// Takes `n` more bytes of the budget, or nothing when they do not fit.
+    fn grow(&mut self, n: u64) -> bool {
+        let b = &self.budget;
+        let fits = b
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|&u| u <= b.limit)
+            })
+            .is_ok();
+        if fits {
+            self.n += n;
+        }
+        fits
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        IN_MEMORY.fetch_sub(self.0, Ordering::Relaxed);
+        self.budget.used.fetch_sub(self.n, Ordering::Relaxed);
     }
 }
 
@@ -61,15 +100,16 @@ impl Drop for Reservation {
 pub(crate) enum Upload {
     /// With its share of the memory budget, to hold until the script has it all.
     Memory(Bytes, Reservation),
-    /// Rewound to its start.
-    File(File, u64),
+    /// Rewound to its start, with its share of the server's disk budget, to hold until
+    /// the script has ended.
+    File(File, u64, Reservation),
 }
 
 impl Upload {
     pub(crate) fn len(&self) -> u64 {
         match self {
             Upload::Memory(b, _) => b.len() as u64,
-            Upload::File(_, n) => *n,
+            Upload::File(_, n, _) => *n,
         }
     }
 }
@@ -85,6 +125,10 @@ pub(crate) enum UploadError {
     Broken { why: String, gone: bool },
     /// The temporary file could not be written: 500.
     Storage(std::io::Error),
+    /// The server's temporary files for bodies are at `max_spool`: 503.
+    DiskFull,
+    /// Larger than the whole `max_spool`: it can never fit, 413.
+    OverSpool,
 }
 
 impl std::fmt::Display for UploadError {
@@ -94,6 +138,8 @@ impl std::fmt::Display for UploadError {
             UploadError::Idle => write!(f, "idle too long"),
             UploadError::Broken { why, .. } => write!(f, "{why}"),
             UploadError::Storage(e) => write!(f, "temporary file: {e}"),
+            UploadError::DiskFull => write!(f, "the temporary files of bodies are at --max-spool"),
+            UploadError::OverSpool => write!(f, "larger than the whole --max-spool"),
         }
     }
 }
@@ -101,31 +147,47 @@ impl std::fmt::Display for UploadError {
 impl UploadError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            UploadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UploadError::TooLarge | UploadError::OverSpool => StatusCode::PAYLOAD_TOO_LARGE,
             UploadError::Idle => StatusCode::REQUEST_TIMEOUT,
             UploadError::Broken { .. } => StatusCode::BAD_REQUEST,
             UploadError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UploadError::DiskFull => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The sentence the client gets, when it differs from its status's usual one.
+    pub(crate) fn sentence(&self) -> Option<&'static str> {
+        match self {
+            UploadError::DiskFull => {
+                Some("The server's space for request bodies is full; try again later.")
+            }
+            UploadError::OverSpool => {
+                Some("The request body is larger than all the server's space for request bodies.")
+            }
+            _ => None,
         }
     }
 }
 
 /// A body being received, piece by piece, from any front: in memory up to
 /// [`MEMORY_LIMIT`] (within the shared budget), then in a temporary file; never more than
-/// `max` bytes.
+/// `max` bytes, and never more disk than is left of the server's budget `disk`.
 pub(crate) struct Spool {
     mem: BytesMut,
     held: Reservation,
     file: Option<File>,
+    disk: Reservation,
     total: u64,
     max: u64,
 }
 
 impl Spool {
-    pub(crate) fn new(max: u64) -> Spool {
+    pub(crate) fn new(max: u64, disk: &Arc<Budget>) -> Spool {
         Spool {
             mem: BytesMut::new(),
-            held: Reservation::take(0).expect("nothing fits"),
+            held: Reservation::none(&MEMORY),
             file: None,
+            disk: Reservation::none(disk),
             total: 0,
             max,
         }
@@ -138,20 +200,53 @@ impl Spool {
             return Err(UploadError::TooLarge);
         }
         match &mut self.file {
-            Some(f) => write(f, data)?,
-            None if self.mem.len() + data.len() <= MEMORY_LIMIT && self.held.grow(data.len()) => {
+            Some(f) => {
+                if !self.disk.grow(data.len() as u64) {
+                    return Err(self.disk_full());
+                }
+                write(f, data)?
+            }
+            None if self.mem.len() + data.len() <= MEMORY_LIMIT
+                && self.held.grow(data.len() as u64) =>
+            {
                 self.mem.extend_from_slice(data)
             }
             None => {
+                if !self.disk.grow((self.mem.len() + data.len()) as u64) {
+                    return Err(self.disk_full());
+                }
                 let mut f = temp_file().map_err(UploadError::Storage)?;
                 write(&mut f, &self.mem)?;
                 write(&mut f, data)?;
                 self.mem = BytesMut::new();
-                self.held = Reservation::take(0).expect("nothing fits");
+                self.held = Reservation::none(&MEMORY);
                 self.file = Some(f);
             }
         }
         Ok(())
+    }
+
+    /// No disk left for this body: for now (503), or ever, when it is already larger than
+    /// the whole budget (413).
+    fn disk_full(&self) -> UploadError {
+        if self.total > self.disk.budget.limit {
+            UploadError::OverSpool
+        } else {
+            UploadError::DiskFull
+        }
+    }
+
+    /// Whether a body of `n` bytes (its declared length) can never be taken: larger than
+    /// `max` ([`UploadError::TooLarge`]), or than what stays in memory and the whole disk
+    /// budget ([`UploadError::OverSpool`]).
+    pub(crate) fn refuse(n: u64, max: u64, disk: &Budget) -> Option<UploadError> {
+        if n > max {
+            Some(UploadError::TooLarge)
+        } else if n > MEMORY_LIMIT as u64 && n > disk.limit() {
+            Some(UploadError::OverSpool)
+        } else {
+            None
+        }
     }
 
     /// Bytes received so far.
@@ -165,7 +260,7 @@ impl Spool {
             None => Ok(Upload::Memory(self.mem.freeze(), self.held)),
             Some(mut f) => {
                 f.seek(SeekFrom::Start(0)).map_err(UploadError::Storage)?;
-                Ok(Upload::File(f, self.total))
+                Ok(Upload::File(f, self.total, self.disk))
             }
         }
     }
@@ -175,9 +270,10 @@ impl Spool {
 pub(crate) async fn read_all(
     mut body: Incoming,
     max: u64,
+    disk: &Arc<Budget>,
     idle: Duration,
 ) -> Result<Upload, UploadError> {
-    let mut spool = Spool::new(max);
+    let mut spool = Spool::new(max, disk);
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(UploadError::Idle),
@@ -256,12 +352,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_memory_budget_is_shared_and_given_back() {
-        let all = Reservation::take(MEMORY_BUDGET).expect("the whole budget is free");
-        assert!(Reservation::take(1).is_none());
-        let mut none = Reservation::take(0).unwrap();
+    fn a_budget_is_shared_and_given_back() {
+        let budget = Budget::new(100);
+        let mut all = Reservation::none(&budget);
+        assert!(all.grow(100), "the whole budget is free");
+        let mut none = Reservation::none(&budget);
         assert!(!none.grow(1));
         drop(all);
         assert!(none.grow(1));
+        assert_eq!(budget.used(), 1);
+        drop(none);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_spool_past_the_disk_budget_is_refused_and_gives_its_share_back() {
+        let disk = Budget::new(MEMORY_LIMIT as u64 * 2);
+        let piece = vec![7u8; MEMORY_LIMIT];
+        let mut a = Spool::new(u64::MAX, &disk);
+        a.push(&piece).unwrap();
+        a.push(&piece).unwrap(); // to a file: the whole budget
+        let mut b = Spool::new(u64::MAX, &disk);
+        b.push(&piece[..10]).unwrap(); // memory: no disk
+        assert!(matches!(b.push(&piece), Err(UploadError::DiskFull)));
+        // One larger than the whole budget never fits: 413, not "try again later".
+        let mut c = Spool::new(u64::MAX, &disk);
+        c.push(&piece).unwrap();
+        assert!(matches!(c.push(&piece), Err(UploadError::DiskFull)));
+        let mut d = Spool::new(u64::MAX, &Budget::new(MEMORY_LIMIT as u64));
+        d.push(&piece).unwrap();
+        let over = d.push(&piece[..1]).unwrap_err();
+        assert!(matches!(over, UploadError::OverSpool), "{over:?}");
+        assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let whole = a.finish().unwrap();
+        assert_eq!(disk.used(), MEMORY_LIMIT as u64 * 2);
+        drop(whole);
+        assert_eq!(disk.used(), 0);
     }
 }

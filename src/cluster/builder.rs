@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::config::Config;
 use super::proto::Source;
 use super::state::{EVENTS_MAX, Master};
-use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, control, listen};
+use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, WorkerProtocol, control, listen};
 use crate::Signum;
 use crate::error::{Error, Result, from_io};
 
@@ -25,6 +25,7 @@ pub struct ClusterBuilder {
     pub(super) timings: Timings,
     pub(super) program: Option<(OsString, Vec<OsString>)>,
     pub(super) expect_ready: Option<bool>,
+    pub(super) worker_protocol: WorkerProtocol,
     pub(super) control: Option<PathBuf>,
     pub(super) env: Vec<(OsString, OsString)>,
     pub(super) stop_signal: Signum,
@@ -55,6 +56,7 @@ impl Cluster {
             timings: Timings::default(),
             program: None,
             expect_ready: None,
+            worker_protocol: WorkerProtocol::Brood,
             control: None,
             env: Vec::new(),
             stop_signal: Signum::TERM,
@@ -75,7 +77,9 @@ impl Cluster {
 
     /// Runs the master until `SIGTERM` or `SIGINT` (graceful shutdown) and returns when every
     /// worker is gone. `SIGHUP` restarts the workers one by one, `SIGTTIN`/`SIGTTOU` add or
-    /// remove one.
+    /// remove one. When the restart policy has given up on every slot (no worker left, none
+    /// to start) it stops accepting and returns: an error when a slot failed or a worker
+    /// ended unsuccessfully, `Ok` when every worker exited with status 0.
     pub async fn run(mut self) -> Result<()> {
         let (events_tx, events) = mpsc::channel(EVENTS_MAX);
         let control = match self.control.take() {
@@ -104,6 +108,11 @@ impl Cluster {
             path
         });
         let result = master.run(accept, events).await;
+        // The master is done: so is its control socket (a library caller's runtime may
+        // go on).
+        if let Some(task) = master.control_task.take() {
+            task.abort();
+        }
         // After an upgrade the socket file is the new master's.
         if let Some(path) = path.filter(|_| !master.handed_over) {
             let _ = std::fs::remove_file(path);
@@ -187,6 +196,29 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a worker may leave what the master sent it (a connection, a heartbeat
+    /// ping) unread before it is killed (default 10 s). The master first stops it
+    /// (`SIGSTOP`), asks the kernel which connections it never read, kills it, and hands
+    /// those to other workers. A worker that has left something unread for a second
+    /// already gets no new connections until it reads again.
+    ///
+    /// ```
+    /// use brood::cluster::Cluster;
+    /// use std::time::Duration;
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .workers(2)
+    ///     .stuck_timeout(Duration::from_secs(3))
+    ///     .build()?;
+    /// # drop(cluster);
+    /// # Ok::<(), brood::Error>(())
+    /// ```
+    pub fn stuck_timeout(mut self, d: Duration) -> Self {
+        self.timings.stuck_timeout = d.max(Duration::from_millis(10));
+        self
+    }
+
     /// The most workers `ctl scale` and `SIGTTIN` may ask for (default 4 × CPUs, at least
     /// the initial count).
     pub fn max_workers(mut self, n: usize) -> Self {
@@ -202,6 +234,8 @@ impl ClusterBuilder {
 
     /// After `n` restarts of one worker slot within `within`, the master stops restarting
     /// it, logs it, and `ctl status` shows the slot as `failed` (a reload starts it again).
+    /// When no slot is left serving, [`Cluster::run`] closes the listener and returns an
+    /// error.
     pub fn max_restarts(mut self, n: u32, within: Duration) -> Self {
         self.max_restarts = Some((n, within));
         self
@@ -237,6 +271,26 @@ impl ClusterBuilder {
     /// itself (brood workers do), no for another [`program`](Self::program).
     pub fn expect_ready(mut self, yes: bool) -> Self {
         self.expect_ready = Some(yes);
+        self
+    }
+
+    /// What the workers speak on their channel (default [`WorkerProtocol::Brood`]);
+    /// [`WorkerProtocol::Node`] runs a Node.js app as a worker with no brood code in it.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), brood::Error> {
+    /// use brood::cluster::{Cluster, WorkerProtocol};
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .listen("127.0.0.1:7000")
+    ///     .workers(2)
+    ///     .program("node", ["examples/node/worker.js"])
+    ///     .worker_protocol(WorkerProtocol::Node)
+    ///     .build()?;
+    /// # let _ = cluster; Ok(()) }
+    /// ```
+    pub fn worker_protocol(mut self, protocol: WorkerProtocol) -> Self {
+        self.worker_protocol = protocol;
         self
     }
 
@@ -318,6 +372,12 @@ impl ClusterBuilder {
                 (Source::ReusePort { _anchor: anchor }, local)
             }
         };
+        if self.worker_protocol == WorkerProtocol::Node && self.program.is_none() {
+            return Err(Error::invalid(
+                "cluster",
+                "Node's worker protocol is for a program (a Node app), not this program's own workers",
+            ));
+        }
         let control = match &self.control {
             Some(path) => Some((path.clone(), control::bind(path)?)),
             None => None,
@@ -330,6 +390,7 @@ impl ClusterBuilder {
             timings: self.timings,
             program: self.program,
             expect_ready: self.expect_ready,
+            worker_protocol: self.worker_protocol,
             env: self.env,
             stop_signal: self.stop_signal,
             restart: self.restart,

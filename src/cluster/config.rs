@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{Metrics, Restart, Strategy, Timings, WorkerOutput};
+use super::{Metrics, Restart, Strategy, Timings, WorkerOutput, WorkerProtocol};
 use crate::Signum;
 
 /// A cluster's checked settings.
@@ -21,6 +21,7 @@ pub(crate) struct Config {
     /// The worker program and its arguments (`None`: this program itself).
     pub program: Option<(OsString, Vec<OsString>)>,
     pub expect_ready: Option<bool>,
+    pub worker_protocol: WorkerProtocol,
     pub env: Vec<(OsString, OsString)>,
     pub stop_signal: Signum,
     pub restart: Restart,

@@ -5,7 +5,9 @@
 //! channel's send buffer is kept small (`CHANNEL_SNDBUF`), so a worker that stops reading
 //! (stopped, hung) holds at most a handful of connections before its channel is full; from
 //! then on it is skipped, and the connections go to the other workers, until the kernel
-//! says its channel has room again.
+//! says its channel has room again. The master keeps each connection it sent until the
+//! worker has read it (`inflight.rs`), so a worker found stuck (`stuck.rs`) never takes the
+//! ones it did not read with it.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
@@ -15,9 +17,10 @@ use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::{TcpListener, UnixStream};
 
-use super::proto::Event;
-use super::state::{Master, State};
-use super::{Strategy, wire};
+use super::inflight::{self, WINDOW};
+use super::proto::{Event, Order};
+use super::state::{Master, State, WorkerSlot};
+use super::{Strategy, WorkerProtocol, node, wire};
 
 /// The send buffer asked for on each worker channel: the kernel doubles it to 8 KiB, room
 /// for about 11 handed-off connections waiting for the worker to read them.
@@ -48,7 +51,7 @@ enum Sent {
 }
 
 /// One non-blocking send of `byte` with `fd` attached.
-fn try_send(chan: &UnixStream, byte: u8, fd: Option<BorrowedFd<'_>>) -> Sent {
+fn try_send(chan: &UnixStream, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Sent {
     let sock = chan.as_raw_fd();
     let one;
     let fds: &[RawFd] = match fd {
@@ -59,7 +62,7 @@ fn try_send(chan: &UnixStream, byte: u8, fd: Option<BorrowedFd<'_>>) -> Sent {
         None => &[],
     };
     match chan.try_io(Interest::WRITABLE, || {
-        crate::ipc::send_raw(sock, &[byte], fds)
+        crate::ipc::send_raw(sock, bytes, fds)
     }) {
         Ok(_) => Sent::Yes,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Sent::Full,
@@ -116,21 +119,48 @@ impl Master {
 
     /// Hands queued connections out while some ready worker has room.
     pub(super) fn flush_backlog(&mut self) {
+        // A Node worker gets Node's handle message (one line, one kernel buffer: a
+        // non-blocking send takes all of it or none), and no other until it acknowledges.
+        let node = self.cfg.worker_protocol == WorkerProtocol::Node;
+        let payload: &[u8] = if node {
+            crate::ipc::NODE_CONNECTION
+        } else {
+            &[wire::CONN]
+        };
         while let Some(conn) = self.backlog.pop_front() {
             let accepted = self.backlog_at.pop_front();
             let mut tried = Vec::new();
-            let mut handed = false;
+            let mut handed = None;
+            // Kept until read: brood workers' reads are measured with SIOCOUTQ; a Node
+            // worker's connection waits for its ACK instead (`node_in_flight`).
+            let sizes = if node { None } else { inflight::sizes() };
+            let mut conn = Some(conn);
             while let Some(id) = self.pick(&tried) {
                 let w = self.workers.get_mut(&id).expect("picked");
+                if w.inflight.len() >= WINDOW {
+                    // Let go of what it has read; a worker with a window of unread sends
+                    // waits (its channel is about full anyway).
+                    read_up_to_now(w);
+                    if w.inflight.len() >= WINDOW {
+                        tried.push(id);
+                        continue;
+                    }
+                }
                 let Some(chan) = &w.chan else {
                     tried.push(id);
                     continue;
                 };
-                match try_send(chan, wire::CONN, Some(conn.as_fd())) {
+                let fd = conn.as_ref().map(|c| c.as_fd());
+                match try_send(chan, payload, fd) {
                     Sent::Yes => {
                         w.handled += 1;
-                        w.open += 1;
-                        handed = true;
+                        handed = Some(id);
+                        if node {
+                            let conn = conn.take().expect("not handed yet");
+                            w.node_in_flight = Some(node::InFlight { conn, tries: 0 });
+                        } else {
+                            w.open += 1;
+                        }
                         break;
                     }
                     Sent::Full => {
@@ -143,24 +173,64 @@ impl Master {
                 // allocates nothing.)
                 tried.push(id);
             }
-            if !handed {
+            let Some(id) = handed else {
+                let conn = conn.expect("not handed");
                 self.backlog.push_front(conn);
                 if let Some(t) = accepted {
                     self.backlog_at.push_front(t);
                 }
                 return;
-            }
+            };
             if let (Some(m), Some(t)) = (&self.metrics, accepted) {
                 m.handed(t.elapsed());
             }
-            // `conn` drops here: the master's copy closes; the worker has its own.
+            // The master keeps its copy until the worker has read the connection (the
+            // worker has its own); where that cannot be told, it closes at once.
+            if let (Some(sizes), Some(conn)) = (sizes, conn) {
+                let w = self.workers.get_mut(&id).expect("picked");
+                w.inflight.push(Some(conn), sizes.with_fd, Instant::now());
+            }
         }
+    }
+
+    /// A Node worker answered the connection in flight: acknowledged (the master's copy
+    /// closes, the next may go), or not received (`NACK`: sent again, as Node does, up to
+    /// three times).
+    pub(super) fn node_answer(&mut self, id: u64, ack: bool) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let Some(f) = &mut w.node_in_flight else {
+            return;
+        };
+        if !ack && f.tries < node::MAX_RETRANSMISSIONS {
+            f.tries += 1;
+            if let Some(chan) = &w.chan
+                && let Sent::Yes = try_send(chan, crate::ipc::NODE_CONNECTION, Some(f.conn.as_fd()))
+            {
+                return;
+            }
+        }
+        if !ack {
+            tracing::warn!(
+                pid = w.pid,
+                id,
+                "the worker could not take a connection (NODE_HANDLE_NACK); closed"
+            );
+        }
+        w.node_in_flight = None;
+        self.flush_backlog();
     }
 
     /// The next worker by the strategy, among ready ones with room not yet tried.
     fn pick(&mut self, tried: &[u64]) -> Option<u64> {
         let ready = self.workers.iter().filter(|(id, w)| {
-            w.state == State::Ready && w.chan.is_some() && !w.full && !tried.contains(id)
+            w.state == State::Ready
+                && w.chan.is_some()
+                && !w.full
+                && !w.stuck
+                && w.node_in_flight.is_none()
+                && !tried.contains(id)
         });
         match self.cfg.strategy {
             Strategy::LeastConnections => ready
@@ -187,22 +257,65 @@ impl Master {
     /// channel is full gets no ping (it is not reading): its silence grows.
     pub(super) fn heartbeat(&mut self) {
         let t = self.cfg.timings;
+        let mut silent = Vec::new();
         for (id, w) in &mut self.workers {
-            if !w.aware || w.state != State::Ready {
+            if !w.aware || w.state != State::Ready || w.reclaiming {
                 continue;
             }
             if w.last_pong.elapsed() > t.heartbeat_timeout {
                 tracing::warn!(pid = w.pid, id, "worker missed its heartbeats; killing it");
                 w.missed_heartbeat = true;
-                let _ = w.kill.send(crate::Signum::KILL);
                 w.last_pong = Instant::now(); // once per timeout, not every tick
+                silent.push(*id);
                 continue;
             }
+            if w.inflight.len() >= WINDOW {
+                read_up_to_now(w);
+            }
             if let Some(chan) = &w.chan {
-                if let Sent::Broken = try_send(chan, wire::PING, None) {
-                    w.chan = None;
+                match try_send(chan, &[wire::PING], None) {
+                    Sent::Yes => {
+                        if let Some(sizes) = inflight::sizes() {
+                            w.inflight.push(None, sizes.plain, Instant::now());
+                        }
+                    }
+                    Sent::Full => {}
+                    Sent::Broken => w.chan = None,
                 }
             }
+        }
+        for id in silent {
+            self.kill_and_reclaim(id);
+        }
+    }
+
+    /// Kills a worker the master gives up on (silent, stuck, or past its stop signal),
+    /// taking back the connections it never read: its task stops it, counts, kills it
+    /// and reports `Event::Reclaimed` (`stuck.rs`). Nothing more is sent to it.
+    pub(super) fn kill_and_reclaim(&mut self, id: u64) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.reclaiming {
+            return;
+        }
+        w.reclaiming = true;
+        w.stuck = true;
+        w.chan = None;
+        let order = if w.inflight.len() > 0 {
+            Order::Reclaim
+        } else {
+            Order::Signal(crate::Signum::KILL)
+        };
+        let _ = w.kill.send(order);
+    }
+}
+
+/// Lets go of the sends the kernel says `w` has read.
+pub(super) fn read_up_to_now(w: &mut WorkerSlot) {
+    if let Some(sock) = &w.sock {
+        if let Ok(unread) = inflight::unread_bytes(sock.as_raw_fd()) {
+            w.inflight.read_up_to(unread);
         }
     }
 }

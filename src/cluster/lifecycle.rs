@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::handoff::CHANNEL_SNDBUF;
 use super::policy::{Lineage, Verdict};
-use super::proto::{self, Source};
+use super::proto::{self, Order, Source};
 use super::state::{Master, Reloading, State, Step, Stopped, WorkerSlot};
-use super::{STRATEGY_ENV, WORKER_ENV, listen, output, spawner, watch};
+use super::{STRATEGY_ENV, WORKER_ENV, WorkerProtocol, listen, node, output, spawner, watch};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::Channel;
 use crate::{Command, Exit, Signum, Stdio};
@@ -74,6 +74,11 @@ impl Master {
             cmd.env(k, v);
         }
         output::configure(&mut cmd, cfg.worker_output);
+        let node = cfg.worker_protocol == WorkerProtocol::Node;
+        if node {
+            let accepts = matches!(self.source, Source::Accept(_) | Source::Closed);
+            node::configure(&mut cmd, if accepts { 3 } else { 4 });
+        }
         match &self.source {
             Source::Accept(_) | Source::Closed => {
                 cmd.stdio(3, Stdio::ipc());
@@ -107,6 +112,8 @@ impl Master {
             id,
             child,
             channel,
+            chan.clone(),
+            node,
             kill_rx,
             self.events_tx.clone(),
         ));
@@ -121,7 +128,11 @@ impl Master {
                 } else {
                     State::Ready
                 },
+                sock: chan.clone(),
                 chan,
+                inflight: Default::default(),
+                stuck: false,
+                reclaiming: false,
                 kill: kill_tx,
                 aware: false,
                 started: now,
@@ -136,8 +147,10 @@ impl Master {
                 retire: None,
                 not_ready: false,
                 missed_heartbeat: false,
+                stuck_killed: false,
                 handled_reported: 0,
                 miss_reported: false,
+                node_in_flight: None,
             },
         );
         tracing::info!(pid, id, "worker started");
@@ -155,8 +168,11 @@ impl Master {
             tracing::info!(pid = w.pid, id, "retiring worker");
             w.state = State::Retiring;
             if let Some(chan) = w.chan.take() {
+                // (A Node worker sees 'disconnect'.)
                 let _ = socket2::SockRef::from(&*chan).shutdown(std::net::Shutdown::Write);
             }
+            // Sent before the end of the channel: the worker reads it first.
+            w.node_in_flight = None;
             w.retire = Some((Instant::now() + grace, Step::Grace));
         }
         self.reload.retain(|x| *x != id);
@@ -467,6 +483,7 @@ impl Master {
         let t = self.cfg.timings;
         let stop_signal = self.cfg.stop_signal;
         let mut late = Vec::new();
+        let mut kill = Vec::new();
         let mut settled = false;
         for (id, w) in &mut self.workers {
             if w.state == State::Starting && w.settle_at.is_some_and(|at| now >= at) {
@@ -479,12 +496,12 @@ impl Master {
             match w.retire {
                 Some((at, Step::Grace)) if now >= at => {
                     tracing::warn!(pid = w.pid, "grace period over; sending {stop_signal}");
-                    let _ = w.kill.send(stop_signal);
+                    let _ = w.kill.send(Order::Signal(stop_signal));
                     w.retire = Some((now + t.kill_after, Step::Stop));
                 }
                 Some((at, Step::Stop)) if now >= at => {
                     tracing::warn!(pid = w.pid, "still running after {stop_signal}; killing it");
-                    let _ = w.kill.send(Signum::KILL);
+                    kill.push(*id);
                     w.retire = None;
                 }
                 _ => {}
@@ -492,6 +509,9 @@ impl Master {
             if w.state == State::Starting && w.ready_by.is_some_and(|t| now >= t) {
                 late.push(*id);
             }
+        }
+        for id in kill {
+            self.kill_and_reclaim(id);
         }
         if settled {
             self.advance_reload();

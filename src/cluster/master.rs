@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::WorkerProtocol;
 use super::backoff::AcceptBackoff;
 use super::config::Config;
 use super::policy::{Lineage, Policy};
@@ -152,6 +153,7 @@ impl Master {
                         self.heartbeat();
                     }
                     self.housekeeping();
+                    self.check_unread();
                     self.sync_metrics();
                     self.report_ready_to_old_master();
                 }
@@ -170,7 +172,51 @@ impl Master {
                 tracing::info!("all workers gone; master exits");
                 return Ok(());
             }
+            if let Some(outcome) = self.every_slot_stopped() {
+                // Nobody will serve: stop accepting (the listener goes with `accept`, a
+                // shared listener or reuseport anchor with the source) and exit, rather
+                // than hold connections no worker takes (gunicorn's "worker failed to
+                // boot" halt).
+                drop(accept);
+                self.source = Source::Closed;
+                return outcome;
+            }
         }
+    }
+
+    /// When the restart policy has given up on every slot (`--restart never` or
+    /// `on-failure`, `--max-restarts`): no worker, none to start. Then the master's
+    /// outcome: an error when a slot failed or a worker's last exit was not a success, `Ok`
+    /// when every worker exited with status 0 under a policy that does not restart that.
+    fn every_slot_stopped(&self) -> Option<Result<()>> {
+        if self.shutting_down.is_some()
+            || !self.workers.is_empty()
+            || !self.respawns.is_empty()
+            || self.stopped.is_empty()
+            || self.stopped.len() < self.target
+        {
+            return None;
+        }
+        let failed = self.stopped.iter().filter(|s| s.failed).count();
+        let unsuccessful = self
+            .stopped
+            .iter()
+            .filter(|s| !s.failed && !s.exit.success())
+            .count();
+        if failed + unsuccessful == 0 {
+            tracing::info!(
+                workers = self.stopped.len(),
+                "every worker exited with status 0 and the restart policy does not restart them; master stops accepting and exits"
+            );
+            return Some(Ok(()));
+        }
+        let why = format!(
+            "no worker left: {failed} slots failed (--max-restarts), {unsuccessful} workers ended unsuccessfully and are not restarted (--restart)"
+        );
+        tracing::error!("{why}; master stops accepting and exits");
+        Some(Err(
+            crate::Error::new(libc::ECHILD, "cluster").with_detail(why)
+        ))
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -180,7 +226,8 @@ impl Master {
                     return;
                 };
                 if r.ready {
-                    w.aware = true;
+                    // A Node worker gets no pings (they are not Node's messages).
+                    w.aware = self.cfg.worker_protocol != WorkerProtocol::Node;
                     w.last_pong = Instant::now();
                     if w.state == State::Starting {
                         w.state = State::Ready;
@@ -195,6 +242,9 @@ impl Master {
                 }
                 w.open = r.apply(w.open);
                 w.handled += u64::from(r.accepted);
+                if r.ack || r.nack {
+                    self.node_answer(id, r.ack);
+                }
                 if r.ready {
                     self.advance_reload();
                     self.flush_backlog();
@@ -209,6 +259,7 @@ impl Master {
             Event::Exited(id, exit) => self.on_exit(id, exit),
             Event::Control(req, reply) => self.control(req, reply),
             Event::Upgrade(outcome) => self.on_upgrade(outcome),
+            Event::Reclaimed(id, unread) => self.on_reclaimed(id, unread),
         }
     }
 
@@ -219,7 +270,7 @@ impl Master {
             Request::Kill(pid, sig) => match self.workers.values().find(|w| w.pid == pid) {
                 Some(w) => {
                     tracing::info!(pid, "ctl kill: sending {sig}");
-                    let _ = w.kill.send(sig);
+                    let _ = w.kill.send(super::proto::Order::Signal(sig));
                     format!("sent {sig} to worker {pid}\n")
                 }
                 None => format!("error: {pid} is not a worker of this master\n"),

@@ -86,7 +86,7 @@ impl Metrics {
         );
         registry.register(
             "brood_cluster_restarts",
-            "Workers restarted after exiting on their own, by cause (error, signal, exit, heartbeat, not_ready)",
+            "Workers restarted after exiting on their own, by cause (error, signal, exit, heartbeat, stuck, not_ready)",
             inner.restarts.clone(),
         );
         registry.register(
@@ -138,12 +138,11 @@ fn label(key: &'static str, value: impl ToString) -> Labels {
     vec![(key, value.to_string())]
 }
 
-/// Why a worker that exited on its own is restarted.
-fn cause(exit: Exit, heartbeat: bool, not_ready: bool) -> &'static str {
-    if not_ready {
-        "not_ready"
-    } else if heartbeat {
-        "heartbeat"
+/// Why a worker that exited on its own is restarted: why the master killed it, or how it
+/// ended.
+fn cause(exit: Exit, killed: Option<&'static str>) -> &'static str {
+    if let Some(why) = killed {
+        why
     } else if exit.signal != 0 {
         "signal"
     } else if exit.status != 0 {
@@ -188,10 +187,10 @@ impl Metrics {
         self.0.connections.remove(&label("worker", id));
     }
 
-    /// A worker that exited on its own (`exit`; killed for missing heartbeats, or for not
-    /// being ready in time) is restarted.
-    pub(super) fn restarted(&self, exit: Exit, heartbeat: bool, not_ready: bool) {
-        let why = cause(exit, heartbeat, not_ready);
+    /// A worker that exited on its own (`exit`), or that the master killed (`killed`:
+    /// `heartbeat`, `stuck`, `not_ready`), is restarted.
+    pub(super) fn restarted(&self, exit: Exit, killed: Option<&'static str>) {
+        let why = cause(exit, killed);
         self.0.restarts.get_or_create(&label("cause", why)).inc();
     }
 }

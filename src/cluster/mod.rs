@@ -82,17 +82,21 @@
 //! (`SIGTERM` by default), and `SIGKILL` after the kill timeout. Workers run in their own
 //! process group, so a terminal's Ctrl-C reaches only the master, and die with the master
 //! process (`PR_SET_PDEATHSIG`, set from a spawning thread that lives as long as the
-//! process). The full lifecycle is in `docs/cluster.md`.
+//! process). A worker that leaves what the master sent it unread gets no new connections
+//! after a second and is killed after [`ClusterBuilder::stuck_timeout`]; the connections it
+//! never read go to other workers. The full lifecycle is in `docs/cluster.md`.
 
 mod backoff;
 mod builder;
 mod config;
 pub(crate) mod control;
 mod handoff;
+mod inflight;
 mod lifecycle;
 mod listen;
 mod master;
 mod metrics;
+mod node;
 mod notify;
 mod output;
 mod policy;
@@ -100,6 +104,7 @@ pub(crate) mod proto;
 mod spawner;
 mod state;
 mod status;
+mod stuck;
 mod upgrade;
 mod watch;
 mod worker;
@@ -170,6 +175,20 @@ pub fn is_worker() -> bool {
     std::env::var(WORKER_ENV).is_ok_and(|v| v == std::os::unix::process::parent_id().to_string())
 }
 
+/// What a worker program speaks on its channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum WorkerProtocol {
+    /// brood's bytes (`c` + fd, `r`, `p`/`P`, `a`/`d`; `docs/protocols.md`).
+    #[default]
+    Brood,
+    /// Node.js's IPC protocol, for a Node app with no brood code in it: the channel is
+    /// the worker's `NODE_CHANNEL_FD` (`process.send`, `process.on('message')`,
+    /// `'disconnect'`), each connection arrives as Node's own handle message (a
+    /// `net.Socket` with `{"brood":"connection"}`), one at a time until Node acknowledges
+    /// it, and `process.send('ready')` is the readiness signal.
+    Node,
+}
+
 /// How connections reach workers. See the [module docs](self).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
@@ -238,6 +257,9 @@ pub(crate) struct Timings {
     pub ready_timeout: Duration,
     /// After the stop signal, how long before `SIGKILL`.
     pub kill_after: Duration,
+    /// How long a worker may leave what the master sent it unread before it is killed
+    /// (and the connections it never read go to other workers).
+    pub stuck_timeout: Duration,
     /// In a rolling restart, how long a replacement that does not say when it is ready must
     /// stay up before it counts as ready and an old worker retires.
     pub reload_settle: Duration,
@@ -254,6 +276,7 @@ impl Default for Timings {
             healthy_after: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(30),
             kill_after: Duration::from_secs(5),
+            stuck_timeout: Duration::from_secs(10),
             reload_settle: Duration::from_secs(1),
         }
     }

@@ -17,6 +17,19 @@ pub(crate) enum Event {
     Control(Request, oneshot::Sender<String>),
     /// The new master of a hot upgrade is ready, or failed.
     Upgrade(Outcome),
+    /// A worker being killed was stopped, then found with this many bytes of the
+    /// master's sends unread (`inflight.rs`), then sent `SIGKILL`.
+    Reclaimed(u64, usize),
+}
+
+/// What the master asks of a worker's task (`watch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Send this signal.
+    Signal(Signum),
+    /// Kill it, telling the master first what it never read: `SIGSTOP`, wait until it is
+    /// stopped, count its unread bytes, `SIGKILL`, report `Event::Reclaimed`.
+    Reclaim,
 }
 
 /// A command from `brood ctl` (parsed by `control.rs`).
@@ -80,6 +93,10 @@ pub(crate) struct Report {
     /// the same read): summing per read keeps the protocol's order (`a d` is 0 open, `d a`
     /// is 1).
     pub opened: u32,
+    /// A Node worker acknowledged the connection in flight (`NODE_HANDLE_ACK`).
+    pub ack: bool,
+    /// A Node worker did not get the fd of the connection in flight (`NODE_HANDLE_NACK`).
+    pub nack: bool,
 }
 
 impl Report {
@@ -102,7 +119,7 @@ impl Report {
 
     /// Whether the read said nothing the master counts.
     pub(crate) fn is_empty(&self) -> bool {
-        !self.ready && !self.pong && self.done == 0 && self.accepted == 0
+        !self.ready && !self.pong && self.done == 0 && self.accepted == 0 && !self.ack && !self.nack
     }
 
     /// The master's open count of a worker after this read's report.

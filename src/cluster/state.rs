@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::backoff::AcceptBackoff;
 use super::config::Config;
+use super::inflight::Inflight;
 use super::policy::{Lineage, Policy};
-use super::proto::{Event, Source};
-use crate::{Exit, Signum};
+use super::proto::{Event, Order, Source};
+use crate::Exit;
 
 /// How many events may wait for the master: a worker's task that finds the queue full
 /// waits, and so stops reading its worker.
@@ -41,7 +42,16 @@ pub(crate) struct WorkerSlot {
     pub state: State,
     /// The master's end of the channel, for non-blocking sends; `None` once retired.
     pub chan: Option<Arc<UnixStream>>,
-    pub kill: mpsc::UnboundedSender<Signum>,
+    /// The master's end of the channel, kept after `chan` is gone to count what the
+    /// worker has not read (`inflight.rs`).
+    pub sock: Option<Arc<UnixStream>>,
+    /// Connections and pings sent, not yet known to be read.
+    pub inflight: Inflight<std::net::TcpStream>,
+    /// It has left something unread for a second: no more connections until it reads.
+    pub stuck: bool,
+    /// Being killed for not reading (or missing heartbeats): no more sends.
+    pub reclaiming: bool,
+    pub kill: mpsc::UnboundedSender<Order>,
     pub aware: bool,
     pub started: Instant,
     pub ready_at: Option<Instant>,
@@ -61,9 +71,15 @@ pub(crate) struct WorkerSlot {
     pub not_ready: bool,
     /// Killed for missing its heartbeats.
     pub missed_heartbeat: bool,
+    /// Killed for leaving its channel unread past the stuck timeout.
+    pub stuck_killed: bool,
     /// What the metrics were last told (`metrics.rs`).
     pub handled_reported: u64,
     pub miss_reported: bool,
+    /// A Node worker (`WorkerProtocol::Node`): the connection sent and not yet
+    /// acknowledged, kept to send again on a NACK (with the retransmissions so far); no
+    /// other goes to it meanwhile.
+    pub node_in_flight: Option<super::node::InFlight>,
 }
 
 /// A slot with no worker: its worker failed too often (`--max-restarts`), or exited and
@@ -186,7 +202,16 @@ impl Master {
     /// A worker that exited on its own is restarted.
     pub(crate) fn metrics_restarted(&self, w: &WorkerSlot, exit: Exit) {
         if let Some(m) = &self.metrics {
-            m.restarted(exit, w.missed_heartbeat, w.not_ready);
+            let killed = if w.not_ready {
+                Some("not_ready")
+            } else if w.missed_heartbeat {
+                Some("heartbeat")
+            } else if w.stuck_killed {
+                Some("stuck")
+            } else {
+                None
+            };
+            m.restarted(exit, killed);
         }
     }
 

@@ -1,42 +1,27 @@
 //! `Channel`: bytes and open handles over a Unix stream socket (libuv's `ipc` pipe).
 
-use std::io;
 #[cfg(any(feature = "cluster", feature = "cgi"))]
 use std::os::fd::FromRawFd;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+#[cfg(any(feature = "cluster", feature = "cgi"))]
+use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 #[cfg(feature = "json")]
 use serde::Serialize;
 #[cfg(feature = "json")]
 use serde::de::DeserializeOwned;
-use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use super::framing::{Framer, Truncated};
 use super::handle::{FromHandle, Handle, HandleType, check_kind};
-use super::node::{self, Protocol};
+use super::io::{Io, ReadHalf, lost_error, send, shutdown_write};
+use super::node::Protocol;
+#[cfg(feature = "json")]
+use super::node_reader::{self, Inbox};
 use super::wire;
 use crate::error::{Error, Result, from_io};
-
-/// How much one read asks the kernel for.
-const READ_CHUNK: usize = 64 * 1024;
-/// Default limit of handles that may arrive with one write.
-const DEFAULT_MAX_HANDLES: usize = 64;
-/// Default limit of one message line of the typed layer.
-const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
-
-struct Io {
-    stream: UnixStream,
-    /// Serialises writers so the bytes of two sends never interleave.
-    write: tokio::sync::Mutex<()>,
-    /// Node.js's protocol on the JSON lines (`Protocol::Node`) when set.
-    node: AtomicBool,
-    /// Node's protocol: the handle sent and not yet acknowledged.
-    acks: node::Acks,
-}
 
 /// An IPC channel: a Unix stream socket that carries bytes and open handles (TCP and Unix
 /// streams and listeners, UDP sockets, pipes, files), as libuv's `uv_pipe_t` with `ipc = 1`.
@@ -76,13 +61,12 @@ struct Io {
 pub struct Channel {
     /// The sending half; the socket lives in it.
     tx: Sender,
-    /// Bytes read but not yet consumed, the handles bound to them, the pending queue.
-    rx: Framer<Handle>,
-    /// Where `recvmsg` puts the fds of one read (kept to reuse its allocation).
-    fds: Vec<OwnedFd>,
-    max_handles: usize,
-    max_message: usize,
-    eof: bool,
+    /// Bytes read but not yet consumed, the handles bound to them, the pending queue
+    /// (handed to the reader task when the channel speaks Node's protocol).
+    rd: ReadHalf,
+    /// Node's protocol: the messages the reader task read.
+    #[cfg(feature = "json")]
+    inbox: Option<Inbox>,
 }
 
 /// A clonable sending half of a [`Channel`], for other tasks.
@@ -103,7 +87,7 @@ impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
             .field("fd", &self.tx.io.stream.as_raw_fd())
-            .field("pending", &self.rx.pending_len())
+            .field("pending", &self.rd.rx.pending_len())
             .finish_non_exhaustive()
     }
 }
@@ -114,18 +98,11 @@ impl Channel {
     pub fn new(stream: UnixStream) -> Channel {
         Channel {
             tx: Sender {
-                io: Arc::new(Io {
-                    stream,
-                    write: tokio::sync::Mutex::new(()),
-                    node: AtomicBool::new(false),
-                    acks: node::Acks::default(),
-                }),
+                io: Arc::new(Io::new(stream)),
             },
-            rx: Framer::default(),
-            fds: Vec::new(),
-            max_handles: DEFAULT_MAX_HANDLES,
-            max_message: DEFAULT_MAX_MESSAGE,
-            eof: false,
+            rd: ReadHalf::default(),
+            #[cfg(feature = "json")]
+            inbox: None,
         }
     }
 
@@ -199,7 +176,7 @@ impl Channel {
         let (fd, protocol) = super::inherit::take_channel_fd()?;
         let mut ch =
             Channel::from_fd(fd).map_err(|e| e.context("ipc channel from the environment"))?;
-        ch.set_protocol(protocol);
+        ch.set_protocol(protocol)?;
         Ok(ch)
     }
 
@@ -214,35 +191,94 @@ impl Channel {
         }
     }
 
-    /// Speaks `protocol` on the JSON-lines layer (`send_msg`, `recv_msg`: feature `json`);
-    /// the byte layer is never changed. With
-    /// [`Protocol::Node`], the peer is a Node.js process (`process.send`, `child.send`):
+    /// Speaks `protocol` on the JSON-lines layer (`send_msg`, `recv_msg`: feature `json`).
+    /// With [`Protocol::Node`], the peer is a Node.js process (`process.send`,
+    /// `child.send`), and the channel behaves as Node's own:
     ///
+    /// - A task of the channel's own reads it from now on, as Node's event loop does: it
+    ///   acknowledges the peer's handles, takes the peer's acknowledgements, drops Node's
+    ///   internal messages (`cmd` starting with `NODE_`), and keeps the user's messages for
+    ///   `recv_msg` (at most about 1 MiB of them: beyond that it stops reading until
+    ///   `recv_msg` takes some). The byte layer ([`recv`](Channel::recv)) is then `EINVAL`.
     /// - `send_msg` with one handle wraps the message in Node's
     ///   `{"cmd":"NODE_HANDLE","type":"net.Socket"|"net.Server"|"dgram.Socket","msg":..}`;
-    ///   only TCP, Unix and UDP sockets, one per message (else `EINVAL`). The next handle
-    ///   waits for Node's `NODE_HANDLE_ACK`, which `recv_msg` reads: keep receiving while
-    ///   sending handles, as Node itself does. A `NODE_HANDLE_NACK` sends it again (three
-    ///   times at most).
-    /// - `recv_msg` unwraps Node's `NODE_HANDLE` messages into the user's message and its
-    ///   handle and acknowledges them (or asks again when the fd was lost on the way); Node's
-    ///   internal messages (`cmd` starting with `NODE_`) never reach the caller.
-    pub fn set_protocol(&mut self, protocol: Protocol) {
-        self.tx
-            .io
-            .node
-            .store(protocol == Protocol::Node, Ordering::Relaxed);
+    ///   only TCP, Unix and UDP sockets, one per message (else `EINVAL`). As in Node, while
+    ///   a handle waits for the peer's `NODE_HANDLE_ACK`, later messages wait in a queue
+    ///   (in order) and `send_msg` returns at once; the reader's ACK releases them. The
+    ///   queue holds 1,024 messages: a send to a full queue waits for room, or fails with
+    ///   `ENOBUFS` when no ACK can come (the peer's unread messages fill the inbox: call
+    ///   `recv_msg`). A `NODE_HANDLE_NACK` sends the handle again (three times at most).
+    /// - `recv_msg` gives the user's messages, each `NODE_HANDLE` unwrapped into its
+    ///   message and its handle; `None` once the peer closed the channel.
+    ///
+    /// Switching to Node needs a tokio runtime (for the reader task); switching a Node
+    /// channel back is `EINVAL` (what its reader read is Node's). `set_max_handles` and
+    /// `set_max_message` apply to the reader too.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use brood::ipc::{Channel, Protocol};
+    /// use std::os::fd::AsFd;
+    ///
+    /// let (mut a, mut b) = Channel::pair()?;
+    /// a.set_protocol(Protocol::Node)?;
+    /// b.set_protocol(Protocol::Node)?;
+    /// // Three handles sent back to back: the second and third wait for the ACKs, which
+    /// // b's reader sends and a's reader takes; nobody calls recv_msg on `a`.
+    /// let (x, y, z) = (std::os::unix::net::UnixStream::pair().unwrap(),
+    ///                  std::os::unix::net::UnixStream::pair().unwrap(),
+    ///                  std::os::unix::net::UnixStream::pair().unwrap());
+    /// for (i, s) in [&x.0, &y.0, &z.0].into_iter().enumerate() {
+    ///     a.send_msg(&i, &[s.as_fd()]).await?;
+    /// }
+    /// for i in 0..3 {
+    ///     let (m, handles) = b.recv_msg::<usize>().await?.unwrap();
+    ///     assert_eq!((m, handles.len()), (i, 1));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn set_protocol(&mut self, protocol: Protocol) -> Result<()> {
+        let io = &self.tx.io;
+        let node = io.node.load(Ordering::Relaxed);
+        match (node, protocol) {
+            (true, Protocol::Node) | (false, Protocol::Brood) => Ok(()),
+            (true, Protocol::Brood) => Err(Error::invalid(
+                "set_protocol",
+                "a channel that speaks Node's protocol keeps it (its reader task reads it)",
+            )),
+            (false, Protocol::Node) => {
+                #[cfg(feature = "json")]
+                {
+                    if tokio::runtime::Handle::try_current().is_err() {
+                        return Err(Error::invalid(
+                            "set_protocol",
+                            "Node's protocol needs a tokio runtime for the channel's reader",
+                        ));
+                    }
+                    let rd = std::mem::take(&mut self.rd);
+                    self.inbox = Some(node_reader::start(io, rd));
+                }
+                io.node.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 
     /// At most this many handles may arrive with one write (default 64, at most 253, the
     /// kernel's limit). More is an error that closes every fd that came with it.
     pub fn set_max_handles(&mut self, n: usize) {
-        self.max_handles = n.clamp(1, wire::MAX_FDS);
+        self.tx
+            .io
+            .max_handles
+            .store(n.clamp(1, wire::MAX_FDS), Ordering::Relaxed);
     }
 
     /// The longest line `recv_msg` (feature `json`) accepts (default 16 MiB).
     pub fn set_max_message(&mut self, bytes: usize) {
-        self.max_message = bytes.max(1);
+        self.tx
+            .io
+            .max_message
+            .store(bytes.max(1), Ordering::Relaxed);
     }
 
     /// A sending half that other tasks can hold (a `Channel` sends through its own, by
@@ -265,13 +301,19 @@ impl Channel {
         if buf.is_empty() {
             return Ok(0);
         }
+        if self.node_reader_runs() {
+            return Err(Error::invalid(
+                "recv",
+                "a channel that speaks Node's protocol is read by messages: use recv_msg",
+            ));
+        }
         loop {
-            match self.rx.read(buf) {
+            match self.rd.rx.read(buf) {
                 Ok(0) => {}
                 Ok(n) => return Ok(n),
                 Err(lost) => return Err(self.lost("recv", lost)),
             }
-            if !self.fill().await? {
+            if !self.rd.fill(&self.tx.io).await? {
                 return Ok(0);
             }
         }
@@ -288,12 +330,19 @@ impl Channel {
     /// way that message is consumed, its handles are closed, and the next call receives the
     /// next message.
     pub async fn recv_msg<T: DeserializeOwned>(&mut self) -> Result<Option<(T, Vec<Handle>)>> {
-        if self.tx.io.node.load(Ordering::Relaxed) {
-            return self.recv_node_msg().await;
+        if let Some(inbox) = &mut self.inbox {
+            return match inbox.recv().await {
+                None => Ok(None),
+                Some(Err(e)) => Err(e),
+                Some(Ok((v, handles))) => match serde_json::from_value::<T>(v) {
+                    Ok(msg) => Ok(Some((msg, handles))),
+                    Err(e) => Err(Error::invalid("recv_msg", format!("bad message: {e}"))),
+                },
+            };
         }
         loop {
-            let max_handles = self.max_handles;
-            let line = self.rx.take_line(|bytes, bound| {
+            let max_handles = self.tx.io.max_handles();
+            let line = self.rd.rx.take_line(|bytes, bound| {
                 if let Some(lost) = bound.lost {
                     return Err(lost_error("recv_msg", lost, max_handles));
                 }
@@ -306,9 +355,9 @@ impl Channel {
             if let Some(line) = line {
                 return line.map(Some);
             }
-            self.check_partial()?;
-            if !self.fill().await? {
-                if self.rx.buffered() == 0 {
+            self.rd.check_partial(&self.tx.io)?;
+            if !self.rd.fill(&self.tx.io).await? {
+                if self.rd.rx.buffered() == 0 {
                     return Ok(None);
                 }
                 return Err(Error::new(libc::EPIPE, "recv_msg")
@@ -317,73 +366,16 @@ impl Channel {
         }
     }
 
-    #[cfg(feature = "json")]
-    /// `recv_msg` in Node's protocol: unwraps `NODE_HANDLE`, answers it, handles Node's
-    /// internal messages.
-    async fn recv_node_msg<T: DeserializeOwned>(&mut self) -> Result<Option<(T, Vec<Handle>)>> {
-        loop {
-            let line = self
-                .rx
-                .take_line(|bytes, bound| (node::classify(bytes), bound));
-            let Some((line, bound)) = line else {
-                self.check_partial()?;
-                if !self.fill().await? {
-                    if self.rx.buffered() == 0 {
-                        return Ok(None);
-                    }
-                    return Err(Error::new(libc::EPIPE, "recv_msg")
-                        .with_detail("the peer closed the channel in the middle of a message"));
-                }
-                continue;
-            };
-            let user = match line? {
-                node::Line::User(v) => v,
-                node::Line::Handle(_) | node::Line::InternalHandle if bound.handles.is_empty() => {
-                    // The fd did not arrive (or was lost): Node sends it again.
-                    send(&self.tx.io, node::NACK, &[]).await?;
-                    continue;
-                }
-                node::Line::Handle(v) => {
-                    send(&self.tx.io, node::ACK, &[]).await?;
-                    v
-                }
-                // Node's own message with a handle: acknowledged, its handle closed.
-                node::Line::InternalHandle => {
-                    send(&self.tx.io, node::ACK, &[]).await?;
-                    continue;
-                }
-                node::Line::Ack => {
-                    self.tx.io.acks.ack();
-                    continue;
-                }
-                node::Line::Nack => {
-                    if let Some((line, fd)) = self.tx.io.acks.nack() {
-                        send(&self.tx.io, &line, &[fd.as_fd()]).await?;
-                    }
-                    continue;
-                }
-                node::Line::Internal => continue,
-            };
-            if let Some(lost) = bound.lost {
-                return Err(self.lost("recv_msg", lost));
-            }
-            return match serde_json::from_value::<T>(user) {
-                Ok(msg) => Ok(Some((msg, bound.handles))),
-                Err(e) => Err(Error::invalid("recv_msg", format!("bad message: {e}"))),
-            };
-        }
-    }
-
     /// How many received handles wait to be accepted (`uv_pipe_pending_count`).
     pub fn pending_count(&self) -> usize {
-        self.rx.pending_len()
+        self.rd.rx.pending_len()
     }
 
     /// The kind of the next pending handle (`uv_pipe_pending_type`), looked up from the fd
     /// each time it is asked: a socket the sender binds, sends and then listens on (libuv's
     /// `ipc_listen_after_write`) shows as a listener once it listens.
     pub fn pending_type(&self) -> Option<HandleType> {
-        self.rx.peek_pending().map(Handle::kind)
+        self.rd.rx.peek_pending().map(Handle::kind)
     }
 
     /// Takes the next pending handle as `T` (`uv_accept`). A handle of another kind is an
@@ -391,11 +383,11 @@ impl Channel {
     /// is `EAGAIN`. A TCP or Unix stream socket that is bound but neither listening nor
     /// connected is accepted as a listener: `accept::<TcpListener>()` listens on it.
     pub fn accept<T: FromHandle>(&mut self) -> Result<T> {
-        let next = self.rx.peek_pending().ok_or_else(|| {
+        let next = self.rd.rx.peek_pending().ok_or_else(|| {
             Error::new(libc::EAGAIN, format!("accept {}", T::NAME)).with_detail("no pending handle")
         })?;
         check_kind::<T>(next.as_fd())?;
-        match self.rx.pop_pending() {
+        match self.rd.rx.pop_pending() {
             Some(h) => h.accept(),
             None => Err(Error::new(libc::EAGAIN, "accept")),
         }
@@ -403,7 +395,7 @@ impl Channel {
 
     /// Takes the next pending handle whatever its kind.
     pub fn accept_handle(&mut self) -> Option<Handle> {
-        self.rx.pop_pending()
+        self.rd.rx.pop_pending()
     }
 
     /// The socket underneath.
@@ -411,103 +403,16 @@ impl Channel {
         &self.tx.io.stream
     }
 
-    #[cfg(feature = "json")]
-    /// Bounds a line still coming: its length, and the handles bound to it (a peer sending
-    /// one byte at a time, each with fds, would otherwise grow the queue without end).
-    fn check_partial(&self) -> Result<()> {
-        if self.rx.unterminated() > self.max_message {
-            return Err(Error::new(libc::EMSGSIZE, "recv_msg")
-                .with_detail(format!("no end of line within {} bytes", self.max_message)));
-        }
-        if self.rx.bound() > self.max_handles {
-            return Err(Error::new(libc::EMSGSIZE, "recv_msg").with_detail(format!(
-                "more than {} handles came with one message",
-                self.max_handles
-            )));
-        }
-        Ok(())
+    /// Whether a reader task reads the channel (Node's protocol).
+    fn node_reader_runs(&self) -> bool {
+        #[cfg(feature = "json")]
+        return self.inbox.is_some();
+        #[cfg(not(feature = "json"))]
+        false
     }
 
-    fn lost(&self, op: &str, lost: Truncated) -> Error {
-        lost_error(op, lost, self.max_handles)
-    }
-
-    /// The peer is gone: a Node-protocol handle send waiting for an ACK fails (`EPIPE`).
-    fn set_eof(&mut self) {
-        self.eof = true;
-        self.tx.io.acks.permit.close();
-    }
-
-    /// Reads more from the socket. `false` at end of stream.
-    async fn fill(&mut self) -> Result<bool> {
-        if self.eof {
-            return Ok(false);
-        }
-        let result = loop {
-            let ready = self.tx.io.stream.readable().await;
-            if let Err(e) = ready {
-                break Err(e);
-            }
-            let max = self.max_handles;
-            let sock = self.tx.io.stream.as_raw_fd();
-            let buf = self.rx.space(READ_CHUNK);
-            let fds = &mut self.fds;
-            match self
-                .tx
-                .io
-                .stream
-                .try_io(Interest::READABLE, || wire::recv(sock, buf, max, fds))
-            {
-                Ok(r) => break Ok(r),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => break Err(e),
-            }
-        };
-        let r = match result {
-            Ok(r) => r,
-            // A Unix socket whose peer closed with our data unread reports ECONNRESET once,
-            // after everything the peer sent has been read: that is the end of the stream.
-            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                self.set_eof();
-                return Ok(false);
-            }
-            Err(e) => return Err(from_io(e, "recv")),
-        };
-        if r.bytes == 0 {
-            self.fds.clear();
-            self.set_eof();
-            return Ok(false);
-        }
-        let lost = r.truncated.then_some(Truncated {
-            arrived: self.fds.len(),
-            room: max_room(self.max_handles),
-        });
-        // On a loss the fds that did arrive are dropped (closed) by `commit`.
-        self.rx
-            .commit(r.bytes, self.fds.drain(..).map(Handle::new), lost);
-        Ok(true)
-    }
-}
-
-/// How many fds one read has room for.
-fn max_room(max_handles: usize) -> usize {
-    max_handles.min(wire::MAX_FDS)
-}
-
-/// The error for a message whose handles were lost on the way (`MSG_CTRUNC`).
-fn lost_error(op: &str, lost: Truncated, max_handles: usize) -> Error {
-    if lost.arrived >= lost.room {
-        Error::new(libc::EMSGSIZE, op).with_detail(format!(
-            "more than {max_handles} handles came with one write; the {} that arrived were closed",
-            lost.arrived
-        ))
-    } else {
-        Error::new(libc::EMFILE, op).with_detail(format!(
-            "handles sent with this data were lost (MSG_CTRUNC): only {} could be received, \
-             most likely because this process is at its fd limit (RLIMIT_NOFILE); \
-             they were closed",
-            lost.arrived
-        ))
+    fn lost(&self, op: &str, lost: super::framing::Truncated) -> Error {
+        lost_error(op, lost, self.tx.io.max_handles())
     }
 }
 
@@ -515,6 +420,30 @@ impl std::ops::Deref for Channel {
     type Target = Sender;
     fn deref(&self) -> &Sender {
         &self.tx
+    }
+}
+
+impl Drop for Sender {
+    /// The last `Sender` (or `Channel`) of a Node-protocol channel shuts the socket down
+    /// (the peer sees the channel close at once) and stops its reader task, which holds the
+    /// socket too: the fd is closed when the runtime drops that task, on its next turn.
+    fn drop(&mut self) {
+        // The reader holds one reference, this one is another: no other holder is left, and
+        // none can appear (a holder is needed to clone one).
+        if Arc::strong_count(&self.io) == 2 {
+            let reader = self
+                .io
+                .acks
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(reader) = reader {
+                // SAFETY: shutdown(2) on the socket `io` owns, which is open (io is alive).
+                unsafe { libc::shutdown(self.io.stream.as_raw_fd(), libc::SHUT_RDWR) };
+                reader.abort();
+            }
+        }
     }
 }
 
@@ -544,124 +473,31 @@ impl Sender {
     }
 }
 
-fn shutdown_write(io: &Io) -> Result<()> {
-    // SAFETY: shutdown(2) on the socket we own.
-    if unsafe { libc::shutdown(io.stream.as_raw_fd(), libc::SHUT_WR) } < 0 {
-        return Err(Error::last("shutdown"));
-    }
-    Ok(())
-}
-
 #[cfg(feature = "json")]
 async fn send_msg<T: Serialize>(io: &Io, msg: &T, handles: &[BorrowedFd<'_>]) -> Result<()> {
-    if io.node.load(Ordering::Relaxed) && !handles.is_empty() {
-        return send_node_handle(io, msg, handles).await;
+    let op = "send_msg";
+    if io.node.load(Ordering::Relaxed) {
+        let line = match handles {
+            [] => {
+                let mut line =
+                    serde_json::to_vec(msg).map_err(|e| Error::invalid(op, e.to_string()))?;
+                line.push(b'\n');
+                line
+            }
+            [handle] => {
+                let kind = super::handle_type(*handle);
+                let ipv6 = socket2::SockRef::from(handle)
+                    .domain()
+                    .is_ok_and(|d| d == socket2::Domain::IPV6);
+                super::node::wrap(msg, kind, ipv6)?
+            }
+            _ => return Err(Error::invalid(op, "Node takes one handle per message")),
+        };
+        return node_reader::send(io, line, handles.first().copied()).await;
     }
-    let mut line =
-        serde_json::to_vec(msg).map_err(|e| Error::invalid("send_msg", e.to_string()))?;
+    let mut line = serde_json::to_vec(msg).map_err(|e| Error::invalid(op, e.to_string()))?;
     line.push(b'\n');
     send(io, &line, handles).await
-}
-
-#[cfg(feature = "json")]
-/// `send_msg` with a handle in Node's protocol: wrapped, one at a time, kept until the ACK.
-async fn send_node_handle<T: Serialize>(
-    io: &Io,
-    msg: &T,
-    handles: &[BorrowedFd<'_>],
-) -> Result<()> {
-    let op = "send_msg";
-    let [handle] = handles else {
-        return Err(Error::invalid(op, "Node takes one handle per message"));
-    };
-    let kind = super::handle_type(*handle);
-    let ipv6 = socket2::SockRef::from(handle)
-        .domain()
-        .is_ok_and(|d| d == socket2::Domain::IPV6);
-    let line = node::wrap(msg, kind, ipv6)?;
-    let keep = handle.try_clone_to_owned().map_err(|e| {
-        from_io(
-            e,
-            format!("{op}: keep the handle until Node acknowledges it"),
-        )
-    })?;
-    // Wait until the previous handle was acknowledged (recv_msg reads the ACK).
-    io.acks
-        .permit
-        .acquire()
-        .await
-        .map_err(|_| Error::new(libc::EPIPE, op))?
-        .forget();
-    *io.acks.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(node::InFlight {
-        line: line.clone(),
-        fd: keep,
-        tries: 0,
-    });
-    let sent = send(io, &line, handles).await;
-    if sent.is_err() {
-        io.acks.ack(); // nothing in flight after all
-    }
-    sent
-}
-
-/// Writes all of `data`, the fds with the first byte. Not cancel-safe once started (as
-/// `write_all`): a dropped send may leave part of a message on the wire.
-async fn send(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
-    let op = if handles.is_empty() {
-        "send"
-    } else {
-        "send_with_handles"
-    };
-    if !handles.is_empty() && data.is_empty() {
-        return Err(Error::invalid(
-            op,
-            "handles need at least one byte of data to travel with",
-        ));
-    }
-    if handles.len() > wire::MAX_FDS {
-        return Err(Error::invalid(
-            op,
-            format!("at most {} handles per write", wire::MAX_FDS),
-        ));
-    }
-    // Few handles per write is the rule: keep them on the stack then.
-    let mut small = [0 as RawFd; 16];
-    let many: Vec<RawFd>;
-    let mut fds: &[RawFd] = if handles.len() <= small.len() {
-        for (slot, h) in small.iter_mut().zip(handles) {
-            *slot = h.as_raw_fd();
-        }
-        &small[..handles.len()]
-    } else {
-        many = handles.iter().map(|h| h.as_raw_fd()).collect();
-        &many
-    };
-    // The common case is an uncontended lock and a socket with room: take both without
-    // building futures (a small message costs about one system call, as a raw write).
-    let _guard = match io.write.try_lock() {
-        Ok(g) => g,
-        Err(_) => io.write.lock().await,
-    };
-    let sock = io.stream.as_raw_fd();
-    let mut off = 0;
-    while off < data.len() {
-        // `try_io` answers WouldBlock without a system call while tokio knows the socket is
-        // full; then wait for room.
-        match io
-            .stream
-            .try_io(Interest::WRITABLE, || wire::send(sock, &data[off..], fds))
-        {
-            Ok(n) => {
-                off += n;
-                fds = &[]; // the fds went with the first byte written
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                io.stream.writable().await.map_err(|e| from_io(e, op))?;
-            }
-            Err(e) => return Err(from_io(e, op)),
-        }
-    }
-    Ok(())
 }
 
 impl AsFd for Channel {

@@ -59,7 +59,10 @@ mod channel;
 pub(crate) mod framing;
 mod handle;
 mod inherit;
+mod io;
 pub(crate) mod node;
+#[cfg(feature = "json")]
+mod node_reader;
 mod wire;
 
 #[cfg(any(feature = "cluster", feature = "cgi"))]
@@ -67,7 +70,12 @@ pub(crate) use channel::own_inherited;
 pub use channel::{Channel, Sender};
 pub use handle::{FromHandle, Handle, HandleType, LISTEN_BACKLOG, handle_type};
 pub use inherit::{CHANNEL_FD_ENV, NODE_CHANNEL_FD_ENV};
+/// Node's protocol as the cluster master speaks it to Node workers.
+#[cfg(feature = "cluster")]
+pub(crate) use node::CONNECTION as NODE_CONNECTION;
 pub use node::Protocol;
+#[cfg(feature = "cluster")]
+pub(crate) use node::{Line as NodeLine, classify_value as node_line};
 /// One non-blocking `sendmsg` (for the cluster master's sends that must never wait).
 #[cfg(feature = "cluster")]
 pub(crate) use wire::send as send_raw;

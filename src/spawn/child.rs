@@ -4,7 +4,10 @@
 //! parent (CLONE_VM), with the full kernel signal mask set (glibc's 32 and 33 included).
 //! That blocks every signal the kernel lets a thread block: not SIGKILL and SIGSTOP (which
 //! run no handler), and not a fault's own SIGSEGV/SIGBUS/SIGILL/SIGFPE, which the kernel
-//! forces through (so the child must not fault before step 1 has reset the handlers). So it must be async-signal-safe and more: no allocation, no lock, no panic,
+//! forces through after resetting that handler to SIG_DFL (the child's own copy of the
+//! table), so a fault kills the child before exec and no parent handler runs. The child
+//! must still not fault: the parent then only sees a child that died before exec, with no
+//! report. So it must be async-signal-safe and more: no allocation, no lock, no panic,
 //! no unwinding, nothing that touches the parent's heap or glibc's thread list, and no
 //! glibc wrapper, since those write the parent thread's `errno` (see `raw.rs`). Only raw
 //! system calls on data the parent prepared (see `ChildArgs`); credential changes that way

@@ -119,10 +119,14 @@ pub(super) unsafe fn start(args: &mut ChildArgs) -> Result<(i32, Option<OwnedFd>
     let top = stack.top();
 
     // Block every blockable signal, with the raw call and a full kernel set (glibc's
-    // pthread_sigmask would leave its own 32 and 33 open), so no handler runs in the
-    // child while it shares our memory (SIGKILL and SIGSTOP run none; a fault's own
-    // signal is forced through, so the child must not fault); the child unblocks them after resetting the
-    // dispositions that have handlers.
+    // pthread_sigmask would leave its own 32 and 33 open), so no handler of ours runs in
+    // the child while it shares our memory. SIGKILL and SIGSTOP cannot be blocked but run
+    // no handler. A fault's own signal (SIGSEGV...) is forced through the mask, but the
+    // kernel then resets that handler to SIG_DFL (in the child's own copy of the table: no
+    // CLONE_SIGHAND), so a faulting child dies without running ours. The child empties its
+    // mask only after resetting every caught signal to SIG_DFL; only the calling thread
+    // blocks, and signals sent to this process meanwhile go to its other threads or wait.
+    // (`tests/spawn_signals.rs` sends a storm of signals to the group while spawning.)
     let mut old = raw::EMPTY_SET;
     // SAFETY: `old` has room for a kernel signal set.
     if let Err(e) = unsafe { raw::set_mask(&raw::FULL_SET, &mut old) } {

@@ -32,7 +32,8 @@ use args::{ChildArgs, FdAction, Report, Source, Stage};
 #[derive(Debug)]
 pub(crate) enum ParentEnd {
     Pipe(End),
-    Ipc(StdUnixStream),
+    /// The parent's end of an IPC channel; `true` when it speaks Node's protocol.
+    Ipc(StdUnixStream, bool),
 }
 
 /// The parent's copy of everything the child needs; owns what `ChildArgs` points into.
@@ -62,6 +63,38 @@ pub(crate) struct Plan {
     parent_ends: Vec<(i32, ParentEnd)>,
     pub(crate) report: Report,
     kill_on_drop: bool,
+}
+
+/// Node's variables for a `Stdio::node_ipc` slot, as Node's `fork` sets them, unless the
+/// caller named them with `.env()`; a serialization other than `json` is refused.
+fn node_channel_env(
+    cmd: &Options,
+    env: &mut BTreeMap<OsString, OsString>,
+    slot: i32,
+    op: &str,
+) -> Result<()> {
+    const MODE: &str = "NODE_CHANNEL_SERIALIZATION_MODE";
+    if !cmd
+        .env
+        .contains_key(OsStr::new(crate::ipc::NODE_CHANNEL_FD_ENV))
+    {
+        env.insert(
+            crate::ipc::NODE_CHANNEL_FD_ENV.into(),
+            slot.to_string().into(),
+        );
+    }
+    match cmd.env.get(OsStr::new(MODE)) {
+        Some(Some(mode)) if mode != "json" => {
+            return Err(Error::new(libc::EPROTONOSUPPORT, op).with_detail(format!(
+                "{MODE} is {mode:?}: brood speaks only Node's \"json\" serialization \
+                 (not \"advanced\", V8's structured clone)"
+            )));
+        }
+        _ => {
+            env.insert(MODE.into(), "json".into());
+        }
+    }
+    Ok(())
 }
 
 fn cstring(bytes: &[u8], op: &str, what: &str) -> Result<CString> {
@@ -224,15 +257,20 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         ));
     }
 
-    let ipc_slot = cmd
-        .stdio
-        .iter()
-        .find(|(_, s)| matches!(s.0, Kind::Ipc))
-        .map(|(n, _)| *n);
+    let ipc_slot = |node: bool| {
+        cmd.stdio
+            .iter()
+            .find(|(_, s)| matches!(s.0, Kind::Ipc { node: n } if n == node))
+            .map(|(n, _)| *n)
+    };
+    let (ipc_slot, node_slot) = (ipc_slot(false), ipc_slot(true));
     // An unchanged environment is passed as this process's own `environ`, as libuv and std
     // do: copying it for every spawn was a quarter of the parent's CPU per spawn.
-    let inherit_environ =
-        !cmd.env_clear && cmd.env.is_empty() && cmd.env_pid.is_none() && ipc_slot.is_none();
+    let inherit_environ = !cmd.env_clear
+        && cmd.env.is_empty()
+        && cmd.env_pid.is_none()
+        && ipc_slot.is_none()
+        && node_slot.is_none();
     let mut env = if inherit_environ {
         BTreeMap::new()
     } else {
@@ -249,6 +287,9 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         if !cmd.env.contains_key(OsStr::new(crate::ipc::CHANNEL_FD_ENV)) {
             env.insert(crate::ipc::CHANNEL_FD_ENV.into(), slot.to_string().into());
         }
+    }
+    if let Some(slot) = node_slot {
+        node_channel_env(cmd, &mut env, slot, &op)?;
     }
     if let Some(key) = &cmd.env_pid {
         env.remove(key);
@@ -352,7 +393,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         fd::check_slot(slot).map_err(|e| e.context(&op))?;
         let source = match &mut s.0 {
             Kind::Ignore if slot <= 2 => Source::DevNull,
-            Kind::Ignore => Source::Close,
+            Kind::Ignore | Kind::Closed => Source::Close,
             Kind::Inherit => Source::Fd(slot),
             Kind::InheritFd(n) => Source::Fd(*n),
             Kind::Owned(_) => {
@@ -385,8 +426,11 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
                 parent_ends.push((slot, ParentEnd::Pipe(end(parent))));
                 Source::Fd(raw)
             }
-            Kind::Pipe { .. } | Kind::Ipc => {
-                let ipc = matches!(s.0, Kind::Ipc);
+            Kind::Pipe { .. } | Kind::Ipc { .. } => {
+                let ipc = match s.0 {
+                    Kind::Ipc { node } => Some(node),
+                    _ => None,
+                };
                 let (parent, child) = fd::socketpair().map_err(|e| e.context(&op))?;
                 parent
                     .set_nonblocking(true)
@@ -395,10 +439,9 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
                 child_ends.push(child.into());
                 parent_ends.push((
                     slot,
-                    if ipc {
-                        ParentEnd::Ipc(parent)
-                    } else {
-                        ParentEnd::Pipe(End::Duplex(parent))
+                    match ipc {
+                        Some(node) => ParentEnd::Ipc(parent, node),
+                        None => ParentEnd::Pipe(End::Duplex(parent)),
                     },
                 ));
                 Source::Fd(raw)

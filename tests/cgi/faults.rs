@@ -114,16 +114,30 @@ async fn a_broken_body_never_reaches_a_script() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-    // A client that leaves mid-body: logged 499, nothing ran.
-    {
-        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(
-            b"POST /cgi-bin/env.py HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly this",
-        )
-        .await
-        .unwrap();
+    // A client that leaves mid-body, or half-closes there (chunked or not): logged 400 as
+    // nginx logs it (499 is for a whole request whose client left before the answer),
+    // nothing ran.
+    let cut = [
+        &b"POST /cgi-bin/env.py HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly this"[..],
+        b"POST /cgi-bin/env.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        b"POST /cgi-bin/env.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    ];
+    let mut n = 0;
+    for request in cut {
+        for half in [false, true] {
+            let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+            tcp.write_all(request).await.unwrap();
+            if half {
+                tcp.shutdown().await.unwrap();
+                let mut answer = Vec::new();
+                let _ = timeout(T, tcp.read_to_end(&mut answer)).await.unwrap();
+            }
+            drop(tcp);
+            n += 1;
+            logs.wait_count("\"POST /cgi-bin/env.py\" 400", n + 1).await;
+        }
     }
-    logs.wait_for("\"POST /cgi-bin/env.py\" 499").await;
+    assert!(!logs.has("\"POST /cgi-bin/env.py\" 499"));
     // Trickling clients hold no script: each gets 408 after the idle time.
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -324,6 +338,18 @@ async fn server_answers_say_what_happened() {
         answer.starts_with("HTTP/1.1 431 "),
         "{}",
         &answer[..60.min(answer.len())]
+    );
+    // More than 100 headers: 431 with the short body every other error has.
+    let mut many = b"GET /cgi-bin/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+    for i in 0..150 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let answer = raw(server.addr, &many).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(
+        answer.ends_with("431 Request Header Fields Too Large\nThe request headers are larger than this server takes.\n"),
+        "{answer}"
     );
     let answer = raw(
         server.addr,

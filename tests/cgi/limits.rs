@@ -300,3 +300,73 @@ async fn a_graceful_stop_sends_sigterm_then_sigkill() {
     logs.wait_for("signal=9").await;
     root.assert_no_process_left().await;
 }
+
+/// A chunked POST of `size` bytes, the connection closed after the answer.
+fn chunked_post(path: &str, size: usize) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in 0..size.div_ceil(65536) {
+        let n = (size - piece * 65536).min(65536);
+        request.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        request.extend(std::iter::repeat_n(b'b', n));
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
+}
+
+#[tokio::test]
+async fn bodies_in_temporary_files_share_a_disk_budget_beyond_which_503_says_why() {
+    let root = Root::new();
+    let go = root.dir.join("go");
+    // Reads its body (a temporary file: over the 256 KiB kept in memory), then holds it
+    // (stdin stays open) until the test says go.
+    root.script(
+        "hold",
+        &format!(
+            "#!/bin/sh\nn=$(wc -c)\nwhile [ ! -e '{}' ]; do sleep 0.02; done\nprintf 'Content-Type: text/plain\\n\\n%s' \"$n\"\n",
+            go.display()
+        ),
+    );
+    let logs = Logs::default();
+    let mib = 1024 * 1024;
+    let server = start(root.cgi(&logs).max_spool(5 * mib as u64 / 2)).await;
+    let addr = server.addr;
+    // Two 1 MiB bodies at once fit in 2.5 MiB of disk; their scripts hold them.
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { raw(addr, &chunked_post("/cgi-bin/hold", mib)).await }))
+        .collect();
+    let deadline = tokio::time::Instant::now() + T;
+    while root.recorded_pids().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the two scripts did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A third does not: 503, saying why, and no script runs for it.
+    let answer = raw(addr, &chunked_post("/cgi-bin/hold", mib)).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(
+        answer.contains("space for request bodies is full"),
+        "{answer}"
+    );
+    assert_eq!(root.recorded_pids().len(), 2);
+    // A small body stays in memory and still goes through.
+    std::fs::write(&go, "").unwrap();
+    let small = raw(addr, &chunked_post("/cgi-bin/hold", 1000)).await;
+    assert!(small.starts_with("HTTP/1.1 200 "), "{small}");
+    for h in held {
+        let answer = timeout(T, h).await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.contains(&mib.to_string()), "{answer}");
+    }
+    // Their scripts have ended: the disk is theirs again, for a body as big.
+    logs.wait_count("\"POST /cgi-bin/hold\" 200", 3).await;
+    let again = raw(addr, &chunked_post("/cgi-bin/hold", 2 * mib)).await;
+    assert!(again.starts_with("HTTP/1.1 200 "), "{again}");
+    server.stop().await;
+    root.assert_no_process_left().await;
+}

@@ -30,14 +30,20 @@ async fn raw_mode_with_a_tick_script() {
             (local, text)
         }));
     }
+    let mut sizes = Vec::new();
     for c in clients {
         let (local, text) = c.await.unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 11, "{text}");
         assert_eq!(lines[0], format!("from 127.0.0.1:{}", local.port()));
         assert!(lines[1..].iter().all(|l| *l == "tick"), "{text}");
+        sizes.push(text.len());
     }
-    logs.wait_for("\"- sh\" 0 0B").await;
+    // The access line counts what the program wrote to the connection.
+    for &n in &sizes {
+        let times = sizes.iter().filter(|&&m| m == n).count();
+        logs.wait_count(&format!("\"- sh\" 0 {n}B"), times).await;
+    }
     task.abort();
     root.assert_no_process_left().await;
 }
@@ -103,7 +109,68 @@ async fn raw_mode_program_writes_to_a_blocking_socket() {
     .await
     .unwrap();
     assert_eq!(n, 20_000_000);
-    logs.wait_for("\"- head\" 0 0B").await;
+    logs.wait_for("\"- head\" 0 20000000B").await;
     assert!(logs.has("exit=0"), "head failed");
+    task.abort();
+}
+
+#[tokio::test]
+async fn raw_mode_ends_the_group_of_a_client_that_left() {
+    let root = Root::new();
+    let logs = Logs::default();
+    let log2 = logs.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A program that would wait far past the test (the timeout is 300 s), in a group with
+    // a background job.
+    let task = tokio::spawn(
+        Raw::new("sh")
+            .args([
+                "-c",
+                "sleep 1000 & echo $$ $! > \"$PIDS/raw-$$\"; echo started; wait",
+            ])
+            .env("PIDS", root.pids())
+            .on_log(move |l| log2.push(l))
+            .serve(listener),
+    );
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut line = [0u8; 8];
+    timeout(T, tcp.read_exact(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&line, b"started\n");
+    drop(tcp);
+    logs.wait_for("client gone, ended").await;
+    root.assert_no_process_left().await;
+    logs.wait_for("\"- sh\" 0 8B").await;
+    task.abort();
+
+    // Data first, then the close: the program sees the data; its group still ends, with
+    // SIGKILL after the grace for a program that ignores SIGTERM.
+    let root = Root::new();
+    let logs = Logs::default();
+    let log2 = logs.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(
+        Raw::new("sh")
+            .args([
+                "-c",
+                "trap '' TERM; echo $$ > \"$PIDS/raw-$$\"; read x; echo \"got $x\"; exec sleep 1000",
+            ])
+            .env("PIDS", root.pids())
+            .on_log(move |l| log2.push(l))
+            .serve(listener),
+    );
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"hello\n").await.unwrap();
+    let mut got = [0u8; 10];
+    timeout(T, tcp.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"got hello\n");
+    drop(tcp);
+    logs.wait_for("client gone, ended").await;
+    root.assert_no_process_left().await;
+    logs.wait_for("signal=9").await;
     task.abort();
 }

@@ -141,7 +141,7 @@ fn run(sent: &[Sent], fds: &[Option<(OwnedFd, u64)>]) -> (Vec<Got>, Vec<u8>) {
         .expect("a runtime");
     let (got, back) = rt.block_on(async {
         let (mut node, mut peer) = Channel::pair().expect("a channel pair");
-        node.set_protocol(Protocol::Node);
+        node.set_protocol(Protocol::Node).unwrap();
         let writer = async {
             for (s, fd) in sent.iter().zip(fds) {
                 let mut line = s.line.clone();

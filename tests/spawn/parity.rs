@@ -196,7 +196,8 @@ async fn rerun_basic_tests(var: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.exit.success(),
-        "basic tests failed with {var}=1:\n{stdout}\n{}",
+        "basic tests failed with {var}=1 ({}):\n{stdout}\n{}",
+        out.exit,
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("basic_dropped_running_child_is_reaped_in_the_background ... ok"));

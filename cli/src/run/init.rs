@@ -12,11 +12,10 @@ use std::time::Duration;
 use brood::signal::Signal;
 use brood::{Signum, init};
 use clap::Args;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::out::Out;
-use super::{RunArgs, Setup, parse};
+use super::{RunArgs, Setup, parse, tty};
 
 /// `--grace` when not given.
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -50,7 +49,7 @@ pub struct InitArgs {
 /// fault signals (SEGV, BUS, ILL, FPE, and ABRT, TRAP, SYS, as tini), SIGCHLD (brood's own
 /// children), SIGPIPE (brood's own writes), SIGTTIN/SIGTTOU (ignored, as tini), and the two
 /// real-time signals glibc keeps for itself (32, 33).
-fn forwarded() -> Vec<Signum> {
+pub(super) fn forwarded() -> Vec<Signum> {
     const NOT: [i32; 11] = [
         libc::SIGKILL,
         libc::SIGSTOP,
@@ -113,22 +112,11 @@ pub(super) async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
         Ok(s) => s,
         Err(e) => return super::fail(out, &e),
     };
-    let (tx, mut fwd) = mpsc::unbounded_channel();
-    let mut forwarders = tokio::task::JoinSet::new();
-    for sig in forwarded() {
-        let mut watcher = match Signal::new(sig) {
-            Ok(w) => w,
-            Err(e) => return super::fail(out, &e),
-        };
-        let tx = tx.clone();
-        forwarders.spawn(async move {
-            while let Some(s) = watcher.recv().await {
-                if tx.send(s).is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    // The terminal's signals come from a signalfd with their origin (`tty.rs`).
+    let (mut forwarders, mut fwd) = match super::watch(&setup.signals) {
+        Ok(w) => w,
+        Err(e) => return super::fail(out, &e),
+    };
 
     let mut cmd = super::build(args, setup);
     if opts.group {
@@ -154,9 +142,12 @@ pub(super) async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
         tokio::select! {
             r = child.wait() => break r,
             _ = sigchld.recv() => counts.reaped += reap(|p| p == pid),
-            Some(sig) = fwd.recv() => {
-                target.send(&mut child, sig);
-                if sig == Signum::TSTP && !pid1 {
+            Some(r) = fwd.recv() => {
+                // Not one the child got from the terminal itself (Ctrl-C, Ctrl-Z...).
+                if !tty::child_got_it(r, pid) {
+                    target.send(&mut child, r.signal);
+                }
+                if r.signal == Signum::TSTP && !pid1 {
                     // Stop brood too, so the shell that started it sees the job stopped and
                     // gives the terminal back (as dumb-init); SIGCONT continues both.
                     let _ = brood::kill(std::process::id() as i32, Signum::STOP);

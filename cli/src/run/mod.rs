@@ -2,14 +2,16 @@
 //! shell would. A drop-in for what `timeout`, `env`, `setpriv`/`runuser` and `nohup` do.
 //!
 //! `parse.rs` reads the values (pure), `fds.rs` takes the caller's fds first thing,
-//! `ids.rs` looks users and groups up, `out.rs` writes brood's own lines, and this file
-//! wires them: setup, spawn, wait with a timeout, exit code.
+//! `ids.rs` looks users and groups up, `out.rs` writes brood's own lines, `tty.rs` reads the
+//! terminal's signals with their origin, and this file wires them: setup, spawn, wait with a
+//! timeout, exit code.
 
 mod fds;
 mod ids;
 mod init;
 mod out;
 mod parse;
+mod tty;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
@@ -64,8 +66,9 @@ Examples (one for every option):
 /// program is not found, 126 when it cannot be executed, 124 when --timeout ended it, 125
 /// when brood itself fails (a usage error, a bad --cwd, no permission for --uid, an fd that
 /// was not open). SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to brood are
-/// passed on to the child (to its process group with --timeout). With --init brood acts as
-/// an init (tini): it reaps orphans and passes on every catchable signal.
+/// passed on to the child (to its process group with --timeout), but not a Ctrl-C or
+/// Ctrl-\ the child got from the terminal itself. With --init brood acts as an init (tini):
+/// it reaps orphans and passes on every catchable signal.
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment, after_help = EXAMPLES)]
 pub struct RunArgs {
@@ -100,11 +103,11 @@ pub struct RunArgs {
     /// Wire child fd N, repeatable: ignore (/dev/null at 0-2, closed above), null
     /// (/dev/null), inherit (brood's fd N), fd:M (brood's fd M), file:PATH (read at 0,
     /// else written without truncating), truncate:PATH (>), append:PATH (>>). Unset 0-2
-    /// are inherited.
+    /// are inherited (one closed for brood is closed for the child).
     #[arg(long = "stdio", value_name = "N=SPEC", value_parser = parse::stdio)]
     stdio: Vec<(i32, StdioSpec)>,
     /// Send --kill-signal to the child's process group after DURATION: seconds (1.5) or
-    /// 300ms, 2s, 1m, 1h, 1d; 0 means no timeout. The child runs in a process group of
+    /// 300ms, 2s, 1m, 1h, 1d; 0 means no timeout (below 1ns is 1ns). The child runs in a process group of
     /// its own, so it is not the terminal's foreground job (see --foreground).
     #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
     timeout: Option<Duration>,
@@ -168,6 +171,61 @@ struct Setup {
     stdio: Vec<(i32, Stdio)>,
     creds: ids::Credentials,
     timeout: Option<Timeout>,
+    /// The signals passed on to the child (the terminal's among them are blocked).
+    signals: Vec<Signum>,
+}
+
+/// The signals brood passes on: none when detached; with `--init` every catchable one;
+/// else [`FORWARDED`] but those brood was started with ignored (`nohup`, `trap '' HUP`):
+/// watching one would make the child start with the default action instead.
+fn forwarded(args: &RunArgs) -> Vec<Signum> {
+    if args.detach {
+        Vec::new()
+    } else if args.init.init {
+        init::forwarded()
+    } else {
+        FORWARDED
+            .into_iter()
+            .filter(|&s| !brood::signal::is_ignored(s))
+            .collect()
+    }
+}
+
+/// Watches `signals` to pass them on: the terminal's among them (blocked by `main`) on a
+/// signalfd, with their origin; the others with brood's watchers. Set up before the spawn,
+/// so a signal that comes right after it is not lost.
+fn watch(
+    signals: &[Signum],
+) -> Result<
+    (
+        tokio::task::JoinSet<()>,
+        tokio::sync::mpsc::UnboundedReceiver<tty::Received>,
+    ),
+    brood::Error,
+> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    let (from_tty, others): (Vec<Signum>, Vec<Signum>) =
+        signals.iter().partition(|&&s| tty::is_tty_signal(s));
+    if !from_tty.is_empty() {
+        tty::read_into(&from_tty, tx.clone())?;
+    }
+    for sig in others {
+        let mut watcher = Signal::new(sig)?;
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            while let Some(signal) = watcher.recv().await {
+                let r = tty::Received {
+                    signal,
+                    from_kernel: false,
+                };
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok((tasks, rx))
 }
 
 pub fn main(args: RunArgs) -> i32 {
@@ -180,6 +238,17 @@ pub fn main(args: RunArgs) -> i32 {
         ));
         return EXIT_BROOD;
     }
+    // The terminal's signals are blocked while brood has a single thread (see `tty.rs`).
+    let signals = forwarded(&args);
+    let from_tty: Vec<Signum> = signals
+        .iter()
+        .copied()
+        .filter(|&s| tty::is_tty_signal(s))
+        .collect();
+    if let Err(e) = tty::block(&from_tty) {
+        Out::new(None).error(e);
+        return EXIT_BROOD;
+    }
     // The caller's fds are taken first, before brood opens any of its own.
     let inherited = take_inherited(&args);
     let mut out = match json_sink(&args, inherited.json) {
@@ -189,7 +258,7 @@ pub fn main(args: RunArgs) -> i32 {
             return EXIT_BROOD;
         }
     };
-    let setup = match setup(&args, inherited.stdio) {
+    let setup = match setup(&args, inherited.stdio, signals) {
         Ok(s) => s,
         Err(e) => return fail(&mut out, &e),
     };
@@ -297,7 +366,11 @@ fn spawn_op(args: &RunArgs) -> String {
     format!("spawn {:?}", args.program[0].to_string_lossy())
 }
 
-fn setup(args: &RunArgs, inherited: Vec<Option<Taken>>) -> Result<Setup, brood::Error> {
+fn setup(
+    args: &RunArgs,
+    inherited: Vec<Option<Taken>>,
+    signals: Vec<Signum>,
+) -> Result<Setup, brood::Error> {
     let op = spawn_op(args);
     let mut stdio = Vec::with_capacity(args.stdio.len() + 3);
     for ((slot, spec), taken) in args.stdio.iter().zip(inherited) {
@@ -323,13 +396,18 @@ fn setup(args: &RunArgs, inherited: Vec<Option<Taken>>) -> Result<Setup, brood::
         };
         stdio.push((slot, s));
     }
-    // A detached child gets /dev/null where it was given nothing: it must not hold the
-    // caller's terminal or a `$(...)` pipe open while it runs on.
-    if args.detach {
-        for fd in 0..3 {
-            if !args.stdio.iter().any(|(slot, _)| *slot == fd) {
-                stdio.push((fd, Stdio::ignore()));
-            }
+    for fd in 0..3 {
+        if args.stdio.iter().any(|(slot, _)| *slot == fd) {
+            continue;
+        }
+        if args.detach {
+            // A detached child gets /dev/null where it was given nothing: it must not hold
+            // the caller's terminal or a `$(...)` pipe open while it runs on.
+            stdio.push((fd, Stdio::ignore()));
+        } else if fds::closed_at_start(fd) {
+            // Closed for brood's caller, closed for the child (as env and timeout), not
+            // the /dev/null Rust's runtime put there for brood.
+            stdio.push((fd, Stdio::closed()));
         }
     }
     let creds = ids::resolve(args.user.as_ref(), args.uid.as_ref(), args.gid.as_ref())
@@ -344,6 +422,7 @@ fn setup(args: &RunArgs, inherited: Vec<Option<Taken>>) -> Result<Setup, brood::
         stdio,
         creds,
         timeout,
+        signals,
     })
 }
 
@@ -429,11 +508,12 @@ impl Target {
     }
 }
 
-/// Waits for the child (at most `limit`), passing forwarded signals on; `None` on timeout.
+/// Waits for the child (at most `limit`), passing forwarded signals on (but not one the
+/// child got from the terminal itself); `None` on timeout.
 async fn wait_for(
     child: &mut brood::Child,
     target: &Target,
-    fwd: &mut tokio::sync::mpsc::UnboundedReceiver<Signum>,
+    fwd: &mut tokio::sync::mpsc::UnboundedReceiver<tty::Received>,
     limit: Option<Duration>,
 ) -> Option<brood::Result<brood::Exit>> {
     let deadline = async {
@@ -446,7 +526,11 @@ async fn wait_for(
     loop {
         tokio::select! {
             r = child.wait() => return Some(r),
-            Some(sig) = fwd.recv() => target.send(child, sig),
+            Some(r) = fwd.recv() => {
+                if !tty::child_got_it(r, target.pid) {
+                    target.send(child, r.signal);
+                }
+            }
             _ = &mut deadline => return None,
         }
     }
@@ -458,29 +542,11 @@ async fn run(args: &RunArgs, setup: Setup, out: &mut Out) -> i32 {
     }
     let timeout = setup.timeout;
     // Signals sent to brood (by a supervisor, or kill) go on to the child, as timeout(1)
-    // and init shims do; the watchers end with the wait, putting the defaults back. They are
-    // set up before the spawn, so a signal that comes right after it is not lost.
-    let (fwd_tx, mut fwd) = tokio::sync::mpsc::unbounded_channel();
-    let mut forwarders = tokio::task::JoinSet::new();
-    if !args.detach {
-        // A signal brood was started with ignored (`nohup`, `trap '' HUP`) stays ignored:
-        // watching it would make the child start with the default action instead.
-        for sig in FORWARDED
-            .into_iter()
-            .filter(|&s| !brood::signal::is_ignored(s))
-        {
-            if let Ok(mut watcher) = Signal::new(sig) {
-                let tx = fwd_tx.clone();
-                forwarders.spawn(async move {
-                    while let Some(s) = watcher.recv().await {
-                        if tx.send(s).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-    }
+    // and init shims do; the watchers end with the wait, putting the defaults back.
+    let (mut forwarders, mut fwd) = match watch(&setup.signals) {
+        Ok(w) => w,
+        Err(e) => return fail(out, &e),
+    };
     let mut child = match build(args, setup).spawn() {
         Ok(child) => child,
         Err(e) => return spawn_failed(out, &e),

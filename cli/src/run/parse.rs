@@ -41,7 +41,8 @@ const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A duration as `timeout(1)` writes them: a decimal number of seconds (`1.5`), or a number
 /// with a unit: `ms`, `s`, `m`, `h`, `d` (`300ms`, `2s`, `1m`, `1h`). `0` is a zero
-/// duration (callers give it the meaning "none", as `timeout 0`).
+/// duration (callers give it the meaning "none", as `timeout 0`); a positive one too small
+/// for a nanosecond is one nanosecond, never zero.
 pub fn duration(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
@@ -68,6 +69,9 @@ pub fn duration(text: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     match Duration::try_from_secs_f64(secs) {
+        // Only a zero means "none": a positive duration below a nanosecond is the smallest
+        // one there is, not zero.
+        Ok(d) if d.is_zero() && secs > 0.0 => Ok(Duration::from_nanos(1)),
         Ok(d) if d <= MAX_DURATION => Ok(d),
         _ => Err(format!("{text:?} is longer than brood takes (100 years)")),
     }
@@ -184,6 +188,10 @@ mod tests {
             ("0.25m", ms(15_000)),
             (".5", ms(500)),
             ("5.", ms(5000)),
+            ("0.000", ms(0)),
+            ("0.0000000001", Duration::from_nanos(1)),
+            ("0.0000000000000000000000001ms", Duration::from_nanos(1)),
+            ("0.0000000015", Duration::from_nanos(1)),
         ] {
             assert_eq!(duration(text), Ok(want), "{text}");
         }

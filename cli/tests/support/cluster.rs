@@ -46,6 +46,17 @@ pub struct Row {
     pub restarts: u32,
 }
 
+impl Drop for Master {
+    /// A failed test shows the master's log.
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(log) = self.log.lock()
+        {
+            eprintln!("--- master log ---\n{}\n---", log.join("\n"));
+        }
+    }
+}
+
 impl Master {
     /// Starts a master and waits until all its workers are ready.
     pub async fn start(tag: &str, extra: &[&str]) -> Master {

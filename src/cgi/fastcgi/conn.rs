@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::params::{self, Params};
 use super::record::{self, ReadError, Reader, Record};
-use crate::cgi::answer::text;
+use crate::cgi::answer::{explain, text, text_saying};
 use crate::cgi::body::ScriptBody;
 use crate::cgi::log::{Log, LogLine};
 use crate::cgi::map::Refusal;
@@ -229,7 +229,10 @@ impl Conn {
 
     /// A short answer of brood's own: `Status`, a text body, the end of the request.
     fn put_answer(&mut self, id: u16, status: StatusCode) {
-        let body = text(status);
+        self.put_answer_text(id, status, text(status));
+    }
+
+    fn put_answer_text(&mut self, id: u16, status: StatusCode, body: String) {
         let head = format!(
             "Status: {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
             status.as_u16(),
@@ -243,8 +246,25 @@ impl Conn {
 
     /// Answers `status` and writes the access line.
     async fn refuse(&mut self, id: u16, p: &Params, start: Instant, status: StatusCode) {
-        self.put_answer(id, status);
-        let bytes = text(status).len() as u64;
+        self.refuse_text(id, p, start, status, text(status)).await
+    }
+
+    /// An answer about a request body that broke off, and its access line.
+    async fn refuse_upload(&mut self, id: u16, p: &Params, start: Instant, e: &UploadError) {
+        let body = text_saying(e.status(), e.sentence().unwrap_or(explain(e.status())));
+        self.refuse_text(id, p, start, e.status(), body).await
+    }
+
+    async fn refuse_text(
+        &mut self,
+        id: u16,
+        p: &Params,
+        start: Instant,
+        status: StatusCode,
+        body: String,
+    ) {
+        let bytes = body.len() as u64;
+        self.put_answer_text(id, status, body);
         let line = params::access(p, status.as_u16(), bytes, start.elapsed(), None);
         (self.state.log)(&LogLine::Access(line));
         let _ = self.flush().await;
@@ -275,7 +295,7 @@ impl Conn {
                 Ok(o) => o,
                 Err(r) => return self.refused(id, &p, start, r, after(stdin_read)).await,
             };
-            let Some(permit) = permit(self.state.clone()).await else {
+            let Some(permit) = self.state.slot().await else {
                 self.refuse(id, &p, start, StatusCode::SERVICE_UNAVAILABLE)
                     .await;
                 return after(stdin_read);
@@ -472,7 +492,7 @@ impl Conn {
                 .await;
             return Some(Err(Next::Linger));
         }
-        let mut spool = Spool::new(self.state.max_body);
+        let mut spool = Spool::new(self.state.max_body, &self.state.disk);
         loop {
             let deadline = Instant::now() + self.state.body_timeout;
             match self.event(Some(id), deadline).await {
@@ -482,21 +502,22 @@ impl Conn {
                     }
                     if let Err(e) = spool.push(&rec.content) {
                         self.error(&format!("request body: {e}"));
-                        self.refuse(id, p, start, e.status()).await;
+                        self.refuse_upload(id, p, start, &e).await;
                         return Some(Err(Next::Linger));
                     }
                 }
                 Event::Mine(_) => {}
                 Event::Abort => return Some(Err(self.aborted(id).await)),
                 Event::Gone => {
-                    let line = params::access(p, 0, 0, start.elapsed(), None);
+                    // The web server went away mid-request: 400, as in HTTP mode (nginx).
+                    let line = params::access(p, 400, 0, start.elapsed(), None);
                     (self.state.log)(&LogLine::Access(line));
                     return None;
                 }
                 Event::Timeout => {
                     let e = UploadError::Idle;
                     self.error(&format!("request body: {e}"));
-                    self.refuse(id, p, start, e.status()).await;
+                    self.refuse_upload(id, p, start, &e).await;
                     return Some(Err(Next::Linger));
                 }
             }
@@ -513,7 +534,7 @@ impl Conn {
             Ok(u) => Some(Ok(Some(u))),
             Err(e) => {
                 self.error(&format!("request body: {e}"));
-                self.refuse(id, p, start, e.status()).await;
+                self.refuse_upload(id, p, start, &e).await;
                 Some(Err(Next::Keep))
             }
         }
@@ -641,21 +662,4 @@ async fn recv(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// A `max_children` slot (waiting up to `queue`); `None`: none free.
-async fn permit(state: Arc<State>) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
-    let Some(sem) = state.limit.clone() else {
-        return Some(None);
-    };
-    let queue = state.queue;
-    let acquired = if queue.is_zero() {
-        sem.try_acquire_owned().ok()
-    } else {
-        tokio::time::timeout(queue, sem.acquire_owned())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-    };
-    acquired.map(Some)
 }

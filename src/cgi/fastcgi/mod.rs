@@ -15,9 +15,8 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use super::log::LogLine;
 use super::state::State;
-use super::tasks::{AbortOnDrop, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 
 pub(crate) use conn::Settings;
@@ -168,7 +167,13 @@ pub(crate) async fn serve(
     let _stop = AbortOnDrop(state.tasks.clone());
     let settings = Arc::new(settings);
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // At the connection limit, new connections wait in the listen backlog.
+        let slot = tokio::select! {
+            s = state.connections.slot(&state.log) => s,
+            () = &mut shutdown => break,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = &mut shutdown => break,
@@ -177,14 +182,19 @@ pub(crate) async fn serve(
             Ok(c) => c,
             Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "fastcgi: accept")),
             Err(e) => {
-                (state.log)(&LogLine::Error(format!("accept: {e}")));
-                // Out of fds or memory: give running requests a moment to release some.
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
+                let pause = backoff.failed(&e, &state.log);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = &mut shutdown => break,
+                }
             }
         };
+        backoff.ok();
         let (st, set) = (state.clone(), settings.clone());
-        state.tasks.spawn(conn::serve(st, set, r, w));
+        state.tasks.spawn(async move {
+            conn::serve(st, set, r, w).await;
+            drop(slot);
+        });
     }
     // Graceful stop, as in HTTP mode.
     drop(listener);

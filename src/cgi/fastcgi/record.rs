@@ -118,13 +118,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
-enum Parsed {
+/// What [`parse`] found at the start of the buffer.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// A whole record, taken off the buffer.
     Record(Record),
     /// Bytes the buffer must hold before a record can be taken.
     Need(usize),
 }
 
-fn parse(buf: &mut BytesMut) -> Result<Parsed, ReadError> {
+/// Takes one whole record off the front of `buf`, or says how many bytes it needs first
+/// (pure: no I/O; the fuzz target feeds it arbitrary bytes).
+pub(crate) fn parse(buf: &mut BytesMut) -> Result<Parsed, ReadError> {
     if buf.len() < HEADER {
         return Ok(Parsed::Need(HEADER));
     }

@@ -1,0 +1,186 @@
+//! What the master sent a worker that the worker has not read yet, told by the kernel.
+//!
+//! On a Unix stream socket, each `sendmsg` of the master is one buffer (skb) charged to the
+//! master's socket until the worker reads it: `ioctl(SIOCOUTQ)` on the master's end gives
+//! the bytes charged (the buffers' `truesize`, not their payload). The worker reads them in
+//! order, so the unread ones are always the newest sends. The master keeps each handed
+//! connection open (its own copy of the fd) in an [`Inflight`] queue until the kernel says
+//! the worker has read it: a worker that stops reading (stopped, hung) is seen within a
+//! housekeeping tick, and when it is killed the connections it never read are still the
+//! master's to hand to another worker (measured while the worker is stopped, so it cannot
+//! read meanwhile).
+//!
+//! The size of one buffer is measured once per process on a socketpair ([`sizes`]); where
+//! the kernel does not report it (`SIOCOUTQ` fails or says 0), nothing is tracked and each
+//! connection is closed as soon as it is sent.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// At most this many sends per worker are kept: the kernel lets a channel (8 KiB send
+/// buffer) hold about 11 unread ones, so past this the oldest were read and are let go
+/// at the next look.
+pub(crate) const WINDOW: usize = 16;
+
+/// The bytes the kernel charges for one unread send of one byte: without and with fds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sizes {
+    pub plain: usize,
+    pub with_fd: usize,
+}
+
+/// The bytes of the master's sends on `fd` that the peer has not read (`SIOCOUTQ`).
+pub(crate) fn unread_bytes(fd: RawFd) -> std::io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, which points to `n`
+    // for the duration of the call; a bad fd is an error, not undefined behaviour.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// The sizes this kernel charges (measured once), or `None` where it cannot be told.
+pub(crate) fn sizes() -> Option<Sizes> {
+    static SIZES: OnceLock<Option<Sizes>> = OnceLock::new();
+    *SIZES.get_or_init(|| {
+        let measured = measure();
+        if measured.is_none() {
+            tracing::warn!(
+                "SIOCOUTQ does not count unread handoffs here: connections queued to a stuck worker cannot be taken back"
+            );
+        }
+        measured
+    })
+}
+
+fn measure() -> Option<Sizes> {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().ok()?;
+    let fd = a.as_raw_fd();
+    let before = unread_bytes(fd).ok()?;
+    crate::ipc::send_raw(fd, b"p", &[]).ok()?;
+    let one = unread_bytes(fd).ok()?;
+    crate::ipc::send_raw(fd, b"c", &[fd]).ok()?;
+    let two = unread_bytes(fd).ok()?;
+    let plain = one.checked_sub(before)?;
+    let with_fd = two.checked_sub(one)?;
+    (plain > 0 && with_fd > 0).then_some(Sizes { plain, with_fd })
+}
+
+/// One send not known to be read.
+#[derive(Debug)]
+struct Sent<T> {
+    /// The connection handed (`None`: a ping).
+    conn: Option<T>,
+    size: usize,
+    at: Instant,
+}
+
+/// A worker's sends not known to be read, oldest first (pure: the kernel's count comes in
+/// as a number, so this is tested without sockets).
+#[derive(Debug)]
+pub(crate) struct Inflight<T> {
+    sent: VecDeque<Sent<T>>,
+}
+
+impl<T> Default for Inflight<T> {
+    fn default() -> Self {
+        Inflight {
+            sent: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Inflight<T> {
+    /// Records a send of `size` bytes (as the kernel charges it) carrying `conn`.
+    pub(crate) fn push(&mut self, conn: Option<T>, size: usize, at: Instant) {
+        self.sent.push_back(Sent { conn, size, at });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// The kernel says `unread` bytes are still queued: the newest sends whose sizes add
+    /// up to at most that are unread, every older one was read and is let go (its
+    /// connection dropped: the worker has its own copy). Rounding down counts a send as
+    /// read when in doubt: it is then never handed twice.
+    pub(crate) fn read_up_to(&mut self, unread: usize) {
+        let mut sum = 0;
+        let mut keep = 0;
+        for s in self.sent.iter().rev() {
+            if sum + s.size > unread {
+                break;
+            }
+            sum += s.size;
+            keep += 1;
+        }
+        let read = self.sent.len() - keep;
+        self.sent.drain(..read);
+    }
+
+    /// When the oldest send not known to be read was made.
+    pub(crate) fn oldest(&self) -> Option<Instant> {
+        self.sent.front().map(|s| s.at)
+    }
+
+    /// Every connection still held, oldest first, with when it was sent; the queue is
+    /// left empty. After `read_up_to` with the count of a stopped worker, these are the
+    /// connections it never read.
+    pub(crate) fn take(&mut self) -> impl Iterator<Item = (T, Instant)> + '_ {
+        self.sent
+            .drain(..)
+            .filter_map(|s| s.conn.map(|c| (c, s.at)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(sizes: &[usize]) -> Inflight<usize> {
+        let mut q = Inflight::default();
+        let now = Instant::now();
+        for (i, &s) in sizes.iter().enumerate() {
+            q.push(Some(i), s, now);
+        }
+        q
+    }
+
+    #[test]
+    fn the_unread_sends_are_the_newest_that_fit_the_count() {
+        let mut q = queue(&[768, 768, 768, 768]);
+        q.read_up_to(2 * 768);
+        assert_eq!(q.take().map(|(c, _)| c).collect::<Vec<_>>(), [2, 3]);
+        let mut q = queue(&[768, 1024, 768]);
+        q.read_up_to(1024 + 768);
+        assert_eq!(q.take().map(|(c, _)| c).collect::<Vec<_>>(), [1, 2]);
+        // A count that matches no suffix rounds down: in doubt, read.
+        let mut q = queue(&[768, 768, 768]);
+        q.read_up_to(768 + 700);
+        assert_eq!(q.len(), 1);
+        q.read_up_to(0);
+        assert_eq!(q.len(), 0);
+        assert!(q.oldest().is_none());
+    }
+
+    #[test]
+    fn pings_count_but_are_not_taken() {
+        let mut q: Inflight<usize> = Inflight::default();
+        let now = Instant::now();
+        q.push(Some(1), 768, now);
+        q.push(None, 768, now);
+        q.push(Some(2), 768, now);
+        q.read_up_to(3 * 768);
+        assert_eq!(q.take().map(|(c, _)| c).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn this_kernel_counts_unread_sends() {
+        let s = sizes().expect("SIOCOUTQ on a Unix stream socket");
+        assert!(s.plain > 0 && s.with_fd > 0, "{s:?}");
+    }
+}
