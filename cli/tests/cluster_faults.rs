@@ -248,6 +248,39 @@ async fn a_slow_worker_that_keeps_reading_is_never_killed_and_loses_nothing() {
     m.stop().await;
 }
 
+/// A worker that reads one connection, leaves the next ones unread, then closes its
+/// channel and takes a second to exit.
+const PY_CLOSES_AND_LINGERS: &str = r#"
+import socket, time
+ch = socket.socket(fileno=3)
+socket.recv_fds(ch, 1, 1)
+time.sleep(1.5)
+ch.close()
+time.sleep(1)
+"#;
+
+/// The kernel drops what a worker that closed its channel left unread: that is no sign
+/// that it reads again, and the master does not say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_closes_its_channel_is_not_said_to_read_again() {
+    let m = Master::start(
+        "hangs-up",
+        &["--workers", "1", "--", "python3", "-c", PY_CLOSES_AND_LINGERS],
+    )
+    .await;
+    let pid = m.status().await[0].pid;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(timeout(LIMIT, TcpStream::connect(&m.addr)).await.unwrap().unwrap());
+    }
+    m.wait_log("no more connections to it", 1).await;
+    m.wait_log_at_least("worker exited", 1).await;
+    assert!(!alive(pid));
+    assert_eq!(m.log_has("reads its channel again"), 0);
+    drop(conns);
+    m.stop().await;
+}
+
 /// A worker that floods its channel with bytes and with fds, then says it is ready and
 /// answers heartbeats.
 const PY_FLOOD: &str = r#"

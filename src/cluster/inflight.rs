@@ -43,6 +43,21 @@ pub(crate) fn unread_bytes(fd: RawFd) -> std::io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// Whether the channel on `fd` is hung up (`POLLHUP`): the worker closed its end (its
+/// unread sends were then dropped by the kernel, which counts them as no longer queued:
+/// that is no progress), or each side shut its writing (a worker on its way out).
+pub(crate) fn peer_closed(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd passed, which lives for the call; a
+    // zero timeout never blocks; a bad fd is reported in `revents`, not undefined behaviour.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r == 1 && p.revents & libc::POLLHUP != 0
+}
+
 /// The sizes this kernel charges (measured once), or `None` where it cannot be told.
 pub(crate) fn sizes() -> Option<Sizes> {
     static SIZES: OnceLock<Option<Sizes>> = OnceLock::new();
@@ -220,6 +235,22 @@ mod tests {
         assert_eq!(q.stalled_since(), Some(t0 + 30 * s));
         q.read_up_to(0, t0 + 31 * s);
         assert_eq!(q.stalled_since(), None);
+    }
+
+    #[test]
+    fn a_closed_peer_is_told_from_one_that_shut_its_writing_or_ours() {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        assert!(!peer_closed(a.as_raw_fd()));
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!peer_closed(a.as_raw_fd()), "only ours shut");
+        drop(b);
+        assert!(peer_closed(a.as_raw_fd()), "closed");
+        let (a, b) = UnixStream::pair().unwrap();
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!peer_closed(a.as_raw_fd()), "only the peer's writing shut");
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(peer_closed(a.as_raw_fd()), "both shut");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! connections it never read (or acknowledged) go to other workers. A slow worker that keeps
 //! reading is never killed, however long its queue.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::handoff::read_up_to_now;
+use super::inflight::peer_closed;
 use super::state::Master;
 
 /// A worker that has left a send unread this long gets no more connections until it reads.
@@ -76,8 +78,10 @@ impl Master {
                 w.stalled = true;
             } else if stalled < after && w.stalled {
                 w.stalled = false;
-                // (A worker that died leaves nothing unread: it is gone, not back.)
-                if running(w.pid) {
+                // (A worker that closed its channel or died leaves nothing unread: it is
+                // gone, not back.)
+                let hung_up = w.sock.as_ref().is_some_and(|s| peer_closed(s.as_raw_fd()));
+                if !hung_up && running(w.pid) {
                     tracing::info!(pid = w.pid, id, "worker reads its channel again");
                 }
             }
