@@ -265,13 +265,25 @@ time.sleep(1)
 async fn a_worker_that_closes_its_channel_is_not_said_to_read_again() {
     let m = Master::start(
         "hangs-up",
-        &["--workers", "1", "--", "python3", "-c", PY_CLOSES_AND_LINGERS],
+        &[
+            "--workers",
+            "1",
+            "--",
+            "python3",
+            "-c",
+            PY_CLOSES_AND_LINGERS,
+        ],
     )
     .await;
     let pid = m.status().await[0].pid;
     let mut conns = Vec::new();
     for _ in 0..3 {
-        conns.push(timeout(LIMIT, TcpStream::connect(&m.addr)).await.unwrap().unwrap());
+        conns.push(
+            timeout(LIMIT, TcpStream::connect(&m.addr))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     m.wait_log("no more connections to it", 1).await;
     m.wait_log_at_least("worker exited", 1).await;

@@ -391,13 +391,13 @@ impl Master {
         let Some(mut w) = self.workers.remove(&id) else {
             return;
         };
-        if let Some(f) = w.node_in_flight.take() {
-            self.node_give_back(w.pid, id, f);
-            self.exited(id, w, exit);
-            self.flush_backlog();
-            return;
-        }
+        let held = w.node_in_flight.take();
+        let pid = w.pid;
         self.exited(id, w, exit);
+        if let Some(f) = held {
+            self.node_give_back(pid, id, f);
+            self.flush_backlog();
+        }
     }
 
     /// What follows a worker's exit: the log, the reload, the restart policy.

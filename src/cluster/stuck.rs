@@ -25,7 +25,8 @@ impl Master {
         let now = Instant::now();
         let timeout = self.cfg.timings.stuck_timeout;
         let after = STUCK_AFTER.min(timeout);
-        let since = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let since =
+            |t: Option<Instant>| t.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         let mut kill = Vec::new();
         let mut unstuck = false;
         for (id, w) in &mut self.workers {
@@ -39,7 +40,10 @@ impl Master {
                 (since(Some(f.at)), since(Some(f.at)))
             } else if w.inflight.len() > 0 {
                 read_up_to_now(w);
-                (since(w.inflight.oldest()), since(w.inflight.stalled_since()))
+                (
+                    since(w.inflight.oldest()),
+                    since(w.inflight.stalled_since()),
+                )
             } else {
                 (Duration::ZERO, Duration::ZERO)
             };

@@ -162,7 +162,11 @@ const LAST_LINES_WAIT: Duration = Duration::from_secs(1);
 
 /// Reads what a Node worker that exited left in its channel, up to its end (bounded by
 /// `LAST_LINES_WAIT`), and reports it. `Err` when the master is gone.
-async fn read_last_lines(id: u64, ch: &mut Channel, events: &mpsc::Sender<Event>) -> Result<(), ()> {
+async fn read_last_lines(
+    id: u64,
+    ch: &mut Channel,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), ()> {
     let deadline = Instant::now() + LAST_LINES_WAIT;
     loop {
         match tokio::time::timeout_at(deadline, node::read(ch)).await {
