@@ -270,6 +270,9 @@ async fn a_stopped_node_worker_is_killed_and_the_connection_it_held_goes_to_anot
             "2",
             "--stuck-timeout",
             "2",
+            // (A replacement is handed connections once it has started: a Node start can
+            // take seconds on a loaded machine.)
+            "--wait-ready",
             "--",
             "node",
             &example("worker.js"),
@@ -305,11 +308,13 @@ async fn a_stopped_node_worker_is_killed_and_the_connection_it_held_goes_to_anot
     m.stop().await;
 }
 
-/// A program that reads its Node channel and never acknowledges anything (it keeps the
-/// fds it gets), run by the first worker to start; every later one runs the example.
+/// A program that says it is ready (`process.send('ready')`), then reads its Node channel
+/// and never acknowledges anything (it keeps the fds it gets), run by the first worker to
+/// start; every later one runs the example.
 const PY_NEVER_ACK: &str = r#"
 import os, socket
 ch = socket.socket(fileno=int(os.environ["NODE_CHANNEL_FD"]))
+ch.sendall(b'"ready"\n')
 held = []
 while True:
     msg, fds, _, _ = socket.recv_fds(ch, 4096, 16)
@@ -333,6 +338,7 @@ async fn a_node_worker_that_never_acknowledges_is_killed_and_every_request_answe
             "2",
             "--stuck-timeout",
             "2",
+            "--wait-ready",
             "--worker-protocol",
             "node",
             "--",
