@@ -553,3 +553,42 @@ fn kernel_pipe() -> (std::fs::File, std::fs::File) {
         )
     }
 }
+
+/// A line longer than `set_max_message` is `EMSGSIZE` once, whether it is still coming or
+/// arrived whole; it is dropped as it arrives, and the lines after it are read as usual.
+#[tokio::test]
+async fn a_line_over_the_limit_is_an_error_once_and_the_next_lines_are_read() {
+    let (raw, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let mut ch = Channel::new(UnixStream::from_std(ours).unwrap());
+    ch.set_max_message(1000);
+    // A peer in a thread: 1 MiB with no newline (far more than the socket holds, so it is
+    // read while it is written), then a good line, a 2,000-byte line, a good line.
+    let writer = std::thread::spawn(move || {
+        let mut raw = raw;
+        raw.write_all(&vec![b'x'; 1 << 20]).unwrap();
+        raw.write_all(b"\n{\"what\":\"one\"}\n").unwrap();
+        let long = format!("{{\"what\":\"{}\"}}\n", "y".repeat(2000));
+        raw.write_all(long.as_bytes()).unwrap();
+        raw.write_all(b"{\"what\":\"two\"}\n").unwrap();
+        raw
+    });
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let r = timeout(LIMIT, ch.recv_msg::<Msg>()).await.unwrap();
+        got.push(match r {
+            Ok(Some((m, _))) => m.what,
+            Ok(None) => "end".into(),
+            Err(e) => e.name().to_string(),
+        });
+    }
+    assert_eq!(got, ["EMSGSIZE", "one", "EMSGSIZE", "two"]);
+    drop(writer.join().unwrap());
+    assert!(
+        timeout(LIMIT, ch.recv_msg::<Msg>())
+            .await
+            .unwrap()
+            .unwrap()
+            .is_none()
+    );
+}

@@ -22,7 +22,8 @@ use clap::{Args, ValueEnum};
 /// to exit, then sends --stop-signal, then SIGKILL after --kill-after seconds.
 ///
 /// A worker that leaves its channel unread gets no new connections after a second and is
-/// killed after --stuck-timeout seconds; the connections it never read go to other workers.
+/// killed after --stuck-timeout seconds without reading; the connections it never read go
+/// to other workers.
 /// When the restart policy has given up on every worker slot, the master stops listening
 /// and exits (1, or 0 when every worker exited with status 0).
 ///
@@ -77,9 +78,11 @@ pub struct ClusterArgs {
     /// one retires; one that exits sooner stops the reload (the old ones keep serving).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     reload_settle: f64,
-    /// Seconds a worker may leave a connection or ping the master sent it unread before it
-    /// is killed (stopped first: the connections it never read go to other workers). After
-    /// one second unread it already gets no new connections.
+    /// Seconds a worker may go without reading any connection or ping the master sent it
+    /// (a Node worker: without acknowledging its connection) before it is killed (stopped
+    /// first: the connections it never read go to other workers); a slow worker that keeps
+    /// reading is never killed. Once its oldest unread send waited a second it gets no new
+    /// connections until it catches up.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     stuck_timeout: f64,
     /// Most workers `ctl scale` and SIGTTIN may ask for [default: 4 x CPUs].

@@ -170,6 +170,129 @@ async fn a_worker_stuck_for_a_while_gets_connections_again_once_it_reads() {
     m.stop().await;
 }
 
+/// The docs' round-robin worker, slow but healthy: each request takes a quarter of a
+/// second, and it reads its channel after each.
+const PY_SLOW_RR: &str = r#"
+import socket, time
+ch = socket.socket(fileno=3)
+while True:
+    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
+    if not msg:
+        break
+    for fd in fds:
+        c = socket.socket(fileno=fd)
+        data = c.recv(100)
+        time.sleep(0.25)
+        c.sendall(data)
+        c.close()
+"#;
+
+/// Two slow workers under 24 concurrent clients: each channel queues about 11
+/// connections, so the newest waits about 3 s, twice the stuck timeout, while the worker
+/// reads one every quarter second. Reading is progress: no worker is killed, no request
+/// is lost, and every connection waits its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_that_keeps_reading_is_never_killed_and_loses_nothing() {
+    let m = Master::start(
+        "slow",
+        &[
+            "--workers",
+            "2",
+            "--stuck-timeout",
+            "1.5",
+            "--",
+            "python3",
+            "-c",
+            PY_SLOW_RR,
+        ],
+    )
+    .await;
+    let pids: Vec<u32> = m.status().await.iter().map(|r| r.pid).collect();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..24 {
+        let (addr, next) = (m.addr.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 60 {
+                let t0 = Instant::now();
+                match timeout(LIMIT, exchange(&addr, format!("{c}").as_bytes())).await {
+                    Ok(Ok(())) => ok += 1,
+                    _ => failed += 1,
+                }
+                slowest = slowest.max(t0.elapsed());
+            }
+            (ok, failed, slowest)
+        }));
+    }
+    let (mut ok, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+    for t in tasks {
+        let (o, f, s) = t.await.unwrap();
+        ok += o;
+        failed += f;
+        slowest = slowest.max(s);
+    }
+    eprintln!(
+        "slow workers: {ok} ok, {failed} failed, slowest exchange {:.1} s, {} killed, {} 'no more connections'",
+        slowest.as_secs_f64(),
+        m.log_has("killing it"),
+        m.log_has("no more connections to it")
+    );
+    assert_eq!((ok, failed), (60, 0));
+    // The queue was longer than the stuck timeout: the case the test is about.
+    assert!(slowest > Duration::from_millis(1500), "{slowest:?}");
+    assert_eq!(m.log_has("killing it"), 0);
+    let rows = m.status().await;
+    assert_eq!(rows.iter().map(|r| r.pid).collect::<Vec<_>>(), pids);
+    assert!(rows.iter().all(|r| r.restarts == 0), "{rows:?}");
+    m.stop().await;
+}
+
+/// A worker that reads one connection, leaves the next ones unread, then closes its
+/// channel and takes a second to exit.
+const PY_CLOSES_AND_LINGERS: &str = r#"
+import socket, time
+ch = socket.socket(fileno=3)
+socket.recv_fds(ch, 1, 1)
+time.sleep(1.5)
+ch.close()
+time.sleep(1)
+"#;
+
+/// The kernel drops what a worker that closed its channel left unread: that is no sign
+/// that it reads again, and the master does not say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_closes_its_channel_is_not_said_to_read_again() {
+    let m = Master::start(
+        "hangs-up",
+        &[
+            "--workers",
+            "1",
+            "--",
+            "python3",
+            "-c",
+            PY_CLOSES_AND_LINGERS,
+        ],
+    )
+    .await;
+    let pid = m.status().await[0].pid;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(
+            timeout(LIMIT, TcpStream::connect(&m.addr))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    m.wait_log("no more connections to it", 1).await;
+    m.wait_log_at_least("worker exited", 1).await;
+    assert!(!alive(pid));
+    assert_eq!(m.log_has("reads its channel again"), 0);
+    drop(conns);
+    m.stop().await;
+}
+
 /// A worker that floods its channel with bytes and with fds, then says it is ready and
 /// answers heartbeats.
 const PY_FLOOD: &str = r#"

@@ -169,7 +169,15 @@ async fn a_rolling_restart_of_node_workers_under_load_fails_no_request() {
 async fn a_stopped_node_worker_holds_one_connection_at_most_and_the_other_answers_the_rest() {
     let m = Master::start(
         "node-stopped",
-        &["--workers", "2", "--", "node", &example("worker.js")],
+        &[
+            "--workers",
+            "2",
+            "--stuck-timeout",
+            "60",
+            "--",
+            "node",
+            &example("worker.js"),
+        ],
     )
     .await;
     let rows = m.status().await;
@@ -242,5 +250,213 @@ async fn a_node_worker_flooding_the_master_with_messages_leaves_it_small_and_ser
     );
     let rows = m.status().await;
     assert_eq!(rows[0].handled, 400, "{rows:?}");
+    m.stop().await;
+}
+
+/// Waits until every thread of `pid` is stopped.
+async fn stopped(pid: u32) {
+    until("the worker is stopped", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T "))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_worker_is_killed_and_the_connection_it_held_goes_to_another() {
+    let m = Master::start(
+        "node-stuck",
+        &[
+            "--workers",
+            "2",
+            "--stuck-timeout",
+            "2",
+            // (A replacement is handed connections once it has started: a Node start can
+            // take seconds on a loaded machine.)
+            "--wait-ready",
+            "--",
+            "node",
+            &example("worker.js"),
+        ],
+    )
+    .await;
+    // Both serve; then one is stopped between two batches and the load goes on.
+    answer_200(&m.addr).await;
+    let frozen = m.status().await[0].pid;
+    brood::kill(frozen as i32, Signum::STOP).unwrap();
+    stopped(frozen).await;
+    let start = Instant::now();
+    // Every exchange is answered (each bounded by LIMIT): the one connection the stopped
+    // worker was handed and never acknowledged goes to another worker once it is dead.
+    answer_200(&m.addr).await;
+    answer_200(&m.addr).await;
+    eprintln!(
+        "400 exchanges with a stopped node worker: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    m.wait_log("has not acknowledged its connection", 2).await;
+    assert_eq!(m.log_has("killing it"), 1);
+    assert_eq!(
+        m.log_has("the connection the worker never acknowledged goes to another worker"),
+        1
+    );
+    until("the stopped worker is gone", || !alive(frozen)).await;
+    m.wait_for(
+        |rows| rows.len() == 2 && rows.iter().all(|r| r.state == "ready" && r.pid != frozen),
+        "a replacement",
+    )
+    .await;
+    m.stop().await;
+}
+
+/// A program that says it is ready (`process.send('ready')`), then reads its Node channel
+/// and never acknowledges anything (it keeps the fds it gets), run by the first worker to
+/// start; every later one runs the example.
+const PY_NEVER_ACK: &str = r#"
+import os, socket
+ch = socket.socket(fileno=int(os.environ["NODE_CHANNEL_FD"]))
+ch.sendall(b'"ready"\n')
+held = []
+while True:
+    msg, fds, _, _ = socket.recv_fds(ch, 4096, 16)
+    if not msg:
+        break
+    held += fds
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_worker_that_never_acknowledges_is_killed_and_every_request_answered() {
+    let mark = tempdir("node-never-ack-mark");
+    let script = format!(
+        "if mkdir '{}/first' 2>/dev/null; then exec python3 -c \"$0\"; else exec node '{}'; fi",
+        mark.0.display(),
+        example("worker.js")
+    );
+    let m = Master::start(
+        "node-never-ack",
+        &[
+            "--workers",
+            "2",
+            "--stuck-timeout",
+            "2",
+            "--wait-ready",
+            "--worker-protocol",
+            "node",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            PY_NEVER_ACK,
+        ],
+    )
+    .await;
+    let master = m.child.id().unwrap();
+    let runs_python = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("python"))
+    };
+    let rows = m
+        .wait_for(|r| r.iter().any(|r| runs_python(&r.pid)), "a python worker")
+        .await;
+    let bad = rows.iter().map(|r| r.pid).find(runs_python).unwrap();
+    answer_200(&m.addr).await;
+    assert_eq!(m.log_has("killing it"), 1);
+    assert_eq!(
+        m.log_has("the connection the worker never acknowledged goes to another worker"),
+        1
+    );
+    until("the never-acknowledging worker is gone", || !alive(bad)).await;
+    // Its slot runs the example now; the master holds no connection for anyone.
+    let rows = m
+        .wait_for(
+            |rows| rows.len() == 2 && rows.iter().all(|r| r.state == "ready" && r.pid != bad),
+            "a replacement",
+        )
+        .await;
+    let fds = fd_count(master);
+    assert!(fds < 40, "the master holds {fds} fds");
+    eprintln!("never-acknowledging worker replaced: {rows:?}");
+    m.stop().await;
+}
+
+/// A worker that sends the master one 1 MiB message, then serves.
+const NODE_BIG_MESSAGE: &str = r#"
+'use strict';
+const net = require('net');
+const server = net.createServer((s) => { s.on('error', () => {}); s.pipe(s); });
+process.on('message', (m, socket) => { if (socket) server.emit('connection', socket); });
+process.on('disconnect', () => server.close());
+process.send({ big: 'x'.repeat(1 << 20) }, () => console.log('sent the big message'));
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_message_over_the_line_limit_is_dropped_and_the_worker_keeps_serving() {
+    let m = Master::start(
+        "node-big",
+        &["--workers", "1", "--", "node", "-e", NODE_BIG_MESSAGE],
+    )
+    .await;
+    let master = m.child.id().unwrap();
+    m.wait_log("sent the big message", 1).await;
+    answer_200(&m.addr).await;
+    let rows = m.status().await;
+    assert_eq!((rows[0].handled, rows[0].restarts), (200, 0), "{rows:?}");
+    assert_eq!(m.log_has("line is dropped"), 1);
+    let (peak, _) = rss_kib(master);
+    eprintln!("after a 1 MiB message: master VmHWM {peak} KiB");
+    assert!(peak < 40 * 1024, "master RSS peaked at {peak} KiB");
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_node_worker_gives_back_the_connection_it_never_acknowledged() {
+    let m = Master::start(
+        "node-retire-held",
+        &[
+            "--workers",
+            "2",
+            "--stuck-timeout",
+            "60",
+            "--grace",
+            "1",
+            "--kill-after",
+            "1",
+            "--",
+            "node",
+            &example("worker.js"),
+        ],
+    )
+    .await;
+    answer_200(&m.addr).await;
+    let frozen = m.status().await[0].pid;
+    brood::kill(frozen as i32, Signum::STOP).unwrap();
+    stopped(frozen).await;
+    // The stopped worker is handed one of these and holds it; the other answers the rest.
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..20 {
+        let (addr, done_tx) = (m.addr.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let r = timeout(LIMIT, exchange(&addr, format!("held {i}").as_bytes())).await;
+            let _ = done_tx.send(matches!(r, Ok(Ok(()))));
+        });
+    }
+    for _ in 0..19 {
+        let ok = timeout(LIMIT, done.recv()).await.unwrap().unwrap();
+        assert!(ok, "an exchange failed");
+    }
+    m.wait_for(
+        |rows| rows.iter().any(|r| r.pid == frozen && r.handled > 0),
+        "a connection held by the stopped worker",
+    )
+    .await;
+    // A rolling restart retires it (channel closed, the stop signal, SIGKILL): the
+    // connection it never acknowledged is answered by another worker, not reset.
+    brood::kill(m.child.id().unwrap() as i32, Signum::HUP).unwrap();
+    let ok = timeout(LIMIT, done.recv()).await.unwrap().unwrap();
+    assert!(ok, "the held connection was reset");
+    m.wait_log("rolling restart done", 1).await;
+    assert_eq!(
+        m.log_has("the connection the worker never acknowledged goes to another worker"),
+        1
+    );
+    until("the stopped worker is gone", || !alive(frozen)).await;
     m.stop().await;
 }

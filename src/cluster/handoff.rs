@@ -157,7 +157,11 @@ impl Master {
                         handed = Some(id);
                         if node {
                             let conn = conn.take().expect("not handed yet");
-                            w.node_in_flight = Some(node::InFlight { conn, tries: 0 });
+                            w.node_in_flight = Some(node::InFlight {
+                                conn,
+                                tries: 0,
+                                at: Instant::now(),
+                            });
                         } else {
                             w.open += 1;
                         }
@@ -195,7 +199,8 @@ impl Master {
 
     /// A Node worker answered the connection in flight: acknowledged (the master's copy
     /// closes, the next may go), or not received (`NACK`: sent again, as Node does, up to
-    /// three times).
+    /// three times; a worker no longer sent to, retiring or being killed, gives it back
+    /// for another worker).
     pub(super) fn node_answer(&mut self, id: u64, ack: bool) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
@@ -208,18 +213,38 @@ impl Master {
             if let Some(chan) = &w.chan
                 && let Sent::Yes = try_send(chan, crate::ipc::NODE_CONNECTION, Some(f.conn.as_fd()))
             {
+                f.at = Instant::now();
                 return;
             }
         }
+        let f = w.node_in_flight.take().expect("in flight");
         if !ack {
-            tracing::warn!(
-                pid = w.pid,
-                id,
-                "the worker could not take a connection (NODE_HANDLE_NACK); closed"
-            );
+            if w.chan.is_none() {
+                self.backlog.push_front(f.conn);
+                self.backlog_at.push_front(f.at);
+            } else {
+                tracing::warn!(
+                    pid = w.pid,
+                    id,
+                    "the worker could not take a connection (NODE_HANDLE_NACK); closed"
+                );
+            }
         }
-        w.node_in_flight = None;
         self.flush_backlog();
+    }
+
+    /// A Node worker is gone with a connection it never acknowledged (its task read every
+    /// line the worker wrote before reporting the exit, so this one was never taken: Node
+    /// acknowledges a handle before the program sees it): it goes to the front of the
+    /// queue for another worker.
+    pub(super) fn node_give_back(&mut self, pid: u32, id: u64, f: node::InFlight) {
+        tracing::warn!(
+            pid,
+            id,
+            "the connection the worker never acknowledged goes to another worker"
+        );
+        self.backlog.push_front(f.conn);
+        self.backlog_at.push_front(f.at);
     }
 
     /// The next worker by the strategy, among ready ones with room not yet tried.
@@ -315,7 +340,7 @@ impl Master {
 pub(super) fn read_up_to_now(w: &mut WorkerSlot) {
     if let Some(sock) = &w.sock {
         if let Ok(unread) = inflight::unread_bytes(sock.as_raw_fd()) {
-            w.inflight.read_up_to(unread);
+            w.inflight.read_up_to(unread, Instant::now());
         }
     }
 }

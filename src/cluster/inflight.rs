@@ -43,6 +43,21 @@ pub(crate) fn unread_bytes(fd: RawFd) -> std::io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// Whether the channel on `fd` is hung up (`POLLHUP`): the worker closed its end (its
+/// unread sends were then dropped by the kernel, which counts them as no longer queued:
+/// that is no progress), or each side shut its writing (a worker on its way out).
+pub(crate) fn peer_closed(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd passed, which lives for the call; a
+    // zero timeout never blocks; a bad fd is reported in `revents`, not undefined behaviour.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r == 1 && p.revents & libc::POLLHUP != 0
+}
+
 /// The sizes this kernel charges (measured once), or `None` where it cannot be told.
 pub(crate) fn sizes() -> Option<Sizes> {
     static SIZES: OnceLock<Option<Sizes>> = OnceLock::new();
@@ -84,12 +99,15 @@ struct Sent<T> {
 #[derive(Debug)]
 pub(crate) struct Inflight<T> {
     sent: VecDeque<Sent<T>>,
+    /// When the worker was last seen to have read one of them (its progress).
+    last_read: Option<Instant>,
 }
 
 impl<T> Default for Inflight<T> {
     fn default() -> Self {
         Inflight {
             sent: VecDeque::new(),
+            last_read: None,
         }
     }
 }
@@ -107,8 +125,9 @@ impl<T> Inflight<T> {
     /// The kernel says `unread` bytes are still queued: the newest sends whose sizes add
     /// up to at most that are unread, every older one was read and is let go (its
     /// connection dropped: the worker has its own copy). Rounding down counts a send as
-    /// read when in doubt: it is then never handed twice.
-    pub(crate) fn read_up_to(&mut self, unread: usize) {
+    /// read when in doubt: it is then never handed twice. A send let go is progress, seen
+    /// `now`.
+    pub(crate) fn read_up_to(&mut self, unread: usize, now: Instant) {
         let mut sum = 0;
         let mut keep = 0;
         for s in self.sent.iter().rev() {
@@ -119,12 +138,24 @@ impl<T> Inflight<T> {
             keep += 1;
         }
         let read = self.sent.len() - keep;
-        self.sent.drain(..read);
+        if read > 0 {
+            self.sent.drain(..read);
+            self.last_read = Some(now);
+        }
     }
 
     /// When the oldest send not known to be read was made.
     pub(crate) fn oldest(&self) -> Option<Instant> {
         self.sent.front().map(|s| s.at)
+    }
+
+    /// Since when the worker has made no progress on what it has unread: the later of the
+    /// oldest unread send and the last time it was seen to read one (`None`: nothing is
+    /// unread). A worker that reads slowly but steadily keeps this recent however long its
+    /// queue; one that stopped reading lets it age.
+    pub(crate) fn stalled_since(&self) -> Option<Instant> {
+        let oldest = self.oldest()?;
+        Some(self.last_read.map_or(oldest, |r| r.max(oldest)))
     }
 
     /// Every connection still held, oldest first, with when it was sent; the queue is
@@ -140,6 +171,7 @@ impl<T> Inflight<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn queue(sizes: &[usize]) -> Inflight<usize> {
         let mut q = Inflight::default();
@@ -152,17 +184,18 @@ mod tests {
 
     #[test]
     fn the_unread_sends_are_the_newest_that_fit_the_count() {
+        let now = Instant::now();
         let mut q = queue(&[768, 768, 768, 768]);
-        q.read_up_to(2 * 768);
+        q.read_up_to(2 * 768, now);
         assert_eq!(q.take().map(|(c, _)| c).collect::<Vec<_>>(), [2, 3]);
         let mut q = queue(&[768, 1024, 768]);
-        q.read_up_to(1024 + 768);
+        q.read_up_to(1024 + 768, now);
         assert_eq!(q.take().map(|(c, _)| c).collect::<Vec<_>>(), [1, 2]);
         // A count that matches no suffix rounds down: in doubt, read.
         let mut q = queue(&[768, 768, 768]);
-        q.read_up_to(768 + 700);
+        q.read_up_to(768 + 700, now);
         assert_eq!(q.len(), 1);
-        q.read_up_to(0);
+        q.read_up_to(0, now);
         assert_eq!(q.len(), 0);
         assert!(q.oldest().is_none());
     }
@@ -174,8 +207,50 @@ mod tests {
         q.push(Some(1), 768, now);
         q.push(None, 768, now);
         q.push(Some(2), 768, now);
-        q.read_up_to(3 * 768);
+        q.read_up_to(3 * 768, now);
         assert_eq!(q.take().map(|(c, _)| c).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_worker_that_reads_steadily_is_never_stalled_for_long_however_long_its_queue() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut q: Inflight<usize> = Inflight::default();
+        for i in 0..10 {
+            q.push(Some(i), 768, t0);
+        }
+        assert_eq!(q.stalled_since(), Some(t0));
+        // One read a second: the oldest unread waits ever longer, the stall does not.
+        for n in 1..10 {
+            q.read_up_to((10 - n) * 768, t0 + n as u32 * s);
+            assert_eq!(q.oldest(), Some(t0));
+            assert_eq!(q.stalled_since(), Some(t0 + n as u32 * s));
+        }
+        // A count that lets nothing go is no progress.
+        q.read_up_to(768, t0 + 20 * s);
+        assert_eq!(q.stalled_since(), Some(t0 + 9 * s));
+        // A send after the last read: the stall starts at that send.
+        q.read_up_to(0, t0 + 21 * s);
+        q.push(Some(11), 768, t0 + 30 * s);
+        assert_eq!(q.stalled_since(), Some(t0 + 30 * s));
+        q.read_up_to(0, t0 + 31 * s);
+        assert_eq!(q.stalled_since(), None);
+    }
+
+    #[test]
+    fn a_closed_peer_is_told_from_one_that_shut_its_writing_or_ours() {
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        assert!(!peer_closed(a.as_raw_fd()));
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!peer_closed(a.as_raw_fd()), "only ours shut");
+        drop(b);
+        assert!(peer_closed(a.as_raw_fd()), "closed");
+        let (a, b) = UnixStream::pair().unwrap();
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!peer_closed(a.as_raw_fd()), "only the peer's writing shut");
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(peer_closed(a.as_raw_fd()), "both shut");
     }
 
     #[test]

@@ -132,6 +132,7 @@ impl Master {
                 chan,
                 inflight: Default::default(),
                 stuck: false,
+                stalled: false,
                 reclaiming: false,
                 kill: kill_tx,
                 aware: false,
@@ -171,8 +172,9 @@ impl Master {
                 // (A Node worker sees 'disconnect'.)
                 let _ = socket2::SockRef::from(&*chan).shutdown(std::net::Shutdown::Write);
             }
-            // Sent before the end of the channel: the worker reads it first.
-            w.node_in_flight = None;
+            // A Node worker's connection in flight was sent before the end of the channel:
+            // it reads it first, and acknowledges it, or at its exit it goes to another
+            // worker (`node_give_back`).
             w.retire = Some((Instant::now() + grace, Step::Grace));
         }
         self.reload.retain(|x| *x != id);
@@ -389,6 +391,17 @@ impl Master {
         let Some(mut w) = self.workers.remove(&id) else {
             return;
         };
+        let held = w.node_in_flight.take();
+        let pid = w.pid;
+        self.exited(id, w, exit);
+        if let Some(f) = held {
+            self.node_give_back(pid, id, f);
+            self.flush_backlog();
+        }
+    }
+
+    /// What follows a worker's exit: the log, the reload, the restart policy.
+    fn exited(&mut self, id: u64, mut w: WorkerSlot, exit: Exit) {
         w.lineage.last_exit = Some(exit);
         self.metrics_worker_gone(id, &w);
         if w.state == State::Retiring && !w.not_ready {

@@ -24,6 +24,8 @@ pub(crate) struct InFlight {
     /// The master's copy, kept for a retransmission (closed once acknowledged).
     pub conn: std::net::TcpStream,
     pub tries: u32,
+    /// When it was last sent (a NACK's retransmission sends it again).
+    pub at: std::time::Instant,
 }
 
 /// Tells the worker about its channel at `slot` the way Node's `fork` does.

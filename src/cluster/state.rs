@@ -47,8 +47,12 @@ pub(crate) struct WorkerSlot {
     pub sock: Option<Arc<UnixStream>>,
     /// Connections and pings sent, not yet known to be read.
     pub inflight: Inflight<std::net::TcpStream>,
-    /// It has left something unread for a second: no more connections until it reads.
+    /// It has left something unread (a Node worker: unacknowledged) for a second: no more
+    /// connections until it catches up.
     pub stuck: bool,
+    /// It has made no progress for a second (read nothing of what it has unread, or not
+    /// acknowledged its connection): logged once, and again when it reads.
+    pub stalled: bool,
     /// Being killed for not reading (or missing heartbeats): no more sends.
     pub reclaiming: bool,
     pub kill: mpsc::UnboundedSender<Order>,

@@ -66,6 +66,14 @@ pub(super) async fn watch_worker(
         tokio::select! {
             exit = child.wait() => {
                 let exit = exit.unwrap_or(Exit { status: -1, signal: 0 });
+                if node && let Some(ch) = &mut channel {
+                    // Every line the worker wrote is in its channel by now: the master
+                    // hears an ACK written just before the exit before the exit, so a
+                    // connection the worker took is never handed again.
+                    if read_last_lines(id, ch, &events).await.is_err() {
+                        return;
+                    }
+                }
                 let _ = events.send(Event::Exited(id, exit)).await;
                 return;
             }
@@ -118,9 +126,11 @@ pub(super) async fn watch_worker(
                         }
                     }
                     Err(e) if node && e.name() == "EMSGSIZE" => {
-                        // A Node line that never ends: nothing after it can be read.
-                        tracing::warn!(id, "worker channel: {e}; no longer read");
-                        channel = None;
+                        // A line over the limit is dropped as it arrives (bounded memory),
+                        // and the lines after it are read as usual.
+                        if let Some(n) = errors.hit() {
+                            tracing::warn!(id, errors = n, "worker channel: {e}");
+                        }
                     }
                     Err(e) => {
                         if let Some(n) = errors.hit() {
@@ -142,6 +152,31 @@ pub(super) async fn watch_worker(
                     }
                 }
             },
+        }
+    }
+}
+
+/// The most a Node worker's last lines are read for after its exit (its channel ends at
+/// once unless a process it started holds it).
+const LAST_LINES_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads what a Node worker that exited left in its channel, up to its end (bounded by
+/// `LAST_LINES_WAIT`), and reports it. `Err` when the master is gone.
+async fn read_last_lines(
+    id: u64,
+    ch: &mut Channel,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), ()> {
+    let deadline = Instant::now() + LAST_LINES_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, node::read(ch)).await {
+            Ok(Ok(Some(report))) => {
+                if !report.is_empty() && events.send(Event::Report(id, report)).await.is_err() {
+                    return Err(());
+                }
+            }
+            Ok(Err(e)) if matches!(e.name(), "EMSGSIZE" | "EINVAL" | "EMFILE") => {}
+            _ => return Ok(()),
         }
     }
 }

@@ -326,9 +326,10 @@ impl Channel {
     ///
     /// A message that is not valid JSON for `T` is `EINVAL`; one whose handles were lost on
     /// the way (`MSG_CTRUNC`: this process at its fd limit, `EMFILE`, or more handles than
-    /// [`set_max_handles`](Channel::set_max_handles), `EMSGSIZE`) is an error too. Either
-    /// way that message is consumed, its handles are closed, and the next call receives the
-    /// next message.
+    /// [`set_max_handles`](Channel::set_max_handles), `EMSGSIZE`) is an error too, and so is
+    /// a line longer than [`set_max_message`](Channel::set_max_message) (`EMSGSIZE`, at
+    /// once: the rest of it is dropped as it arrives, unbuffered). Either way that message is
+    /// consumed, its handles are closed, and the next call receives the next message.
     pub async fn recv_msg<T: DeserializeOwned>(&mut self) -> Result<Option<(T, Vec<Handle>)>> {
         if let Some(inbox) = &mut self.inbox {
             return match inbox.recv().await {
@@ -342,9 +343,16 @@ impl Channel {
         }
         loop {
             let max_handles = self.tx.io.max_handles();
+            let max_message = self.tx.io.max_message.load(Ordering::Relaxed);
             let line = self.rd.rx.take_line(|bytes, bound| {
                 if let Some(lost) = bound.lost {
                     return Err(lost_error("recv_msg", lost, max_handles));
+                }
+                if bytes.len() > max_message {
+                    // (Arrived whole in one read: as one that is still coming, refused.)
+                    return Err(Error::new(libc::EMSGSIZE, "recv_msg").with_detail(format!(
+                        "a line over {max_message} bytes; that line is dropped"
+                    )));
                 }
                 match serde_json::from_slice::<T>(bytes) {
                     Ok(msg) => Ok((msg, bound.handles)),

@@ -76,6 +76,8 @@ pub(crate) struct Framer<H> {
     marks: VecDeque<(u64, Item<H>)>,
     /// Handles whose byte the byte layer has consumed.
     pending: VecDeque<H>,
+    /// The line layer drops bytes up to the next newline ([`skip_line`](Framer::skip_line)).
+    skipping: bool,
 }
 
 impl<H> Default for Framer<H> {
@@ -88,6 +90,7 @@ impl<H> Default for Framer<H> {
             scanned: 0,
             marks: VecDeque::new(),
             pending: VecDeque::new(),
+            skipping: false,
         }
     }
 }
@@ -207,6 +210,12 @@ impl<H> Framer<H> {
     /// Line layer: the next complete line (without its `\n`), handed to `f` with what is
     /// bound to it, then consumed. `None` when no complete line is buffered.
     pub fn take_line<R>(&mut self, f: impl FnOnce(&[u8], Bound<H>) -> R) -> Option<R> {
+        if self.skipping {
+            self.skip();
+            if self.skipping {
+                return None;
+            }
+        }
         let from = self.scanned.max(self.start);
         let Some(i) = self.buf[from..self.end].iter().position(|&b| b == b'\n') else {
             self.scanned = self.end;
@@ -253,6 +262,50 @@ impl<H> Framer<H> {
     /// Handles (and losses) bound to bytes not consumed yet.
     pub fn bound(&self) -> usize {
         self.marks.len()
+    }
+
+    #[cfg_attr(
+        not(feature = "json"),
+        allow(
+            dead_code,
+            reason = "the line layer serves the typed messages of feature json"
+        )
+    )]
+    /// Line layer: drops the line being received (valid after
+    /// [`take_line`](Framer::take_line) returned `None`: everything buffered), and the rest
+    /// of it as it arrives, up to and including its newline; the handles bound to it are
+    /// dropped. The next line is taken as usual, and memory stays at one read however long
+    /// the dropped line is.
+    pub fn skip_line(&mut self) {
+        self.skipping = true;
+        self.skip();
+    }
+
+    #[cfg_attr(
+        not(feature = "json"),
+        allow(
+            dead_code,
+            reason = "the line layer serves the typed messages of feature json"
+        )
+    )]
+    /// While skipping: drops the buffered bytes up to and including the next newline (the
+    /// skip ends there), or all of them.
+    fn skip(&mut self) {
+        let n = match self.buf[self.start..self.end]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            Some(i) => {
+                self.skipping = false;
+                i + 1
+            }
+            None => self.end - self.start,
+        };
+        let to = self.pos() + n as u64;
+        while self.marks.front().is_some_and(|(at, _)| *at < to) {
+            self.marks.pop_front();
+        }
+        self.consume(n);
     }
 
     /// Handles waiting for the byte layer's [`pop_pending`](Framer::pop_pending).
@@ -367,6 +420,36 @@ mod tests {
             ]
         );
         assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn a_skipped_line_is_dropped_with_its_handles_as_it_arrives_and_the_next_is_read() {
+        let mut f = Framer::default();
+        f.push(b"ok\n{\"long\":\"", [1], no_loss());
+        assert_eq!(lines(&mut f), vec![("ok".into(), vec![], false)]);
+        f.push(b"xxxx", [2], no_loss());
+        assert!(lines(&mut f).is_empty());
+        f.skip_line();
+        assert_eq!((f.buffered(), f.bound(), f.unterminated()), (0, 0, 0));
+        // The rest of it comes in pieces, the last with the next lines.
+        for _ in 0..3 {
+            f.push(&[b'x'; 1000], [3], no_loss());
+            assert!(lines(&mut f).is_empty());
+            assert_eq!((f.buffered(), f.bound()), (0, 0));
+        }
+        f.push(b"xx\"}\nnext\n", [4], no_loss());
+        f.push(b"last\n", [], no_loss());
+        assert_eq!(
+            lines(&mut f),
+            vec![
+                ("next".into(), vec![4], false),
+                ("last".into(), vec![], false)
+            ]
+        );
+        // A skip whose newline is already buffered ends there.
+        f.push(b"bad\ngood\n", [], no_loss());
+        f.skip_line();
+        assert_eq!(lines(&mut f), vec![("good".into(), vec![], false)]);
     }
 
     #[test]

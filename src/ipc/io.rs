@@ -66,21 +66,26 @@ pub(crate) struct ReadHalf {
 
 impl ReadHalf {
     /// Bounds a line still coming: its length, and the handles bound to it (a peer sending
-    /// one byte at a time, each with fds, would otherwise grow the queue without end).
+    /// one byte at a time, each with fds, would otherwise grow the queue without end). A
+    /// line past either limit is an error, once: it is dropped as it arrives (its handles
+    /// closed), and the line after it is read as usual.
     #[cfg_attr(
         not(feature = "json"),
         allow(dead_code, reason = "the typed layer is feature json")
     )]
-    pub fn check_partial(&self, io: &Io) -> Result<()> {
+    pub fn check_partial(&mut self, io: &Io) -> Result<()> {
         let max_message = io.max_message.load(Ordering::Relaxed);
         if self.rx.unterminated() > max_message {
-            return Err(Error::new(libc::EMSGSIZE, "recv_msg")
-                .with_detail(format!("no end of line within {max_message} bytes")));
+            self.rx.skip_line();
+            return Err(Error::new(libc::EMSGSIZE, "recv_msg").with_detail(format!(
+                "no end of line within {max_message} bytes; that line is dropped"
+            )));
         }
         let max_handles = io.max_handles();
         if self.rx.bound() > max_handles {
+            self.rx.skip_line();
             return Err(Error::new(libc::EMSGSIZE, "recv_msg").with_detail(format!(
-                "more than {max_handles} handles came with one message"
+                "more than {max_handles} handles came with one message; it is dropped"
             )));
         }
         Ok(())
