@@ -30,7 +30,7 @@ async fn detached_child_has_its_own_session_and_outlives_its_parent() {
         .expect("the helper prints the pid");
     let (pid, parent) = line.split_once(' ').expect(&stdout);
     let (pid, parent): (i32, i32) = (pid.parse().unwrap(), parent.parse().unwrap());
-    let _k = KillGuard(pid);
+    let _k = KillGuard::new(pid);
 
     // The helper (its parent) has exited and been reaped by `run_helper`...
     assert!(stat(parent).is_none(), "the parent is still there");
@@ -65,7 +65,7 @@ async fn parent_death_signal_kills_the_child_when_its_parent_dies() {
         .find_map(|l| Some(&l[l.find("pdeathsig-pid=")? + "pdeathsig-pid=".len()..]))
         .and_then(|p| p.trim().parse().ok())
         .expect("the helper prints the pid");
-    let _k = KillGuard(pid);
+    let _k = KillGuard::new(pid);
     // Adopted by us when the helper died, and killed by the signal it asked for.
     wait_zombie(pid);
     let mut status = 0;

@@ -214,14 +214,44 @@ impl Drop for TempDir {
     }
 }
 
-/// Kills `pid` with SIGKILL when dropped, so a failing test leaves no process behind.
-pub struct KillGuard(pub i32);
+/// Kills a process with SIGKILL when dropped, so a failing test leaves no process behind.
+/// It holds a pidfd taken when the guard is made (while the process is still this test's,
+/// not yet reaped): once that process is gone the guard signals nothing, even when the
+/// kernel has given its pid to another process (a plain `kill(pid)` on drop killed the
+/// children of concurrent tests that got a reaped pid again).
+pub struct KillGuard(Option<std::os::fd::OwnedFd>);
+
+impl KillGuard {
+    /// A guard on the process `pid` is now; make it before the process is reaped.
+    pub fn new(pid: i32) -> KillGuard {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open(2) with plain integers: it returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a non-negative return is a new fd that nothing else owns.
+        KillGuard((fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// The process was reaped by the test: nothing to kill.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for KillGuard {
     fn drop(&mut self) {
-        if self.0 > 0 {
-            // SAFETY: kill(2) with plain integers; the pid is one this test started.
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        use std::os::fd::AsRawFd;
+        if let Some(fd) = &self.0 {
+            // SAFETY: pidfd_send_signal(2) on our own pidfd, no siginfo; it signals only
+            // the process the pidfd was opened on (ESRCH once that one is gone).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
         }
     }
 }

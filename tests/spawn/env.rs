@@ -102,7 +102,7 @@ async fn basic_arg0() {
         .arg("30")
         .spawn()
         .unwrap();
-    let _k = KillGuard(pid_of(&child));
+    let _k = KillGuard::new(pid_of(&child));
     // spawn returns once the child has released our memory inside execve, which is just
     // before the kernel switches it to the new program's memory (until then /proc shows our
     // own command line) and puts the new argv there (until then it is empty): wait for both.
@@ -164,13 +164,13 @@ async fn basic_process_group() {
         .spawn()
         .unwrap();
     let pgid = pid_of(&leader);
-    let _k = KillGuard(pgid);
+    let _k = KillGuard::new(pgid);
     let mut member = Command::new("sleep")
         .arg("30")
         .process_group(pgid)
         .spawn()
         .unwrap();
-    let _k2 = KillGuard(pid_of(&member));
+    let _k2 = KillGuard::new(pid_of(&member));
     for pid in [pgid, pid_of(&member)] {
         let s = stat(pid).unwrap();
         assert_eq!(s.pgrp, pgid, "{s:?}");
@@ -196,7 +196,7 @@ fn basic_spawn_outside_a_runtime() {
     wait_zombie(pid_of(&child));
     assert_eq!(child.try_wait().unwrap().unwrap().status, 3);
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-    let _k = KillGuard(pid_of(&child));
+    let _k = KillGuard::new(pid_of(&child));
     let err = futures_lite_block_on(child.wait()).unwrap_err();
     assert_eq!(err.name(), "EINVAL", "{err}");
     // ...and a runtime later finishes the job.

@@ -27,7 +27,7 @@ async fn basic_killed_by_signal_reports_status_0_and_the_signal() {
     let _g = shared().await;
     // Killed by us.
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-    let _k = KillGuard(pid_of(&child));
+    let _k = KillGuard::new(pid_of(&child));
     child.kill(Signum::TERM).unwrap();
     let exit = bounded("wait", child.wait()).await.unwrap();
     assert_eq!((exit.status, exit.signal), (0, libc::SIGTERM));
@@ -93,7 +93,7 @@ async fn basic_try_wait() {
     let _g = shared().await;
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = pid_of(&child);
-    let _k = KillGuard(pid);
+    let _k = KillGuard::new(pid);
     assert_eq!(child.try_wait().unwrap(), None);
     child.kill(Signum::KILL).unwrap();
     wait_zombie(pid);
@@ -189,7 +189,7 @@ async fn basic_kill_never_hits_a_process_that_reused_the_pid() {
         eprintln!("the pid was taken by other processes 500 times: only ESRCH was checked");
         return;
     };
-    let mut guard = KillGuard(pid_of(&new));
+    let mut guard = KillGuard::new(pid_of(&new));
     assert_eq!(new.try_wait().unwrap(), None, "the new process was hit");
     new.kill(Signum::KILL).unwrap();
     assert_eq!(
@@ -198,7 +198,7 @@ async fn basic_kill_never_hits_a_process_that_reused_the_pid() {
     );
     // Reaped: the guard must not SIGKILL the pid now, which this very test makes the kernel
     // hand out again (a thread of any process that took it would take its process down).
-    guard.0 = 0;
+    guard.disarm();
 }
 
 #[tokio::test]
@@ -210,7 +210,7 @@ async fn basic_kill_on_drop_kills() {
         .spawn()
         .unwrap();
     let pid = pid_of(&child);
-    let _k = KillGuard(pid);
+    let _k = KillGuard::new(pid);
     drop(child);
     // Killed and reaped in the background: well before sleep would end by itself.
     wait_reaped(pid);
@@ -226,7 +226,7 @@ async fn basic_dropped_running_child_is_reaped_in_the_background() {
         .spawn()
         .unwrap();
     let pid = pid_of(&child);
-    let _k = KillGuard(pid);
+    let _k = KillGuard::new(pid);
     let mut stdin = child.stdin.take().unwrap();
     drop(child);
     // Still running: the drop did not kill it.
@@ -259,7 +259,7 @@ fn basic_dropped_child_after_the_runtime_is_gone_is_reaped() {
         (child, stdin)
     });
     let pid = pid_of(&child);
-    let _k = KillGuard(pid);
+    let _k = KillGuard::new(pid);
     drop(rt);
     drop(child);
     drop(stdin);
@@ -286,7 +286,7 @@ fn basic_wait_moves_between_runtimes() {
         );
         (child, stdin)
     });
-    let _k = KillGuard(pid_of(&child));
+    let _k = KillGuard::new(pid_of(&child));
     // ...then waited for in runtime `b`, while `a` lives on but nobody drives it.
     let b = rt();
     drop(stdin);
@@ -308,7 +308,7 @@ fn basic_wait_moves_between_runtimes() {
         );
         child
     });
-    let _k = KillGuard(pid_of(&child));
+    let _k = KillGuard::new(pid_of(&child));
     drop(a);
     child.kill(Signum::TERM).unwrap();
     let exit = b.block_on(async { bounded("wait after runtime a", child.wait()).await.unwrap() });

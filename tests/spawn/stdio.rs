@@ -242,7 +242,7 @@ async fn basic_child_has_exactly_the_fds_given() {
         .spawn()
         .unwrap();
     let pid = pid_of(&child);
-    let _k = KillGuard(pid);
+    let _k = KillGuard::new(pid);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     bounded("write", stdin.write_all(b"ping\n")).await.unwrap();
