@@ -47,6 +47,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "cluster", feature = "cgi"))]
+mod accept_backoff;
 #[cfg(feature = "cgi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cgi")))]
 pub mod cgi;

@@ -15,7 +15,9 @@ use super::config::{DEFAULT_TIMEOUT, check_env, default_max_children};
 use super::log::{Access, Log, LogLine, default_log};
 use super::meta;
 use super::script::{GroupKill, KILL_GRACE, log_stderr};
-use super::tasks::{AbortOnDrop, AcceptBackoff, ConnectionCap, Tasks, accept_is_fatal};
+use super::tasks::{
+    AbortOnDrop, AcceptBackoff, ConnectionCap, Tasks, accept_failed, accept_is_fatal,
+};
 use crate::error::{Error, Result, from_io};
 use crate::{Command, Stdio};
 
@@ -195,7 +197,7 @@ impl Raw {
                 Ok(c) => c,
                 Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),
                 Err(e) => {
-                    tokio::time::sleep(backoff.failed(&e, &this.log)).await;
+                    tokio::time::sleep(accept_failed(&mut backoff, &e, &this.log)).await;
                     continue;
                 }
             };

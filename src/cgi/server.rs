@@ -31,7 +31,7 @@ use super::response::content_length_of;
 use super::runner::{self, Outcome};
 use super::script;
 use super::state::State;
-use super::tasks::{AbortOnDrop, AcceptBackoff, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, accept_failed, accept_is_fatal};
 use super::upload::{Spool, Upload, UploadError, read_all};
 use crate::error::{Result, from_io};
 
@@ -70,7 +70,7 @@ pub(crate) async fn serve(
             Ok(c) => c,
             Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi: accept")),
             Err(e) => {
-                let pause = backoff.failed(&e, &state.log);
+                let pause = accept_failed(&mut backoff, &e, &state.log);
                 tokio::select! {
                     () = tokio::time::sleep(pause) => continue,
                     () = &mut shutdown => break,

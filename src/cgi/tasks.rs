@@ -40,59 +40,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Backoff of an accept loop after errors that come back at once until something else
-/// changes (out of fds or memory: the connection stays in the backlog and the listener
-/// stays readable), as the cluster master does: pause accepting, doubling from 20 ms up
-/// to 1 s, and log at most once a second, with how many accepts failed.
-#[derive(Debug, Default)]
-pub(crate) struct AcceptBackoff {
-    delay: Duration,
-    failed: u64,
-    logged: Option<Instant>,
-}
+pub(crate) use crate::accept_backoff::AcceptBackoff;
 
-const PAUSE_MIN: Duration = Duration::from_millis(20);
-const PAUSE_MAX: Duration = Duration::from_secs(1);
-const LOG_EVERY: Duration = Duration::from_secs(1);
-
-impl AcceptBackoff {
-    /// An accept worked: no more pause.
-    pub(crate) fn ok(&mut self) {
-        self.delay = Duration::ZERO;
-    }
-
-    /// An accept failed with `e`: how long to pause before the next one (zero for an error
-    /// that concerns one connection, a reset before accept). Logs through `log`, at most
-    /// once a second.
-    pub(crate) fn failed(&mut self, e: &io::Error, log: &Log) -> Duration {
-        let exhausted = matches!(
-            e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        );
-        if exhausted {
-            self.delay = (self.delay * 2).clamp(PAUSE_MIN, PAUSE_MAX);
-        }
-        self.failed += 1;
-        let now = Instant::now();
-        if self.logged.is_none_or(|t| now >= t + LOG_EVERY) {
-            let pause = if exhausted {
-                format!("; pausing accepts {} ms", self.delay.as_millis())
-            } else {
-                String::new()
-            };
-            log(&LogLine::Error(format!(
-                "accept: {e} ({} failed since the last such line){pause}",
-                self.failed
-            )));
-            self.failed = 0;
-            self.logged = Some(now);
-        }
-        if exhausted {
-            self.delay
+/// An accept failed with `e`: how long to pause before the next one (see
+/// `AcceptBackoff`), logged through `log` at most once a second.
+pub(crate) fn accept_failed(backoff: &mut AcceptBackoff, e: &io::Error, log: &Log) -> Duration {
+    let f = backoff.failed(e);
+    if let Some(failed) = f.log {
+        let pause = if f.pause.is_zero() {
+            String::new()
         } else {
-            Duration::ZERO
-        }
+            format!("; pausing accepts {} ms", f.pause.as_millis())
+        };
+        log(&LogLine::Error(format!(
+            "accept: {e} ({failed} failed since the last such line){pause}"
+        )));
     }
+    f.pause
 }
 
 /// The cap on a server's open connections (`max_connections`): one permit per connection.
@@ -187,11 +151,14 @@ mod tests {
         let log: Log = Arc::new(move |l: &LogLine| seen.lock().unwrap().push(l.to_string()));
         let mut b = AcceptBackoff::default();
         let emfile = io::Error::from_raw_os_error(libc::EMFILE);
-        assert_eq!(b.failed(&emfile, &log), PAUSE_MIN);
+        assert_eq!(
+            accept_failed(&mut b, &emfile, &log),
+            Duration::from_millis(20)
+        );
         for _ in 0..10 {
-            b.failed(&emfile, &log);
+            accept_failed(&mut b, &emfile, &log);
         }
-        assert_eq!(b.failed(&emfile, &log), PAUSE_MAX);
+        assert_eq!(accept_failed(&mut b, &emfile, &log), Duration::from_secs(1));
         assert_eq!(
             lines.lock().unwrap().len(),
             1,
@@ -199,9 +166,12 @@ mod tests {
             lines.lock().unwrap()
         );
         b.ok();
-        assert_eq!(b.failed(&emfile, &log), PAUSE_MIN);
+        assert_eq!(
+            accept_failed(&mut b, &emfile, &log),
+            Duration::from_millis(20)
+        );
         // An error of one connection (reset before accept) does not pause.
         let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
-        assert_eq!(b.failed(&aborted, &log), Duration::ZERO);
+        assert_eq!(accept_failed(&mut b, &aborted, &log), Duration::ZERO);
     }
 }

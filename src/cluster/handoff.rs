@@ -106,7 +106,18 @@ impl Master {
                     self.backlog_at.push_back(Instant::now());
                 }
                 Ok(Err(e)) => {
-                    self.accept_backoff.failed(&e);
+                    let f = self.accept_backoff.failed(&e);
+                    if let Some(failed) = f.log {
+                        if f.pause.is_zero() {
+                            tracing::warn!(failed, "accept: {e}");
+                        } else {
+                            tracing::warn!(
+                                failed,
+                                pause_ms = f.pause.as_millis() as u64,
+                                "accept: {e}; pausing accepts"
+                            );
+                        }
+                    }
                     if self.accept_backoff.paused() {
                         break;
                     }

@@ -14,12 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::WorkerProtocol;
-use super::backoff::AcceptBackoff;
 use super::config::Config;
 use super::policy::{Lineage, Policy};
 use super::proto::{Event, Request, Source};
 use super::state::{Master, State};
 use crate::Signum;
+use crate::accept_backoff::AcceptBackoff;
 use crate::error::Result;
 use crate::signal::Signal;
 

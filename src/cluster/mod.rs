@@ -86,7 +86,6 @@
 //! after a second and is killed after [`ClusterBuilder::stuck_timeout`]; the connections it
 //! never read go to other workers. The full lifecycle is in `docs/cluster.md`.
 
-mod backoff;
 mod builder;
 mod config;
 pub(crate) mod control;

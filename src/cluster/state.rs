@@ -10,12 +10,12 @@ use std::time::Instant;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::backoff::AcceptBackoff;
 use super::config::Config;
 use super::inflight::Inflight;
 use super::policy::{Lineage, Policy};
 use super::proto::{Event, Order, Source};
 use crate::Exit;
+use crate::accept_backoff::AcceptBackoff;
 
 /// How many events may wait for the master: a worker's task that finds the queue full
 /// waits, and so stops reading its worker.

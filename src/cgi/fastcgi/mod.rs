@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 
 use super::state::State;
-use super::tasks::{AbortOnDrop, AcceptBackoff, accept_is_fatal};
+use super::tasks::{AbortOnDrop, AcceptBackoff, accept_failed, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 
 pub(crate) use conn::Settings;
@@ -182,7 +182,7 @@ pub(crate) async fn serve(
             Ok(c) => c,
             Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "fastcgi: accept")),
             Err(e) => {
-                let pause = backoff.failed(&e, &state.log);
+                let pause = accept_failed(&mut backoff, &e, &state.log);
                 tokio::select! {
                     () = tokio::time::sleep(pause) => continue,
                     () = &mut shutdown => break,
