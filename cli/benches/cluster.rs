@@ -12,7 +12,8 @@
 //! side by side in time); a ratio is the median of the per-round ratios.
 //! `BROOD_BENCH_QUICK=1`: 3 rounds of 1 s cells (else 5 rounds of 2 s);
 //! `BROOD_BENCH_ONLY=rr,lc,c,seed,example,...` runs only those servers (keys below);
-//! `BROOD_BENCH_LOAD=ADDR` only loads a server started by hand (for profiling).
+//! `BROOD_BENCH_LOAD=ADDR` only loads a server started by hand (for profiling;
+//! `BROOD_BENCH_LOAD_PHASE=new` or `persistent` runs one of the two loads).
 //! Timing never gates a test.
 
 use std::path::{Path, PathBuf};
@@ -53,7 +54,11 @@ fn main() {
     // against a server started by hand, to profile it (perf, strace -c).
     if let Ok(addr) = std::env::var("BROOD_BENCH_LOAD") {
         return rt.block_on(async {
+            let phase = std::env::var("BROOD_BENCH_LOAD_PHASE").unwrap_or_default();
             for new_conn in [true, false] {
+                if (phase == "new" && !new_conn) || (phase == "persistent" && new_conn) {
+                    continue;
+                }
                 let (n, f) = load(&addr, 32, Duration::from_secs(5), new_conn).await;
                 println!("new_conn={new_conn}: {:.0}/s ({f} failed)", n as f64 / 5.0);
             }
