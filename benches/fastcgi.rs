@@ -54,10 +54,17 @@ fn main() {
 /// closes.
 fn serve_brood(sock: &Path) {
     let root = PathBuf::from(std::env::var_os("BROOD_BENCH_ROOT").unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = match std::env::var("BROOD_BENCH_RT").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
+    let spawned = std::env::var_os("BROOD_BENCH_SPAWN").is_some();
     rt.block_on(async {
         let listener = brood::cgi::FastCgiListener::bind(&format!("unix:{}", sock.display()))
             .await
@@ -65,8 +72,17 @@ fn serve_brood(sock: &Path) {
         let cgi = brood::cgi::Cgi::root(root).on_log(|_| {});
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 1];
+        let serve = async move {
+            if spawned {
+                tokio::spawn(async move { cgi.serve_fastcgi(listener).await })
+                    .await
+                    .unwrap()
+            } else {
+                cgi.serve_fastcgi(listener).await
+            }
+        };
         tokio::select! {
-            r = cgi.serve_fastcgi(listener) => r.unwrap(),
+            r = serve => r.unwrap(),
             _ = tokio::io::AsyncReadExt::read(&mut stdin, &mut buf) => {}
         }
     });

@@ -36,7 +36,8 @@ impl AcceptBackoff {
         self.until = None;
     }
 
-    /// Whether accepting is paused now.
+    /// Whether accepting is paused now (the cluster master asks; the CGI fronts sleep).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn paused(&self) -> bool {
         self.until.is_some_and(|t| Instant::now() < t)
     }

@@ -58,6 +58,7 @@ impl Command {
                 kill_on_drop: false,
                 reset_signals: false,
                 stdio: BTreeMap::new(),
+                exec_fd: None,
             },
         }
     }
@@ -77,6 +78,17 @@ impl Command {
         self.opts
             .args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Execs this open file (`execveat(fd, "", AT_EMPTY_PATH)`, as `fexecve`) instead of
+    /// looking the program up: what was checked is what runs, and the process is named
+    /// after the file (Linux 6.14 and later; before, after the fd's number). The program
+    /// given to [`Command::new`] is the fallback where `execveat` is missing. The fd must
+    /// stay open until `spawn` returns.
+    #[cfg(feature = "cgi")]
+    pub(crate) fn exec_fd(&mut self, fd: std::os::fd::RawFd) -> &mut Command {
+        self.opts.exec_fd = Some(fd);
         self
     }
 

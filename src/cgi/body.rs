@@ -9,18 +9,18 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 
 use super::response::find_end_from;
 use super::script::{Reader, Run, Shared};
 use crate::Exit;
 
-/// Bytes asked of the kernel per read: small at first (most answers are small), doubled
-/// each time the buffer fills, up to the largest frame.
-const FIRST_CHUNK: usize = 4 * 1024;
+/// The largest frame: what one read may bring (a pipe holds 64 KiB by default).
 const CHUNK: usize = 64 * 1024;
+/// Below this much room left in the buffer, the next read gets a new one.
+const MIN_SPARE: usize = 4 * 1024;
 
 /// How long, after stdout's EOF, the end of the body waits for the script's exit status
 /// (a script that closes stdout and works on ends its body cleanly after this).
@@ -85,7 +85,6 @@ pub(crate) struct ScriptBody {
     first: Bytes,
     run: Option<Run>,
     buf: BytesMut,
-    chunk: usize,
     /// Bytes still due when the script sent `Content-Length`.
     remaining: Option<u64>,
     /// Resolves when the timeout cuts stdout.
@@ -108,7 +107,6 @@ impl ScriptBody {
         ScriptBody {
             first,
             buf: BytesMut::new(),
-            chunk: FIRST_CHUNK,
             remaining: content_length,
             cut: Box::pin(async move {
                 let _ = cut.wait_for(|c| *c).await;
@@ -205,52 +203,45 @@ impl Body for ScriptBody {
             return this.cut_error();
         }
         // The bytes that came with the header block, then what the pipe has now, up to one
-        // frame: however many pieces the script wrote them in.
-        let mut filled = 0;
+        // frame: however many pieces the script wrote them in. Read into the buffer's spare
+        // capacity (nothing zeroed first), as much as the pipe holds per read.
         if !this.first.is_empty() {
             let first = std::mem::take(&mut this.first);
-            this.chunk = this.chunk.max(first.len().next_power_of_two()).min(CHUNK);
-            if first.len() >= this.chunk {
+            if first.len() >= CHUNK / 2 {
                 return Poll::Ready(this.sent(first));
             }
-            if this.buf.len() < this.chunk {
-                this.buf.resize(this.chunk, 0);
-            }
-            this.buf[..first.len()].copy_from_slice(&first);
-            filled = first.len();
+            this.buf.reserve(CHUNK.max(first.len()));
+            this.buf.extend_from_slice(&first);
         }
         let mut eof = false;
-        loop {
-            if this.buf.len() < this.chunk {
-                this.buf.resize(this.chunk, 0);
+        while this.buf.len() < CHUNK {
+            // A new buffer only when this one is nearly used up: frames handed on share
+            // their buffer, so a script writing a few bytes at a time pins one buffer for
+            // many frames, not one buffer per frame.
+            if this.buf.capacity() - this.buf.len() < MIN_SPARE {
+                this.buf.reserve(CHUNK - this.buf.len());
             }
+            let room = (CHUNK - this.buf.len()).min(this.buf.capacity() - this.buf.len());
             let run = this.run.as_mut().expect("checked above");
-            let mut rb = ReadBuf::new(&mut this.buf[filled..this.chunk]);
-            match Pin::new(&mut run.stdout).poll_read(cx, &mut rb) {
+            let mut limited = (&mut this.buf).limit(room);
+            let read = std::pin::pin!(run.stdout.read_buf(&mut limited)).poll(cx);
+            match read {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => {
-                    if filled > 0 {
+                    if !this.buf.is_empty() {
                         break;
                     }
                     this.run = None;
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        eof = true;
-                        break;
-                    }
-                    filled += n;
-                    if filled == this.chunk {
-                        if this.chunk == CHUNK {
-                            break;
-                        }
-                        this.chunk = (this.chunk * 2).min(CHUNK);
-                    }
+                Poll::Ready(Ok(0)) => {
+                    eof = true;
+                    break;
                 }
+                Poll::Ready(Ok(_)) => {}
             }
         }
+        let filled = this.buf.len();
         if filled > 0 {
             let data = this.buf.split_to(filled).freeze();
             return Poll::Ready(this.sent(data));

@@ -97,6 +97,10 @@ pub(crate) async fn launch(
     if opened.interpreted && by_fd {
         cmd.stdio(SCRIPT_FD, Stdio::inherit_fd(opened.file.as_raw_fd()));
     }
+    if !opened.interpreted {
+        // The open file itself, so `ps` and `pkill` see the script's name.
+        cmd.exec_fd(opened.file.as_raw_fd());
+    }
     cmd.arg0(&opened.real)
         .args(args)
         .env_clear()

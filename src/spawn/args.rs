@@ -60,6 +60,8 @@ pub(crate) struct ChildArgs {
     /// NUL-terminated candidates to `execve`, in PATH order.
     pub paths: *const *const libc::c_char,
     pub npaths: usize,
+    /// An open file to exec first (`execveat` with `AT_EMPTY_PATH`), or -1.
+    pub exec_fd: i32,
     pub argv: *const *const libc::c_char,
     pub envp: *const *const libc::c_char,
     /// Where the child writes its pid in decimal (room for 20 digits and a NUL), or null.

@@ -154,6 +154,25 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
 
         let mut err = libc::ENOENT;
         let mut saw_eacces = false;
+        if args.exec_fd >= 0 {
+            // The open file itself (its name becomes the process's name); only a kernel
+            // without execveat (ENOSYS) falls back to the paths.
+            let exec = [
+                args.exec_fd as usize,
+                c"".as_ptr() as usize,
+                args.argv as usize,
+                args.envp as usize,
+                libc::AT_EMPTY_PATH as usize,
+                0,
+            ];
+            err = syscall(libc::SYS_execveat, exec)
+                .err()
+                .unwrap_or(libc::ENOEXEC);
+            if err != libc::ENOSYS {
+                let _ = raw::set_mask(&raw::FULL_SET, std::ptr::null_mut());
+                fail(args, Stage::Exec, err, -1)
+            }
+        }
         for i in 0..args.npaths {
             let exec = [
                 *args.paths.add(i) as usize,

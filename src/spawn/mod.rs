@@ -40,6 +40,7 @@ pub(crate) enum ParentEnd {
 pub(crate) struct Plan {
     program: OsString,
     paths: Vec<CString>,
+    exec_fd: i32,
     path_ptrs: Vec<*const libc::c_char>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
@@ -118,6 +119,7 @@ impl Plan {
         ChildArgs {
             paths: self.path_ptrs.as_ptr(),
             npaths: self.paths.len(),
+            exec_fd: self.exec_fd,
             argv: self.argv_ptrs.as_ptr(),
             envp: if self.inherit_environ {
                 // SAFETY: reads the pointer without std's environment lock (std's own spawn
@@ -463,6 +465,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         program: cmd.program.clone(),
         path_ptrs: Vec::new(),
         paths,
+        exec_fd: cmd.exec_fd.unwrap_or(-1),
         argv_ptrs: Vec::new(),
         _argv: argv,
         envp,

@@ -31,4 +31,8 @@ pub(crate) struct Options {
     pub kill_on_drop: bool,
     pub reset_signals: bool,
     pub stdio: BTreeMap<i32, Stdio>,
+    /// Exec this open file (`execveat(fd, "", AT_EMPTY_PATH)`) rather than a path: the
+    /// CGI runner's checked script. The program's paths stay the fallback for kernels
+    /// without `execveat` (before 3.19).
+    pub exec_fd: Option<i32>,
 }

@@ -99,3 +99,54 @@ async fn bad_configuration_is_an_error() {
     let err = Cgi::script(root.www()).serve(listener).await.unwrap_err();
     assert_eq!(err.name(), "EINVAL");
 }
+
+/// A compiled program runs from the open file that was checked, and still carries its own
+/// name (`/proc/PID/comm`, what `ps`, `top` and `pkill` show), not the fd's number, where
+/// the kernel names an `execveat(fd, "", AT_EMPTY_PATH)` after the file (Linux 6.14+).
+#[tokio::test]
+async fn a_compiled_script_is_named_after_its_file() {
+    let root = Root::new();
+    let src = root.dir.join("whoami.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n\
+         int main(void) {\n\
+           char name[64] = {0};\n\
+           FILE *f = fopen(\"/proc/self/comm\", \"r\");\n\
+           if (f) { fgets(name, sizeof name, f); fclose(f); }\n\
+           printf(\"Content-Type: text/plain\\r\\n\\r\\n%s\", name);\n\
+           return 0;\n\
+         }\n",
+    )
+    .unwrap();
+    let bin = root.www().join("whoami-cgi");
+    let built = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("gcc is installed");
+    assert!(built.success(), "gcc failed");
+    let logs = Logs::default();
+    let server = start(root.cgi(&logs)).await;
+    let (resp, body) = get(server.addr, "/cgi-bin/whoami-cgi").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let name = String::from_utf8(body).unwrap();
+    let (major, minor) = kernel_version();
+    if (major, minor) >= (6, 14) {
+        assert_eq!(name.trim_end(), "whoami-cgi");
+    } else {
+        // Older kernels name it after the fd (a number) whichever way it is exec'd.
+        assert!(!name.trim_end().is_empty());
+    }
+    server.stop().await;
+}
+
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
