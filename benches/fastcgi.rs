@@ -7,7 +7,9 @@
 //! Timing never gates a test. Every server runs in a watched process group (see `watched`),
 //! so nothing is left running however the bench ends, Ctrl-C included.
 //!
-//! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5).
+//! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5). For
+//! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime and
+//! `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task (both measured no faster).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -15,10 +15,8 @@ use super::config::{DEFAULT_TIMEOUT, check_env, default_max_children};
 use super::log::{Access, Log, LogLine, default_log};
 use super::meta;
 use super::script::{GroupKill, KILL_GRACE, log_stderr};
-use super::tasks::{
-    AbortOnDrop, AcceptBackoff, ConnectionCap, Tasks, accept_failed, accept_is_fatal,
-};
-use crate::error::{Error, Result, from_io};
+use super::tasks::{AbortOnDrop, ConnectionCap, Tasks, accept_loop};
+use crate::error::{Error, Result};
 use crate::{Command, Stdio};
 
 /// Runs a program per TCP connection with stdin and stdout set to the connection
@@ -189,25 +187,25 @@ impl Raw {
         let this = Arc::new(self);
         let tasks = Tasks::default();
         let _stop = AbortOnDrop(tasks.clone());
-        let mut backoff = AcceptBackoff::default();
         let connections = ConnectionCap::new(max_connections);
-        loop {
-            let slot = connections.slot(&this.log).await;
-            let (tcp, remote) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi raw: accept")),
-                Err(e) => {
-                    tokio::time::sleep(accept_failed(&mut backoff, &e, &this.log)).await;
-                    continue;
-                }
-            };
-            backoff.ok();
+        let serve = |(tcp, remote), slot| {
             let (this, env, limit) = (this.clone(), env.clone(), limit.clone());
             tasks.spawn(async move {
                 this.connection(tcp, remote, &env, limit).await;
                 drop(slot);
             });
-        }
+        };
+        let bound = &listener;
+        let accept = move || bound.accept();
+        accept_loop(
+            &connections,
+            &this.log,
+            "cgi raw: accept",
+            accept,
+            serve,
+            std::future::pending(),
+        )
+        .await
     }
 
     async fn connection(

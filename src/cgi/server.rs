@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::answer::{text, text_saying};
@@ -31,9 +32,9 @@ use super::response::content_length_of;
 use super::runner::{self, Outcome};
 use super::script;
 use super::state::State;
-use super::tasks::{AbortOnDrop, AcceptBackoff, accept_failed, accept_is_fatal};
+use super::tasks::{AbortOnDrop, accept_loop};
 use super::upload::{Spool, Upload, UploadError, read_all};
-use crate::error::{Result, from_io};
+use crate::error::Result;
 
 // `fuzzing.rs` reaches the query's argv here.
 pub(crate) use super::meta::search_args;
@@ -53,33 +54,11 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let _stop = AbortOnDrop(state.tasks.clone());
-    tokio::pin!(shutdown);
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        // At the connection limit, new connections wait in the listen backlog (an idle
-        // keep-alive connection is closed after HEADER_READ_TIMEOUT without a request).
-        let slot = tokio::select! {
-            s = state.connections.slot(&state.log) => s,
-            () = &mut shutdown => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut shutdown => break,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(c) => c,
-            Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "cgi: accept")),
-            Err(e) => {
-                let pause = accept_failed(&mut backoff, &e, &state.log);
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => continue,
-                    () = &mut shutdown => break,
-                }
-            }
-        };
-        backoff.ok();
+    // At the connection limit, new connections wait in the listen backlog (an idle
+    // keep-alive connection is closed after HEADER_READ_TIMEOUT without a request).
+    let serve = |(tcp, remote): (TcpStream, SocketAddr), slot| {
         let Ok(local) = tcp.local_addr() else {
-            continue;
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let peer = Peer { remote, local };
@@ -98,7 +77,19 @@ pub(crate) async fn serve(
                 .await;
             drop(slot);
         });
-    }
+    };
+    let log = state.log.clone();
+    let bound = &listener;
+    let accept = move || bound.accept();
+    accept_loop(
+        &state.connections,
+        &log,
+        "cgi: accept",
+        accept,
+        serve,
+        shutdown,
+    )
+    .await?;
     // Graceful stop: no new connection; every running script's group gets SIGTERM, then
     // SIGKILL after the grace (its supervisor sees `stopping`); then the rest is aborted.
     drop(listener);

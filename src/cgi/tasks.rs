@@ -42,6 +42,48 @@ impl Drop for AbortOnDrop {
 
 pub(crate) use crate::accept_backoff::AcceptBackoff;
 
+/// Every front's accept loop, until `shutdown` resolves: a connection slot first (at the
+/// cap, new connections wait in the listen backlog), then one `accept`. A passing error
+/// (out of fds, memory, buffers) pauses accepting as `AcceptBackoff` says and is logged
+/// at most once a second; a fatal one (the listener itself is unusable) is returned, with
+/// `what` as the operation. Each connection goes to `serve` with its slot, which it holds
+/// until the connection ends.
+pub(crate) async fn accept_loop<C, A: Future<Output = io::Result<C>>>(
+    cap: &ConnectionCap,
+    log: &Log,
+    what: &str,
+    mut accept: impl FnMut() -> A,
+    mut serve: impl FnMut(C, OwnedSemaphorePermit),
+    shutdown: impl Future<Output = ()>,
+) -> crate::Result<()> {
+    tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let slot = tokio::select! {
+            s = cap.slot(log) => s,
+            () = &mut shutdown => return Ok(()),
+        };
+        let accepted = tokio::select! {
+            a = accept() => a,
+            () = &mut shutdown => return Ok(()),
+        };
+        match accepted {
+            Ok(c) => {
+                backoff.ok();
+                serve(c, slot);
+            }
+            Err(e) if accept_is_fatal(&e) => return Err(crate::error::from_io(e, what)),
+            Err(e) => {
+                let pause = accept_failed(&mut backoff, &e, log);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// An accept failed with `e`: how long to pause before the next one (see
 /// `AcceptBackoff`), logged through `log` at most once a second.
 pub(crate) fn accept_failed(backoff: &mut AcceptBackoff, e: &io::Error, log: &Log) -> Duration {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 
 use super::state::State;
-use super::tasks::{AbortOnDrop, AcceptBackoff, accept_failed, accept_is_fatal};
+use super::tasks::{AbortOnDrop, accept_loop};
 use crate::error::{Error, Result, from_io};
 
 pub(crate) use conn::Settings;
@@ -166,36 +166,25 @@ pub(crate) async fn serve(
 ) -> Result<()> {
     let _stop = AbortOnDrop(state.tasks.clone());
     let settings = Arc::new(settings);
-    tokio::pin!(shutdown);
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        // At the connection limit, new connections wait in the listen backlog.
-        let slot = tokio::select! {
-            s = state.connections.slot(&state.log) => s,
-            () = &mut shutdown => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut shutdown => break,
-        };
-        let (r, w) = match accepted {
-            Ok(c) => c,
-            Err(e) if accept_is_fatal(&e) => return Err(from_io(e, "fastcgi: accept")),
-            Err(e) => {
-                let pause = accept_failed(&mut backoff, &e, &state.log);
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => continue,
-                    () = &mut shutdown => break,
-                }
-            }
-        };
-        backoff.ok();
+    let serve = |(r, w), slot| {
         let (st, set) = (state.clone(), settings.clone());
         state.tasks.spawn(async move {
             conn::serve(st, set, r, w).await;
             drop(slot);
         });
-    }
+    };
+    let log = state.log.clone();
+    let bound = &listener;
+    let accept = move || bound.accept();
+    accept_loop(
+        &state.connections,
+        &log,
+        "fastcgi: accept",
+        accept,
+        serve,
+        shutdown,
+    )
+    .await?;
     // Graceful stop, as in HTTP mode.
     drop(listener);
     state.stop_scripts().await;
