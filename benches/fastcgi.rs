@@ -9,7 +9,9 @@
 //!
 //! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5). For
 //! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime and
-//! `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task (both measured no faster).
+//! `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task (both measured no faster);
+//! `BROOD_BENCH_HOLD=1` starts everything, prints the URLs and serves until Enter (to
+//! profile by hand, docs/benchmarks.md).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -296,6 +298,18 @@ fn bench() {
     wait_for(&wrap_sock);
     let (nginx, port) = nginx(&dir, &root, &brood_sock, &wrap_sock);
 
+    if std::env::var_os("BROOD_BENCH_HOLD").is_some() {
+        // For profiling by hand: everything stays up until Enter.
+        for (case, path) in CASES {
+            println!(
+                "{case}: http://127.0.0.1:{port}/brood{path} and http://127.0.0.1:{port}/fcgiwrap{path}"
+            );
+        }
+        println!("serving until Enter…");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        return;
+    }
     let secs = if std::env::var_os("BROOD_BENCH_QUICK").is_some() {
         1
     } else {
