@@ -42,6 +42,25 @@ async fn finish(mut child: brood::Child) {
     assert!(exit.success(), "child {exit}");
 }
 
+/// Sends `what` (and `to`) with the handles `fds`.
+async fn hand(ch: &Channel, what: &str, to: &str, fds: &[std::os::fd::BorrowedFd<'_>]) {
+    let msg = Msg {
+        what: what.into(),
+        to: to.into(),
+    };
+    ch.send_msg(&msg, fds).await.unwrap();
+}
+
+/// Everything `r` gives until EOF, within the test's limit.
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Vec<u8> {
+    let mut got = Vec::new();
+    timeout(LIMIT, r.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
 /// The child side of every cross-process test (a no-op when run as a normal test).
 #[test]
 fn child_side() {
@@ -109,21 +128,9 @@ async fn passes_a_tcp_stream() {
         .unwrap();
     let (server_side, _) = listener.accept().await.unwrap();
     let (child, ch) = spawn_child("tcp");
-    ch.send_msg(
-        &Msg {
-            what: "tcp".into(),
-            to: String::new(),
-        },
-        &[server_side.as_fd()],
-    )
-    .await
-    .unwrap();
+    hand(&ch, "tcp", "", &[server_side.as_fd()]).await;
     drop(server_side); // the child has its own copy
-    let mut got = Vec::new();
-    timeout(LIMIT, client.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_all(&mut client).await;
     assert_eq!(got, b"hello over tcp");
     finish(child).await;
 }
@@ -133,22 +140,10 @@ async fn passes_a_tcp_listener_the_child_accepts_on() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (child, ch) = spawn_child("tcp-listener");
-    ch.send_msg(
-        &Msg {
-            what: "tcp-listener".into(),
-            to: String::new(),
-        },
-        &[listener.as_fd()],
-    )
-    .await
-    .unwrap();
+    hand(&ch, "tcp-listener", "", &[listener.as_fd()]).await;
     drop(listener);
     let mut client = TcpStream::connect(addr).await.unwrap();
-    let mut got = Vec::new();
-    timeout(LIMIT, client.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_all(&mut client).await;
     assert_eq!(got, b"accepted by child");
     finish(child).await;
 }
@@ -157,21 +152,9 @@ async fn passes_a_tcp_listener_the_child_accepts_on() {
 async fn passes_a_unix_stream() {
     let (mut mine, theirs) = UnixStream::pair().unwrap();
     let (child, ch) = spawn_child("unix");
-    ch.send_msg(
-        &Msg {
-            what: "unix".into(),
-            to: String::new(),
-        },
-        &[theirs.as_fd()],
-    )
-    .await
-    .unwrap();
+    hand(&ch, "unix", "", &[theirs.as_fd()]).await;
     drop(theirs);
-    let mut got = Vec::new();
-    timeout(LIMIT, mine.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_all(&mut mine).await;
     assert_eq!(got, b"hello over unix");
     finish(child).await;
 }
@@ -182,15 +165,13 @@ async fn passes_a_udp_socket() {
     let theirs = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let from = theirs.local_addr().unwrap();
     let (child, ch) = spawn_child("udp");
-    ch.send_msg(
-        &Msg {
-            what: "udp".into(),
-            to: me.local_addr().unwrap().to_string(),
-        },
+    hand(
+        &ch,
+        "udp",
+        &me.local_addr().unwrap().to_string(),
         &[theirs.as_fd()],
     )
-    .await
-    .unwrap();
+    .await;
     drop(theirs);
     let mut buf = [0u8; 64];
     let (n, peer) = timeout(LIMIT, me.recv_from(&mut buf))
@@ -208,15 +189,7 @@ async fn passes_a_kernel_pipe_and_a_file() {
     let (mut reader, writer) = kernel_pipe();
     let (child, ch) = spawn_child("fifo");
     let w: OwnedFd = writer.into();
-    ch.send_msg(
-        &Msg {
-            what: "fifo".into(),
-            to: String::new(),
-        },
-        &[w.as_fd()],
-    )
-    .await
-    .unwrap();
+    hand(&ch, "fifo", "", &[w.as_fd()]).await;
     drop(w);
     let got = tokio::task::spawn_blocking(move || {
         let mut s = String::new();
@@ -233,15 +206,7 @@ async fn passes_a_kernel_pipe_and_a_file() {
     let path = std::env::temp_dir().join(format!("brood-ipc-file-{}", std::process::id()));
     let file = std::fs::File::create(&path).unwrap();
     let (child, ch) = spawn_child("file");
-    ch.send_msg(
-        &Msg {
-            what: "file".into(),
-            to: String::new(),
-        },
-        &[file.as_fd()],
-    )
-    .await
-    .unwrap();
+    hand(&ch, "file", "", &[file.as_fd()]).await;
     drop(file);
     finish(child).await;
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello via file");
@@ -254,15 +219,13 @@ async fn several_handles_in_one_message_keep_their_order_and_kinds() {
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (unix, _keep) = UnixStream::pair().unwrap();
     let (mut child, mut ch) = spawn_child("several");
-    ch.send_msg(
-        &Msg {
-            what: "several".into(),
-            to: String::new(),
-        },
+    hand(
+        &ch,
+        "several",
+        "",
         &[tcp_l.as_fd(), udp.as_fd(), unix.as_fd()],
     )
-    .await
-    .unwrap();
+    .await;
     let (reply, _): (Msg, _) = timeout(LIMIT, ch.recv_msg())
         .await
         .unwrap()
@@ -471,21 +434,9 @@ async fn a_channel_over_a_named_socket_between_unrelated_processes() {
         .await
         .unwrap();
     let (server_side, _) = listener.accept().await.unwrap();
-    ch.send_msg(
-        &Msg {
-            what: "named".into(),
-            to: String::new(),
-        },
-        &[server_side.as_fd()],
-    )
-    .await
-    .unwrap();
+    hand(&ch, "named", "", &[server_side.as_fd()]).await;
     drop(server_side);
-    let mut got = Vec::new();
-    timeout(LIMIT, client.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_all(&mut client).await;
     assert_eq!(got, b"hello over tcp");
     assert!(
         timeout(LIMIT, child.wait())
