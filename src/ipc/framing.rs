@@ -562,24 +562,7 @@ mod tests {
                     if queue.is_empty() && f.buffered() == 0 {
                         break;
                     }
-                    let room = 1 + rng.below(100) as usize;
-                    let mut read = Vec::new();
-                    let mut fds = Vec::new();
-                    while read.len() < room {
-                        let Some((bytes, hs)) = queue.front_mut() else {
-                            break;
-                        };
-                        let take = (room - read.len()).min(bytes.len());
-                        read.extend(bytes.drain(..take));
-                        let had_fds = !hs.is_empty();
-                        fds.append(hs);
-                        if bytes.is_empty() {
-                            queue.pop_front();
-                        }
-                        if had_fds {
-                            break;
-                        }
-                    }
+                    let (read, fds) = kernel_read(&mut queue, 1 + rng.below(100) as usize);
                     f.push(&read, fds, None);
                 }
                 let mut out = vec![0u8; 1 + rng.below(40) as usize];
@@ -600,6 +583,30 @@ mod tests {
             }
             assert_eq!(taken, next_handle as usize);
         }
+    }
+
+    /// One read of at most `room` bytes from queued writes `(bytes, handles on the first
+    /// byte)`, as `unix_stream_read_generic` does it: fd-less writes merge into one read,
+    /// which ends with the first write that carries fds.
+    fn kernel_read(queue: &mut VecDeque<(Vec<u8>, Vec<u32>)>, room: usize) -> (Vec<u8>, Vec<u32>) {
+        let mut read = Vec::new();
+        let mut fds = Vec::new();
+        while read.len() < room {
+            let Some((bytes, hs)) = queue.front_mut() else {
+                break;
+            };
+            let take = (room - read.len()).min(bytes.len());
+            read.extend(bytes.drain(..take));
+            let had_fds = !hs.is_empty();
+            fds.append(hs);
+            if bytes.is_empty() {
+                queue.pop_front();
+            }
+            if had_fds {
+                break;
+            }
+        }
+        (read, fds)
     }
 
     /// Simulates the kernel: writes of one line each, 0-3 handles on their first byte, read
@@ -628,24 +635,7 @@ mod tests {
             let mut f = Framer::default();
             let mut got = Vec::new();
             while !queue.is_empty() {
-                let room = 1 + rng.below(200) as usize;
-                let mut read = Vec::new();
-                let mut fds = Vec::new();
-                while read.len() < room {
-                    let Some((bytes, hs)) = queue.front_mut() else {
-                        break;
-                    };
-                    let take = (room - read.len()).min(bytes.len());
-                    read.extend(bytes.drain(..take));
-                    let had_fds = !hs.is_empty();
-                    fds.append(hs);
-                    if bytes.is_empty() {
-                        queue.pop_front();
-                    }
-                    if had_fds {
-                        break;
-                    }
-                }
+                let (read, fds) = kernel_read(&mut queue, 1 + rng.below(200) as usize);
                 f.push(&read, fds, None);
                 got.extend(lines(&mut f));
             }
