@@ -93,6 +93,8 @@ impl Master {
     /// blocking, as from `accept(2)` on a blocking listener (what a worker in any language
     /// expects; brood workers make it non-blocking themselves).
     pub(super) fn accept_ready(&mut self, mut ready: AsyncFdReadyGuard<'_, std::net::TcpListener>) {
+        // One clock reading for the batch (the accepts of a batch take microseconds).
+        let now = Instant::now();
         for _ in 0..ACCEPT_BATCH {
             if self.backlog.len() >= self.backlog_max {
                 break;
@@ -103,7 +105,7 @@ impl Master {
                 Ok(Ok((conn, _))) => {
                     self.accept_backoff.ok();
                     self.backlog.push_back(conn.into());
-                    self.backlog_at.push_back(Instant::now());
+                    self.backlog_at.push_back(now);
                 }
                 Ok(Err(e)) => {
                     let f = self.accept_backoff.failed(&e);
@@ -133,6 +135,10 @@ impl Master {
         // A Node worker gets Node's handle message (one line, one kernel buffer: a
         // non-blocking send takes all of it or none), and no other until it acknowledges.
         let node = self.cfg.worker_protocol == WorkerProtocol::Node;
+        if self.backlog.is_empty() {
+            return;
+        }
+        let now = Instant::now();
         let payload: &[u8] = if node {
             crate::ipc::NODE_CONNECTION
         } else {
@@ -171,7 +177,7 @@ impl Master {
                             w.node_in_flight = Some(node::InFlight {
                                 conn,
                                 tries: 0,
-                                at: Instant::now(),
+                                at: now,
                             });
                         } else {
                             w.open += 1;
@@ -203,7 +209,7 @@ impl Master {
             // worker has its own); where that cannot be told, it closes at once.
             if let (Some(sizes), Some(conn)) = (sizes, conn) {
                 let w = self.workers.get_mut(&id).expect("picked");
-                w.inflight.push(Some(conn), sizes.with_fd, Instant::now());
+                w.inflight.push(Some(conn), sizes.with_fd, now);
             }
         }
     }

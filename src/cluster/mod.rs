@@ -99,6 +99,7 @@ mod node;
 mod notify;
 mod output;
 mod policy;
+mod signals;
 pub(crate) mod proto;
 mod spawner;
 mod state;

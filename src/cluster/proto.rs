@@ -20,6 +20,8 @@ pub(crate) enum Event {
     /// A worker being killed was stopped, then found with this many bytes of the
     /// master's sends unread (`inflight.rs`), then sent `SIGKILL`.
     Reclaimed(u64, usize),
+    /// One of the master's signals came (`signals.rs`).
+    Signal(Signum),
 }
 
 /// What the master asks of a worker's task (`watch.rs`).
