@@ -223,6 +223,7 @@ impl Master {
                 if r.pong {
                     w.last_pong = Instant::now();
                 }
+                w.batches |= r.batches;
                 w.open = r.apply(w.open);
                 w.handled += u64::from(r.accepted);
                 if r.ack || r.nack {

@@ -109,7 +109,8 @@ impl Worker {
                 let (conn_tx, conn_rx) = mpsc::channel(1024);
                 let (up_tx, up_rx) = mpsc::unbounded_channel();
                 let sender = channel.sender();
-                sender.send(&[wire::READY]).await?;
+                // (This worker reads every connection of a message: see `take_conn`.)
+                sender.send(&[wire::BATCHES, wire::READY]).await?;
                 worker.conns = strategy.master_accepts().then_some(conn_rx);
                 worker.to_master = Some(up_tx);
                 tokio::spawn(writer(sender, up_rx));
