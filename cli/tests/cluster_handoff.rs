@@ -188,7 +188,17 @@ async fn a_burst_goes_to_a_brood_worker_several_connections_per_sendmsg() {
     let prefix_arg = prefix.to_str().unwrap().to_string();
     let m = Master::launch(
         "handoff-batch",
-        &["strace", "-ff", "-qq", "-s", "64", "-o", &prefix_arg, "-e", "trace=sendmsg"],
+        &[
+            "strace",
+            "-ff",
+            "-qq",
+            "-s",
+            "64",
+            "-o",
+            &prefix_arg,
+            "-e",
+            "trace=sendmsg",
+        ],
         &["--workers", "2", "--builtin", "echo"],
     )
     .await;

@@ -239,7 +239,8 @@ impl Master {
         if !ack && f.tries < node::MAX_RETRANSMISSIONS {
             f.tries += 1;
             if let Some(chan) = &w.chan
-                && let Sent::Yes = try_send(chan, crate::ipc::NODE_CONNECTION, &[f.conn.as_raw_fd()])
+                && let Sent::Yes =
+                    try_send(chan, crate::ipc::NODE_CONNECTION, &[f.conn.as_raw_fd()])
             {
                 f.at = Instant::now();
                 return;
