@@ -17,7 +17,7 @@ use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::{TcpListener, UnixStream};
 
-use super::inflight::{self, WINDOW};
+use super::inflight::{self, HANDOFF_BATCH, WINDOW};
 use super::proto::{Event, Order};
 use super::state::{Master, State, WorkerSlot};
 use super::{Strategy, WorkerProtocol, node, wire};
@@ -76,9 +76,6 @@ pub(super) fn listener(l: TcpListener) -> std::io::Result<Listener> {
 /// At most this many connections are accepted per readiness of the listener before the
 /// master looks at its other events (workers' reports, signals, `ctl`) again.
 const ACCEPT_BATCH: usize = 64;
-
-/// The most connections handed to one worker in one `sendmsg`.
-pub(super) const HANDOFF_BATCH: usize = 8;
 
 impl Master {
     /// The listener is readable: accepts connections until the kernel has no more (or the

@@ -19,12 +19,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use super::handoff::HANDOFF_BATCH;
-
 /// At most this many sends per worker are kept: the kernel lets a channel (8 KiB send
 /// buffer) hold about 11 unread ones, so past this the oldest were read and are let go
 /// at the next look.
 pub(crate) const WINDOW: usize = 16;
+
+/// The most connections handed to one worker in one `sendmsg` (one buffer for the kernel).
+pub(crate) const HANDOFF_BATCH: usize = 8;
 
 /// The bytes the kernel charges for one unread send: a ping (one byte, no fd), and a
 /// batch of `k` connections (`k` bytes, `k` fds) for each `k` up to `HANDOFF_BATCH`.
