@@ -10,6 +10,13 @@
 //!
 //! Rounds interleave the servers (the order reverses every round, so A and B run
 //! side by side in time); a ratio is the median of the per-round ratios.
+//!
+//! Besides requests per second, each cell measures the server's CPU time (user + system of
+//! the server process and its children, from `/proc/PID/stat` before and after the cell) per
+//! exchange: when the load generator, not the server, is the bound (the two share 2
+//! cores), equal throughputs can hide a server that spends more per connection; the
+//! cost ratio says by how much (B's cost / A's, above 1 when A is the cheaper).
+//! `BROOD_BENCH_PIN=1` pins the servers to CPU 1 and the load generator to CPU 0.
 //! `BROOD_BENCH_QUICK=1`: 3 rounds of 1 s cells (else 5 rounds of 2 s);
 //! `BROOD_BENCH_ONLY=rr,lc,c,seed,example,...` runs only those servers (keys below);
 //! `BROOD_BENCH_LOAD=ADDR` only loads a server started by hand (for profiling;
@@ -44,6 +51,9 @@ fn quick() -> bool {
 fn main() {
     if std::env::var_os("BROOD_BENCH_ECHO_SERVER").is_some() {
         return echo_server();
+    }
+    if let Some(code) = rerun_pinned() {
+        std::process::exit(code);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -103,6 +113,89 @@ struct Server {
     name: String,
     child: brood::Child,
     addr: String,
+}
+
+impl Server {
+    /// CPU time (user + system) so far of the server and every process below it, in
+    /// clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        self.child.id().map_or(0, |pid| tree_ticks(pid, 0))
+    }
+}
+
+/// utime + stime of `pid` (every thread, live or ended) and of its descendants.
+fn tree_ticks(pid: u32, depth: usize) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+    let mut ticks = field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    if depth > 8 {
+        return ticks;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return ticks;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            ticks += tree_ticks(child, depth + 1);
+        }
+    }
+    ticks
+}
+
+/// The unit of `/proc/PID/stat`'s times (`USER_HZ`: 100 on every Linux ABI but alpha's).
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn pinned() -> bool {
+    std::env::var_os("BROOD_BENCH_PIN").is_some()
+}
+
+/// A server's command: `program` itself, or under `taskset -c 1` with `BROOD_BENCH_PIN`.
+fn server_cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if pinned() {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "1"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// With `BROOD_BENCH_PIN`, runs this bench again under `taskset -c 0` (the load
+/// generator's CPU) and returns its exit status; `None` when this is that run or no
+/// pinning is asked for.
+fn rerun_pinned() -> Option<i32> {
+    if !pinned() || std::env::var_os("BROOD_BENCH_PINNED").is_some() {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let status = std::process::Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env("BROOD_BENCH_PINNED", "1")
+        .status();
+    match status {
+        Ok(s) => Some(s.code().unwrap_or(1)),
+        Err(e) => {
+            println!("BROOD_BENCH_PIN: taskset failed ({e}); not pinned");
+            None
+        }
+    }
 }
 
 /// Starts a server process and reads its address from a `listening on ADDR` line.
@@ -283,6 +376,7 @@ async fn bench() {
     let out_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let mut servers: Vec<(&str, Server)> = Vec::new();
     println!("building the C anchor and the example, starting servers…");
+
     for (key, strategy) in [
         ("rr", "round-robin"),
         ("lc", "least-connections"),
@@ -292,7 +386,7 @@ async fn bench() {
         if !wanted(key) {
             continue;
         }
-        let mut cmd = Command::new(brood);
+        let mut cmd = server_cmd(brood);
         cmd.args([
             "cluster",
             "--listen",
@@ -312,7 +406,7 @@ async fn bench() {
         && let Some(c) = build_c_anchor(&out_dir)
     {
         if wanted("c") {
-            let mut cmd = Command::new(&c);
+            let mut cmd = server_cmd(&c);
             cmd.args(["-w", "2", "-q"]);
             servers.extend(
                 start("libuv C master (-q)", cmd, false)
@@ -321,7 +415,7 @@ async fn bench() {
             );
         }
         if wanted("seed") {
-            let mut cmd = Command::new(&c);
+            let mut cmd = server_cmd(&c);
             cmd.args(["-w", "2"]);
             servers.extend(start("libuv C seed", cmd, false).await.map(|s| ("seed", s)));
         }
@@ -329,7 +423,7 @@ async fn bench() {
     if wanted("example")
         && let Some(ex) = build_example(&out_dir)
     {
-        let mut cmd = Command::new(&ex);
+        let mut cmd = server_cmd(&ex);
         cmd.args(["-w", "2", "--port", "0"]);
         servers.extend(
             start("multi_echo_server -w 2", cmd, false)
@@ -338,7 +432,7 @@ async fn bench() {
         );
     }
     if wanted("tokio") {
-        let mut tokio_cmd = Command::new(&exe);
+        let mut tokio_cmd = server_cmd(&exe);
         tokio_cmd.env("BROOD_BENCH_ECHO_SERVER", "1");
         servers.extend(
             start("tokio (1 process)", tokio_cmd, false)
@@ -355,7 +449,7 @@ async fn bench() {
             l.local_addr().unwrap().port()
         };
         std::fs::write(&script, NODE_CLUSTER).unwrap();
-        let mut node = Command::new("node");
+        let mut node = server_cmd("node");
         node.arg(&script).env("PORT", port.to_string());
         servers.extend(
             start("node cluster (2, RR)", node, false)
@@ -365,9 +459,14 @@ async fn bench() {
     }
 
     println!(
-        "\n32 clients, 64-byte echo exchanges, {} rounds of {:.0} s cells, servers interleaved;\n2 cores shared by the servers and the load generator\n",
+        "\n32 clients, 64-byte echo exchanges, {} rounds of {:.0} s cells, servers interleaved;\n{}\n",
         rounds,
-        dur.as_secs_f64()
+        dur.as_secs_f64(),
+        if pinned() {
+            "servers pinned to CPU 1, the load generator to CPU 0"
+        } else {
+            "2 cores shared by the servers and the load generator"
+        }
     );
     for (_, s) in &servers {
         // Warm up (connections, worker readiness).
@@ -375,6 +474,9 @@ async fn bench() {
     }
     // samples[mode][server][round]
     let mut samples = vec![vec![Vec::new(); servers.len()]; 2];
+    // cpu[mode][server][round]: the server's CPU microseconds per exchange
+    let mut cpu = vec![vec![Vec::new(); servers.len()]; 2];
+    let hz = clock_ticks_per_sec();
     let mut failed = vec![0u64; servers.len()];
     for round in 0..rounds {
         for (mode, new_conn) in [(0, true), (1, false)] {
@@ -383,8 +485,11 @@ async fn bench() {
                 order.reverse();
             }
             for i in order {
+                let before = servers[i].1.cpu_ticks();
                 let (n, f) = load(&servers[i].1.addr, 32, dur, new_conn).await;
+                let spent = servers[i].1.cpu_ticks().saturating_sub(before);
                 samples[mode][i].push(n as f64 / dur.as_secs_f64());
+                cpu[mode][i].push(spent as f64 / hz * 1e6 / n.max(1) as f64);
                 failed[i] += f;
             }
         }
@@ -393,34 +498,35 @@ async fn bench() {
         v.sort_by(|x, y| x.partial_cmp(y).unwrap());
         v[v.len() / 2]
     };
+    println!("requests/s and the server's CPU per exchange (master + workers), medians:");
     for (i, (_, s)) in servers.iter().enumerate() {
         println!(
-            "  {:<26} (a) new conn {:>9.0}/s   (b) persistent {:>9.0}/s   ({} failed)",
+            "  {:<26} (a) new conn {:>7.0}/s {:>5.1} us   (b) persistent {:>7.0}/s {:>5.1} us   ({} failed)",
             s.name,
             median(samples[0][i].clone()),
+            median(cpu[0][i].clone()),
             median(samples[1][i].clone()),
+            median(cpu[1][i].clone()),
             failed[i]
         );
     }
     let find = |key: &str| servers.iter().position(|(k, _)| *k == key);
-    println!("\nmedian of per-round ratios (a) new connection per exchange, (b) persistent:");
+    println!(
+        "\nmedian of per-round ratios, (a) new connection per exchange, (b) persistent:\nrequests/s A/B, and CPU per exchange B/A (above 1: A costs less)"
+    );
     for (a, b, what) in PAIRS {
         let (Some(ia), Some(ib)) = (find(a), find(b)) else {
             continue;
         };
-        let ratio = |mode: usize| {
-            median(
-                samples[mode][ia]
-                    .iter()
-                    .zip(&samples[mode][ib])
-                    .map(|(x, y)| x / y)
-                    .collect(),
-            )
+        let ratio = |v: &[Vec<f64>], x: usize, y: usize| {
+            median(v[x].iter().zip(&v[y]).map(|(x, y)| x / y).collect())
         };
         println!(
-            "  {what:<52} (a) {:>5.2}×   (b) {:>5.2}×",
-            ratio(0),
-            ratio(1)
+            "  {what:<52} (a) {:>5.2}× cpu {:>5.2}×   (b) {:>5.2}× cpu {:>5.2}×",
+            ratio(&samples[0], ia, ib),
+            ratio(&cpu[0], ib, ia),
+            ratio(&samples[1], ia, ib),
+            ratio(&cpu[1], ib, ia),
         );
     }
     for (_, mut s) in servers {

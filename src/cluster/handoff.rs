@@ -9,7 +9,7 @@
 //! worker has read it (`inflight.rs`), so a worker found stuck (`stuck.rs`) never takes the
 //! ones it did not read with it.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::net::{TcpListener, UnixStream};
 
-use super::inflight::{self, WINDOW};
+use super::inflight::{self, HANDOFF_BATCH, WINDOW};
 use super::proto::{Event, Order};
 use super::state::{Master, State, WorkerSlot};
 use super::{Strategy, WorkerProtocol, node, wire};
@@ -50,17 +50,9 @@ enum Sent {
     Broken,
 }
 
-/// One non-blocking send of `byte` with `fd` attached.
-fn try_send(chan: &UnixStream, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Sent {
+/// One non-blocking send of `bytes` with `fds` attached (open fds the caller holds).
+fn try_send(chan: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> Sent {
     let sock = chan.as_raw_fd();
-    let one;
-    let fds: &[RawFd] = match fd {
-        Some(fd) => {
-            one = [fd.as_raw_fd()];
-            &one
-        }
-        None => &[],
-    };
     match chan.try_io(Interest::WRITABLE, || {
         crate::ipc::send_raw(sock, bytes, fds)
     }) {
@@ -93,6 +85,8 @@ impl Master {
     /// blocking, as from `accept(2)` on a blocking listener (what a worker in any language
     /// expects; brood workers make it non-blocking themselves).
     pub(super) fn accept_ready(&mut self, mut ready: AsyncFdReadyGuard<'_, std::net::TcpListener>) {
+        // One clock reading for the batch (the accepts of a batch take microseconds).
+        let now = Instant::now();
         for _ in 0..ACCEPT_BATCH {
             if self.backlog.len() >= self.backlog_max {
                 break;
@@ -103,7 +97,7 @@ impl Master {
                 Ok(Ok((conn, _))) => {
                     self.accept_backoff.ok();
                     self.backlog.push_back(conn.into());
-                    self.backlog_at.push_back(Instant::now());
+                    self.backlog_at.push_back(now);
                 }
                 Ok(Err(e)) => {
                     let f = self.accept_backoff.failed(&e);
@@ -128,82 +122,102 @@ impl Master {
         self.flush_backlog();
     }
 
-    /// Hands queued connections out while some ready worker has room.
+    /// Hands queued connections out while some ready worker has room. A worker that said it
+    /// takes batches (`wire::BATCHES`: brood's `Worker`) gets
+    /// its share of the queue (the queue over the workers that can take some, at most
+    /// `HANDOFF_BATCH` and what its window has room for) in one `sendmsg`: one byte per
+    /// connection, the fds in the same order, one buffer for the kernel, one read and one
+    /// wake-up for the worker. The strategy picks the worker of each batch as it would
+    /// pick one per connection.
     pub(super) fn flush_backlog(&mut self) {
         // A Node worker gets Node's handle message (one line, one kernel buffer: a
         // non-blocking send takes all of it or none), and no other until it acknowledges.
         let node = self.cfg.worker_protocol == WorkerProtocol::Node;
-        let payload: &[u8] = if node {
-            crate::ipc::NODE_CONNECTION
-        } else {
-            &[wire::CONN]
-        };
-        while let Some(conn) = self.backlog.pop_front() {
-            let accepted = self.backlog_at.pop_front();
-            let mut tried = Vec::new();
-            let mut handed = None;
-            // Kept until read: brood workers' reads are measured with SIOCOUTQ; a Node
-            // worker's connection waits for its ACK instead (`node_in_flight`).
-            let sizes = if node { None } else { inflight::sizes() };
-            let mut conn = Some(conn);
-            while let Some(id) = self.pick(&tried) {
-                let w = self.workers.get_mut(&id).expect("picked");
-                if w.inflight.len() >= WINDOW {
-                    // Let go of what it has read; a worker with a window of unread sends
-                    // waits (its channel is about full anyway).
-                    read_up_to_now(w);
-                    if w.inflight.len() >= WINDOW {
-                        tried.push(id);
-                        continue;
-                    }
-                }
-                let Some(chan) = &w.chan else {
-                    tried.push(id);
-                    continue;
-                };
-                let fd = conn.as_ref().map(|c| c.as_fd());
-                match try_send(chan, payload, fd) {
-                    Sent::Yes => {
-                        w.handled += 1;
-                        handed = Some(id);
-                        if node {
-                            let conn = conn.take().expect("not handed yet");
-                            w.node_in_flight = Some(node::InFlight {
-                                conn,
-                                tries: 0,
-                                at: Instant::now(),
-                            });
-                        } else {
-                            w.open += 1;
-                        }
-                        break;
-                    }
-                    Sent::Full => {
-                        w.full = true;
-                        notify_writable(id, chan.clone(), self.events_tx.clone());
-                    }
-                    Sent::Broken => w.chan = None,
-                }
-                // (Only a worker that could not take it is remembered: the usual handoff
-                // allocates nothing.)
-                tried.push(id);
-            }
-            let Some(id) = handed else {
-                let conn = conn.expect("not handed");
-                self.backlog.push_front(conn);
-                if let Some(t) = accepted {
-                    self.backlog_at.push_front(t);
-                }
+        if self.backlog.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        // Kept until read: brood workers' reads are measured with SIOCOUTQ; a Node
+        // worker's connection waits for its ACK instead (`node_in_flight`).
+        let sizes = if node { None } else { inflight::sizes() };
+        // (Only a worker that could not take its batch is remembered: the usual handoff
+        // allocates nothing.)
+        let mut tried = Vec::new();
+        while !self.backlog.is_empty() {
+            let Some(id) = self.pick(&tried) else {
                 return;
             };
-            if let (Some(m), Some(t)) = (&self.metrics, accepted) {
-                m.handed(t.elapsed());
+            let takers = if node { 1 } else { self.takers(&tried) };
+            let w = self.workers.get_mut(&id).expect("picked");
+            if w.inflight.len() >= WINDOW {
+                // Let go of what it has read; a worker with a window of unread sends
+                // waits (its channel is about full anyway).
+                read_up_to_now(w);
+                if w.inflight.len() >= WINDOW {
+                    tried.push(id);
+                    continue;
+                }
             }
-            // The master keeps its copy until the worker has read the connection (the
-            // worker has its own); where that cannot be told, it closes at once.
-            if let (Some(sizes), Some(conn)) = (sizes, conn) {
-                let w = self.workers.get_mut(&id).expect("picked");
-                w.inflight.push(Some(conn), sizes.with_fd, Instant::now());
+            let Some(chan) = &w.chan else {
+                tried.push(id);
+                continue;
+            };
+            let n = if node || !w.batches {
+                1
+            } else {
+                self.backlog
+                    .len()
+                    .div_ceil(takers.max(1))
+                    .min(WINDOW - w.inflight.len())
+                    .min(HANDOFF_BATCH)
+            };
+            let mut fds = [0 as RawFd; HANDOFF_BATCH];
+            for (fd, conn) in fds.iter_mut().zip(self.backlog.iter().take(n)) {
+                *fd = conn.as_raw_fd();
+            }
+            let payload: &[u8] = if node {
+                crate::ipc::NODE_CONNECTION
+            } else {
+                &[wire::CONN; HANDOFF_BATCH][..n]
+            };
+            match try_send(chan, payload, &fds[..n]) {
+                Sent::Yes => {}
+                Sent::Full => {
+                    w.full = true;
+                    notify_writable(id, chan.clone(), self.events_tx.clone());
+                    tried.push(id);
+                    continue;
+                }
+                Sent::Broken => {
+                    w.chan = None;
+                    tried.push(id);
+                    continue;
+                }
+            }
+            w.handled += n as u64;
+            for i in 0..n {
+                let conn = self.backlog.pop_front().expect("sent");
+                let accepted = self.backlog_at.pop_front();
+                if let (Some(m), Some(t)) = (&self.metrics, accepted) {
+                    m.handed(t.elapsed());
+                }
+                if node {
+                    w.node_in_flight = Some(node::InFlight {
+                        conn,
+                        tries: 0,
+                        at: now,
+                    });
+                    continue;
+                }
+                w.open += 1;
+                // The master keeps its copy until the worker has read the connection (the
+                // worker has its own); where that cannot be told, it closes at once. The
+                // kernel charges the batch as one buffer: its size goes with its last
+                // connection (`Inflight::read_up_to` then lets the batch go at once).
+                if let Some(sizes) = sizes {
+                    let size = if i + 1 == n { sizes.with_fds(n) } else { 0 };
+                    w.inflight.push(Some(conn), size, now);
+                }
             }
         }
     }
@@ -222,7 +236,8 @@ impl Master {
         if !ack && f.tries < node::MAX_RETRANSMISSIONS {
             f.tries += 1;
             if let Some(chan) = &w.chan
-                && let Sent::Yes = try_send(chan, crate::ipc::NODE_CONNECTION, Some(f.conn.as_fd()))
+                && let Sent::Yes =
+                    try_send(chan, crate::ipc::NODE_CONNECTION, &[f.conn.as_raw_fd()])
             {
                 f.at = Instant::now();
                 return;
@@ -258,16 +273,31 @@ impl Master {
         self.backlog_at.push_front(f.at);
     }
 
+    /// Whether worker `id` can be picked: ready, its channel open and with room, not stuck,
+    /// no Node connection in flight, not tried yet.
+    fn can_take(id: u64, w: &WorkerSlot, tried: &[u64]) -> bool {
+        w.state == State::Ready
+            && w.chan.is_some()
+            && !w.full
+            && !w.stuck
+            && w.node_in_flight.is_none()
+            && !tried.contains(&id)
+    }
+
+    /// How many workers [`pick`](Master::pick) may choose from.
+    fn takers(&self, tried: &[u64]) -> usize {
+        self.workers
+            .iter()
+            .filter(|(id, w)| Self::can_take(**id, w, tried))
+            .count()
+    }
+
     /// The next worker by the strategy, among ready ones with room not yet tried.
     fn pick(&mut self, tried: &[u64]) -> Option<u64> {
-        let ready = self.workers.iter().filter(|(id, w)| {
-            w.state == State::Ready
-                && w.chan.is_some()
-                && !w.full
-                && !w.stuck
-                && w.node_in_flight.is_none()
-                && !tried.contains(id)
-        });
+        let ready = self
+            .workers
+            .iter()
+            .filter(|(id, w)| Self::can_take(**id, w, tried));
         match self.cfg.strategy {
             Strategy::LeastConnections => ready
                 .min_by_key(|(id, w)| (w.open, w.handled, **id))
@@ -309,7 +339,7 @@ impl Master {
                 read_up_to_now(w);
             }
             if let Some(chan) = &w.chan {
-                match try_send(chan, &[wire::PING], None) {
+                match try_send(chan, &[wire::PING], &[]) {
                     Sent::Yes => {
                         if let Some(sizes) = inflight::sizes() {
                             w.inflight.push(None, sizes.plain, Instant::now());

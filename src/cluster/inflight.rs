@@ -24,11 +24,22 @@ use std::time::Instant;
 /// at the next look.
 pub(crate) const WINDOW: usize = 16;
 
-/// The bytes the kernel charges for one unread send of one byte: without and with fds.
+/// The most connections handed to one worker in one `sendmsg` (one buffer for the kernel).
+pub(crate) const HANDOFF_BATCH: usize = 8;
+
+/// The bytes the kernel charges for one unread send: a ping (one byte, no fd), and a
+/// batch of `k` connections (`k` bytes, `k` fds) for each `k` up to `HANDOFF_BATCH`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sizes {
     pub plain: usize,
-    pub with_fd: usize,
+    batches: [usize; HANDOFF_BATCH],
+}
+
+impl Sizes {
+    /// The size of one send of `k` connections (1 ≤ `k` ≤ `HANDOFF_BATCH`).
+    pub(crate) fn with_fds(&self, k: usize) -> usize {
+        self.batches[k.clamp(1, HANDOFF_BATCH) - 1]
+    }
 }
 
 /// The bytes of the master's sends on `fd` that the peer has not read (`SIOCOUTQ`).
@@ -73,16 +84,24 @@ pub(crate) fn sizes() -> Option<Sizes> {
 }
 
 fn measure() -> Option<Sizes> {
-    let (a, _b) = std::os::unix::net::UnixStream::pair().ok()?;
+    let (a, b) = std::os::unix::net::UnixStream::pair().ok()?;
     let fd = a.as_raw_fd();
     let before = unread_bytes(fd).ok()?;
     crate::ipc::send_raw(fd, b"p", &[]).ok()?;
-    let one = unread_bytes(fd).ok()?;
-    crate::ipc::send_raw(fd, b"c", &[fd]).ok()?;
-    let two = unread_bytes(fd).ok()?;
-    let plain = one.checked_sub(before)?;
-    let with_fd = two.checked_sub(one)?;
-    (plain > 0 && with_fd > 0).then_some(Sizes { plain, with_fd })
+    let mut last = unread_bytes(fd).ok()?;
+    let plain = last.checked_sub(before)?;
+    let mut batches = [0; HANDOFF_BATCH];
+    for (i, size) in batches.iter_mut().enumerate() {
+        // A batch of i + 1 connections: as many bytes, as many fds (this socket's, again).
+        let k = i + 1;
+        crate::ipc::send_raw(fd, &[b'c'; HANDOFF_BATCH][..k], &[fd; HANDOFF_BATCH][..k]).ok()?;
+        let now = unread_bytes(fd).ok()?;
+        *size = now.checked_sub(last)?;
+        last = now;
+    }
+    // (The fds in flight close with the sockets.)
+    drop((a, b));
+    (plain > 0 && batches.iter().all(|&s| s > 0)).then_some(Sizes { plain, batches })
 }
 
 /// One send not known to be read.
@@ -201,6 +220,22 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_one_buffer_read_or_unread_as_a_whole() {
+        // Two batches of three (the size goes with the last of each) and a single one.
+        let now = Instant::now();
+        let mut q = queue(&[0, 0, 768, 0, 0, 768, 768]);
+        q.read_up_to(2 * 768, now);
+        assert_eq!(q.len(), 4, "the first batch was read");
+        assert_eq!(q.take().map(|(c, _)| c).collect::<Vec<_>>(), [3, 4, 5, 6]);
+        let mut q = queue(&[0, 0, 768, 0, 0, 768]);
+        q.read_up_to(0, now);
+        assert_eq!(q.len(), 0);
+        let mut q = queue(&[0, 0, 768, 0, 0, 768]);
+        q.read_up_to(2 * 768, now);
+        assert_eq!(q.take().count(), 6, "nothing read");
+    }
+
+    #[test]
     fn pings_count_but_are_not_taken() {
         let mut q: Inflight<usize> = Inflight::default();
         let now = Instant::now();
@@ -256,6 +291,7 @@ mod tests {
     #[test]
     fn this_kernel_counts_unread_sends() {
         let s = sizes().expect("SIOCOUTQ on a Unix stream socket");
-        assert!(s.plain > 0 && s.with_fd > 0, "{s:?}");
+        assert!(s.plain > 0 && s.with_fds(1) > 0, "{s:?}");
+        assert!((1..=HANDOFF_BATCH).all(|k| s.with_fds(k) > 0), "{s:?}");
     }
 }

@@ -145,6 +145,7 @@ impl Master {
                 open: 0,
                 lineage,
                 full: false,
+                batches: false,
                 retire: None,
                 not_ready: false,
                 missed_heartbeat: false,

@@ -21,7 +21,6 @@ use super::state::{Master, State};
 use crate::Signum;
 use crate::accept_backoff::AcceptBackoff;
 use crate::error::Result;
-use crate::signal::Signal;
 
 impl Master {
     /// The master's state for `cfg`, with its first workers started.
@@ -89,22 +88,17 @@ impl Master {
         accept: Option<TcpListener>,
         mut events: mpsc::Receiver<Event>,
     ) -> Result<()> {
-        // brood's own watchers: once the graceful shutdown starts they stop, the default
-        // action comes back, and a second SIGINT/SIGTERM ends the master at once (the
-        // workers follow through PR_SET_PDEATHSIG).
-        let (mut term, mut int, mut hup) = (
-            Signal::new(Signum::TERM)?,
-            Signal::new(Signum::INT)?,
-            Signal::new(Signum::HUP)?,
-        );
-        let (mut ttin, mut ttou) = (Signal::new(Signum::TTIN)?, Signal::new(Signum::TTOU)?);
+        // brood's own watchers, in a task of their own (`signals.rs`): once the graceful
+        // shutdown starts SIGTERM and SIGINT are stopped, the default action comes back, and
+        // a second one ends the master at once (the workers follow through
+        // PR_SET_PDEATHSIG).
+        let mut stop_term_int = super::signals::watch(self.events_tx.clone())?;
         let mut accept = match accept {
             Some(l) => {
                 Some(super::handoff::listener(l).map_err(|e| crate::error::from_io(e, "listen"))?)
             }
             None => None,
         };
-        let mut usr2 = Signal::new(Signum::USR2)?;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
@@ -119,33 +113,23 @@ impl Master {
                 Ok(ready) = async { accept.as_ref().unwrap().readable().await }, if can_accept => {
                     self.accept_ready(ready);
                 }
-                Some(ev) = events.recv() => self.on_event(ev),
-                Some(s) = term.recv(), if term.is_active() => {
-                    accept = None;
-                    term.stop();
-                    int.stop();
-                    self.shutdown(&s.to_string());
-                }
-                Some(s) = int.recv(), if int.is_active() => {
-                    accept = None;
-                    term.stop();
-                    int.stop();
-                    self.shutdown(&s.to_string());
-                }
-                Some(_) = usr2.recv() => {
-                    self.start_upgrade(accept.as_ref(), None);
-                }
-                Some(_) = hup.recv() => {
-                    self.start_reload(None);
-                }
-                Some(_) = ttin.recv() => {
-                    if let Err(e) = self.scale(self.target + 1) {
-                        tracing::warn!("SIGTTIN: {e}");
+                Some(ev) = events.recv() => match ev {
+                    Event::Signal(s @ (Signum::TERM | Signum::INT)) => {
+                        accept = None;
+                        self.shutdown(&s.to_string());
                     }
-                }
-                Some(_) = ttou.recv() => {
-                    let _ = self.scale(self.target.saturating_sub(1).max(1));
-                }
+                    Event::Signal(Signum::USR2) => self.start_upgrade(accept.as_ref(), None),
+                    Event::Signal(Signum::HUP) => self.start_reload(None),
+                    Event::Signal(Signum::TTIN) => {
+                        if let Err(e) = self.scale(self.target + 1) {
+                            tracing::warn!("SIGTTIN: {e}");
+                        }
+                    }
+                    Event::Signal(Signum::TTOU) => {
+                        let _ = self.scale(self.target.saturating_sub(1).max(1));
+                    }
+                    ev => self.on_event(ev),
+                },
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if now.duration_since(last_ping) >= self.cfg.timings.heartbeat {
@@ -164,8 +148,7 @@ impl Master {
             }
             if let Some(why) = self.stop_requested.take() {
                 accept = None;
-                term.stop();
-                int.stop();
+                stop_term_int.stop();
                 self.shutdown(why);
             }
             if self.shutting_down.is_some() && self.workers.is_empty() {
@@ -240,6 +223,7 @@ impl Master {
                 if r.pong {
                     w.last_pong = Instant::now();
                 }
+                w.batches |= r.batches;
                 w.open = r.apply(w.open);
                 w.handled += u64::from(r.accepted);
                 if r.ack || r.nack {
@@ -260,6 +244,8 @@ impl Master {
             Event::Control(req, reply) => self.control(req, reply),
             Event::Upgrade(outcome) => self.on_upgrade(outcome),
             Event::Reclaimed(id, unread) => self.on_reclaimed(id, unread),
+            // (Taken in `run`: only those signals are watched.)
+            Event::Signal(_) => {}
         }
     }
 

@@ -100,6 +100,7 @@ mod notify;
 mod output;
 mod policy;
 pub(crate) mod proto;
+mod signals;
 mod spawner;
 mod state;
 mod status;
@@ -137,6 +138,10 @@ pub(crate) mod wire {
     pub const DONE: u8 = b'd';
     /// worker → master: accepted one connection itself (shared, reuseport).
     pub const ACCEPTED: u8 = b'a';
+    /// worker → master, once, before its first `r`: it takes several connections per
+    /// message (as many `c` bytes, their fds in order). Brood's `Worker` says so; a worker
+    /// that does not (one that reads one byte and one fd at a time) gets one per message.
+    pub const BATCHES: u8 = b'b';
 }
 
 /// A log limiter: `hit` counts an occurrence and says whether to log now (at most once a

@@ -20,6 +20,8 @@ pub(crate) enum Event {
     /// A worker being killed was stopped, then found with this many bytes of the
     /// master's sends unread (`inflight.rs`), then sent `SIGKILL`.
     Reclaimed(u64, usize),
+    /// One of the master's signals came (`signals.rs`).
+    Signal(Signum),
 }
 
 /// What the master asks of a worker's task (`watch.rs`).
@@ -83,6 +85,8 @@ pub(crate) const GENERATION_ENV: &str = "BROOD_MASTER_GENERATION";
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Report {
     pub ready: bool,
+    /// The worker takes several connections per message (`wire::BATCHES`).
+    pub batches: bool,
     pub pong: bool,
     /// `d` bytes that found no `a` earlier in the same read: they close connections the
     /// master already counted (applied to its count, never below zero).
@@ -105,6 +109,7 @@ impl Report {
         for &b in bytes {
             match b {
                 wire::READY => self.ready = true,
+                wire::BATCHES => self.batches = true,
                 wire::PONG => self.pong = true,
                 wire::DONE if self.opened > 0 => self.opened -= 1,
                 wire::DONE => self.done = self.done.saturating_add(1),

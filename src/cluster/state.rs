@@ -70,6 +70,8 @@ pub(crate) struct WorkerSlot {
     pub lineage: Lineage,
     /// The channel was full at the last send: not picked until it has room.
     pub full: bool,
+    /// The worker takes several connections per message (it said `wire::BATCHES`).
+    pub batches: bool,
     pub retire: Option<(Instant, Step)>,
     /// Stopped because it missed its ready deadline.
     pub not_ready: bool,

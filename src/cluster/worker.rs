@@ -14,10 +14,12 @@ use super::{Every, STRATEGY_ENV, Strategy, wire};
 use crate::error::{Error, Result, from_io};
 use crate::ipc::{CHANNEL_FD_ENV, Channel, Sender, own_inherited};
 
-/// Open connections of this worker, so [`Worker::drain`] can wait for them.
+/// Open connections of this worker, so [`Worker::drain`] can wait for them, and the
+/// reports to the master (one `Arc` per connection holds both).
 struct Open {
     count: AtomicUsize,
     zero: Notify,
+    to_master: Option<mpsc::UnboundedSender<u8>>,
 }
 
 /// A worker of a [`Cluster`](super::Cluster): yields the connections the master's strategy
@@ -31,7 +33,6 @@ pub struct Worker {
     listener: Option<TcpListener>,
     conns: Option<mpsc::Receiver<TcpStream>>,
     stop: watch::Receiver<bool>,
-    to_master: Option<mpsc::UnboundedSender<u8>>,
     open: Arc<Open>,
 }
 
@@ -48,7 +49,6 @@ impl std::fmt::Debug for Worker {
 pub struct Connection {
     stream: TcpStream,
     open: Arc<Open>,
-    to_master: Option<mpsc::UnboundedSender<u8>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -89,16 +89,17 @@ impl Worker {
             (Some(l), ch)
         };
         let (stop_tx, stop) = watch::channel(false);
+        let (up_tx, up_rx) = mpsc::unbounded_channel();
         let open = Arc::new(Open {
             count: AtomicUsize::new(0),
             zero: Notify::new(),
+            to_master: channel.is_some().then_some(up_tx),
         });
         let mut worker = Worker {
             strategy,
             listener,
             conns: None,
             stop,
-            to_master: None,
             open,
         };
         // Kept for the worker's life: SIGTERM never kills a worker that uses this API; it
@@ -107,13 +108,12 @@ impl Worker {
         match channel {
             Some(channel) => {
                 let (conn_tx, conn_rx) = mpsc::channel(1024);
-                let (up_tx, up_rx) = mpsc::unbounded_channel();
                 let sender = channel.sender();
-                sender.send(&[wire::READY]).await?;
+                // (This worker reads every connection of a message: see `take_conn`.)
+                sender.send(&[wire::BATCHES, wire::READY]).await?;
                 worker.conns = strategy.master_accepts().then_some(conn_rx);
-                worker.to_master = Some(up_tx);
                 tokio::spawn(writer(sender, up_rx));
-                let up = worker.to_master.clone();
+                let up = worker.open.to_master.clone();
                 let master_accepts = strategy.master_accepts();
                 tokio::spawn(async move {
                     let mut channel = channel;
@@ -209,7 +209,7 @@ impl Worker {
         } else {
             return Ok(None);
         };
-        if let Some(up) = &self.to_master {
+        if let Some(up) = &self.open.to_master {
             if !self.strategy.master_accepts() {
                 let _ = up.send(wire::ACCEPTED);
             }
@@ -218,7 +218,6 @@ impl Worker {
         Ok(Some(Connection {
             stream,
             open: self.open.clone(),
-            to_master: self.to_master.clone(),
         }))
     }
 
@@ -286,7 +285,7 @@ const REPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if let Some(up) = &self.to_master {
+        if let Some(up) = &self.open.to_master {
             let _ = up.send(wire::DONE);
         }
         if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -50,22 +50,34 @@ pub async fn echo_server(listener: &Listener) -> Result<()> {
 /// # }
 /// ```
 pub async fn echo<S: AsyncRead + AsyncWrite>(stream: S) {
-    // One buffer in the task itself and no split: no allocation and no lock per connection
-    // beyond the task's own (a cluster worker runs this once per handed-off connection).
+    // No split: no lock per connection beyond the task's own. The buffer is on the heap,
+    // never zeroed, and starts small (a cluster worker runs this once per handed-off
+    // connection: a large future would be copied into its task at every spawn, and a
+    // large buffer costs the allocator more than a small one); a read that fills it makes
+    // it grow, up to `BUF_MAX`.
     let mut stream = std::pin::pin!(stream);
-    let mut buf = [0u8; 8192];
+    let mut buf = Vec::with_capacity(BUF_MIN);
     loop {
-        match stream.read(&mut buf).await {
+        buf.clear();
+        match stream.read_buf(&mut buf).await {
             Ok(0) => {
                 let _ = stream.shutdown().await;
                 return;
             }
             Ok(n) => {
-                if stream.write_all(&buf[..n]).await.is_err() {
+                if stream.write_all(&buf).await.is_err() {
                     return;
+                }
+                if n == buf.capacity() && n < BUF_MAX {
+                    buf = Vec::with_capacity(BUF_MAX);
                 }
             }
             Err(_) => return,
         }
     }
 }
+
+/// The first buffer of [`echo`] (small enough for the allocator's per-thread cache).
+const BUF_MIN: usize = 512;
+/// The most bytes one read of [`echo`] takes.
+const BUF_MAX: usize = 8192;
