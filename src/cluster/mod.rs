@@ -144,24 +144,43 @@ pub(crate) mod wire {
     pub const BATCHES: u8 = b'b';
 }
 
-/// A log limiter: `hit` counts an occurrence and says whether to log now (at most once a
-/// second), with how many occurred since the last log.
+/// A log limiter: `hit` counts an occurrence and says whether to log now, with how many
+/// occurred since the last log. The first line comes at once; while occurrences keep
+/// coming, the gap between lines doubles from a second to a minute (a worker flooding for
+/// an hour writes a dozen lines, not 3,600); after a quiet spell of twice the gap, the next
+/// one is logged at once and the gap starts again at a second.
 #[derive(Debug, Default)]
 pub(crate) struct Every {
     last: Option<std::time::Instant>,
     count: u64,
+    /// The current gap (zero until the first line: then `EVERY_FIRST`).
+    gap: Duration,
 }
+
+const EVERY_FIRST: Duration = Duration::from_secs(1);
+const EVERY_MAX: Duration = Duration::from_secs(60);
 
 impl Every {
     pub(crate) fn hit(&mut self) -> Option<u64> {
+        self.hit_at(std::time::Instant::now())
+    }
+
+    fn hit_at(&mut self, now: std::time::Instant) -> Option<u64> {
         self.count += 1;
-        if self
-            .last
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return None;
+        if let Some(last) = self.last {
+            let since = now.saturating_duration_since(last);
+            if since < self.gap {
+                return None;
+            }
+            self.gap = if since > self.gap * 2 {
+                EVERY_FIRST
+            } else {
+                (self.gap * 2).min(EVERY_MAX)
+            };
+        } else {
+            self.gap = EVERY_FIRST;
         }
-        self.last = Some(std::time::Instant::now());
+        self.last = Some(now);
         Some(std::mem::take(&mut self.count))
     }
 }
@@ -283,5 +302,37 @@ impl Default for Timings {
             stuck_timeout: Duration::from_secs(10),
             reload_settle: Duration::from_secs(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_stream_is_logged_ever_more_rarely_and_a_new_one_at_once() {
+        let t0 = std::time::Instant::now();
+        let mut e = Every::default();
+        // Ten occurrences a second for an hour.
+        let mut lines = Vec::new();
+        for i in 0..36_000u64 {
+            let at = t0 + Duration::from_millis(100 * i);
+            if let Some(n) = e.hit_at(at) {
+                lines.push((at - t0, n));
+            }
+        }
+        assert_eq!(lines[0], (Duration::ZERO, 1), "the first one at once");
+        // 1 s, 2 s, 4 s … 32 s, then a line a minute: 7 + 59.
+        assert!(lines.len() < 80, "{} lines in an hour", lines.len());
+        let total: u64 = lines.iter().map(|(_, n)| n).sum();
+        assert!(
+            total <= 36_000 && total > 35_000,
+            "every occurrence counted: {total}"
+        );
+        // After ten quiet minutes the next one is logged at once, and the gap is a second again.
+        let later = t0 + Duration::from_secs(4_200);
+        assert!(e.hit_at(later).is_some());
+        assert!(e.hit_at(later + Duration::from_millis(500)).is_none());
+        assert_eq!(e.hit_at(later + Duration::from_millis(1_000)), Some(2));
     }
 }
