@@ -247,7 +247,8 @@ enum Builtin {
 /// Send a command to a cluster master's control socket and print the answer.
 ///
 /// Commands: `status` (the master, and a table of workers: pid, state, uptime, connections
-/// handled and open, restarts, last exit; `failed`/`exited` for slots left empty; with
+/// handled and open, restarts, last exit; `restarting` for a slot in its crash backoff,
+/// `failed`/`exited` for slots left empty; with
 /// --json one line of JSON), `reload` (rolling restart: answers when it is over, and exits 1
 /// if it failed and the old workers kept serving), `scale N` (at most --max-workers),
 /// `kill PID [SIGNAL]` (a signal, SIGTERM by default, to one worker of this master), `stop`

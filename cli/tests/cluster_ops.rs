@@ -36,6 +36,7 @@ struct WorkerStatus {
     state: String,
     started_at: Option<f64>,
     uptime_secs: Option<f64>,
+    restart_in_secs: Option<f64>,
     restarts: u32,
     connections: u64,
     in_flight: u64,
@@ -142,6 +143,50 @@ async fn status_json_tells_master_and_workers_and_counts_connections() {
     assert_eq!(ctl(&m, &["--json", "reload"]).await.0, 2);
     let (code, out) = ctl(&m, &["frobnicate"]).await;
     assert_eq!(code, 1, "{out}");
+    m.stop().await;
+}
+
+/// A slot whose worker keeps failing at once waits out its backoff with no worker: status
+/// still shows it, as `restarting`, with when and how its last worker ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_slot_waiting_out_its_restart_backoff() {
+    let m = Master::start(
+        "ops-backoff",
+        &["--workers", "1", "--", "sh", "-c", "exit 3"],
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let s = loop {
+        let s = status_json(&m).await;
+        if s.workers
+            .iter()
+            .any(|w| w.state == "restarting" && w.restarts >= 3)
+        {
+            break s;
+        }
+        assert!(start.elapsed() < LIMIT, "no restarting slot: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let w = s.workers.iter().find(|w| w.state == "restarting").unwrap();
+    assert_eq!((w.id, w.pid), (None, 0), "{w:?}");
+    assert!(
+        w.restart_in_secs.is_some_and(|t| (0.0..=10.0).contains(&t)),
+        "{w:?}"
+    );
+    assert_eq!(
+        w.last_exit,
+        Some(ExitStatus {
+            status: 3,
+            signal: None
+        })
+    );
+    let (code, text) = ctl(&m, &["status"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("restarting") && l.contains("next worker in")),
+        "{text}"
+    );
     m.stop().await;
 }
 

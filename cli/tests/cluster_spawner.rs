@@ -30,7 +30,11 @@ async fn rows(ctl: &std::path::Path) -> Vec<(String, u32, String)> {
         .skip(2)
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].to_string(), f[1].parse().unwrap(), f[2].to_string())
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap_or(0),
+                f[2].to_string(),
+            )
         })
         .collect()
 }

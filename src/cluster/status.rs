@@ -45,8 +45,11 @@ struct WorkerStatus {
     /// `None` for a slot left empty (`failed`, `exited`).
     id: Option<u64>,
     pid: u32,
-    /// `starting`, `ready`, `retiring`, or for an empty slot `failed` or `exited`.
+    /// `starting`, `ready`, `retiring`; for a slot whose worker is to be started again
+    /// after its backoff `restarting` (pid 0); for an empty slot `failed` or `exited`.
     state: &'static str,
+    /// For a `restarting` slot: seconds until its next worker starts.
+    restart_in_secs: Option<f64>,
     started_at: Option<f64>,
     uptime_secs: Option<f64>,
     restarts: u32,
@@ -102,6 +105,7 @@ impl Master {
                     state: state_name(w.state),
                     started_at: Some(unix(now - up)),
                     uptime_secs: Some(up.as_secs_f64()),
+                    restart_in_secs: None,
                     restarts: w.lineage.restarts,
                     connections: w.handled,
                     in_flight: w.open,
@@ -109,12 +113,26 @@ impl Master {
                 }
             })
             .collect();
+        let now_i = std::time::Instant::now();
+        workers.extend(self.respawns.iter().map(|(at, lineage)| WorkerStatus {
+            id: None,
+            pid: 0,
+            state: "restarting",
+            started_at: None,
+            uptime_secs: None,
+            restart_in_secs: Some(at.saturating_duration_since(now_i).as_secs_f64()),
+            restarts: lineage.restarts,
+            connections: 0,
+            in_flight: 0,
+            last_exit: lineage.last_exit.map(Into::into),
+        }));
         workers.extend(self.stopped.iter().map(|s| WorkerStatus {
             id: None,
             pid: s.pid,
             state: if s.failed { "failed" } else { "exited" },
             started_at: None,
             uptime_secs: None,
+            restart_in_secs: None,
             restarts: s.restarts,
             connections: 0,
             in_flight: 0,
@@ -143,7 +161,7 @@ impl Master {
     /// The answer to `status`: a table.
     pub(super) fn status_text(&self) -> String {
         let mut out = format!(
-            "master {}  generation {}  uptime {:.0}s  listen {}  strategy {}  workers {} (target {}){}\n{:<6} {:>8} {:<9} {:>9} {:>8} {:>6} {:>8}  {}\n",
+            "master {}  generation {}  uptime {:.0}s  listen {}  strategy {}  workers {} (target {}){}\n{:<6} {:>8} {:<10} {:>9} {:>8} {:>6} {:>8}  {}\n",
             std::process::id(),
             self.generation,
             self.started.elapsed().as_secs_f64(),
@@ -168,7 +186,7 @@ impl Master {
         let last = |e: Option<Exit>| e.map_or_else(|| "-".to_string(), |e| e.to_string());
         for (id, w) in &self.workers {
             out += &format!(
-                "{:<6} {:>8} {:<9} {:>8.1}s {:>8} {:>6} {:>8}  {}\n",
+                "{:<6} {:>8} {:<10} {:>8.1}s {:>8} {:>6} {:>8}  {}\n",
                 id,
                 w.pid,
                 state_name(w.state),
@@ -179,9 +197,24 @@ impl Master {
                 last(w.lineage.last_exit)
             );
         }
+        let now = std::time::Instant::now();
+        for (at, lineage) in &self.respawns {
+            out += &format!(
+                "{:<6} {:>8} {:<10} {:>9} {:>8} {:>6} {:>8}  {}; next worker in {:.1}s\n",
+                "-",
+                "-",
+                "restarting",
+                "-",
+                0,
+                0,
+                lineage.restarts,
+                last(lineage.last_exit),
+                at.saturating_duration_since(now).as_secs_f64()
+            );
+        }
         for s in &self.stopped {
             out += &format!(
-                "{:<6} {:>8} {:<9} {:>9} {:>8} {:>6} {:>8}  {}\n",
+                "{:<6} {:>8} {:<10} {:>9} {:>8} {:>6} {:>8}  {}\n",
                 "-",
                 s.pid,
                 if s.failed { "failed" } else { "exited" },

@@ -140,7 +140,8 @@ impl Master {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 Row {
                     id: f[0].to_string(),
-                    pid: f[1].parse().unwrap(),
+                    // `-` for a slot waiting out its restart backoff
+                    pid: f[1].parse().unwrap_or(0),
                     state: f[2].to_string(),
                     handled: f[4].parse().unwrap(),
                     restarts: f[6].parse().unwrap(),
