@@ -149,7 +149,7 @@ async fn status_json_tells_master_and_workers_and_counts_connections() {
 /// A slot whose worker keeps failing at once waits out its backoff with no worker: status
 /// still shows it, as `restarting`, with when and how its last worker ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_shows_a_slot_waiting_out_its_restart_backoff() {
+async fn status_shows_a_slot_waiting_out_its_restart_backoff_and_the_log_one_hint() {
     let m = Master::start(
         "ops-backoff",
         &["--workers", "1", "--", "sh", "-c", "exit 3"],
@@ -187,6 +187,13 @@ async fn status_shows_a_slot_waiting_out_its_restart_backoff() {
             .any(|l| l.contains("restarting") && l.contains("next worker in")),
         "{text}"
     );
+    // Workers that keep dying at once get one hint (how a worker is reached), not one per
+    // exit: the fourth and later exits add none.
+    let hint = "workers keep exiting within a second of starting";
+    m.wait_log(hint, 1).await;
+    m.wait_log_at_least("worker exited", 5).await;
+    assert_eq!(m.log_has(hint), 1);
+    assert_eq!(m.log_has("--worker-protocol node"), 1);
     m.stop().await;
 }
 

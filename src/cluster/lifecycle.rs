@@ -401,6 +401,33 @@ impl Master {
         }
     }
 
+    /// Workers of a program that keep exiting within their first second (three in a row)
+    /// most often speak another protocol than the master expects: one hint, once.
+    fn hint_if_workers_die_at_once(&mut self, lineage: &Lineage, lived: std::time::Duration) {
+        if self.hinted || lineage.streak < 3 || lived >= std::time::Duration::from_secs(1) {
+            return;
+        }
+        let Some((program, _)) = &self.cfg.program else {
+            return;
+        };
+        self.hinted = true;
+        let program = program.to_string_lossy();
+        match self.cfg.worker_protocol {
+            WorkerProtocol::Brood => tracing::warn!(
+                %program,
+                "workers keep exiting within a second of starting: a worker reads its \
+                 connections from fd 3 (docs/protocols.md); a Node.js program that \
+                 auto-detection missed needs --worker-protocol node"
+            ),
+            WorkerProtocol::Node => tracing::warn!(
+                %program,
+                "workers keep exiting within a second of starting: a Node.js worker needs \
+                 its NODE_CHANNEL_FD channel; a program that is not Node.js needs \
+                 --worker-protocol brood"
+            ),
+        }
+    }
+
     /// What follows a worker's exit: the log, the reload, the restart policy.
     fn exited(&mut self, id: u64, mut w: WorkerSlot, exit: Exit) {
         w.lineage.last_exit = Some(exit);
@@ -457,6 +484,7 @@ impl Master {
         {
             Verdict::Respawn(delay) => {
                 self.metrics_restarted(&w, exit);
+                self.hint_if_workers_die_at_once(&w.lineage, lived);
                 if !delay.is_zero() {
                     tracing::warn!(
                         delay_ms = delay.as_millis() as u64,

@@ -51,6 +51,7 @@ impl Master {
             backlog_at: VecDeque::new(),
             backlog_max: super::handoff::backlog_max(),
             respawns: Vec::new(),
+            hinted: false,
             stopped: Vec::new(),
             reload: VecDeque::new(),
             reloading: None,

@@ -125,6 +125,8 @@ pub(crate) struct Master {
     pub backlog_max: usize,
     /// Respawns due, with the slot's history.
     pub respawns: Vec<(Instant, Lineage)>,
+    /// The hint for workers that keep exiting at once was logged (once per master).
+    pub hinted: bool,
     pub stopped: Vec<Stopped>,
     /// Old workers still to replace in a rolling restart.
     pub reload: VecDeque<u64>,
