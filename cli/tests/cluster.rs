@@ -247,19 +247,6 @@ while True:
     c.close()
 "#;
 
-const PY_RR: &str = r#"
-import socket
-ch = socket.socket(fileno=3)
-while True:
-    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
-    if not msg:
-        break
-    for fd in fds:
-        c = socket.socket(fileno=fd)
-        c.sendall(b"py:" + c.recv(100))
-        c.close()
-"#;
-
 async fn python_worker(strategy: &str, script: &str) {
     let m = Master::start(
         &format!("py-{strategy}"),
@@ -299,7 +286,7 @@ async fn python_worker_shared_listener_on_fd_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_worker_round_robin_channel_on_fd_3() {
-    python_worker("round-robin", PY_RR).await;
+    python_worker("round-robin", PY_ROUND_ROBIN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

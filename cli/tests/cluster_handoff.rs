@@ -230,19 +230,6 @@ async fn a_burst_goes_to_a_brood_worker_several_connections_per_sendmsg() {
     );
 }
 
-const PY_ONE_AT_A_TIME: &str = r#"
-import socket
-ch = socket.socket(fileno=3)
-while True:
-    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
-    if not msg:
-        break
-    for fd in fds:
-        c = socket.socket(fileno=fd)
-        c.sendall(b"py:" + c.recv(100))
-        c.close()
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_reads_one_fd_at_a_time_gets_a_burst_one_per_message() {
     // Had it been sent several fds in one message, a read of one byte and one fd would
@@ -257,7 +244,7 @@ async fn a_worker_that_reads_one_fd_at_a_time_gets_a_burst_one_per_message() {
             "--",
             "python3",
             "-c",
-            PY_ONE_AT_A_TIME,
+            PY_ROUND_ROBIN,
         ],
     )
     .await;

@@ -15,6 +15,21 @@ use tokio::time::timeout;
 
 pub const LIMIT: Duration = Duration::from_secs(30);
 
+/// A round-robin worker in Python as docs/protocols.md shows it (one byte and one fd per
+/// read), answering `py:` and what it read.
+pub const PY_ROUND_ROBIN: &str = r#"
+import socket
+ch = socket.socket(fileno=3)
+while True:
+    msg, fds, _, _ = socket.recv_fds(ch, 1, 1)
+    if not msg:
+        break
+    for fd in fds:
+        c = socket.socket(fileno=fd)
+        c.sendall(b"py:" + c.recv(100))
+        c.close()
+"#;
+
 pub struct Master {
     pub child: brood::Child,
     pub addr: String,
