@@ -150,8 +150,11 @@ async fn status_json_tells_master_and_workers_and_counts_connections() {
 /// still shows it, as `restarting`, with when and how its last worker ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_a_slot_waiting_out_its_restart_backoff_and_the_log_one_hint() {
-    let m = Master::start(
+    // `launch`, not `start`: these workers are never all ready at once (whether a status
+    // poll catches one between its start and its exit is a race).
+    let m = Master::launch(
         "ops-backoff",
+        &[],
         &["--workers", "1", "--", "sh", "-c", "exit 3"],
     )
     .await;
