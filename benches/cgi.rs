@@ -48,6 +48,11 @@ fn quick() -> bool {
     std::env::var_os("BROOD_BENCH_QUICK").is_some()
 }
 
+/// The allocator of the `brood` binary (cli/src/main.rs), so this in-process server is
+/// `brood cgi` as shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if let Some(root) = std::env::var_os(SERVE) {
         serve_brood(Path::new(&root));

@@ -45,6 +45,11 @@ const CASES: [(&str, &str); 2] = [
     ("64 KiB response", "/cgi-bin/big"),
 ];
 
+/// The allocator of the `brood` binary (cli/src/main.rs), so this in-process server is
+/// `brood cgi` as shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if let Some(sock) = std::env::var_os(SERVE) {
         serve_brood(Path::new(&sock));

@@ -10,6 +10,14 @@ mod run;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, not glibc's malloc: a CGI request allocates and frees buffers of up to 64 KiB,
+/// and with glibc each such free or allocation consolidates the fast bins
+/// (`malloc_consolidate`); profiled, that was a sixth of `brood cgi --fastcgi`'s own CPU per
+/// 64 KiB response (docs/benchmarks.md). The child between clone and exec never allocates,
+/// so the allocator has no part in spawning.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// brood: spawn, watch and wire processes the way libuv does, from the shell.
 #[derive(Parser)]
 #[command(name = "brood", version, about, long_about = None)]

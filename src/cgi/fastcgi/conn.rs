@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::out::Out;
 use super::params::{self, Params};
 use super::record::{self, ReadError, Reader, Record};
 use crate::cgi::answer::{explain, text, text_saying};
@@ -81,7 +82,7 @@ struct Conn {
     settings: Arc<Settings>,
     reader: Reader<ReadHalf>,
     w: WriteHalf,
-    out: BytesMut,
+    out: Out,
 }
 
 pub(crate) async fn serve(state: Arc<State>, settings: Arc<Settings>, r: ReadHalf, w: WriteHalf) {
@@ -90,7 +91,7 @@ pub(crate) async fn serve(state: Arc<State>, settings: Arc<Settings>, r: ReadHal
         settings,
         reader: Reader::new(r),
         w,
-        out: BytesMut::new(),
+        out: Out::default(),
     };
     let mut wait = PARAMS_TIMEOUT;
     loop {
@@ -110,7 +111,7 @@ pub(crate) async fn serve(state: Arc<State>, settings: Arc<Settings>, r: ReadHal
         wait = IDLE;
         if role != record::RESPONDER {
             c.error(&format!("role {role} asked for; brood is a responder (1)"));
-            record::put_end(&mut c.out, id, 0, record::UNKNOWN_ROLE);
+            record::put_end(c.out.small(), id, 0, record::UNKNOWN_ROLE);
             if c.flush().await.is_err() {
                 return;
             }
@@ -139,9 +140,7 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let r = self.w.write_all(&self.out).await;
-        self.out.clear();
-        r
+        self.out.write_to(&mut self.w).await
     }
 
     /// Reads one record and handles it when it is not the request's own (cancel-safe:
@@ -167,7 +166,7 @@ impl Conn {
             }
             record::BEGIN_REQUEST => {
                 // One request at a time per connection, as GET_VALUES says.
-                record::put_end(&mut self.out, rec.id, 0, record::CANT_MPX_CONN);
+                record::put_end(self.out.small(), rec.id, 0, record::CANT_MPX_CONN);
                 None
             }
             record::ABORT_REQUEST if active == Some(rec.id) => Some(Event::Abort),
@@ -178,7 +177,7 @@ impl Conn {
             record::ABORT_REQUEST | record::PARAMS | record::STDIN | record::DATA => None,
             kind => {
                 self.error(&format!("record type {kind} is not one a web server sends"));
-                record::put_unknown_type(&mut self.out, kind);
+                record::put_unknown_type(self.out.small(), kind);
                 None
             }
         }
@@ -223,8 +222,8 @@ impl Conn {
         }
         // One record, not a stream (which `put_stream` would cut at 16 KiB).
         let head = record::header(record::GET_VALUES_RESULT, 0, body.len());
-        self.out.put_slice(&head);
-        self.out.put_slice(&body);
+        self.out.small().put_slice(&head);
+        self.out.small().put_slice(&body);
     }
 
     /// A short answer of brood's own: `Status`, a text body, the end of the request.
@@ -239,9 +238,9 @@ impl Conn {
             status.canonical_reason().unwrap_or(""),
             body.len()
         );
-        record::put_stream(&mut self.out, record::STDOUT, id, head.as_bytes());
-        record::put_stream(&mut self.out, record::STDOUT, id, b"");
-        record::put_end(&mut self.out, id, 0, record::REQUEST_COMPLETE);
+        record::put_stream(self.out.small(), record::STDOUT, id, head.as_bytes());
+        record::put_stream(self.out.small(), record::STDOUT, id, b"");
+        record::put_end(self.out.small(), id, 0, record::REQUEST_COMPLETE);
     }
 
     /// Answers `status` and writes the access line.
@@ -387,7 +386,7 @@ impl Conn {
                         head.put_slice(b"\r\n");
                     }
                     head.put_slice(b"\r\n");
-                    record::put_stream(&mut self.out, record::STDOUT, id, &head);
+                    record::put_stream(self.out.small(), record::STDOUT, id, &head);
                     let shared = run.shared.clone();
                     let bodyless = method == Method::HEAD
                         || status == StatusCode::NO_CONTENT
@@ -443,7 +442,7 @@ impl Conn {
                     return Err(Next::Close);
                 }
                 Event::Abort => {
-                    record::put_end(&mut self.out, id, 0, record::REQUEST_COMPLETE);
+                    record::put_end(self.out.small(), id, 0, record::REQUEST_COMPLETE);
                     let _ = self.flush().await;
                     return Err(Next::Keep);
                 }
@@ -541,7 +540,7 @@ impl Conn {
     }
 
     async fn aborted(&mut self, id: u16) -> Next {
-        record::put_end(&mut self.out, id, 0, record::REQUEST_COMPLETE);
+        record::put_end(self.out.small(), id, 0, record::REQUEST_COMPLETE);
         match self.flush().await {
             Ok(()) => Next::Keep,
             Err(_) => Next::Close,
@@ -598,7 +597,7 @@ impl Conn {
                     errs += 1;
                     let mut line = line.into_bytes();
                     line.push(b'\n');
-                    record::put_stream(&mut self.out, record::STDERR, id, &line);
+                    record::put_stream(self.out.small(), record::STDERR, id, &line);
                     continue;
                 }
                 () = std::future::ready(()), if ready => {
@@ -609,7 +608,7 @@ impl Conn {
             match data {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        record::put_stream(&mut self.out, record::STDOUT, id, &data);
+                        self.out.put_stream(record::STDOUT, id, data);
                     }
                     // What stdout already holds goes out in the same write.
                     ready = self.out.len() < COALESCE;
@@ -632,7 +631,7 @@ impl Conn {
                 errs += 1;
                 let mut line = line.into_bytes();
                 line.push(b'\n');
-                record::put_stream(&mut self.out, record::STDERR, id, &line);
+                record::put_stream(self.out.small(), record::STDERR, id, &line);
             }
         }
         self.end(id, shared, errs).await
@@ -640,16 +639,16 @@ impl Conn {
 
     /// Ends the streams and the request.
     async fn end(&mut self, id: u16, shared: &Shared, errs: usize) -> Next {
-        record::put_stream(&mut self.out, record::STDOUT, id, b"");
+        record::put_stream(self.out.small(), record::STDOUT, id, b"");
         if errs > 0 {
-            record::put_stream(&mut self.out, record::STDERR, id, b"");
+            record::put_stream(self.out.small(), record::STDERR, id, b"");
         }
         let app_status = match *shared.exit.borrow() {
             Some(Some(e)) if e.signal != 0 => 128 + e.signal as u32,
             Some(Some(e)) => e.status as u32,
             _ => 0,
         };
-        record::put_end(&mut self.out, id, app_status, record::REQUEST_COMPLETE);
+        record::put_end(self.out.small(), id, app_status, record::REQUEST_COMPLETE);
         match self.flush().await {
             Ok(()) => Next::Keep,
             Err(_) => Next::Close,

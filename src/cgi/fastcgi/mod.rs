@@ -3,6 +3,7 @@
 //! limits, timeouts and access log as in HTTP mode; see [`Cgi::serve_fastcgi`](super::Cgi::serve_fastcgi).
 
 mod conn;
+mod out;
 mod params;
 pub(crate) mod record;
 

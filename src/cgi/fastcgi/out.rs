@@ -1,0 +1,234 @@
+//! The records of one connection waiting to be written. Small records (headers, ends,
+//! answers) are copied into one buffer; a script's output is not copied at all: each
+//! record's 8-byte header goes into that buffer and its content stays the body's own
+//! [`Bytes`], and the lot is written with `writev`. A 64 KiB response would otherwise be
+//! copied once more and its 64 KiB buffer allocated anew for every request.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::record;
+
+/// Stream data shorter than this is copied (a slice per record costs more than the copy).
+const COPY_BELOW: usize = 2048;
+/// Slices per `writev` (Linux's `IOV_MAX` is 1024).
+const MAX_SLICES: usize = 64;
+
+/// Records in the order they are to be written.
+#[derive(Default)]
+pub(crate) struct Out {
+    /// Small records not yet sealed into `queue`.
+    small: BytesMut,
+    /// Sealed pieces: copied records and borrowed contents, in order.
+    queue: VecDeque<Bytes>,
+    /// Bytes in `queue`.
+    queued: usize,
+}
+
+impl Out {
+    /// Where small records are written (`record::put_*`).
+    pub(crate) fn small(&mut self) -> &mut BytesMut {
+        &mut self.small
+    }
+
+    /// Bytes waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.queued + self.small.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `data` as records of stream `kind` (`STDOUT`, `STDERR`), each the same record
+    /// `record::put_stream` makes; empty `data` ends the stream.
+    pub(crate) fn put_stream(&mut self, kind: u8, id: u16, data: Bytes) {
+        if data.len() < COPY_BELOW {
+            record::put_stream(&mut self.small, kind, id, &data);
+            return;
+        }
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + record::STREAM_CONTENT).min(data.len());
+            self.small
+                .extend_from_slice(&record::header(kind, id, end - at));
+            self.seal();
+            self.push(data.slice(at..end));
+            at = end;
+        }
+    }
+
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            let piece = self.small.split().freeze();
+            self.push(piece);
+        }
+    }
+
+    fn push(&mut self, piece: Bytes) {
+        self.queued += piece.len();
+        self.queue.push_back(piece);
+    }
+
+    /// Writes everything (vectored), then is empty. On an error what was not written is
+    /// dropped: the connection is done for.
+    pub(crate) async fn write_to<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        w: &mut W,
+    ) -> io::Result<()> {
+        self.seal();
+        let r = self.write_queue(w).await;
+        self.queue.clear();
+        self.queued = 0;
+        r
+    }
+
+    async fn write_queue<W: AsyncWrite + Unpin + ?Sized>(&mut self, w: &mut W) -> io::Result<()> {
+        while !self.queue.is_empty() {
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut k = 0;
+                for (slot, piece) in slices.iter_mut().zip(&self.queue) {
+                    *slot = IoSlice::new(piece);
+                    k += 1;
+                }
+                w.write_vectored(&slices[..k]).await?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.advance(n);
+        }
+        Ok(())
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let front = self.queue.front_mut().expect("n counts queued bytes");
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `each` bytes per call, vectored or not.
+    struct Trickle {
+        got: Vec<u8>,
+        each: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = buf.len().min(self.each);
+            self.got.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let mut left = self.each;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.got.extend_from_slice(&b[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(self.each - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The same bytes as copying every record, however the writer cuts the writes.
+    #[tokio::test]
+    async fn the_same_records_as_copying_them_whatever_the_writes_take() {
+        let big: Bytes = (0..100_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let mut expected = BytesMut::new();
+        record::put_end(&mut expected, 1, 0, 0);
+        record::put_stream(&mut expected, record::STDOUT, 1, b"Status: 200\r\n\r\n");
+        record::put_stream(&mut expected, record::STDOUT, 1, &big);
+        record::put_stream(&mut expected, record::STDERR, 1, b"a line\n");
+        record::put_stream(&mut expected, record::STDOUT, 1, &big[..COPY_BELOW]);
+        record::put_stream(&mut expected, record::STDOUT, 1, b"");
+        for each in [1, 7, 8, 9, 4096, 16384, 1 << 20] {
+            let mut out = Out::default();
+            record::put_end(out.small(), 1, 0, 0);
+            out.put_stream(
+                record::STDOUT,
+                1,
+                Bytes::from_static(b"Status: 200\r\n\r\n"),
+            );
+            out.put_stream(record::STDOUT, 1, big.clone());
+            out.put_stream(record::STDERR, 1, Bytes::from_static(b"a line\n"));
+            out.put_stream(record::STDOUT, 1, big.slice(..COPY_BELOW));
+            out.put_stream(record::STDOUT, 1, Bytes::new());
+            assert_eq!(out.len(), expected.len());
+            let mut w = Trickle {
+                got: Vec::new(),
+                each,
+                calls: 0,
+            };
+            out.write_to(&mut w).await.unwrap();
+            assert!(out.is_empty());
+            assert_eq!(w.got, &expected[..], "writes of {each}");
+            if each == 1 << 20 {
+                // Contents were not copied: 7 records' worth of slices in one writev.
+                assert_eq!(w.calls, 1);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_takes_nothing_is_an_error_and_leaves_it_empty() {
+        let mut out = Out::default();
+        out.put_stream(record::STDOUT, 1, Bytes::from(vec![1u8; 10_000]));
+        let mut w = Trickle {
+            got: Vec::new(),
+            each: 0,
+            calls: 0,
+        };
+        let e = out.write_to(&mut w).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        assert!(out.is_empty());
+    }
+}
