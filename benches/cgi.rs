@@ -51,7 +51,7 @@ fn quick() -> bool {
 /// The allocator of the `brood` binary (cli/src/main.rs), so this in-process server is
 /// `brood cgi` as shipped.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     if let Some(root) = std::env::var_os(SERVE) {

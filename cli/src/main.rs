@@ -10,13 +10,14 @@ mod run;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc, not glibc's malloc: a CGI request allocates and frees buffers of up to 64 KiB,
-/// and with glibc each such free or allocation consolidates the fast bins
-/// (`malloc_consolidate`); profiled, that was a sixth of `brood cgi --fastcgi`'s own CPU per
-/// 64 KiB response (docs/benchmarks.md). The child between clone and exec never allocates,
-/// so the allocator has no part in spawning.
+/// jemalloc, not glibc's malloc: `brood cgi` allocates and frees many small objects and a
+/// few buffers of up to 64 KiB per request, on several threads; with jemalloc
+/// `brood cgi --fastcgi` spends about a tenth less CPU per 64 KiB response, and its peak
+/// memory under two dozen large uploads stays within a few MiB of glibc's (mimalloc, as
+/// fast, more than doubled it). Both measured in docs/benchmarks.md. The child between clone
+/// and exec never allocates, so the allocator has no part in spawning.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// brood: spawn, watch and wire processes the way libuv does, from the shell.
 #[derive(Parser)]
