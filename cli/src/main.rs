@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 /// memory under two dozen large uploads stays within a few MiB of glibc's (mimalloc, as
 /// fast, more than doubled it). Both measured in docs/benchmarks.md. The child between clone
 /// and exec never allocates, so the allocator has no part in spawning.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
