@@ -1,8 +1,9 @@
 //! The records of one connection waiting to be written. Small records (headers, ends,
 //! answers) are copied into one buffer; a script's output is not copied at all: each
 //! record's 8-byte header goes into that buffer and its content stays the body's own
-//! [`Bytes`], and the lot is written with `writev`. A 64 KiB response would otherwise be
-//! copied once more and its 64 KiB buffer allocated anew for every request.
+//! [`Bytes`], and the lot is written with `writev`. Otherwise a 64 KiB response would be
+//! copied once more, into a buffer grown to 64 KiB anew on every connection (nginx opens one
+//! per request unless `fastcgi_keep_conn` is on).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -12,7 +13,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::record;
 
-/// Stream data shorter than this is copied (a slice per record costs more than the copy).
+/// Stream data shorter than this is copied like the small records, so that many small pieces
+/// (stderr lines, a script's short writes) make one iovec, not one each.
 const COPY_BELOW: usize = 2048;
 /// Slices per `writev` (Linux's `IOV_MAX` is 1024).
 const MAX_SLICES: usize = 64;
