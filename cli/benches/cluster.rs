@@ -1,12 +1,15 @@
 //! `cargo bench -p brood-cli --bench cluster`: echo servers under a bounded loopback load.
 //!
 //! 32 clients, 64-byte exchanges: (a) a new connection per exchange, (b) persistent
-//! connections. Contenders, all with 2 workers: `brood cluster` with each strategy; the
+//! connections. Contenders (2 workers each where there are workers): `brood cluster` with each strategy; the
 //! seed's multi-echo server on libuv in C (`benches/c/multi_echo.c`, built here with `cc`
 //! when libuv's headers are installed: `apt-get install libuv1-dev`), quiet (`-q`) and as
 //! the seed (a line on stderr per connection); brood's `examples/multi_echo_server` (built
 //! here with cargo); a single-process tokio echo server (this binary in server mode, its own
-//! process); and Node's cluster module (SCHED_RR) when `node` is on PATH.
+//! process); Node's cluster module (SCHED_RR) when `node` is on PATH; and the floor
+//! (`benches/c/floor_echo.c`, built here with `cc`): one C process with no handoff and no
+//! allocation per connection, the least any server spends on an echoed connection, so
+//! the bench shows how much of a handoff's cost any design could remove.
 //!
 //! Rounds interleave the servers (the order reverses every round, so A and B run
 //! side by side in time); a ratio is the median of the per-round ratios.
@@ -322,6 +325,24 @@ fn build_c_anchor(out_dir: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The floor (`benches/c/floor_echo.c`: one process, no handoff), or `None` with a notice.
+fn build_floor(out_dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/c/floor_echo.c");
+    let out = out_dir.join("brood-bench-floor_echo");
+    let status = std::process::Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(out),
+        other => {
+            println!("  floor: skipped (cc {} failed: {other:?})", src.display());
+            None
+        }
+    }
+}
+
 /// brood's `examples/multi_echo_server`, built with this bench's profile (it lands in
 /// `target/release/examples`), or `None` with a notice.
 fn build_example(out_dir: &Path) -> Option<PathBuf> {
@@ -361,6 +382,12 @@ const PAIRS: &[(&str, &str, &str)] = &[
     ("shared", "c", "brood shared / libuv C master"),
     ("reuseport", "c", "brood reuseport / libuv C master"),
     ("rr", "tokio", "brood round-robin / tokio, 1 process"),
+    (
+        "floor",
+        "c",
+        "the floor (C, 1 process, no handoff) / libuv C",
+    ),
+    ("rr", "floor", "brood round-robin / the floor"),
     ("rr", "node", "brood round-robin / node cluster"),
 ];
 
@@ -429,6 +456,15 @@ async fn bench() {
             start("multi_echo_server -w 2", cmd, false)
                 .await
                 .map(|s| ("example", s)),
+        );
+    }
+    if wanted("floor")
+        && let Some(floor) = build_floor(&out_dir)
+    {
+        servers.extend(
+            start("floor (C, 1 process)", server_cmd(&floor), false)
+                .await
+                .map(|s| ("floor", s)),
         );
     }
     if wanted("tokio") {
