@@ -7,6 +7,13 @@
 //! Timing never gates a test. Every server runs in a watched process group (see `watched`),
 //! so nothing is left running however the bench ends, Ctrl-C included.
 //!
+//! Besides requests/s, every cell reads the **server's own CPU** per request: user + system
+//! time of the server's processes (brood's one process; fcgiwrap's N and its parent), from
+//! `/proc/PID/stat` before and after the cell, leaving out the CGI programs (the same for
+//! both) and each child before its exec (accounted to the child by the kernel, in both).
+//! The requests/s ratio is bounded by what the two share (the program's exec and run,
+//! nginx, wrk); the CPU ratio says what each server itself costs.
+//!
 //! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5). For
 //! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime and
 //! `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task (both measured no faster);
@@ -285,6 +292,60 @@ fn wrk(port: u16, path: &str, secs: u64) -> f64 {
     }
 }
 
+/// utime + stime, in clock ticks, of `pid` and every process below it but the CGI
+/// programs (`hello`, `big`): the server's own CPU.
+fn server_ticks(pid: u32, depth: usize) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((head, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let comm = head.split_once('(').map_or("", |(_, c)| c);
+    if CASES
+        .iter()
+        .any(|(_, path)| path.ends_with(&format!("/{comm}")))
+    {
+        return 0;
+    }
+    // Fields after the command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+    let mut ticks = field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    if depth > 4 {
+        return ticks;
+    }
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            ticks += server_ticks(child, depth + 1);
+        }
+    }
+    ticks
+}
+
+/// `USER_HZ`, the unit of `/proc/PID/stat`'s times.
+fn clock_ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One cell: requests/s and the server's own CPU microseconds per request.
+fn cell(port: u16, path: &str, secs: u64, server: u32, hz: f64) -> (f64, f64) {
+    let before = server_ticks(server, 0);
+    let rate = wrk(port, path, secs);
+    let spent = server_ticks(server, 0).saturating_sub(before);
+    let requests = (rate * secs as f64).max(1.0);
+    (rate, spent as f64 / hz * 1e6 / requests)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -345,22 +406,28 @@ fn bench() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    let hz = clock_ticks_per_sec();
+    let (brood_pid, wrap_pid) = (brood.0.id(), wrap.0.id());
     for (case, path) in CASES {
         let (b, w) = (format!("/brood{path}"), format!("/fcgiwrap{path}"));
         wrk(port, &b, 1);
         wrk(port, &w, 1);
         let (mut rb, mut rw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cb, mut cw, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            let (x, y) = if round % 2 == 0 {
-                let x = wrk(port, &b, secs);
-                (x, wrk(port, &w, secs))
+            let ((x, xc), (y, yc)) = if round % 2 == 0 {
+                let x = cell(port, &b, secs, brood_pid, hz);
+                (x, cell(port, &w, secs, wrap_pid, hz))
             } else {
-                let y = wrk(port, &w, secs);
-                (wrk(port, &b, secs), y)
+                let y = cell(port, &w, secs, wrap_pid, hz);
+                (cell(port, &b, secs, brood_pid, hz), y)
             };
             rb.push(x);
             rw.push(y);
             ratios.push(if y > 0.0 { x / y } else { f64::NAN });
+            cb.push(xc);
+            cw.push(yc);
+            cpu_ratios.push(if xc > 0.0 { yc / xc } else { f64::NAN });
         }
         let (lo, hi) = ratios
             .iter()
@@ -370,6 +437,13 @@ fn bench() {
             median(rb),
             median(rw),
             median(ratios.clone()),
+        );
+        println!(
+            "{:<18} server's own CPU per request: brood {:>5.0} µs  fcgiwrap {:>5.0} µs  fcgiwrap's ÷ brood's {:.2}×",
+            "",
+            median(cb),
+            median(cw),
+            median(cpu_ratios),
         );
     }
     drop(nginx);
