@@ -37,7 +37,10 @@ impl AcceptBackoff {
     }
 
     /// Whether accepting is paused now (the cluster master asks; the CGI fronts sleep).
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    #[cfg_attr(
+        not(feature = "cluster"),
+        allow(dead_code, reason = "only the cluster master asks")
+    )]
     pub(crate) fn paused(&self) -> bool {
         self.until.is_some_and(|t| Instant::now() < t)
     }
