@@ -15,8 +15,10 @@
 //! nginx, wrk); the CPU ratio says what each server itself costs.
 //!
 //! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5). For
-//! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime and
-//! `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task (both measured no faster);
+//! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime (less CPU per
+//! request, fewer requests/s: its one thread waits out every vfork child's exec; see
+//! docs/benchmarks.md) and `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task
+//! (measured no faster);
 //! `BROOD_BENCH_HOLD=1` starts everything, prints the URLs and serves until Enter (to
 //! profile by hand, docs/benchmarks.md).
 
@@ -358,14 +360,18 @@ fn bench() {
     let root = build(&dir);
     let (brood_sock, wrap_sock) = (dir.join("brood.sock"), dir.join("fcgiwrap.sock"));
 
-    let brood = Proc(
-        service_env(&mut Command::new(std::env::current_exe().unwrap()))
-            .env(SERVE, &brood_sock)
-            .env("BROOD_BENCH_ROOT", &root)
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut serve = Command::new(std::env::current_exe().unwrap());
+    service_env(&mut serve)
+        .env(SERVE, &brood_sock)
+        .env("BROOD_BENCH_ROOT", &root)
+        .stdin(Stdio::piped());
+    // The experiment switches reach the server through its cleared environment.
+    for knob in ["BROOD_BENCH_RT", "BROOD_BENCH_SPAWN"] {
+        if let Some(v) = std::env::var_os(knob) {
+            serve.env(knob, v);
+        }
+    }
+    let brood = Proc(serve.spawn().unwrap());
     // fcgiwrap -c N forks its N workers, which outlive their parent: a watched group.
     let wrap = watched(
         Command::new("fcgiwrap")
