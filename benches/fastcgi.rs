@@ -22,6 +22,11 @@
 //! `BROOD_BENCH_HOLD=1` starts everything, prints the URLs and serves until Enter (to
 //! profile by hand, docs/benchmarks.md).
 
+mod support {
+    pub mod cpu;
+}
+use support::cpu;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -294,56 +299,17 @@ fn wrk(port: u16, path: &str, secs: u64) -> f64 {
     }
 }
 
-/// utime + stime, in clock ticks, of `pid` and every process below it but the CGI
-/// programs (`hello`, `big`): the server's own CPU.
-fn server_ticks(pid: u32, depth: usize) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((head, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let comm = head.split_once('(').map_or("", |(_, c)| c);
-    if CASES
-        .iter()
-        .any(|(_, path)| path.ends_with(&format!("/{comm}")))
-    {
-        return 0;
-    }
-    // Fields after the command name: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
-    let mut ticks = field(14).unwrap_or(0) + field(15).unwrap_or(0);
-    if depth > 4 {
-        return ticks;
-    }
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            ticks += server_ticks(child, depth + 1);
-        }
-    }
-    ticks
-}
-
-/// `USER_HZ`, the unit of `/proc/PID/stat`'s times.
-fn clock_ticks_per_sec() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// One cell: requests/s and the server's own CPU microseconds per request.
 fn cell(port: u16, path: &str, secs: u64, server: u32, hz: f64) -> (f64, f64) {
-    let before = server_ticks(server, 0);
+    // The server's own CPU: its processes, not the CGI programs (`hello`, `big`).
+    let program = |comm: &str| {
+        CASES
+            .iter()
+            .any(|(_, p)| p.rsplit('/').next() == Some(comm))
+    };
+    let before = cpu::tree_ticks(server, &program);
     let rate = wrk(port, path, secs);
-    let spent = server_ticks(server, 0).saturating_sub(before);
+    let spent = cpu::tree_ticks(server, &program).saturating_sub(before);
     let requests = (rate * secs as f64).max(1.0);
     (rate, spent as f64 / hz * 1e6 / requests)
 }
@@ -412,7 +378,7 @@ fn bench() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let hz = clock_ticks_per_sec();
+    let hz = cpu::clock_ticks_per_sec();
     let (brood_pid, wrap_pid) = (brood.0.id(), wrap.0.id());
     for (case, path) in CASES {
         let (b, w) = (format!("/brood{path}"), format!("/fcgiwrap{path}"));

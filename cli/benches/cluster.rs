@@ -26,6 +26,9 @@
 //! `BROOD_BENCH_LOAD_PHASE=new` or `persistent` runs one of the two loads).
 //! Timing never gates a test.
 
+#[path = "../../benches/support/cpu.rs"]
+mod cpu;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -122,45 +125,10 @@ impl Server {
     /// CPU time (user + system) so far of the server and every process below it, in
     /// clock ticks.
     fn cpu_ticks(&self) -> u64 {
-        self.child.id().map_or(0, |pid| tree_ticks(pid, 0))
+        self.child
+            .id()
+            .map_or(0, |pid| cpu::tree_ticks(pid, &|_| false))
     }
-}
-
-/// utime + stime of `pid` (every thread, live or ended) and of its descendants.
-fn tree_ticks(pid: u32, depth: usize) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
-    let mut ticks = field(14).unwrap_or(0) + field(15).unwrap_or(0);
-    if depth > 8 {
-        return ticks;
-    }
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return ticks;
-    };
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            ticks += tree_ticks(child, depth + 1);
-        }
-    }
-    ticks
-}
-
-/// The unit of `/proc/PID/stat`'s times (`USER_HZ`: 100 on every Linux ABI but alpha's).
-fn clock_ticks_per_sec() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn pinned() -> bool {
@@ -512,7 +480,7 @@ async fn bench() {
     let mut samples = vec![vec![Vec::new(); servers.len()]; 2];
     // cpu[mode][server][round]: the server's CPU microseconds per exchange
     let mut cpu = vec![vec![Vec::new(); servers.len()]; 2];
-    let hz = clock_ticks_per_sec();
+    let hz = cpu::clock_ticks_per_sec();
     let mut failed = vec![0u64; servers.len()];
     for round in 0..rounds {
         for (mode, new_conn) in [(0, true), (1, false)] {
