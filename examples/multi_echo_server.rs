@@ -74,6 +74,10 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
     let addr = listener.local_addr().expect("bound");
     println!("Listening on {addr}");
 
+    // One Ctrl-C listener for the server's life (a new one per turn of the loop would
+    // register with the signal driver and unregister again for every connection).
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let mut next = 0;
     loop {
         let conn: TcpStream = tokio::select! {
@@ -81,7 +85,7 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
                 Ok((conn, _)) => conn,
                 Err(e) => { eprintln!("accept: {e}"); continue; }
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
         };
         // Round-robin; a worker that cannot take it (it died) passes it to the next one, so
         // an accepted connection is never dropped while any worker lives.
