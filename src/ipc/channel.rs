@@ -396,7 +396,8 @@ impl Channel {
         })?;
         check_kind::<T>(next.as_fd())?;
         match self.rd.rx.pop_pending() {
-            Some(h) => h.accept(),
+            // Checked just above (a wrong kind stays pending): not asked again.
+            Some(h) => T::from_fd(h.into_fd()),
             None => Err(Error::new(libc::EAGAIN, "accept")),
         }
     }
