@@ -28,14 +28,14 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     unsafe { Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
 }
 
-/// Sets `O_NONBLOCK` on `fd` (its open file description).
+/// Sets `O_NONBLOCK` on `fd` (its open file description): one `ioctl(FIONBIO)`, which Linux
+/// takes for every kind of fd, where `F_GETFL` + `F_SETFL` take two calls (libuv's
+/// `uv__nonblock_ioctl`; std's `set_nonblocking` on sockets).
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
-    // SAFETY: F_GETFL/F_SETFL change only the status flags of `fd`.
-    unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-            return Err(Error::last("fcntl O_NONBLOCK"));
-        }
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one int through the pointer and changes only `fd`'s O_NONBLOCK.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, &on) } < 0 {
+        return Err(Error::last("ioctl FIONBIO"));
     }
     Ok(())
 }
@@ -135,5 +135,29 @@ pub(crate) fn cloexec_from(first: RawFd) {
             break;
         }
         fd += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn status_flags(fd: BorrowedFd<'_>) -> libc::c_int {
+        // SAFETY: F_GETFL only reads the status flags of an fd we hold.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }
+    }
+
+    #[test]
+    fn set_nonblocking_sets_it_on_that_end_only() {
+        let (read, write) = pipe().unwrap();
+        set_nonblocking(read.as_fd()).unwrap();
+        assert_ne!(status_flags(read.as_fd()) & libc::O_NONBLOCK, 0);
+        // The other end of a pipe has a file description of its own: still blocking.
+        assert_eq!(status_flags(write.as_fd()) & libc::O_NONBLOCK, 0);
+        // Nothing to read: EAGAIN, not a wait.
+        let mut buf = [0u8; 1];
+        let err = std::io::Read::read(&mut std::fs::File::from(read), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
     }
 }
