@@ -11,6 +11,10 @@
 //!
 //! `BROOD_BENCH_QUICK=1` runs each cell for a shorter time. Timing never gates a test.
 
+mod support {
+    pub mod net;
+}
+
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnix;
@@ -300,11 +304,14 @@ async fn stream(title: &str, size: usize, count: u64) {
 }
 
 /// Runs `clients` tasks against `addr` for `dur`; counts 64-byte echo exchanges.
+/// Connections are spread over loopback source addresses (`support/net.rs`: from one, the
+/// kernel's TIME_WAIT rule caps new connections at ~14k/s whatever the server).
 async fn load(addr: String, clients: usize, dur: Duration, new_conn_each: bool) -> (u64, u64) {
     let deadline = Instant::now() + dur;
+    let addr: std::net::SocketAddr = addr.parse().expect("a server address is IP:port");
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let addr = addr.clone();
+    for client in 0..clients {
+        let mut n = client;
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u64, 0u64);
             let msg = [b'x'; 64];
@@ -312,7 +319,8 @@ async fn load(addr: String, clients: usize, dur: Duration, new_conn_each: bool) 
             let mut conn: Option<TcpStream> = None;
             while Instant::now() < deadline {
                 if conn.is_none() {
-                    match TcpStream::connect(&addr).await {
+                    n += clients;
+                    match support::net::connect(addr, n).await {
                         Ok(c) => {
                             c.set_nodelay(true).ok();
                             conn = Some(c)
