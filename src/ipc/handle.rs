@@ -64,9 +64,9 @@ fn sockopt(fd: BorrowedFd<'_>, opt: libc::c_int) -> Option<libc::c_int> {
 }
 
 /// The kind of handle `fd` is. A socket answers `SO_DOMAIN`, anything else fails it
-/// (`ENOTSOCK`) and `fstat` then says what it is: a socket, the common case (every handed-off
-/// connection), costs three calls, as many as a libuv receiver makes per handle (`fstat`, `getsockopt`
-/// and `getsockname` under strace).
+/// (`ENOTSOCK`) and `fstat` then says what it is: a socket, the common case (every
+/// handed-off connection), costs three calls, as many as a libuv receiver makes per handle
+/// (`fstat`, `getsockopt` and `getsockname` under strace).
 pub fn handle_type(fd: BorrowedFd<'_>) -> HandleType {
     if let Some(domain) = sockopt(fd, libc::SO_DOMAIN) {
         let ty = sockopt(fd, libc::SO_TYPE);
