@@ -14,9 +14,9 @@
 
 use std::os::fd::AsFd;
 
-use brood::ipc::Channel;
+use brood::ipc::{Channel, HandoffListener};
 use brood::{Command, Stdio};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 fn usage() -> ! {
     eprintln!("usage: multi_echo_server [-w WORKERS] [--port PORT]");
@@ -65,13 +65,10 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
         eprintln!("Started worker {}", child.id().unwrap());
         workers.push(Worker { child, channel });
     }
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
-        brood::Error::new(
-            e.raw_os_error().unwrap_or(0),
-            format!("bind 127.0.0.1:{port}"),
-        )
-    })?;
-    let addr = listener.local_addr().expect("bound");
+    // The master only passes connections on: each is one `accept4` and never joins the
+    // event loop (libuv's `uv_accept` starts no reading either).
+    let listener = HandoffListener::bind(([127, 0, 0, 1], port).into())?;
+    let addr = listener.local_addr()?;
     println!("Listening on {addr}");
 
     // One Ctrl-C listener for the server's life (a new one per turn of the loop would
@@ -80,10 +77,16 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
     tokio::pin!(ctrl_c);
     let mut next = 0;
     loop {
-        let conn: TcpStream = tokio::select! {
+        let conn = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => conn,
-                Err(e) => { eprintln!("accept: {e}"); continue; }
+                Err(e) => {
+                    eprintln!("{e}");
+                    // Out of fds: the connection waits in the kernel's queue; pause rather
+                    // than spin on a listener that stays readable.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
             },
             _ = &mut ctrl_c => break,
         };

@@ -62,15 +62,10 @@ fn try_send(chan: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> Sent {
     }
 }
 
-/// The master's listening socket, registered with the reactor for readability only.
-pub(super) type Listener = AsyncFd<std::net::TcpListener>;
-
-/// The listening socket as the master's accept loop uses it.
-pub(super) fn listener(l: TcpListener) -> std::io::Result<Listener> {
-    let l = l.into_std()?;
-    // SAFETY: the `std::net::TcpListener` owns its fd and moves into the `AsyncFd`, which
-    // deregisters it before dropping (closing) it; nothing else holds or closes that fd.
-    unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(std::io::Error::from)
+/// The listening socket as the master's accept loop uses it: registered with the reactor
+/// for readability only (the registration `ipc::HandoffListener` makes).
+pub(super) fn listener(l: TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
+    crate::ipc::register_handoff_listener(l.into_std()?)
 }
 
 /// At most this many connections are accepted per readiness of the listener before the

@@ -58,6 +58,7 @@
 mod channel;
 pub(crate) mod framing;
 mod handle;
+mod handoff;
 mod inherit;
 mod io;
 pub(crate) mod node;
@@ -69,6 +70,9 @@ mod wire;
 pub(crate) use channel::own_inherited;
 pub use channel::{Channel, Sender};
 pub use handle::{FromHandle, Handle, HandleType, LISTEN_BACKLOG, handle_type};
+pub use handoff::HandoffListener;
+#[cfg(feature = "cluster")]
+pub(crate) use handoff::register as register_handoff_listener;
 pub use inherit::{CHANNEL_FD_ENV, NODE_CHANNEL_FD_ENV};
 /// Node's protocol as the cluster master speaks it to Node workers.
 #[cfg(feature = "cluster")]
