@@ -62,7 +62,7 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
             .kill_on_drop(true)
             .spawn()?;
         let channel = child.take_channel(0).expect("slot 0 is an IPC channel");
-        eprintln!("Started worker {}", child.id().unwrap());
+        log(format!("Started worker {}", child.id().unwrap()));
         workers.push(Worker { child, channel });
     }
     // The master only passes connections on: each is one `accept4` and never joins the
@@ -76,12 +76,12 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut next = 0;
-    loop {
+    'serve: loop {
         let conn = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => conn,
                 Err(e) => {
-                    eprintln!("{e}");
+                    log(format!("{e}"));
                     // Out of fds: the connection waits in the kernel's queue; pause rather
                     // than spin on a listener that stays readable.
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -90,22 +90,55 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
             },
             _ = &mut ctrl_c => break,
         };
-        // Round-robin; a worker that cannot take it (it died) passes it to the next one, so
-        // an accepted connection is never dropped while any worker lives.
-        let mut handed = false;
-        for _ in 0..workers.len() {
-            let w = &workers[next];
-            next = (next + 1) % workers.len();
-            match w.channel.send_with_handles(b"c", &[conn.as_fd()]).await {
-                Ok(()) => {
-                    handed = true;
-                    break;
-                }
-                Err(e) => eprintln!("worker {}: {e}", w.child.id().unwrap()),
+        // Round-robin, never waiting on one worker: a worker whose channel is full (stopped,
+        // or slow to read) is passed by, and one that is gone leaves the rotation, so an
+        // accepted connection is never dropped while any worker lives.
+        loop {
+            if workers.is_empty() {
+                log("no worker left to take a connection".into());
+                break 'serve;
             }
-        }
-        if !handed {
-            eprintln!("no worker left to take a connection");
+            let mut handed = false;
+            let mut i = 0;
+            while i < workers.len() {
+                let w = (next + i) % workers.len();
+                match workers[w]
+                    .channel
+                    .try_send_with_handles(b"c", &[conn.as_fd()])
+                {
+                    Ok(()) => {
+                        next = (w + 1) % workers.len();
+                        handed = true;
+                        break;
+                    }
+                    Err(e) if e.name() == "EAGAIN" => i += 1,
+                    Err(e) => {
+                        let gone = workers.remove(w);
+                        log(format!("worker {}: {e}", gone.child.id().unwrap_or(0)));
+                        // Dropping its `Child` leaves it to brood's reaper: no zombie.
+                    }
+                }
+            }
+            if handed {
+                break;
+            }
+            // Every channel is full: wait for the next worker's (or for Ctrl-C).
+            next %= workers.len().max(1);
+            let Some(w) = workers.get(next) else { continue };
+            let fds = [conn.as_fd()];
+            tokio::select! {
+                r = w.channel.send_with_handles(b"c", &fds) => match r {
+                    Ok(()) => {
+                        next = (next + 1) % workers.len();
+                        break;
+                    }
+                    Err(e) => {
+                        let gone = workers.remove(next);
+                        log(format!("worker {}: {e}", gone.child.id().unwrap_or(0)));
+                    }
+                },
+                _ = &mut ctrl_c => break 'serve,
+            }
         }
         // Our copy closes here; the worker holds its own.
     }
@@ -117,11 +150,18 @@ async fn master(n: usize, port: u16) -> Result<(), brood::Error> {
     Ok(())
 }
 
+/// One `write` per line, so the lines of the master and its workers never mix.
+fn log(mut line: String) {
+    use std::io::Write;
+    line.push('\n');
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 async fn worker() {
     let mut channel = match Channel::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("worker: {e}");
+            log(format!("worker: {e}"));
             std::process::exit(1);
         }
     };
@@ -132,7 +172,7 @@ async fn worker() {
             Ok(0) => break, // the master is gone
             Ok(_) => {}
             Err(e) => {
-                eprintln!("Worker {pid}: {e}");
+                log(format!("Worker {pid}: {e}"));
                 break;
             }
         }
@@ -147,7 +187,7 @@ async fn worker() {
                     tokio::spawn(brood::pipe::echo(conn));
                 }
                 Err(e) => {
-                    eprintln!("Worker {pid}: {e}");
+                    log(format!("Worker {pid}: {e}"));
                     channel.accept_handle();
                 }
             }

@@ -412,6 +412,94 @@ async fn multi_echo_server_serves_50_clients_from_2_workers() {
     }
 }
 
+/// A worker that stops reading (SIGSTOP) does not stall the example's master: once that
+/// worker's channel is full the master passes it by, the other worker serves the rest, and
+/// after SIGCONT the stopped one serves what its channel held. Nothing is lost, and Ctrl-C
+/// still stops the master.
+#[tokio::test]
+async fn multi_echo_server_passes_a_stopped_worker_by() {
+    use tokio::io::AsyncBufReadExt;
+    let mut master = Command::new(example("multi_echo_server"))
+        .args(["-w", "2", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(master.stderr.take().unwrap());
+    let mut stopped = String::new();
+    timeout(LIMIT, err.read_line(&mut stopped))
+        .await
+        .unwrap()
+        .unwrap();
+    let stopped: i32 = stopped
+        .trim()
+        .strip_prefix("Started worker ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Keep reading the log so that the workers never block on a full stderr pipe.
+    let log = tokio::spawn(async move {
+        let mut all = String::new();
+        let _ = err.read_to_string(&mut all).await;
+        all
+    });
+    let mut line = String::new();
+    let mut out = tokio::io::BufReader::new(master.stdout.take().unwrap());
+    timeout(LIMIT, out.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("Listening on ")
+        .unwrap()
+        .to_string();
+    brood::kill(stopped, brood::Signum::STOP).unwrap();
+
+    // 800 clients at once; the stopped worker's channel holds a few hundred at most
+    // (212,992 bytes of socket buffer, one connection per message).
+    const N: usize = 800;
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let (addr, served, done) = (addr.clone(), served.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            let msg = format!("client {i}");
+            s.write_all(msg.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).await.unwrap();
+            assert_eq!(got, msg);
+            served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            done.notify_one();
+        }));
+    }
+    // While the worker is stopped, the other one serves at least half.
+    timeout(LIMIT, async {
+        while served.load(std::sync::atomic::Ordering::SeqCst) < N / 2 {
+            done.notified().await;
+        }
+    })
+    .await
+    .expect("the master stalled behind the stopped worker");
+    brood::kill(stopped, brood::Signum::CONT).unwrap();
+    for t in tasks {
+        timeout(LIMIT, t).await.unwrap().unwrap();
+    }
+    master.kill(brood::Signum::INT).unwrap();
+    let exit = timeout(LIMIT, master.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "master: {exit}");
+    let log = timeout(LIMIT, log).await.unwrap().unwrap();
+    let by_stopped = log
+        .lines()
+        .filter(|l| l.starts_with(&format!("Worker {stopped}: Accepted fd")))
+        .count();
+    assert!(by_stopped > 0 && by_stopped < N / 2, "{by_stopped} of {N}");
+}
+
 #[tokio::test]
 async fn a_channel_over_a_named_socket_between_unrelated_processes() {
     let dir = std::env::temp_dir().join(format!("brood-ipc-named-{}", std::process::id()));

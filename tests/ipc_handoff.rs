@@ -129,6 +129,52 @@ async fn a_child_in_another_language_serves_the_connections_handed_to_it() {
     assert!(status.success(), "{status:?}");
 }
 
+/// `try_send_with_handles` never waits and never splits a message: into a peer that does
+/// not read, whole 1,000-byte messages go until the kernel's buffer is full, then `EAGAIN`;
+/// once the peer has read, sends go again; a handle sent this way arrives.
+#[tokio::test(flavor = "current_thread")]
+async fn try_send_never_waits_and_never_splits_a_message() {
+    let (a, mut b) = brood::ipc::Channel::pair().unwrap();
+    let msg = |i: u32| {
+        let mut m = vec![(i % 251) as u8; 1000];
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        m
+    };
+    let mut sent = 0u32;
+    let full = loop {
+        match a.try_send_with_handles(&msg(sent), &[]) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100_000, "the buffer never filled");
+    };
+    assert_eq!(full.name(), "EAGAIN", "{full}");
+    assert!(sent > 10, "{sent}");
+    let mut got = vec![0u8; sent as usize * 1000];
+    let mut off = 0;
+    while off < got.len() {
+        let n = timeout(LIMIT, b.recv(&mut got[off..]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        off += n;
+    }
+    for (i, chunk) in got.chunks(1000).enumerate() {
+        assert_eq!(chunk, &msg(i as u32)[..], "message {i}");
+    }
+    // Room again, and a handle travels with its byte.
+    let file = std::fs::File::open("/dev/null").unwrap();
+    a.try_send_with_handles(b"f", &[file.as_fd()]).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(timeout(LIMIT, b.recv(&mut byte)).await.unwrap().unwrap(), 1);
+    assert_eq!(&byte, b"f");
+    assert_eq!(b.pending_count(), 1);
+    // Bad input is an error before anything is written.
+    let e = a.try_send_with_handles(b"", &[file.as_fd()]).unwrap_err();
+    assert_eq!(e.name(), "EINVAL", "{e}");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn an_accept_dropped_before_a_connection_loses_nothing() {
     let listener = HandoffListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -163,6 +209,15 @@ async fn bad_sockets_and_addresses_are_errors() {
     let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let e = HandoffListener::from_std(tcp.into()).unwrap_err();
     assert_eq!(e.name(), "EINVAL", "{e}");
+    // A listening Unix socket (systemd's `ListenStream=/path`): refused, not accepted from.
+    let dir = std::env::temp_dir().join(format!("brood-handoff-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let un = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+    let as_tcp = std::net::TcpListener::from(std::os::fd::OwnedFd::from(un));
+    let e = HandoffListener::from_std(as_tcp).unwrap_err();
+    assert_eq!(e.name(), "EINVAL", "{e}");
+    assert!(e.to_string().contains("not a TCP socket"), "{e}");
+    std::fs::remove_file(&dir).unwrap();
     // The address is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let e = HandoffListener::bind(taken.local_addr().unwrap()).unwrap_err();

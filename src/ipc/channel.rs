@@ -474,6 +474,31 @@ impl Sender {
         send(&self.io, data, handles).await
     }
 
+    /// Sends bytes with handles attached to their first byte if it can be done now, without
+    /// waiting (`uv_try_write2`): `EAGAIN`, with nothing sent, when the peer's buffer is full
+    /// (a peer that stopped reading) or another send on this channel is under way. A master
+    /// handing connections out uses it to pass a busy worker by instead of waiting on it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), brood::Error> {
+    /// use brood::ipc::Channel;
+    ///
+    /// let (a, _b) = Channel::pair()?; // `_b` never reads
+    /// let mut sent = 0;
+    /// let full = loop {
+    ///     match a.try_send_with_handles(&[7; 1000], &[]) {
+    ///         Ok(()) => sent += 1,
+    ///         Err(e) => break e,
+    ///     }
+    /// };
+    /// assert_eq!(full.name(), "EAGAIN");
+    /// assert!(sent > 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn try_send_with_handles(&self, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
+        super::io::try_send(&self.io, data, handles)
+    }
+
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     /// Sends `msg` as one JSON line, with `handles` bound to it.

@@ -49,7 +49,12 @@ pub struct HandoffListener {
 
 impl HandoffListener {
     /// Binds `addr` with `SO_REUSEADDR` (as tokio and libuv do) and listens with a backlog
-    /// of [`LISTEN_BACKLOG`]. Needs a tokio runtime with I/O enabled.
+    /// of [`LISTEN_BACKLOG`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime this is an error (`EINVAL`); inside a runtime built without
+    /// I/O (no `enable_io`) it panics, as tokio's own sockets do, since tokio offers no way to
+    /// ask.
     pub fn bind(addr: SocketAddr) -> Result<HandoffListener> {
         let op = format!("bind {addr}");
         let sock = socket2::Socket::new(
@@ -65,13 +70,20 @@ impl HandoffListener {
     }
 
     /// Takes a listening socket this process already has (bound by the caller, inherited
-    /// from systemd, or a tokio listener's `into_std`). `EINVAL` if it is not listening.
+    /// from systemd, or a tokio listener's `into_std`). `EINVAL` if it is not a listening
+    /// TCP socket (a Unix socket's connections have no IP address to return), `ENOTSOCK` if
+    /// it is no socket. Panics as [`bind`](HandoffListener::bind) does.
     pub fn from_std(listener: TcpListener) -> Result<HandoffListener> {
         let op = format!("listen fd {}", listener.as_raw_fd());
-        if !socket2::SockRef::from(&listener)
-            .is_listener()
-            .map_err(|e| from_io(e, &op))?
+        let sock = socket2::SockRef::from(&listener);
+        let domain = sock.domain().map_err(|e| from_io(e, &op))?;
+        let ty = sock.r#type().map_err(|e| from_io(e, &op))?;
+        if !(domain == socket2::Domain::IPV4 || domain == socket2::Domain::IPV6)
+            || ty != socket2::Type::STREAM
         {
+            return Err(Error::invalid(op, "not a TCP socket"));
+        }
+        if !sock.is_listener().map_err(|e| from_io(e, &op))? {
             return Err(Error::invalid(op, "the socket is not listening"));
         }
         tokio::runtime::Handle::try_current().map_err(|_| {

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::io::Interest;
@@ -25,8 +26,9 @@ const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 pub(crate) struct Io {
     pub stream: UnixStream,
-    /// Serialises writers so the bytes of two sends never interleave.
-    pub write: tokio::sync::Mutex<()>,
+    /// Serialises writers so the bytes of two sends never interleave (in an `Arc` so that
+    /// the rest of a partial non-blocking send can be finished by a task that holds it).
+    pub write: Arc<tokio::sync::Mutex<()>>,
     /// Node.js's protocol on the JSON lines (`Protocol::Node`) when set.
     pub node: AtomicBool,
     /// Node's protocol: handles sent and not yet acknowledged, the queue behind them.
@@ -41,7 +43,7 @@ impl Io {
     pub fn new(stream: UnixStream) -> Io {
         Io {
             stream,
-            write: tokio::sync::Mutex::new(()),
+            write: Arc::new(tokio::sync::Mutex::new(())),
             node: AtomicBool::new(false),
             acks: node::Shared::default(),
             max_handles: AtomicUsize::new(DEFAULT_MAX_HANDLES),
@@ -189,18 +191,7 @@ pub(crate) async fn write_locked(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>
     } else {
         "send_with_handles"
     };
-    if !handles.is_empty() && data.is_empty() {
-        return Err(Error::invalid(
-            op,
-            "handles need at least one byte of data to travel with",
-        ));
-    }
-    if handles.len() > wire::MAX_FDS {
-        return Err(Error::invalid(
-            op,
-            format!("at most {} handles per write", wire::MAX_FDS),
-        ));
-    }
+    check_send(op, data, handles)?;
     // Few handles per write is the rule: keep them on the stack then.
     let mut small = [0 as RawFd; 16];
     let many: Vec<RawFd>;
@@ -230,6 +221,110 @@ pub(crate) async fn write_locked(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>
                 io.stream.writable().await.map_err(|e| from_io(e, op))?;
             }
             Err(e) => return Err(from_io(e, op)),
+        }
+    }
+    Ok(())
+}
+
+/// What every send refuses before it writes anything.
+fn check_send(op: &str, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
+    if !handles.is_empty() && data.is_empty() {
+        return Err(Error::invalid(
+            op,
+            "handles need at least one byte of data to travel with",
+        ));
+    }
+    if handles.len() > wire::MAX_FDS {
+        return Err(Error::invalid(
+            op,
+            format!("at most {} handles per write", wire::MAX_FDS),
+        ));
+    }
+    Ok(())
+}
+
+/// One non-blocking `sendmsg` of `data` with `handles` on its first byte (`uv_try_write2`),
+/// never waiting: `EAGAIN`, with nothing sent, when the peer's buffer is full or another send
+/// is under way. Should the kernel take only part of `data` (it takes a small message whole
+/// or not at all), the rest is written before any other send: by a task holding the writers'
+/// lock inside a runtime, else at once, blocking.
+pub(crate) fn try_send(io: &Arc<Io>, data: &[u8], handles: &[BorrowedFd<'_>]) -> Result<()> {
+    let op = if handles.is_empty() {
+        "try_send"
+    } else {
+        "try_send_with_handles"
+    };
+    check_send(op, data, handles)?;
+    if data.is_empty() {
+        return Ok(());
+    }
+    let busy = |detail: &str| Error::new(libc::EAGAIN, op).with_detail(detail);
+    let Ok(guard) = io.write.clone().try_lock_owned() else {
+        return Err(busy("another send on this channel is under way"));
+    };
+    let mut small = [0 as RawFd; 16];
+    let many: Vec<RawFd>;
+    let fds: &[RawFd] = if handles.len() <= small.len() {
+        for (slot, h) in small.iter_mut().zip(handles) {
+            *slot = h.as_raw_fd();
+        }
+        &small[..handles.len()]
+    } else {
+        many = handles.iter().map(|h| h.as_raw_fd()).collect();
+        &many
+    };
+    let sock = io.stream.as_raw_fd();
+    // Straight to the kernel, not through tokio's readiness (which stays "full" after an
+    // `EAGAIN` until the reactor's next turn sees room): the answer is the socket's own. An
+    // edge-triggered reactor loses nothing by it: after an `EAGAIN` the kernel reports the
+    // room that follows as a new edge.
+    let n = match wire::send(sock, data, fds) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            return Err(busy("the peer's buffer is full"));
+        }
+        Err(e) => return Err(from_io(e, op)),
+    };
+    if n < data.len() {
+        let rest = data[n..].to_vec();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let io = Arc::clone(io);
+                rt.spawn(async move {
+                    let _guard = guard;
+                    let _ = write_locked(&io, &rest, &[]).await;
+                });
+            }
+            Err(_) => {
+                let _guard = guard;
+                finish_blocking(sock, &rest).map_err(|e| from_io(e, op))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` on the non-blocking socket `sock`, waiting in `poll` for room (only for a
+/// partial [`try_send`] outside any runtime).
+fn finish_blocking(sock: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match wire::send(sock, data, &[]) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut p = libc::pollfd {
+                    fd: sock,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: poll reads and writes the one pollfd we pass.
+                if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
