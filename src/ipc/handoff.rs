@@ -17,8 +17,8 @@ use super::LISTEN_BACKLOG;
 use crate::error::{Error, Result, from_io};
 
 /// A listening TCP socket whose accepted connections are never registered with the event
-/// loop: for a master that hands each connection to another process
-/// ([`Channel::send_with_handles`](super::Channel::send_with_handles)) and closes its copy.
+/// loop: for a master that hands each connection to another process (a [`Channel`](super::Channel)'s
+/// [`send_with_handles`](super::Sender::send_with_handles)) and closes its copy.
 ///
 /// Each connection comes back as a blocking, close-on-exec [`std::net::TcpStream`], as from
 /// `accept(2)` on a blocking listener: what a receiver in any language expects (brood's
