@@ -192,18 +192,8 @@ pub(crate) async fn write_locked(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>
         "send_with_handles"
     };
     check_send(op, data, handles)?;
-    // Few handles per write is the rule: keep them on the stack then.
-    let mut small = [0 as RawFd; 16];
-    let many: Vec<RawFd>;
-    let mut fds: &[RawFd] = if handles.len() <= small.len() {
-        for (slot, h) in small.iter_mut().zip(handles) {
-            *slot = h.as_raw_fd();
-        }
-        &small[..handles.len()]
-    } else {
-        many = handles.iter().map(|h| h.as_raw_fd()).collect();
-        &many
-    };
+    let list = RawFds::new(handles);
+    let mut fds = list.as_slice();
     let sock = io.stream.as_raw_fd();
     let mut off = 0;
     while off < data.len() {
@@ -224,6 +214,33 @@ pub(crate) async fn write_locked(io: &Io, data: &[u8], handles: &[BorrowedFd<'_>
         }
     }
     Ok(())
+}
+
+/// The raw fds of a send's handles: few per write is the rule, so on the stack up to 16.
+enum RawFds {
+    Few([RawFd; 16], usize),
+    Many(Vec<RawFd>),
+}
+
+impl RawFds {
+    fn new(handles: &[BorrowedFd<'_>]) -> RawFds {
+        if handles.len() <= 16 {
+            let mut few = [0 as RawFd; 16];
+            for (slot, h) in few.iter_mut().zip(handles) {
+                *slot = h.as_raw_fd();
+            }
+            RawFds::Few(few, handles.len())
+        } else {
+            RawFds::Many(handles.iter().map(|h| h.as_raw_fd()).collect())
+        }
+    }
+
+    fn as_slice(&self) -> &[RawFd] {
+        match self {
+            RawFds::Few(few, n) => &few[..*n],
+            RawFds::Many(many) => many,
+        }
+    }
 }
 
 /// What every send refuses before it writes anything.
@@ -262,17 +279,8 @@ pub(crate) fn try_send(io: &Arc<Io>, data: &[u8], handles: &[BorrowedFd<'_>]) ->
     let Ok(guard) = io.write.clone().try_lock_owned() else {
         return Err(busy("another send on this channel is under way"));
     };
-    let mut small = [0 as RawFd; 16];
-    let many: Vec<RawFd>;
-    let fds: &[RawFd] = if handles.len() <= small.len() {
-        for (slot, h) in small.iter_mut().zip(handles) {
-            *slot = h.as_raw_fd();
-        }
-        &small[..handles.len()]
-    } else {
-        many = handles.iter().map(|h| h.as_raw_fd()).collect();
-        &many
-    };
+    let list = RawFds::new(handles);
+    let fds = list.as_slice();
     let sock = io.stream.as_raw_fd();
     // Straight to the kernel, not through tokio's readiness (which stays "full" after an
     // `EAGAIN` until the reactor's next turn sees room): the answer is the socket's own. An
