@@ -56,6 +56,8 @@ struct Namespace {
     init: i32,
     /// Kills the init (and so the namespace) if the test fails half-way.
     kill: Option<KillOnDrop>,
+    /// The init's command line (for a failure's message).
+    argv: Vec<String>,
 }
 
 impl Namespace {
@@ -83,6 +85,7 @@ impl Namespace {
             kill: Some(KillOnDrop(inits[0])),
             unshare,
             stdout,
+            argv: init_argv,
         }
     }
 
@@ -95,9 +98,17 @@ impl Namespace {
     async fn finish(mut self) -> (i64, String) {
         drop(self.unshare.stdin.take());
         let mut rest = Vec::new();
-        bounded("EOF from the namespace", self.stdout.read_to_end(&mut rest))
-            .await
-            .unwrap();
+        let read = tokio::time::timeout(LIMIT, self.stdout.read_to_end(&mut rest)).await;
+        if read.is_err() {
+            // Which process still holds the pipe, and what it has pending, blocked, caught.
+            panic!(
+                "EOF from the namespace of {:?}: not done after {LIMIT:?}; read so far: {:?}\n{}",
+                self.argv,
+                text(&rest),
+                tree(self.init)
+            );
+        }
+        read.unwrap().unwrap();
         let exit = bounded("unshare's exit", self.unshare.wait())
             .await
             .unwrap();
@@ -106,6 +117,31 @@ impl Namespace {
         assert_eq!(exit.signal, 0, "unshare was killed: {exit}");
         (exit.status, text(&rest))
     }
+}
+
+/// `pid` and its descendants with their command, state and signal masks from /proc (for a
+/// failure's message).
+fn tree(pid: i32) -> String {
+    let mut out = String::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let fields: Vec<&str> = status
+            .lines()
+            .filter(|l| {
+                [
+                    "Name:", "State:", "PPid:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:",
+                    "SigCgt:",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .collect();
+        let wchan = std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
+        out.push_str(&format!("  {p}: {} wchan={wchan}\n", fields.join(" ")));
+        todo.extend(children(p));
+    }
+    out
 }
 
 /// The children of `pid` (all its threads'), from /proc.

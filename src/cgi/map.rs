@@ -246,6 +246,32 @@ impl Opened {
     }
 }
 
+/// Opens `path` for reading only if no component of it is a symlink (`openat2` with
+/// `RESOLVE_NO_SYMLINKS`); `None` otherwise, or on any error (the caller's general open
+/// reports it). Saves the `readlink` of `/proc/self/fd/N` for most requests.
+fn open_no_symlinks(path: &Path) -> Option<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    if !path.is_absolute()
+        || path.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::CurDir | std::path::Component::ParentDir
+            )
+        })
+    {
+        return None;
+    }
+    rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()
+    .map(std::fs::File::from)
+}
+
 impl Mapping {
     /// Opens the target's file (following symlinks), then checks where the open file really
     /// is: inside the root, a regular executable file. A symlink swapped after this check
@@ -253,19 +279,30 @@ impl Mapping {
     pub(crate) fn open(&self, target: &Target) -> Result<Opened, Refusal> {
         use std::io::Read;
         use std::os::fd::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(&target.file)
-            .map_err(|e| {
-                let status = match e.kind() {
-                    ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-                    _ => StatusCode::NOT_FOUND,
-                };
-                refuse(status, format!("{}: {e}", target.file.display()))
-            })?;
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .map_err(|e| refuse(StatusCode::FORBIDDEN, format!("reading its path back: {e}")))?;
+        let (file, real) = match open_no_symlinks(&target.file) {
+            // No symlink on the way: the path (absolute, no `.` or `..`) is its own real path.
+            Some(file) => (file, target.file.clone()),
+            // A symlink on the way (or any error, or a kernel without `openat2`): open it
+            // following links, and read back where the open file really is.
+            None => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+                    .open(&target.file)
+                    .map_err(|e| {
+                        let status = match e.kind() {
+                            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+                            _ => StatusCode::NOT_FOUND,
+                        };
+                        refuse(status, format!("{}: {e}", target.file.display()))
+                    })?;
+                let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                    .map_err(|e| {
+                        refuse(StatusCode::FORBIDDEN, format!("reading its path back: {e}"))
+                    })?;
+                (file, real)
+            }
+        };
         let inside = match self {
             Mapping::Root { root, .. } => real.starts_with(root),
             Mapping::Script { file, .. } => &real == file,
