@@ -338,8 +338,10 @@ fn example(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-#[tokio::test]
-async fn multi_echo_server_serves_50_clients_from_2_workers() {
+/// The example with 2 workers, once it listens: the master (stderr piped, not read yet) and
+/// its address.
+async fn start_multi_echo_server() -> (brood::Child, String) {
+    use tokio::io::AsyncBufReadExt;
     let mut master = Command::new(example("multi_echo_server"))
         .args(["-w", "2", "--port", "0"])
         .stdout(Stdio::piped())
@@ -349,7 +351,6 @@ async fn multi_echo_server_serves_50_clients_from_2_workers() {
         .unwrap();
     let mut out = tokio::io::BufReader::new(master.stdout.take().unwrap());
     let mut line = String::new();
-    use tokio::io::AsyncBufReadExt;
     timeout(LIMIT, out.read_line(&mut line))
         .await
         .unwrap()
@@ -359,6 +360,12 @@ async fn multi_echo_server_serves_50_clients_from_2_workers() {
         .strip_prefix("Listening on ")
         .unwrap()
         .to_string();
+    (master, addr)
+}
+
+#[tokio::test]
+async fn multi_echo_server_serves_50_clients_from_2_workers() {
+    let (mut master, addr) = start_multi_echo_server().await;
 
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -419,13 +426,8 @@ async fn multi_echo_server_serves_50_clients_from_2_workers() {
 #[tokio::test]
 async fn multi_echo_server_passes_a_stopped_worker_by() {
     use tokio::io::AsyncBufReadExt;
-    let mut master = Command::new(example("multi_echo_server"))
-        .args(["-w", "2", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut master, addr) = start_multi_echo_server().await;
+    // The workers' "Started worker PID" lines came before "Listening on".
     let mut err = tokio::io::BufReader::new(master.stderr.take().unwrap());
     let mut stopped = String::new();
     timeout(LIMIT, err.read_line(&mut stopped))
@@ -444,17 +446,6 @@ async fn multi_echo_server_passes_a_stopped_worker_by() {
         let _ = err.read_to_string(&mut all).await;
         all
     });
-    let mut line = String::new();
-    let mut out = tokio::io::BufReader::new(master.stdout.take().unwrap());
-    timeout(LIMIT, out.read_line(&mut line))
-        .await
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("Listening on ")
-        .unwrap()
-        .to_string();
     brood::kill(stopped, brood::Signum::STOP).unwrap();
 
     // 800 clients at once; the stopped worker's channel holds a few hundred at most
