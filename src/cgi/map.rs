@@ -251,13 +251,14 @@ impl Opened {
 /// reports it). Saves the `readlink` of `/proc/self/fd/N` for most requests.
 fn open_no_symlinks(path: &Path) -> Option<std::fs::File> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
+    // Only a path already in normal form (absolute, no `.`, `..` or doubled `/`: rebuilt
+    // from its components it has the same bytes) can be its own real path.
+    let normal: PathBuf = path.components().collect();
     if !path.is_absolute()
-        || path.components().any(|c| {
-            matches!(
-                c,
-                std::path::Component::CurDir | std::path::Component::ParentDir
-            )
-        })
+        || normal.as_os_str() != path.as_os_str()
+        || path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
     {
         return None;
     }
