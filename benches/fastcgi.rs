@@ -1,7 +1,7 @@
 //! `cargo bench --bench fastcgi`: requests per second through one nginx (`fastcgi_pass`),
 //! brood's FastCGI front against Debian's fcgiwrap started the usual way with N processes
 //! (`fcgiwrap -c N`), on two compiled CGI programs (C, built here with gcc): a minimal one
-//! and one answering 64 KiB. `wrk -t2 -c16`, rounds interleaved (the order flips each
+//! and one answering 64 KiB. `wrk -t2 -c16`, rounds interleaved (the order rotates each
 //! round), the median of the per-round ratios with min..max. nginx, fcgiwrap and wrk must
 //! be installed (`apt-get install nginx-light fcgiwrap wrk`; benches never run in CI).
 //! Timing never gates a test. Every server runs in a watched process group (see `watched`),
@@ -14,7 +14,16 @@
 //! The requests/s ratio is bounded by what the two share (the program's exec and run,
 //! nginx, wrk); the CPU ratio says what each server itself costs.
 //!
-//! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (5). For
+//! A third server shows that bound: **the floor** (`benches/c/floor_fastcgi.c`, built here
+//! with `cc`), the least work a FastCGI front for CGI programs can do per request: one
+//! single-threaded epoll loop per core on one socket, one `posix_spawn` (vfork) and one pipe
+//! per request, the kernel reaping, and none of a real server's duties (no stderr, no CGI
+//! header parsing, no exit status, no path checks, limits, timeouts or log). What the floor
+//! makes over fcgiwrap is the most any design can show on this machine; brood ÷ floor is
+//! what brood's duties and its runtime cost.
+//!
+//! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (6; each server
+//! goes first, second and third in turn). For
 //! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime (less CPU per
 //! request, fewer requests/s: its one thread waits out every vfork child's exec; see
 //! docs/benchmarks.md) and `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task
@@ -28,6 +37,7 @@ mod support {
 use support::cpu;
 
 use std::path::{Path, PathBuf};
+const FLOOR_C: &str = include_str!("c/floor_fastcgi.c");
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -201,7 +211,7 @@ impl Drop for Proc {
     }
 }
 
-fn nginx(dir: &Path, root: &Path, brood: &Path, wrap: &Path) -> (Proc, u16) {
+fn nginx(dir: &Path, root: &Path, brood: &Path, wrap: &Path, floor: &Path) -> (Proc, u16) {
     let nd = dir.join("nginx");
     std::fs::create_dir_all(&nd).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -239,11 +249,12 @@ fn nginx(dir: &Path, root: &Path, brood: &Path, wrap: &Path) -> (Proc, u16) {
          client_body_temp_path {nd}/body; fastcgi_temp_path {nd}/fastcgi;\n\
          proxy_temp_path {nd}/proxy; uwsgi_temp_path {nd}/uwsgi; scgi_temp_path {nd}/scgi;\n\
          fastcgi_buffer_size 16k; fastcgi_buffers 16 16k;\n\
-         server {{\n listen 127.0.0.1:{port};\n{b}{w} }}\n}}\n",
+         server {{\n listen 127.0.0.1:{port};\n{b}{w}{f} }}\n}}\n",
         user = if root_user { "user root root;\n" } else { "" },
         nd = nd.display(),
         b = location("brood", brood),
         w = location("fcgiwrap", wrap),
+        f = location("floor", floor),
     );
     std::fs::write(nd.join("nginx.conf"), conf).unwrap();
     let nginx = watched(
@@ -319,16 +330,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Builds the floor server (`benches/c/floor_fastcgi.c`) into `dir`.
+fn build_floor(dir: &Path) -> PathBuf {
+    let (src, out) = (dir.join("floor_fastcgi.c"), dir.join("floor_fastcgi"));
+    std::fs::write(&src, FLOOR_C).unwrap();
+    let ok = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc builds the floor")
+        .success();
+    assert!(ok, "cc failed on {}", src.display());
+    out
+}
+
+/// The three servers, in the bench's order.
+const SERVERS: [&str; 3] = ["brood", "fcgiwrap", "floor"];
+
 fn bench() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fastcgi-bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let root = build(&dir);
-    let (brood_sock, wrap_sock) = (dir.join("brood.sock"), dir.join("fcgiwrap.sock"));
+    let floor_bin = build_floor(&dir);
+    let socks = SERVERS.map(|s| dir.join(format!("{s}.sock")));
 
     let mut serve = Command::new(std::env::current_exe().unwrap());
     service_env(&mut serve)
-        .env(SERVE, &brood_sock)
+        .env(SERVE, &socks[0])
         .env("BROOD_BENCH_ROOT", &root)
         .stdin(Stdio::piped());
     // The experiment switches reach the server through its cleared environment.
@@ -342,18 +372,20 @@ fn bench() {
     let wrap = watched(
         Command::new("fcgiwrap")
             .args(["-c", &FCGIWRAP_PROCESSES.to_string(), "-s"])
-            .arg(format!("unix:{}", wrap_sock.display())),
+            .arg(format!("unix:{}", socks[1].display())),
     );
-    wait_for(&brood_sock);
-    wait_for(&wrap_sock);
-    let (nginx, port) = nginx(&dir, &root, &brood_sock, &wrap_sock);
+    // One loop per core, forked by the floor's first process: a watched group too.
+    let floor = watched(Command::new(&floor_bin).arg(&socks[2]));
+    for sock in &socks {
+        wait_for(sock);
+    }
+    let (nginx, port) = nginx(&dir, &root, &socks[0], &socks[1], &socks[2]);
 
     if std::env::var_os("BROOD_BENCH_HOLD").is_some() {
         // For profiling by hand: everything stays up until Enter.
         for (case, path) in CASES {
-            println!(
-                "{case}: http://127.0.0.1:{port}/brood{path} and http://127.0.0.1:{port}/fcgiwrap{path}"
-            );
+            let urls = SERVERS.map(|s| format!("http://127.0.0.1:{port}/{s}{path}"));
+            println!("{case}: {}", urls.join(" "));
         }
         println!("serving until Enter…");
         let mut line = String::new();
@@ -368,59 +400,74 @@ fn bench() {
     let rounds: usize = std::env::var("BROOD_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(6);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "brood cgi --fastcgi vs fcgiwrap -c {FCGIWRAP_PROCESSES}, through nginx (2 workers), \
-         wrk -t2 -c{CLIENTS}, {secs} s cells, {rounds} rounds interleaved; loadavg {}",
+        "brood cgi --fastcgi vs fcgiwrap -c {FCGIWRAP_PROCESSES} vs the C floor, through nginx \
+         (2 workers), wrk -t2 -c{CLIENTS}, {secs} s cells, {rounds} rounds interleaved; loadavg {}",
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
             .join(" ")
     );
     let hz = cpu::clock_ticks_per_sec();
-    let (brood_pid, wrap_pid) = (brood.0.id(), wrap.0.id());
+    // The watched servers' shells: their process trees hold the servers.
+    let pids = [brood.0.id(), wrap.0.id(), floor.0.id()];
     for (case, path) in CASES {
-        let (b, w) = (format!("/brood{path}"), format!("/fcgiwrap{path}"));
-        wrk(port, &b, 1);
-        wrk(port, &w, 1);
-        let (mut rb, mut rw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut cb, mut cw, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let ((x, xc), (y, yc)) = if round % 2 == 0 {
-                let x = cell(port, &b, secs, brood_pid, hz);
-                (x, cell(port, &w, secs, wrap_pid, hz))
-            } else {
-                let y = cell(port, &w, secs, wrap_pid, hz);
-                (cell(port, &b, secs, brood_pid, hz), y)
-            };
-            rb.push(x);
-            rw.push(y);
-            ratios.push(if y > 0.0 { x / y } else { f64::NAN });
-            cb.push(xc);
-            cw.push(yc);
-            cpu_ratios.push(if xc > 0.0 { yc / xc } else { f64::NAN });
+        let urls = SERVERS.map(|s| format!("/{s}{path}"));
+        for url in &urls {
+            wrk(port, url, 1);
         }
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        let (mut rate, mut cpu_us) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let (mut bw, mut fw, mut bf) = (vec![], vec![], vec![]);
+        for round in 0..rounds {
+            // Each server goes first, second and third in turn.
+            let mut got = [(0.0, 0.0); 3];
+            for k in 0..3 {
+                let i = (round + k) % 3;
+                got[i] = cell(port, &urls[i], secs, pids[i], hz);
+            }
+            for i in 0..3 {
+                rate[i].push(got[i].0);
+                cpu_us[i].push(got[i].1);
+            }
+            bw.push(ratio(got[0].0, got[1].0));
+            fw.push(ratio(got[2].0, got[1].0));
+            bf.push(ratio(got[0].0, got[2].0));
+        }
+        let range = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+            format!("{:.2}× ({lo:.2}..{hi:.2})", median(v.to_vec()))
+        };
         println!(
-            "{case:<18} brood {:>7.0} req/s  fcgiwrap {:>7.0} req/s  brood ÷ fcgiwrap {:.2}× ({lo:.2}..{hi:.2})",
-            median(rb),
-            median(rw),
-            median(ratios.clone()),
+            "{case:<18} req/s: brood {:>6.0}  fcgiwrap {:>6.0}  floor {:>6.0}",
+            median(rate[0].clone()),
+            median(rate[1].clone()),
+            median(rate[2].clone()),
         );
         println!(
-            "{:<18} server's own CPU per request: brood {:>5.0} µs  fcgiwrap {:>5.0} µs  fcgiwrap's ÷ brood's {:.2}×",
+            "{:<18} brood ÷ fcgiwrap {}  floor ÷ fcgiwrap {}  brood ÷ floor {}",
             "",
-            median(cb),
-            median(cw),
-            median(cpu_ratios),
+            range(&bw),
+            range(&fw),
+            range(&bf),
+        );
+        println!(
+            "{:<18} server's own CPU per request: brood {:>4.0} µs  fcgiwrap {:>4.0} µs  floor {:>4.0} µs",
+            "",
+            median(cpu_us[0].clone()),
+            median(cpu_us[1].clone()),
+            median(cpu_us[2].clone()),
         );
     }
     drop(nginx);
+    drop(floor);
     drop(wrap);
     drop(brood);
-    let _ = std::fs::remove_file(&brood_sock);
-    let _ = std::fs::remove_file(&wrap_sock);
+    for sock in &socks {
+        let _ = std::fs::remove_file(sock);
+    }
 }
