@@ -303,7 +303,8 @@ const MAX_LINE: usize = 8192;
 pub(crate) async fn log_stderr(stderr: Option<impl AsyncRead + Unpin>, name: String, log: Log) {
     let Some(mut r) = stderr else { return };
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
+    // On the heap: an array here would be 4 KiB of the supervisor's future.
+    let mut chunk = vec![0u8; 4096];
     loop {
         let n = r.read(&mut chunk).await.unwrap_or(0);
         if n == 0 {
