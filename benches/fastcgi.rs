@@ -23,11 +23,11 @@
 //! what brood's duties and its runtime cost.
 //!
 //! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (6; each server
-//! goes first, second and third in turn). For
-//! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime (less CPU per
-//! request, fewer requests/s: its one thread waits out every vfork child's exec; see
-//! docs/benchmarks.md) and `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task
-//! (measured no faster);
+//! goes first, second and third in turn); `BROOD_BENCH_FCGIWRAP=N` starts fcgiwrap with N
+//! processes instead of 16 (Debian's `fcgiwrap.service` starts one). For experiments,
+//! `BROOD_BENCH_RT=current` serves on a current-thread runtime (less CPU per request, fewer
+//! requests/s: its one thread waits out every vfork child's exec; see docs/benchmarks.md)
+//! and `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task (measured no faster);
 //! `BROOD_BENCH_HOLD=1` starts everything, prints the URLs and serves until Enter (to
 //! profile by hand, docs/benchmarks.md).
 
@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 
 const SERVE: &str = "BROOD_FASTCGI_BENCH_SERVE";
 const CLIENTS: usize = 16;
-/// fcgiwrap's processes: one request at a time each, so as many as there are clients.
+/// fcgiwrap's processes: one request at a time each, so as many as there are clients
+/// (`BROOD_BENCH_FCGIWRAP=N` sets another count: Debian's `fcgiwrap.service` starts one).
 const FCGIWRAP_PROCESSES: usize = 16;
 
 const HELLO_C: &str = r#"#include <stdio.h>
@@ -368,10 +369,14 @@ fn bench() {
         }
     }
     let brood = Proc(serve.spawn().unwrap());
+    let wrap_n: usize = std::env::var("BROOD_BENCH_FCGIWRAP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(FCGIWRAP_PROCESSES);
     // fcgiwrap -c N forks its N workers, which outlive their parent: a watched group.
     let wrap = watched(
         Command::new("fcgiwrap")
-            .args(["-c", &FCGIWRAP_PROCESSES.to_string(), "-s"])
+            .args(["-c", &wrap_n.to_string(), "-s"])
             .arg(format!("unix:{}", socks[1].display())),
     );
     // One loop per core, forked by the floor's first process: a watched group too.
@@ -403,7 +408,7 @@ fn bench() {
         .unwrap_or(6);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "brood cgi --fastcgi vs fcgiwrap -c {FCGIWRAP_PROCESSES} vs the C floor, through nginx \
+        "brood cgi --fastcgi vs fcgiwrap -c {wrap_n} vs the C floor, through nginx \
          (2 workers), wrk -t2 -c{CLIENTS}, {secs} s cells, {rounds} rounds interleaved; loadavg {}",
         load.split_whitespace()
             .take(3)
