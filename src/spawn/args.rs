@@ -83,6 +83,9 @@ pub(crate) struct ChildArgs {
     pub first_rt_signal: i32,
     /// This process runs as root (real uid 0): a failed setgroups is an error.
     pub as_root: bool,
+    /// The parent left SIGCHLD unblocked around the clone (`linux.rs`): the child blocks it
+    /// first thing.
+    pub block_sigchld: bool,
     pub actions: *mut FdAction,
     pub nactions: usize,
     pub report: *mut Report,

@@ -1,7 +1,8 @@
 //! The child side of a spawn: what runs between clone and exec.
 //!
 //! It runs on a stack of its own (mmap'ed, with a guard page) in memory it shares with the
-//! parent (CLONE_VM), with the full kernel signal mask set (glibc's 32 and 33 included).
+//! parent (CLONE_VM), with the full kernel signal mask set (glibc's 32 and 33 included;
+//! SIGCHLD from its first system call on when no handler had it at the clone, `linux.rs`).
 //! That blocks every signal the kernel lets a thread block: not SIGKILL and SIGSTOP (which
 //! run no handler), and not a fault's own SIGSEGV/SIGBUS/SIGILL/SIGFPE, which the kernel
 //! forces through after resetting that handler to SIG_DFL (the child's own copy of the
@@ -61,6 +62,12 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
     // SAFETY: (for the whole function) every pointer in `args` is into the parent's live `Plan`,
     // arrays are the lengths given, and only this child touches them until it execs.
     unsafe {
+        // 0. SIGCHLD, if the parent left it open (`linux.rs`: no handler had it then),
+        //    joins the rest of the blocked signals before anything else runs here.
+        if args.block_sigchld {
+            let _ = raw::set_mask(&raw::FULL_SET, std::ptr::null_mut());
+        }
+
         // 1. Signal dispositions. A caught signal becomes SIG_DFL, so no parent handler can
         //    run in this shared memory once the mask is emptied (exec would reset it
         //    anyway). An ignored one stays ignored, as std, Go and posix_spawn leave it

@@ -150,6 +150,7 @@ impl Plan {
                 0
             },
             reset_signals: self.reset_signals,
+            block_sigchld: false,
             first_rt_signal: libc::SIGRTMIN(),
             // SAFETY: getuid cannot fail and touches no memory.
             as_root: (self.uid.is_some() || self.gid.is_some()) && unsafe { libc::getuid() } == 0,

@@ -87,6 +87,8 @@ pub(super) const SIGSET_SIZE: usize = 8;
 /// A kernel signal set with every bit set: glibc's `sigfillset` leaves out its own 32 and
 /// 33, this one does not.
 pub(super) const FULL_SET: [u64; 2] = [u64::MAX; 2];
+/// `FULL_SET` without SIGCHLD.
+pub(super) const FULL_SET_BUT_SIGCHLD: [u64; 2] = [!(1u64 << (libc::SIGCHLD - 1)), u64::MAX];
 /// An empty kernel signal set.
 pub(super) const EMPTY_SET: [u64; 2] = [0; 2];
 
@@ -95,12 +97,28 @@ pub(super) const EMPTY_SET: [u64; 2] = [0; 2];
 /// # Safety
 /// `old` is null or has room for a kernel signal set.
 pub(super) unsafe fn set_mask(set: &[u64; 2], old: *mut [u64; 2]) -> Result<usize, i32> {
+    // SAFETY: as `sigprocmask`'s.
+    unsafe { sigprocmask(libc::SIG_SETMASK, set, old) }
+}
+
+/// `rt_sigprocmask(SIG_BLOCK, set, old)`: `set` added to the blocked ones.
+///
+/// # Safety
+/// `old` is null or has room for a kernel signal set.
+pub(super) unsafe fn block_mask(set: &[u64; 2], old: *mut [u64; 2]) -> Result<usize, i32> {
+    // SAFETY: as `sigprocmask`'s.
+    unsafe { sigprocmask(libc::SIG_BLOCK, set, old) }
+}
+
+/// # Safety
+/// `old` is null or has room for a kernel signal set.
+unsafe fn sigprocmask(how: i32, set: &[u64; 2], old: *mut [u64; 2]) -> Result<usize, i32> {
     // SAFETY: both sets are 16 bytes, at least SIGSET_SIZE.
     unsafe {
         syscall(
             libc::SYS_rt_sigprocmask,
             [
-                libc::SIG_SETMASK as usize,
+                how as usize,
                 set.as_ptr() as usize,
                 old as usize,
                 SIGSET_SIZE,
