@@ -453,6 +453,8 @@ async fn fastcgi(
     }
     let mut int = Signal::new(Signum::INT).map_err(|e| e.to_string())?;
     let mut term = Signal::new(Signum::TERM).map_err(|e| e.to_string())?;
+    // A subreaper, as in HTTP mode: the scripts' orphaned background jobs land here.
+    let _reaper = crate::reaper::start("brood cgi");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     say(&format!(
         "brood cgi: listening on fastcgi {listener} ({what})"

@@ -1,7 +1,8 @@
 //! `brood cgi --fastcgi` behind a real nginx (`fastcgi_pass` to its Unix socket): scripts
 //! with queries, bodies and PATH_INFO, a 10 MB stream, git clone and push through
 //! git-http-backend with nginx's auth_basic, 404, 504, a client gone mid-response, 100
-//! requests at once; every test checks that no script process is left.
+//! requests at once; a script's background job reaped by brood (a subreaper); every test
+//! checks that no script process is left.
 
 mod fastcgi_support;
 
@@ -120,9 +121,66 @@ fn a_missing_script_is_404_and_a_script_past_the_timeout_is_504() {
     assert!(r.text().contains("took too long"), "{r:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     brood.wait_line("\"GET /cgi-bin/slow\" 504");
-    // The script and its `sleep` (same group) are gone.
+    // The script and its `sleep` (same group) are gone; the `sleep`, orphaned when its
+    // shell was killed, landed on brood (a subreaper) and was reaped there.
     wait_groups_gone(&dir);
-    assert!(brood.children().is_empty());
+    brood.wait_childless();
+}
+
+/// `pid`'s parent, `None` once it is gone (a zombie still has one).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_scripts_background_job_lands_on_brood_and_is_reaped() {
+    let dir = Dir::new("orphan");
+    // The job's output goes elsewhere, so the response ends with the script.
+    dir.script(
+        "orphan",
+        "#!/bin/sh
+sleep 60 >/dev/null 2>&1 </dev/null &
+printf 'Content-Type: text/plain\n\n%s\n' $!
+",
+    );
+    let brood = Brood::start(&dir, &["--root", dir.path("www").to_str().unwrap()]);
+    let nginx = Nginx::start(&dir, CGI_BIN);
+    let r = http(nginx.port, "GET", "/cgi-bin/orphan", b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    let job: u32 = r.text().trim().parse().unwrap();
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(job);
+    // Its shell has exited: the job is brood's now (a subreaper), not the machine's init.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while parent_of(job) != Some(brood.pid()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job}'s parent: {:?}",
+            parent_of(job)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Ended, it is reaped by brood: gone, not a zombie.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &job.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    while parent_of(job).is_some() {
+        assert!(std::time::Instant::now() < deadline, "job {job} not reaped");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    brood.wait_childless();
 }
 
 #[test]

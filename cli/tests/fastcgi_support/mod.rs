@@ -165,6 +165,20 @@ impl Brood {
             .count()
     }
 
+    /// Waits until brood has no child, zombies included (an orphan that landed on it, the
+    /// subreaper, is reaped within the reaper's pause).
+    pub fn wait_childless(&self) {
+        let deadline = Instant::now() + T;
+        loop {
+            let kids = self.children();
+            if kids.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "brood kept children {kids:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until brood has no child and `fds` open fds at most.
     pub fn wait_settled(&self, fds: usize) {
         let deadline = Instant::now() + T;
