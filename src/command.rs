@@ -119,6 +119,19 @@ impl Command {
         self
     }
 
+    /// [`envs`](Command::envs) that moves the names and values in instead of copying them
+    /// (the CGI runner's whole environment, per request).
+    #[cfg(feature = "cgi")]
+    pub(crate) fn envs_owned(
+        &mut self,
+        vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    ) -> &mut Command {
+        for (k, v) in vars {
+            self.opts.env.insert(k, Some(v));
+        }
+        self
+    }
+
     /// Removes one variable from the child's environment.
     pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Command {
         self.opts.env.insert(key.as_ref().to_owned(), None);

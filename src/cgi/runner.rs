@@ -104,7 +104,7 @@ pub(crate) async fn launch(
     cmd.arg0(&opened.real)
         .args(args)
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs_owned(env)
         .current_dir(&target.dir)
         .process_group(0)
         .kill_on_drop(true)

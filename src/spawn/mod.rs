@@ -14,10 +14,11 @@ mod raw;
 #[path = "linux.rs"]
 mod sys;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use crate::child_pipe::End;
@@ -68,20 +69,15 @@ pub(crate) struct Plan {
 
 /// Node's variables for a `Stdio::node_ipc` slot, as Node's `fork` sets them, unless the
 /// caller named them with `.env()`; a serialization other than `json` is refused.
-fn node_channel_env(
-    cmd: &Options,
-    env: &mut BTreeMap<OsString, OsString>,
-    slot: i32,
-    op: &str,
-) -> Result<()> {
+fn node_channel_env<'a>(cmd: &'a Options, env: &mut Env<'a>, slot: i32, op: &str) -> Result<()> {
     const MODE: &str = "NODE_CHANNEL_SERIALIZATION_MODE";
     if !cmd
         .env
         .contains_key(OsStr::new(crate::ipc::NODE_CHANNEL_FD_ENV))
     {
         env.insert(
-            crate::ipc::NODE_CHANNEL_FD_ENV.into(),
-            slot.to_string().into(),
+            Cow::Borrowed(OsStr::new(crate::ipc::NODE_CHANNEL_FD_ENV)),
+            Cow::Owned(slot.to_string().into()),
         );
     }
     match cmd.env.get(OsStr::new(MODE)) {
@@ -92,7 +88,10 @@ fn node_channel_env(
             )));
         }
         _ => {
-            env.insert(MODE.into(), "json".into());
+            env.insert(
+                Cow::Borrowed(OsStr::new(MODE)),
+                Cow::Borrowed(OsStr::new("json")),
+            );
         }
     }
     Ok(())
@@ -218,20 +217,28 @@ unsafe extern "C" {
 }
 
 /// The child's environment: the parent's (or none), with the command's changes on top.
-fn child_env(cmd: &Options) -> BTreeMap<OsString, OsString> {
-    let mut env: BTreeMap<OsString, OsString> = if cmd.env_clear {
+/// The child's environment: this process's own (unless cleared) with the changes on top.
+/// The changes are borrowed, not copied (a CGI script's twenty-odd variables would be
+/// copied twice more per request otherwise).
+fn child_env(cmd: &Options) -> Env<'_> {
+    let mut env: Env<'_> = if cmd.env_clear {
         BTreeMap::new()
     } else {
-        std::env::vars_os().collect()
+        std::env::vars_os()
+            .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+            .collect()
     };
     for (k, v) in &cmd.env {
         match v {
-            Some(v) => env.insert(k.clone(), v.clone()),
-            None => env.remove(k),
+            Some(v) => env.insert(Cow::Borrowed(k.as_os_str()), Cow::Borrowed(v.as_os_str())),
+            None => env.remove(k.as_os_str()),
         };
     }
     env
 }
+
+/// Environment names to values, each borrowed from the `Options` or owned.
+type Env<'a> = BTreeMap<Cow<'a, OsStr>, Cow<'a, OsStr>>;
 
 /// Builds the plan: every allocation of the spawn happens here.
 pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
@@ -282,20 +289,23 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
     let path_var = if inherit_environ {
         std::env::var_os("PATH")
     } else {
-        env.get(OsStr::new("PATH")).cloned()
+        env.get(OsStr::new("PATH")).map(|p| p.clone().into_owned())
     };
     // The channel's slot, unless the caller named it with `.env()` themselves: a value
     // inherited from this process's own environment is stale for the child.
     if let Some(slot) = ipc_slot {
         if !cmd.env.contains_key(OsStr::new(crate::ipc::CHANNEL_FD_ENV)) {
-            env.insert(crate::ipc::CHANNEL_FD_ENV.into(), slot.to_string().into());
+            env.insert(
+                Cow::Borrowed(OsStr::new(crate::ipc::CHANNEL_FD_ENV)),
+                Cow::Owned(slot.to_string().into()),
+            );
         }
     }
     if let Some(slot) = node_slot {
         node_channel_env(cmd, &mut env, slot, &op)?;
     }
     if let Some(key) = &cmd.env_pid {
-        env.remove(key);
+        env.remove(key.as_os_str());
     }
     let paths: Vec<CString> = exec_candidates(program, path_var.as_deref().map(|p| p.as_bytes()))
         .into_iter()
@@ -310,20 +320,21 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         .collect::<Result<_>>()?;
 
     let mut envp: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 1);
-    for (k, v) in env {
-        let (k, v) = (k.into_vec(), v.into_vec());
+    for (k, v) in &env {
+        let (k, v) = (k.as_bytes(), v.as_bytes());
         if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
             return Err(Error::invalid(
                 op,
                 format!(
                     "environment variable {:?} has an empty name, '=' in its name or a NUL byte",
-                    String::from_utf8_lossy(&k)
+                    String::from_utf8_lossy(k)
                 ),
             ));
         }
-        let mut entry = k;
+        let mut entry = Vec::with_capacity(k.len() + v.len() + 2);
+        entry.extend_from_slice(k);
         entry.push(b'=');
-        entry.extend_from_slice(&v);
+        entry.extend_from_slice(v);
         entry.push(0);
         envp.push(entry);
     }
