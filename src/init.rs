@@ -282,11 +282,14 @@ pub struct OrphanReaper {
 /// looks at who is left.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// How long [`OrphanReaper`] stops listening to SIGCHLD after one came: under a steady
-/// stream of children (a busy `brood cgi`), it looks four times a second instead of at every
-/// exit (each a handler run, a wake-up of the signal thread and of its task: 15% of
-/// `brood cgi --fastcgi`'s CPU per request).
+/// How long [`OrphanReaper`] waits after a look before it waits for SIGCHLD again: under a
+/// steady stream of children (a busy `brood cgi`), it looks about four times a second
+/// instead of at every exit (a look at every exit was 15% of `brood cgi --fastcgi`'s CPU
+/// per request).
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The longest [`OrphanReaper`] goes without a look, SIGCHLD or not.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reaps the orphans that have ended, if any child has. Most children that end are a
 /// `Child`'s, reaped by its owner in a moment: the owners get that moment (SETTLE), so the
@@ -335,25 +338,22 @@ impl OrphanReaper {
         let reaped = std::sync::Arc::new(std::sync::Mutex::new(ReapLog::default()));
         let log = reaped.clone();
         let task = handle.spawn(async move {
-            let mut sigchld = Some(sigchld);
+            let mut sigchld = sigchld;
+            // The orphans already here first.
+            reap_ended(&log).await;
             loop {
-                // Listening (again) before looking, so that a child that ends meanwhile is
-                // seen by the one or the other.
-                if sigchld.is_none() {
-                    sigchld = crate::signal::Signal::new(crate::Signum::CHLD).ok();
+                // The watcher stays for the reaper's life (the disposition is never swapped
+                // back and forth under other handlers); the deliveries that come while it is
+                // not awaited are counted, and the next wait returns at once for all of
+                // them. Without any (SIGCHLD blocked in every thread, or a handler that
+                // replaced brood's), it still looks every LOOK_EVERY.
+                if let Ok(None) = tokio::time::timeout(LOOK_EVERY, sigchld.recv()).await {
+                    return;
                 }
-                reap_ended(&log).await;
-                // Not listening (the watcher could not be made): look after a pause.
-                if let Some(s) = sigchld.as_mut() {
-                    if s.recv().await.is_none() {
-                        return;
-                    }
-                }
-                // A child ended. Stop listening for a pause: while children come and go
-                // (a server's scripts), every exit would run the handler, wake the signal
-                // thread and this task, at a cost per child; paused, an orphan waits at
-                // most PAUSE, and the look after it finds everything that ended meanwhile.
-                sigchld = None;
+                // A child ended (or one was signalled since the last look: the watcher was
+                // there before it). Look, then pause before waiting again: while children
+                // come and go (a server's scripts), a look at every exit (`/proc` reads of
+                // each child) cost more than the scripts' own handling.
                 reap_ended(&log).await;
                 tokio::time::sleep(PAUSE).await;
             }

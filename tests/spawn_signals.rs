@@ -30,8 +30,10 @@ use common::*;
 const STORM_MODE: &str = "storm";
 /// The mode of the re-executed copy that counts an idle thread's wake-ups while spawning.
 const QUIET_MODE: &str = "quiet";
-/// Children the quiet helper spawns on each of its two threads.
+/// Children the quiet helper spawns on each of its two threads (more, until the sampler
+/// has seen `QUIET_WINDOWS` spawns in flight, within `STORM_BUDGET`).
 const QUIET_SPAWNS: usize = 300;
+const QUIET_WINDOWS: usize = 20;
 /// Children the storm helper spawns (two threads), unless the deadline comes first.
 const SPAWNS: usize = 3000;
 /// The storm helper stops spawning after this (a loaded machine), and then needs at least
@@ -398,11 +400,22 @@ fn uncaught_sigchld_wakes_no_other_thread_while_children_come_and_go() {
             .unwrap()
     };
     eprintln!("{line}");
-    assert_eq!(field("spawned"), 2 * QUIET_SPAWNS as u64, "{line}");
-    // Nothing but a signal can wake a thread blocked reading a socket nobody writes. With
-    // SIGCHLD blocked around every clone, as before, 600 children woke it 7 times in a
-    // debug build (the exits that came while their parent thread waited out another
-    // child's exec with every signal blocked).
+    assert!(field("spawned") >= 2 * QUIET_SPAWNS as u64, "{line}");
+    // The spawning threads' masks, sampled while they spawn: inside a spawn (every other
+    // signal blocked) SIGCHLD stays open. With it blocked, as before, every window showed it.
+    assert!(
+        field("windows") > 0,
+        "no spawn was ever seen in flight: {line}"
+    );
+    assert_eq!(
+        field("sigchld_blocked"),
+        0,
+        "a spawn blocked SIGCHLD: {line}"
+    );
+    // So no SIGCHLD wakes a thread blocked reading a socket nobody writes (nothing but a
+    // signal could). With SIGCHLD blocked around every clone, 600 children woke it 7 times
+    // in one debug run and none in another (only children that exit before their parent
+    // thread has its mask back do it here): the mask samples above are the sure check.
     assert_eq!(field("woken"), 0, "the idle thread was woken: {line}");
 }
 
@@ -454,12 +467,33 @@ fn quiet() {
     let switches = || field("voluntary_ctxt_switches:").parse::<u64>().unwrap();
     let before = switches();
     let spawned = Arc::new(AtomicUsize::new(0));
+    // Spawn windows seen by the sampler below: the spawning thread's mask with SIGUSR1
+    // blocked (nothing else blocks it here), and of those, the ones with SIGCHLD blocked.
+    let windows = Arc::new(AtomicUsize::new(0));
+    let sigchld_blocked = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let tids: Arc<[AtomicI32; 2]> = Arc::new([AtomicI32::new(0), AtomicI32::new(0)]);
+    let deadline = Instant::now() + STORM_BUDGET;
+    // The spawners stay until the sampling is over: a thread on its way out has every
+    // signal blocked by glibc, which is not a spawn's doing.
+    let over = Arc::new(std::sync::Barrier::new(3));
     let spawners: Vec<_> = (0..2)
-        .map(|_| {
-            let spawned = spawned.clone();
+        .map(|i| {
+            let (spawned, windows, done, tids, over) = (
+                spawned.clone(),
+                windows.clone(),
+                done.clone(),
+                tids.clone(),
+                over.clone(),
+            );
             std::thread::spawn(move || {
+                // SAFETY: gettid has no arguments and cannot fail.
+                tids[i].store(unsafe { libc::gettid() }, Ordering::SeqCst);
                 rt().block_on(async {
-                    for _ in 0..QUIET_SPAWNS {
+                    let mut mine = 0;
+                    while (mine < QUIET_SPAWNS || windows.load(Ordering::Relaxed) < QUIET_WINDOWS)
+                        && Instant::now() < deadline
+                    {
                         let mut child = Command::new("true")
                             .stdin(Stdio::null())
                             .stdout(Stdio::null())
@@ -469,11 +503,35 @@ fn quiet() {
                         let exit = bounded("true", child.wait()).await.unwrap();
                         assert!(exit.success(), "{exit}");
                         spawned.fetch_add(1, Ordering::Relaxed);
+                        mine += 1;
                     }
                 });
+                done.fetch_add(1, Ordering::SeqCst);
+                over.wait();
             })
         })
         .collect();
+    poll_until("the spawners to start", || {
+        tids.iter().all(|t| t.load(Ordering::SeqCst) != 0)
+    });
+    let usr1 = 1u64 << (libc::SIGUSR1 - 1);
+    let chld = 1u64 << (libc::SIGCHLD - 1);
+    while done.load(Ordering::SeqCst) < 2 {
+        for t in tids.iter() {
+            let path = format!("/proc/self/task/{}/status", t.load(Ordering::SeqCst));
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let blocked = status_mask(&text, "SigBlk:");
+            if blocked & usr1 != 0 {
+                windows.fetch_add(1, Ordering::Relaxed);
+                if blocked & chld != 0 {
+                    sigchld_blocked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    over.wait();
     for s in spawners {
         s.join().unwrap();
     }
@@ -481,8 +539,10 @@ fn quiet() {
     drop(writer);
     idle.join().unwrap();
     println!(
-        "QUIET spawned={} woken={woken}",
-        spawned.load(Ordering::SeqCst)
+        "QUIET spawned={} woken={woken} windows={} sigchld_blocked={}",
+        spawned.load(Ordering::SeqCst),
+        windows.load(Ordering::SeqCst),
+        sigchld_blocked.load(Ordering::SeqCst)
     );
 }
 

@@ -157,7 +157,7 @@ printf 'Content-Type: text/plain\n\n%s\n' $!
                 .status();
         }
     }
-    let _guard = KillOnDrop(job);
+    let guard = KillOnDrop(job);
     // Its shell has exited: the job is brood's now (a subreaper), not the machine's init.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while parent_of(job) != Some(brood.pid()) {
@@ -180,6 +180,8 @@ printf 'Content-Type: text/plain\n\n%s\n' $!
         assert!(std::time::Instant::now() < deadline, "job {job} not reaped");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // Gone: its pid may be someone else's from now on.
+    std::mem::forget(guard);
     brood.wait_childless();
 }
 

@@ -216,7 +216,6 @@ unsafe extern "C" {
     static environ: *const *const libc::c_char;
 }
 
-/// The child's environment: the parent's (or none), with the command's changes on top.
 /// The child's environment: this process's own (unless cleared) with the changes on top.
 /// The changes are borrowed, not copied (a CGI script's twenty-odd variables would be
 /// copied twice more per request otherwise).

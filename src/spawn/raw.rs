@@ -88,7 +88,32 @@ pub(super) const SIGSET_SIZE: usize = 8;
 /// 33, this one does not.
 pub(super) const FULL_SET: [u64; 2] = [u64::MAX; 2];
 /// `FULL_SET` without SIGCHLD.
-pub(super) const FULL_SET_BUT_SIGCHLD: [u64; 2] = [!(1u64 << (libc::SIGCHLD - 1)), u64::MAX];
+pub(super) const FULL_SET_BUT_SIGCHLD: [u64; 2] = full_set_without(libc::SIGCHLD);
+
+/// A full set without `sig`, laid out as the kernel reads a set: `unsigned long` words,
+/// signal n at bit (n - 1) % BITS of word (n - 1) / BITS. On a 32-bit big-endian machine
+/// that is not bit n - 1 of a `u64`.
+const fn full_set_without(sig: i32) -> [u64; 2] {
+    let mut bytes = [0xffu8; 16];
+    let word_bytes = std::mem::size_of::<libc::c_ulong>();
+    let n = (sig - 1) as usize;
+    let (word, bit) = (n / (word_bytes * 8), n % (word_bytes * 8));
+    let byte = if cfg!(target_endian = "little") {
+        bit / 8
+    } else {
+        word_bytes - 1 - bit / 8
+    };
+    bytes[word * word_bytes + byte] &= !(1u8 << (bit % 8));
+    let (mut lo, mut hi) = ([0u8; 8], [0u8; 8]);
+    let mut i = 0;
+    while i < 8 {
+        lo[i] = bytes[i];
+        hi[i] = bytes[8 + i];
+        i += 1;
+    }
+    [u64::from_ne_bytes(lo), u64::from_ne_bytes(hi)]
+}
+
 /// An empty kernel signal set.
 pub(super) const EMPTY_SET: [u64; 2] = [0; 2];
 
@@ -126,5 +151,29 @@ unsafe fn sigprocmask(how: i32, set: &[u64; 2], old: *mut [u64; 2]) -> Result<us
                 0,
             ],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_set_without_sigchld_lacks_only_sigchld() {
+        // Read back as the kernel does: `unsigned long` words in memory order.
+        let set = FULL_SET_BUT_SIGCHLD;
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&set[0].to_ne_bytes());
+        bytes[8..].copy_from_slice(&set[1].to_ne_bytes());
+        let w = std::mem::size_of::<libc::c_ulong>();
+        let open: Vec<i32> = (1..=128)
+            .filter(|&sig| {
+                let n = sig as usize - 1;
+                let word =
+                    libc::c_ulong::from_ne_bytes(bytes[n / (w * 8) * w..][..w].try_into().unwrap());
+                word & (1 << (n % (w * 8))) == 0
+            })
+            .collect();
+        assert_eq!(open, vec![libc::SIGCHLD]);
     }
 }
