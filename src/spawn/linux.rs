@@ -131,9 +131,9 @@ pub(super) unsafe fn start(args: &mut ChildArgs) -> Result<(i32, Option<OwnedFd>
     // SIGCHLD is left as this thread had it when no handler has it (SIG_DFL or SIG_IGN):
     // then it runs nothing of ours in the child either, and blocking it here would cost
     // each of this thread's earlier children that exits while it waits out the exec (a
-    // large share of the time under load): a SIGCHLD whose parent thread blocks it is queued instead of
-    // dropped, and wakes another thread of this process for nothing (brood's FastCGI bench:
-    // 0.7 such wake-ups per request). SIG_BLOCK, not SIG_SETMASK, so a thread that blocks
+    // large share of the time under load): a SIGCHLD whose parent thread blocks it is
+    // queued instead of dropped, and wakes another thread of this process for nothing
+    // (brood's FastCGI bench: 0.7 such wake-ups per request). SIG_BLOCK, not SIG_SETMASK, so a thread that blocks
     // SIGCHLD itself (for a signalfd or sigwait) keeps it blocked. The child blocks it as
     // its first system call. What stays open: a handler installed by another thread between
     // this check and the clone would run in the child if a SIGCHLD were sent to that child
