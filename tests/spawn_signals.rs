@@ -48,6 +48,16 @@ const SIGSET_SIZE: usize = if cfg!(any(target_arch = "mips", target_arch = "mips
     8
 };
 
+/// `true`, with no stdio.
+fn spawn_true() -> brood::Child {
+    Command::new("true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The signals of the storm: three whose default is to ignore (a child may survive them;
 /// SIGCHLD caught, so spawns block it as every other), glibc's internal 32 (SIGCANCEL) and
 /// 33 (SIGSETXID), the first real-time signal, SIGUSR1.
@@ -299,12 +309,7 @@ fn storm() {
                         || killed.load(Ordering::Relaxed) == 0)
                         && Instant::now() < deadline
                     {
-                        let mut child = Command::new("true")
-                            .stdin(Stdio::null())
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .spawn()
-                            .unwrap();
+                        let mut child = spawn_true();
                         if thread_mask() != before {
                             mask_changed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -494,12 +499,7 @@ fn quiet() {
                     while (mine < QUIET_SPAWNS || windows.load(Ordering::Relaxed) < QUIET_WINDOWS)
                         && Instant::now() < deadline
                     {
-                        let mut child = Command::new("true")
-                            .stdin(Stdio::null())
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .spawn()
-                            .unwrap();
+                        let mut child = spawn_true();
                         let exit = bounded("true", child.wait()).await.unwrap();
                         assert!(exit.success(), "{exit}");
                         spawned.fetch_add(1, Ordering::Relaxed);
