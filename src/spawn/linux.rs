@@ -133,12 +133,13 @@ pub(super) unsafe fn start(args: &mut ChildArgs) -> Result<(i32, Option<OwnedFd>
     // each of this thread's earlier children that exits while it waits out the exec (a
     // large share of the time under load): a SIGCHLD whose parent thread blocks it is
     // queued instead of dropped, and wakes another thread of this process for nothing
-    // (brood's FastCGI bench: 0.7 such wake-ups per request). SIG_BLOCK, not SIG_SETMASK, so a thread that blocks
-    // SIGCHLD itself (for a signalfd or sigwait) keeps it blocked. The child blocks it as
-    // its first system call. What stays open: a handler installed by another thread between
-    // this check and the clone would run in the child if a SIGCHLD were sent to that child
-    // before its first system call (its pid is not out yet: only a signal to its process
-    // group, to every process, or to a guessed pid can reach it).
+    // (brood's FastCGI bench: 0.7 such wake-ups per request). SIG_BLOCK, not SIG_SETMASK,
+    // so a thread that blocks SIGCHLD itself (for a signalfd or sigwait) keeps it blocked.
+    // The child blocks it as its first system call. What stays open: a handler installed
+    // by another thread between this check and the clone would run in the child if a
+    // SIGCHLD were sent to that child before its first system call (its pid is not out yet:
+    // only a signal to its process group, to every process, or to a guessed pid can reach
+    // it).
     let sigchld_open = !sigchld_caught();
     args.block_sigchld = sigchld_open;
     let mask = if sigchld_open {
