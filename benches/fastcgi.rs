@@ -22,8 +22,15 @@
 //! makes over fcgiwrap is the most any design can show on this machine; brood ÷ floor is
 //! what brood's duties and its runtime cost.
 //!
+//! A fourth, **duties** (the same program with `duties`), adds in C, as cheaply as it can, the
+//! work every front must do per request: the script opened and checked, its own process
+//! group and signal mask, a stderr pipe read to its end, the CGI header block found, every
+//! child reaped with its status (one signalfd), a deadline swept once a second. duties ÷
+//! fcgiwrap is what a front with the duties can show here; brood ÷ duties is what brood's
+//! runtime and its remaining work cost.
+//!
 //! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (6; each server
-//! goes first, second and third in turn); `BROOD_BENCH_FCGIWRAP=N` starts fcgiwrap with N
+//! goes first, second, third and fourth in turn); `BROOD_BENCH_FCGIWRAP=N` starts fcgiwrap with N
 //! processes instead of 16 (Debian's `fcgiwrap.service` starts one). For experiments,
 //! `BROOD_BENCH_RT=current` serves on a current-thread runtime (less CPU per request, fewer
 //! requests/s: its one thread waits out every vfork child's exec; see docs/benchmarks.md)
@@ -212,7 +219,7 @@ impl Drop for Proc {
     }
 }
 
-fn nginx(dir: &Path, root: &Path, brood: &Path, wrap: &Path, floor: &Path) -> (Proc, u16) {
+fn nginx(dir: &Path, root: &Path, socks: &[PathBuf; 4]) -> (Proc, u16) {
     let nd = dir.join("nginx");
     std::fs::create_dir_all(&nd).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -250,12 +257,14 @@ fn nginx(dir: &Path, root: &Path, brood: &Path, wrap: &Path, floor: &Path) -> (P
          client_body_temp_path {nd}/body; fastcgi_temp_path {nd}/fastcgi;\n\
          proxy_temp_path {nd}/proxy; uwsgi_temp_path {nd}/uwsgi; scgi_temp_path {nd}/scgi;\n\
          fastcgi_buffer_size 16k; fastcgi_buffers 16 16k;\n\
-         server {{\n listen 127.0.0.1:{port};\n{b}{w}{f} }}\n}}\n",
+         server {{\n listen 127.0.0.1:{port};\n{locations} }}\n}}\n",
         user = if root_user { "user root root;\n" } else { "" },
         nd = nd.display(),
-        b = location("brood", brood),
-        w = location("fcgiwrap", wrap),
-        f = location("floor", floor),
+        locations = SERVERS
+            .iter()
+            .zip(socks)
+            .map(|(s, sock)| location(s, sock))
+            .collect::<String>(),
     );
     std::fs::write(nd.join("nginx.conf"), conf).unwrap();
     let nginx = watched(
@@ -327,7 +336,7 @@ fn cell(port: u16, path: &str, secs: u64, server: u32, hz: f64) -> (f64, f64) {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
@@ -346,8 +355,8 @@ fn build_floor(dir: &Path) -> PathBuf {
     out
 }
 
-/// The three servers, in the bench's order.
-const SERVERS: [&str; 3] = ["brood", "fcgiwrap", "floor"];
+/// The four servers, in the bench's order.
+const SERVERS: [&str; 4] = ["brood", "fcgiwrap", "floor", "duties"];
 
 fn bench() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fastcgi-bench");
@@ -381,10 +390,16 @@ fn bench() {
     );
     // One loop per core, forked by the floor's first process: a watched group too.
     let floor = watched(Command::new(&floor_bin).arg(&socks[2]));
+    // The same loops doing every front's duties (one per core: `0` processes).
+    let duties = watched(
+        Command::new(&floor_bin)
+            .arg(&socks[3])
+            .args(["0", "duties"]),
+    );
     for sock in &socks {
         wait_for(sock);
     }
-    let (nginx, port) = nginx(&dir, &root, &socks[0], &socks[1], &socks[2]);
+    let (nginx, port) = nginx(&dir, &root, &socks);
 
     if std::env::var_os("BROOD_BENCH_HOLD").is_some() {
         // For profiling by hand: everything stays up until Enter.
@@ -408,7 +423,8 @@ fn bench() {
         .unwrap_or(6);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "brood cgi --fastcgi vs fcgiwrap -c {wrap_n} vs the C floor, through nginx \
+        "brood cgi --fastcgi vs fcgiwrap -c {wrap_n} vs the C floor, without and with the \
+         duties, through nginx \
          (2 workers), wrk -t2 -c{CLIENTS}, {secs} s cells, {rounds} rounds interleaved; loadavg {}",
         load.split_whitespace()
             .take(3)
@@ -417,29 +433,33 @@ fn bench() {
     );
     let hz = cpu::clock_ticks_per_sec();
     // The watched servers' shells: their process trees hold the servers.
-    let pids = [brood.0.id(), wrap.0.id(), floor.0.id()];
+    let pids = [brood.0.id(), wrap.0.id(), floor.0.id(), duties.0.id()];
+    let n = SERVERS.len();
     for (case, path) in CASES {
         let urls = SERVERS.map(|s| format!("/{s}{path}"));
         for url in &urls {
             wrk(port, url, 1);
         }
-        let (mut rate, mut cpu_us) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
+        let (mut rate, mut cpu_us) = (vec![vec![]; n], vec![vec![]; n]);
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-        let (mut bw, mut fw, mut bf) = (vec![], vec![], vec![]);
+        // Per round: each server ÷ fcgiwrap, then brood ÷ floor and brood ÷ duties.
+        let mut ratios: Vec<Vec<f64>> = vec![vec![]; n + 1];
         for round in 0..rounds {
-            // Each server goes first, second and third in turn.
-            let mut got = [(0.0, 0.0); 3];
-            for k in 0..3 {
-                let i = (round + k) % 3;
+            // Each server goes first, second, third and fourth in turn.
+            let mut got = vec![(0.0, 0.0); n];
+            for k in 0..n {
+                let i = (round + k) % n;
                 got[i] = cell(port, &urls[i], secs, pids[i], hz);
             }
-            for i in 0..3 {
+            for i in 0..n {
                 rate[i].push(got[i].0);
                 cpu_us[i].push(got[i].1);
             }
-            bw.push(ratio(got[0].0, got[1].0));
-            fw.push(ratio(got[2].0, got[1].0));
-            bf.push(ratio(got[0].0, got[2].0));
+            for (i, r) in [0, 2, 3].into_iter().enumerate() {
+                ratios[i].push(ratio(got[r].0, got[1].0));
+            }
+            ratios[3].push(ratio(got[0].0, got[2].0));
+            ratios[4].push(ratio(got[0].0, got[3].0));
         }
         let range = |v: &[f64]| {
             let (lo, hi) = v
@@ -447,28 +467,36 @@ fn bench() {
                 .fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
             format!("{:.2}× ({lo:.2}..{hi:.2})", median(v.to_vec()))
         };
+        let each = |v: &[Vec<f64>], unit: &str| {
+            SERVERS
+                .iter()
+                .zip(v)
+                .map(|(s, x)| format!("{s} {:>6.0}{unit}", median(x.clone())))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        println!("{case:<18} req/s: {}", each(&rate, ""));
         println!(
-            "{case:<18} req/s: brood {:>6.0}  fcgiwrap {:>6.0}  floor {:>6.0}",
-            median(rate[0].clone()),
-            median(rate[1].clone()),
-            median(rate[2].clone()),
+            "{:<18} ÷ fcgiwrap: brood {}  floor {}  duties {}",
+            "",
+            range(&ratios[0]),
+            range(&ratios[1]),
+            range(&ratios[2]),
         );
         println!(
-            "{:<18} brood ÷ fcgiwrap {}  floor ÷ fcgiwrap {}  brood ÷ floor {}",
+            "{:<18} brood ÷ floor {}  brood ÷ duties {}",
             "",
-            range(&bw),
-            range(&fw),
-            range(&bf),
+            range(&ratios[3]),
+            range(&ratios[4]),
         );
         println!(
-            "{:<18} server's own CPU per request: brood {:>4.0} µs  fcgiwrap {:>4.0} µs  floor {:>4.0} µs",
+            "{:<18} server's own CPU per request: {}",
             "",
-            median(cpu_us[0].clone()),
-            median(cpu_us[1].clone()),
-            median(cpu_us[2].clone()),
+            each(&cpu_us, " µs")
         );
     }
     drop(nginx);
+    drop(duties);
     drop(floor);
     drop(wrap);
     drop(brood);

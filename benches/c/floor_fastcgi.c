@@ -14,7 +14,17 @@
  * no exit status, no checks of the script path, no timeout, no limits, no log, no request
  * body (FCGI_STDIN is read and dropped). It is a bound, not a server.
  *
- *   floor_fastcgi SOCKET_PATH [PROCESSES]
+ * With `duties` as third argument it also does, as cheaply as C allows, the per-request
+ * work issue 19 asks of any front (so the bench can say what the duties themselves cost):
+ * the script is opened and must be a regular executable file (open O_PATH, fstat); the
+ * script runs in a process group of its own with an empty signal mask; its stderr is a
+ * second pipe, read to its end (where a server would log it); the first output is scanned
+ * for the end of the CGI header block and a Status line; every child is reaped through one
+ * signalfd for SIGCHLD (waitpid(-1, WNOHANG) until none), its exit status read; and a
+ * deadline per child is checked once a second, its group killed when it passes. Still
+ * none of: a body to the script, header rewriting, limits, a log.
+ *
+ *   floor_fastcgi SOCKET_PATH [PROCESSES [duties]]
  *
  * Prints `listening` on stdout once the socket accepts connections.
  *
@@ -25,22 +35,41 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS 1024
+#define MAX_CONNS 1024 /* a power of two: a tag's slot is its low bits */
 #define INBUF 16384
 #define MAX_ENV 128
+/* epoll tags (the low 32 bits): a connection is its slot; these bits mark its pipes. The
+ * high 32 bits carry the slot's generation, so an event that was already waiting for a
+ * connection's fds is dropped once the slot serves another connection (its fd numbers
+ * may be the new connection's by then, and a read of a pipe with no data would block). */
+#define TAG_OUT 0x80000000u
+#define TAG_ERR 0x40000000u
+#define TAG_LISTEN 0x3fffffffu
+#define TAG_SIGCHLD 0x3ffffffeu
+/* Seconds a script may run (duties mode). */
+#define TIMEOUT_S 60
 
 struct conn {
     int fd;      /* the connection, -1 when the slot is free */
     int out;     /* the script's stdout, -1 before the spawn and after EOF */
+    int err;     /* its stderr (duties mode), -1 when not open */
+    int headers; /* the end of the header block was seen (duties mode) */
     int id;      /* the FastCGI request id */
+    unsigned gen; /* counts the connections this slot has served */
     size_t have; /* bytes in in[] */
     int params_done, stdin_done, spawned;
     char in[INBUF];
@@ -49,9 +78,18 @@ struct conn {
 };
 
 static struct conn conns[MAX_CONNS];
-static int ep, lfd, devnull;
+static int ep, lfd, devnull, duties, sfd = -1;
+/* The children not yet reaped, and when each must have ended (duties mode). */
+static struct kid {
+    pid_t pid;
+    time_t deadline;
+} kids[MAX_CONNS];
 /* The script starts with SIGCHLD and SIGPIPE at their defaults, not ignored as here. */
 static posix_spawnattr_t attr;
+
+static uint64_t tag(const struct conn *c, unsigned u) {
+    return (uint64_t)c->gen << 32 | u;
+}
 
 static void put_header(unsigned char *h, int type, int id, size_t len) {
     h[0] = 1;
@@ -67,9 +105,38 @@ static void put_header(unsigned char *h, int type, int id, size_t len) {
 static void finish(struct conn *c) {
     if (c->out >= 0)
         close(c->out);
+    if (c->err >= 0)
+        close(c->err);
     close(c->fd);
-    c->fd = -1;
-    c->out = -1;
+    c->fd = c->out = c->err = -1;
+}
+
+static time_t now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+    return t.tv_sec;
+}
+
+/* Duties: reaps every child that has ended, reading its status. */
+static void reap(void) {
+    struct signalfd_siginfo si[16];
+    while (read(sfd, si, sizeof si) > 0)
+        ;
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        for (int i = 0; i < MAX_CONNS; i++)
+            if (kids[i].pid == pid) {
+                kids[i].pid = 0;
+                break;
+            }
+}
+
+/* Duties: ends the group of every child past its deadline. */
+static void sweep(time_t now) {
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (kids[i].pid > 0 && kids[i].deadline < now)
+            kill(-kids[i].pid, SIGKILL);
 }
 
 /* Reads one length of a FastCGI name-value pair; 0 when the bytes run out. */
@@ -111,29 +178,94 @@ static void spawn(struct conn *c, int slot) {
             script = c->env + i + 16;
     }
     envp[n] = NULL;
-    int p[2];
+    int p[2], e[2] = {-1, -1}, sf = -1;
     if (!script || pipe2(p, O_CLOEXEC) != 0) {
         finish(c);
         return;
+    }
+    if (duties) {
+        /* The script must be a regular file someone may execute; a server answers 404 or
+         * 403 here. */
+        struct stat st;
+        sf = open(script, O_PATH | O_CLOEXEC);
+        if (sf < 0 || fstat(sf, &st) != 0 || !S_ISREG(st.st_mode) || !(st.st_mode & 0111) ||
+            pipe2(e, O_CLOEXEC) != 0) {
+            if (sf >= 0)
+                close(sf);
+            close(p[0]);
+            close(p[1]);
+            finish(c);
+            return;
+        }
     }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, devnull, 0);
     posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+    if (duties)
+        posix_spawn_file_actions_adddup2(&fa, e[1], 2);
     char *argv[] = {script, NULL};
     pid_t pid;
     int err = posix_spawn(&pid, script, &fa, &attr, argv, envp);
     posix_spawn_file_actions_destroy(&fa);
     close(p[1]);
+    if (duties) {
+        close(sf);
+        close(e[1]);
+    }
     if (err != 0) {
         close(p[0]);
+        if (duties)
+            close(e[0]);
         finish(c);
         return;
     }
     c->out = p[0];
     c->spawned = 1;
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (unsigned)slot | 0x80000000u};
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag(c, (unsigned)slot | TAG_OUT)};
     epoll_ctl(ep, EPOLL_CTL_ADD, c->out, &ev);
+    if (duties) {
+        c->err = e[0];
+        c->headers = 0;
+        struct epoll_event eev = {.events = EPOLLIN, .data.u64 = tag(c, (unsigned)slot | TAG_ERR)};
+        epoll_ctl(ep, EPOLL_CTL_ADD, c->err, &eev);
+        int k = 0;
+        while (k < MAX_CONNS && kids[k].pid != 0)
+            k++;
+        if (k < MAX_CONNS) {
+            kids[k].pid = pid;
+            kids[k].deadline = now_s() + TIMEOUT_S;
+        }
+    }
+}
+
+/* Duties: the script's stderr, read to its end (a server logs the lines). */
+static void on_stderr(struct conn *c) {
+    static char buf[4096];
+    ssize_t r = read(c->err, buf, sizeof buf);
+    if (r > 0 || (r < 0 && errno == EAGAIN))
+        return;
+    close(c->err);
+    c->err = -1;
+}
+
+/* Duties: the end of the CGI header block in the first output (a line that is empty or
+ * only "\r"), and its Status line. Walks the header lines only, never the body. */
+static void scan_headers(struct conn *c, const char *b, size_t n) {
+    const char *p = b, *end = b + n;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return;
+        size_t len = (size_t)(nl - p);
+        if (len == 0 || (len == 1 && p[0] == '\r')) {
+            c->headers = 1;
+            return;
+        }
+        if (len > 7 && strncasecmp(p, "Status:", 7) == 0)
+            (void)atoi(p + 7);
+        p = nl + 1;
+    }
 }
 
 static void on_input(struct conn *c, int slot) {
@@ -178,6 +310,8 @@ static void on_input(struct conn *c, int slot) {
 static void on_output(struct conn *c) {
     static unsigned char buf[8 + 65535];
     ssize_t r = read(c->out, buf + 8, 65535);
+    if (r > 0 && duties && !c->headers)
+        scan_headers(c, (const char *)buf + 8, (size_t)r);
     if (r > 0) {
         put_header(buf, 6, c->id, (size_t)r);
         if (write(c->fd, buf, 8 + (size_t)r) != 8 + r)
@@ -195,19 +329,45 @@ static void on_output(struct conn *c) {
 
 static void loop(void) {
     ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.u32 = 0x7fffffffu};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = TAG_LISTEN};
     if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) != 0) {
         perror("floor_fastcgi: epoll");
         exit(1);
     }
+    if (duties) {
+        /* Each process reaps its own children: its own signalfd, made after the fork. */
+        sigset_t chld;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+        struct epoll_event sev = {.events = EPOLLIN, .data.u64 = TAG_SIGCHLD};
+        if (sfd < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &sev) != 0) {
+            perror("floor_fastcgi: signalfd");
+            exit(1);
+        }
+    }
     for (int i = 0; i < MAX_CONNS; i++)
-        conns[i].fd = conns[i].out = -1;
+        conns[i].fd = conns[i].out = conns[i].err = -1;
     static struct epoll_event events[256];
+    time_t swept = now_s();
     for (;;) {
-        int n = epoll_wait(ep, events, 256, -1);
+        int n = epoll_wait(ep, events, 256, duties ? 1000 : -1);
+        if (duties) {
+            time_t now = now_s();
+            if (now != swept) {
+                sweep(now);
+                swept = now;
+            }
+        }
         for (int i = 0; i < n; i++) {
-            unsigned u = events[i].data.u32;
-            if (u == 0x7fffffffu) {
+            uint64_t data = events[i].data.u64;
+            unsigned u = (unsigned)data, gen = (unsigned)(data >> 32);
+            struct conn *c = &conns[u & (MAX_CONNS - 1)];
+            if (u != TAG_LISTEN && u != TAG_SIGCHLD && c->gen != gen)
+                continue; /* for a connection that is over */
+            if (u == TAG_SIGCHLD) {
+                reap();
+            } else if (u == TAG_LISTEN) {
                 int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0)
                     continue;
@@ -218,19 +378,22 @@ static void loop(void) {
                     close(fd);
                     continue;
                 }
-                struct conn *c = &conns[slot];
-                c->fd = fd;
-                c->out = -1;
-                c->have = c->env_len = 0;
-                c->params_done = c->stdin_done = c->spawned = 0;
-                struct epoll_event cev = {.events = EPOLLIN, .data.u32 = (unsigned)slot};
+                struct conn *nc = &conns[slot];
+                nc->fd = fd;
+                nc->gen++;
+                nc->out = -1;
+                nc->have = nc->env_len = 0;
+                nc->params_done = nc->stdin_done = nc->spawned = 0;
+                struct epoll_event cev = {.events = EPOLLIN, .data.u64 = tag(nc, (unsigned)slot)};
                 epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
-            } else if (u & 0x80000000u) {
-                struct conn *c = &conns[u & 0x7fffffffu];
+            } else if (u & TAG_OUT) {
                 if (c->out >= 0)
                     on_output(c);
-            } else if (conns[u].fd >= 0 && !conns[u].spawned) {
-                on_input(&conns[u], (int)u);
+            } else if (u & TAG_ERR) {
+                if (c->err >= 0)
+                    on_stderr(c);
+            } else if (c->fd >= 0 && !c->spawned) {
+                on_input(c, (int)u);
             }
         }
     }
@@ -238,10 +401,13 @@ static void loop(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: floor_fastcgi SOCKET_PATH [PROCESSES]\n");
+        fprintf(stderr, "usage: floor_fastcgi SOCKET_PATH [PROCESSES [duties]]\n");
         return 2;
     }
-    int procs = argc > 2 ? atoi(argv[2]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int procs = argc > 2 ? atoi(argv[2]) : 0;
+    if (procs <= 0)
+        procs = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    duties = argc > 3 && strcmp(argv[3], "duties") == 0;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     strncpy(addr.sun_path, argv[1], sizeof addr.sun_path - 1);
     unlink(argv[1]);
@@ -252,8 +418,21 @@ int main(int argc, char **argv) {
     posix_spawnattr_init(&attr);
     posix_spawnattr_setsigdefault(&attr, &def);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
-    signal(SIGCHLD, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    if (duties) {
+        /* SIGCHLD blocked for the signalfd; the script gets an empty mask and a group. */
+        sigset_t none, chld;
+        sigemptyset(&none);
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        sigprocmask(SIG_BLOCK, &chld, NULL);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setpgroup(&attr, 0);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
+                                            POSIX_SPAWN_SETPGROUP);
+    } else {
+        signal(SIGCHLD, SIG_IGN);
+    }
     lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (lfd < 0 || devnull < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
