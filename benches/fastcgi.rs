@@ -16,16 +16,18 @@
 //!
 //! A third server shows that bound: **the floor** (`benches/c/floor_fastcgi.c`, built here
 //! with `cc`), the least work a FastCGI front for CGI programs can do per request: one
-//! single-threaded epoll loop per core on one socket, one `posix_spawn` (vfork) and one pipe
-//! per request, the kernel reaping, and none of a real server's duties (no stderr, no CGI
+//! single-threaded epoll loop per core on one socket, one `vfork` child of its own (glibc's
+//! `posix_spawn` resets every signal's handler in the child) and one pipe per request, the
+//! kernel reaping, and none of a real server's duties (no stderr, no CGI
 //! header parsing, no exit status, no path checks, limits, timeouts or log). What the floor
 //! makes over fcgiwrap is the most any design can show on this machine; brood ÷ floor is
 //! what brood's duties and its runtime cost.
 //!
 //! A fourth, **duties** (the same program with `duties`), adds in C, as cheaply as it can, the
-//! work every front must do per request: the script opened and checked, its own process
-//! group and signal mask, a stderr pipe read to its end, the CGI header block found, every
-//! child reaped with its status (one signalfd), a deadline swept once a second. duties ÷
+//! work every front must do per request: the script checked (`stat`), its own process group
+//! and signal mask, a stderr pipe read to its end, the CGI header block found, every child
+//! reaped with its status (one signalfd), a deadline swept once a second, the script's group
+//! ended when the web server closes the connection. duties ÷
 //! fcgiwrap is what a front with the duties can show here; brood ÷ duties is what brood's
 //! runtime and its remaining work cost.
 //!
