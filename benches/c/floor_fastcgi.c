@@ -23,11 +23,13 @@
  * group of its own; its stderr is a second pipe, read to its end (where a server would log
  * it), past the end of the response if need be; the first output is scanned for the end of
  * the CGI header block and a Status line; every child is reaped through one signalfd for
- * SIGCHLD (waitpid(-1, WNOHANG) until none), its exit status read; a deadline per child is
- * checked once a second, its group killed when it passes; and a connection the web server
- * closes while its script runs ends the script's group. Still none of: a body to the
- * script, header rewriting, limits, a log; a write the socket takes only in part ends the
- * response (enough for the bench's 64 KiB, not for a long stream).
+ * SIGCHLD (waitpid(-1, WNOHANG) until none), its exit status read; a deadline per request is
+ * checked once a second, and when it passes what is left of the script's group is killed
+ * (as brood and lighttpd do, also after the script itself has ended: the group id stays
+ * its own while any member lives) and the request's fds closed; and a connection
+ * the web server closes while its script runs ends the script's group. Still none of: a
+ * body to the script, header rewriting, limits, a log; a write the socket takes only in
+ * part ends the response (enough for the bench's 64 KiB, not for a long stream).
  *
  *   floor_fastcgi SOCKET_PATH [PROCESSES [duties]]
  *
@@ -64,8 +66,10 @@
 #define TAG_ERR 0x40000000u
 #define TAG_LISTEN 0x3fffffffu
 #define TAG_SIGCHLD 0x3ffffffeu
-/* Seconds a script may run (duties mode). */
+/* Seconds a request may take (duties mode). */
+#ifndef TIMEOUT_S
 #define TIMEOUT_S 60
+#endif
 
 struct conn {
     int fd;      /* the connection, -1 when the slot is free */
@@ -76,7 +80,9 @@ struct conn {
     unsigned gen; /* counts the connections this slot has served */
     size_t have; /* bytes in in[] */
     int params_done, stdin_done, spawned;
-    pid_t pid; /* the script (duties mode) */
+    pid_t pid; /* the script until it is reaped, else 0 (duties mode) */
+    pid_t pgid; /* its group, which may outlive it (duties mode) */
+    time_t deadline; /* when the request is ended (duties mode) */
     char in[INBUF];
     char env[INBUF];
     size_t env_len;
@@ -84,10 +90,11 @@ struct conn {
 
 static struct conn conns[MAX_CONNS];
 static int ep, lfd, devnull, duties, sfd = -1;
-/* The children not yet reaped, and when each must have ended (duties mode). */
+/* The children not yet reaped, and the request each runs for (duties mode). */
 static struct kid {
     pid_t pid;
-    time_t deadline;
+    int slot;
+    unsigned gen;
 } kids[MAX_CONNS];
 /* The script starts with SIGCHLD and SIGPIPE at their defaults and no signal blocked. */
 static sigset_t no_signals;
@@ -133,15 +140,23 @@ static void reap(void) {
         for (int i = 0; i < MAX_CONNS; i++)
             if (kids[i].pid == pid) {
                 kids[i].pid = 0;
+                struct conn *c = &conns[kids[i].slot];
+                if (c->gen == kids[i].gen)
+                    c->pid = 0;
                 break;
             }
 }
 
-/* Duties: ends the group of every child past its deadline. */
+/* Duties: ends every request past its deadline: what is left of its script's group
+ * (whatever still holds the pipes) and its fds. */
 static void sweep(time_t now) {
-    for (int i = 0; i < MAX_CONNS; i++)
-        if (kids[i].pid > 0 && kids[i].deadline < now)
-            kill(-kids[i].pid, SIGKILL);
+    for (int i = 0; i < MAX_CONNS; i++) {
+        struct conn *c = &conns[i];
+        if ((c->fd >= 0 || c->err >= 0) && c->spawned && c->deadline < now) {
+            kill(-c->pgid, SIGKILL);
+            finish(c);
+        }
+    }
 }
 
 /* Reads one length of a FastCGI name-value pair; 0 when the bytes run out. */
@@ -230,21 +245,24 @@ static void spawn(struct conn *c, int slot) {
     }
     c->out = p[0];
     c->spawned = 1;
-    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag(c, (unsigned)slot | TAG_OUT)};
-    epoll_ctl(ep, EPOLL_CTL_ADD, c->out, &ev);
     if (duties) {
         c->err = e[0];
         c->headers = 0;
-        c->pid = pid;
-        struct epoll_event eev = {.events = EPOLLIN, .data.u64 = tag(c, (unsigned)slot | TAG_ERR)};
-        epoll_ctl(ep, EPOLL_CTL_ADD, c->err, &eev);
+        c->pid = c->pgid = pid;
+        c->deadline = now_s() + TIMEOUT_S;
         int k = 0;
         while (k < MAX_CONNS && kids[k].pid != 0)
             k++;
-        if (k < MAX_CONNS) {
-            kids[k].pid = pid;
-            kids[k].deadline = now_s() + TIMEOUT_S;
-        }
+        if (k < MAX_CONNS)
+            kids[k] = (struct kid){.pid = pid, .slot = slot, .gen = c->gen};
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag(c, (unsigned)slot | TAG_OUT)};
+    struct epoll_event eev = {.events = EPOLLIN, .data.u64 = tag(c, (unsigned)slot | TAG_ERR)};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->out, &ev) != 0 ||
+        (duties && epoll_ctl(ep, EPOLL_CTL_ADD, c->err, &eev) != 0)) {
+        if (duties && c->pid > 0)
+            kill(-c->pid, SIGKILL);
+        finish(c);
     }
 }
 
@@ -348,7 +366,7 @@ static void on_late_input(struct conn *c) {
     ssize_t r = read(c->fd, buf, sizeof buf);
     if (r > 0 || (r < 0 && errno == EAGAIN))
         return;
-    if (duties && c->out >= 0)
+    if (duties && c->pid > 0)
         kill(-c->pid, SIGTERM);
     finish(c);
 }
@@ -410,8 +428,10 @@ static void loop(void) {
                 nc->out = -1;
                 nc->have = nc->env_len = 0;
                 nc->params_done = nc->stdin_done = nc->spawned = 0;
+                nc->pid = 0;
                 struct epoll_event cev = {.events = EPOLLIN, .data.u64 = tag(nc, (unsigned)slot)};
-                epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
+                if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev) != 0)
+                    finish(nc);
             } else if (u & TAG_OUT) {
                 if (c->out >= 0)
                     on_output(c);
