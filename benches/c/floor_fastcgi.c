@@ -11,7 +11,8 @@
  * written here rather than taken from glibc's posix_spawn, which between its clone and the
  * exec queries and resets every signal's handler (about 115 rt_sigaction calls), maps a
  * stack and allocates for its file actions: this process has no handlers, so its child
- * needs only its dup2s, two dispositions back to default, the mask and the exec.
+ * needs only its dup2s, SIGPIPE and SIGCHLD back to default (with duties: SIGPIPE, its
+ * group and the mask) and the exec.
  *
  * It does less than any real front must: no stderr pipe, no parsing of the CGI headers,
  * no exit status, no checks of the script path, no timeout, no limits, no log, no request
