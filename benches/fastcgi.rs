@@ -18,23 +18,22 @@
 //! with `cc`), the least work a FastCGI front for CGI programs can do per request: one
 //! single-threaded epoll loop per core on one socket, one `vfork` child of its own (glibc's
 //! `posix_spawn` resets every signal's handler in the child) and one pipe per request, the
-//! kernel reaping, and none of a real server's duties (no stderr, no CGI
-//! header parsing, no exit status, no path checks, limits, timeouts or log). What the floor
-//! makes over fcgiwrap is the most any design can show on this machine; brood ÷ floor is
-//! what brood's duties and its runtime cost.
+//! kernel reaping, and none of a real server's duties (no stderr, no CGI header parsing, no
+//! exit status, no path checks, limits, timeouts or log). What the floor makes over
+//! fcgiwrap is the most any design can show on this machine.
 //!
-//! A fourth, **duties** (the same program with `duties`), adds in C, as cheaply as it can, the
-//! work every front must do per request: the script checked (`stat`), its own process group
-//! and signal mask, a stderr pipe read to its end, the CGI header block found, every child
-//! reaped with its status (one signalfd), a deadline swept once a second, the script's group
-//! ended when the web server closes the connection. duties ÷
-//! fcgiwrap is what a front with the duties can show here; brood ÷ duties is what brood's
-//! runtime and its remaining work cost.
+//! A fourth, **duties** (the same program with `duties`), adds in C, as cheaply as it can,
+//! the work every front must do per request: the script checked (`stat`), its own process
+//! group and signal mask, a stderr pipe read to its end, the CGI header block found, every
+//! child reaped with its status (one signalfd), a deadline swept once a second, the
+//! script's group ended when the web server closes the connection. duties ÷ fcgiwrap is
+//! what a front with the duties can show here; brood ÷ duties is what brood's runtime and
+//! its remaining work cost.
 //!
-//! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (6; each server
-//! goes first, second, third and fourth in turn); `BROOD_BENCH_FCGIWRAP=N` starts fcgiwrap with N
-//! processes instead of 16 (Debian's `fcgiwrap.service` starts one). For experiments,
-//! `BROOD_BENCH_RT=current` serves on a current-thread runtime (less CPU per request, fewer
+//! `BROOD_BENCH_QUICK=1` runs 1 s cells; `BROOD_BENCH_ROUNDS` sets the rounds (6; each
+//! server goes first, second, third and fourth in turn); `BROOD_BENCH_FCGIWRAP=N` starts
+//! fcgiwrap with N processes instead of 16 (Debian's `fcgiwrap.service` starts one). For
+//! experiments, `BROOD_BENCH_RT=current` serves on a current-thread runtime (less CPU per request, fewer
 //! requests/s: its one thread waits out every vfork child's exec; see docs/benchmarks.md)
 //! and `BROOD_BENCH_SPAWN=1` runs the accept loop as a spawned task (measured no faster);
 //! `BROOD_BENCH_HOLD=1` starts everything, prints the URLs and serves until Enter (to
