@@ -37,6 +37,73 @@ pub(crate) enum HeadError {
     Io(io::Error),
 }
 
+/// The header block as it comes in, with no I/O of its own: both fronts feed it what they
+/// read from stdout (the HTTP front and the script runner through [`read_head`], the
+/// FastCGI event loop from its readiness events).
+#[derive(Debug)]
+pub(crate) struct HeadReader {
+    buf: BytesMut,
+    limit: usize,
+}
+
+/// What the bytes read so far make.
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// No end of the block yet: read more.
+    More,
+    /// The block (without its blank line) and the first body bytes.
+    Done(Bytes, Bytes),
+    /// The block grew past the limit.
+    TooLarge,
+}
+
+impl HeadReader {
+    pub(crate) fn new(limit: usize) -> HeadReader {
+        HeadReader {
+            buf: BytesMut::with_capacity(4096),
+            limit,
+        }
+    }
+
+    /// The buffer to read into (at least 1 KiB free); then call [`scan`](HeadReader::scan)
+    /// with where the new bytes began.
+    pub(crate) fn buf(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(4096);
+        }
+        &mut self.buf
+    }
+
+    /// Bytes held.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Looks for the end of the block in what was added since `old_len` bytes were held.
+    pub(crate) fn scan(&mut self, old_len: usize) -> Head {
+        let from = old_len.saturating_sub(2);
+        if let Some((end, body)) = find_end_from(&self.buf, from) {
+            if end > self.limit {
+                return Head::TooLarge;
+            }
+            let mut block = self.buf.split_to(body);
+            block.truncate(end);
+            return Head::Done(block.freeze(), std::mem::take(&mut self.buf).freeze());
+        }
+        if self.buf.len() > self.limit {
+            return Head::TooLarge;
+        }
+        Head::More
+    }
+
+    /// Adds `data` and scans it (for callers that read into their own buffer).
+    pub(crate) fn push(&mut self, data: &[u8]) -> Head {
+        let old = self.buf.len();
+        self.buf.extend_from_slice(data);
+        self.scan(old)
+    }
+}
+
 /// Reads stdout until the end of the header block: `(block, first body bytes)`. Stops at
 /// the timeout's cut even when someone outside the group still holds stdout open.
 pub(crate) async fn read_head(
@@ -45,29 +112,20 @@ pub(crate) async fn read_head(
     limit: usize,
 ) -> Result<(Bytes, Bytes), HeadError> {
     let mut cut = shared.cut.subscribe();
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut head = HeadReader::new(limit);
     loop {
-        let from = buf.len().saturating_sub(2);
+        let old = head.len();
         let n = tokio::select! {
-            r = stdout.read_buf(&mut buf) => r.map_err(HeadError::Io)?,
+            r = stdout.read_buf(head.buf()) => r.map_err(HeadError::Io)?,
             _ = cut.wait_for(|c| *c) => return Err(HeadError::Eof),
         };
         if n == 0 {
             return Err(HeadError::Eof);
         }
-        if let Some((end, body)) = find_end_from(&buf, from) {
-            if end > limit {
-                return Err(HeadError::TooLarge);
-            }
-            let mut block = buf.split_to(body);
-            block.truncate(end);
-            return Ok((block.freeze(), buf.freeze()));
-        }
-        if buf.len() > limit {
-            return Err(HeadError::TooLarge);
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
+        match head.scan(old) {
+            Head::More => {}
+            Head::Done(block, rest) => return Ok((block, rest)),
+            Head::TooLarge => return Err(HeadError::TooLarge),
         }
     }
 }

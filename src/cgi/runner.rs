@@ -86,29 +86,11 @@ pub(crate) async fn launch(
         Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
         _ => (Stdio::null(), None),
     };
-    let by_fd = state.scripts_by_fd;
-    if opened.interpreted && !by_fd {
-        if let Err(r) = opened.recheck() {
-            (state.log)(&LogLine::Error(format!("{}: {}", log_name(&target), r.why)));
-            return Outcome::NotRun(r.status);
-        }
-    }
-    let mut cmd = Command::new(opened.program(by_fd));
-    if opened.interpreted && by_fd {
-        cmd.stdio(SCRIPT_FD, Stdio::inherit_fd(opened.file.as_raw_fd()));
-    }
-    if !opened.interpreted {
-        // The open file itself, so `ps` and `pkill` see the script's name.
-        cmd.exec_fd(opened.file.as_raw_fd());
-    }
-    cmd.arg0(&opened.real)
-        .args(args)
-        .env_clear()
-        .envs_owned(env)
-        .current_dir(&target.dir)
-        .process_group(0)
-        .kill_on_drop(true)
-        .stdin(stdin)
+    let mut cmd = match command(state, &target, &opened, args, env) {
+        Ok(c) => c,
+        Err(status) => return Outcome::NotRun(status),
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::pipe_writable())
         .stderr(Stdio::pipe_writable());
     let name = log_name(&target);
@@ -124,14 +106,7 @@ pub(crate) async fn launch(
     };
     let child = match spawned {
         Ok(c) => c,
-        Err(e) => {
-            (state.log)(&LogLine::Error(format!("{name}: {e}")));
-            return Outcome::NotRun(match e.errno() {
-                libc::EACCES | libc::EPERM => StatusCode::FORBIDDEN,
-                // The file was found: ENOENT here is a missing `#!` interpreter.
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            });
-        }
+        Err(e) => return Outcome::NotRun(spawn_failed(state, &name, &e)),
     };
     let watch = Watch {
         stopping: state.stopping.subscribe(),
@@ -163,36 +138,14 @@ pub(crate) async fn launch(
     };
     let (block, rest) = match read_head(&mut run.stdout, &run.shared, state.max_header).await {
         Ok(x) => x,
-        Err(HeadError::Eof) if run.shared.timed_out.load(Ordering::SeqCst) => {
-            let why = "timed out before its headers".into();
-            return fail(run, StatusCode::GATEWAY_TIMEOUT, why);
-        }
-        Err(HeadError::Eof) => {
-            return fail(
-                run,
-                StatusCode::BAD_GATEWAY,
-                "ended before its headers".into(),
-            );
-        }
-        Err(HeadError::TooLarge) => {
-            let why = format!("header block over {} bytes", state.max_header);
-            return fail(run, StatusCode::BAD_GATEWAY, why);
-        }
-        Err(HeadError::Io(e)) => {
-            return fail(run, StatusCode::BAD_GATEWAY, format!("reading stdout: {e}"));
+        Err(e) => {
+            let timed_out = run.shared.timed_out.load(Ordering::SeqCst);
+            let (status, why) = no_head(&e, timed_out, state.max_header);
+            return fail(run, status, why);
         }
     };
-    let reply = if target.nph {
-        parse_nph(&block)
-    } else {
-        parse_cgi(&block)
-    };
-    match reply {
-        Err(why) => fail(
-            run,
-            StatusCode::BAD_GATEWAY,
-            format!("bad header block: {why}"),
-        ),
+    match parse_head(&target, &block) {
+        Err(why) => fail(run, StatusCode::BAD_GATEWAY, why),
         Ok(Reply::LocalRedirect(location)) => {
             run.shared
                 .status
@@ -215,4 +168,75 @@ pub(crate) async fn launch(
             }
         }
     }
+}
+
+/// The script's command, all but its stdio: the file that was opened and checked (by its
+/// fd where it can be), its arguments and whole environment, its directory, its own
+/// process group, killed if dropped. `Err`: answer this (logged).
+pub(crate) fn command(
+    state: &State,
+    target: &Target,
+    opened: &Opened,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+) -> Result<Command, StatusCode> {
+    let by_fd = state.scripts_by_fd;
+    if opened.interpreted && !by_fd {
+        if let Err(r) = opened.recheck() {
+            (state.log)(&LogLine::Error(format!("{}: {}", log_name(target), r.why)));
+            return Err(r.status);
+        }
+    }
+    let mut cmd = Command::new(opened.program(by_fd));
+    if opened.interpreted && by_fd {
+        cmd.stdio(SCRIPT_FD, Stdio::inherit_fd(opened.file.as_raw_fd()));
+    }
+    if !opened.interpreted {
+        // The open file itself, so `ps` and `pkill` see the script's name.
+        cmd.exec_fd(opened.file.as_raw_fd());
+    }
+    cmd.arg0(&opened.real)
+        .args(args)
+        .env_clear()
+        .envs_owned(env)
+        .current_dir(&target.dir)
+        .process_group(0)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// A spawn that failed: logged; the status to answer.
+pub(crate) fn spawn_failed(state: &State, name: &str, e: &crate::Error) -> StatusCode {
+    (state.log)(&LogLine::Error(format!("{name}: {e}")));
+    match e.errno() {
+        libc::EACCES | libc::EPERM => StatusCode::FORBIDDEN,
+        // The file was found: ENOENT here is a missing `#!` interpreter.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Why a script gave no header block, as the status to answer and the line to log.
+pub(crate) fn no_head(e: &HeadError, timed_out: bool, max_header: usize) -> (StatusCode, String) {
+    match e {
+        HeadError::Eof if timed_out => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "timed out before its headers".into(),
+        ),
+        HeadError::Eof => (StatusCode::BAD_GATEWAY, "ended before its headers".into()),
+        HeadError::TooLarge => (
+            StatusCode::BAD_GATEWAY,
+            format!("header block over {max_header} bytes"),
+        ),
+        HeadError::Io(e) => (StatusCode::BAD_GATEWAY, format!("reading stdout: {e}")),
+    }
+}
+
+/// A header block, parsed as the target says (CGI or NPH).
+pub(crate) fn parse_head(target: &Target, block: &[u8]) -> Result<Reply, String> {
+    if target.nph {
+        parse_nph(block)
+    } else {
+        parse_cgi(block)
+    }
+    .map_err(|why| format!("bad header block: {why}"))
 }

@@ -106,6 +106,7 @@ impl Run {
 
 /// Ends a process group; SIGKILLs it when dropped armed, so a supervisor that is aborted
 /// (server shut down) leaves nothing running.
+#[derive(Debug)]
 pub(crate) struct GroupKill {
     pgid: i32,
     armed: bool,
@@ -199,7 +200,8 @@ async fn supervise(
     shared: Arc<Shared>,
     done: impl FnOnce(&Shared, Option<Exit>),
 ) {
-    let mut group = GroupKill::new(child.id().expect("a child not waited for has its pid") as i32);
+    let pgid = child.id().expect("a child not waited for has its pid") as i32;
+    let mut sup = Supervision::new(pgid, watch.deadline.map(Instant::into_std));
     let permit = watch.permit;
     let disk = watch.disk;
     let _live = watch.live;
@@ -208,80 +210,184 @@ async fn supervise(
     let feed = feed(stdin, watch.body);
     let errs = log_stderr(stderr, watch.name, watch.log);
     tokio::pin!(feed, errs);
-    let far = || Instant::now() + Duration::from_secs(86400 * 365);
-    let timeout = tokio::time::sleep_until(watch.deadline.unwrap_or_else(far));
-    let kill = tokio::time::sleep_until(far());
-    // After a timeout, how long the request side has to answer before the log is written
-    // without it (a client that stops reading can hold it in hyper's write).
-    let answer = tokio::time::sleep_until(far());
-    tokio::pin!(timeout, kill, answer);
-    let (mut exit, mut ended, mut fed, mut errs_done) = (None, false, false, false);
-    // Set when the group was sent SIGTERM: it gets SIGKILL at `kill`, or when the script
-    // has exited, whichever comes first.
-    let mut ending = false;
-    let (mut timed_out, mut gave_up) = (false, false);
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let at = |sup: &Supervision| sup.next_deadline().map_or(far, Instant::from_std);
+    let mut armed = at(&sup);
+    let timer = tokio::time::sleep_until(armed);
+    tokio::pin!(timer);
+    let (mut ended, mut fed, mut errs_done) = (false, false, false);
     loop {
         tokio::select! {
-            r = child.wait(), if exit.is_none() => {
+            r = child.wait(), if sup.exit().is_none() => {
                 let r = r.ok();
-                exit = Some(r);
                 shared.exit.send_replace(Some(r));
-                if ending {
-                    group.kill();
-                }
+                sup.on_exit(r);
             }
             r = &mut end_rx, if !ended => {
                 ended = true;
-                if r.is_err() && exit.is_none() {
-                    // Abandoned: the client went away, or the answer was made of an error.
-                    group.term();
-                    ending = true;
-                    kill.as_mut().reset(Instant::now() + KILL_GRACE);
-                } else if r.is_err() {
-                    group.kill();
-                }
+                sup.on_end(r.is_err());
             }
             _ = &mut feed, if !fed => fed = true,
             _ = &mut errs, if !errs_done => errs_done = true,
-            _ = &mut timeout, if watch.deadline.is_some() && !timed_out => {
-                timed_out = true;
-                shared.timed_out.store(true, Ordering::SeqCst);
-                shared.cut.send_replace(true);
-                if exit.is_none() {
-                    group.term();
-                    ending = true;
-                    kill.as_mut().reset(Instant::now() + KILL_GRACE);
-                } else {
-                    group.kill();
+            () = &mut timer => {
+                if sup.on_time(std::time::Instant::now()) {
+                    shared.timed_out.store(true, Ordering::SeqCst);
+                    shared.cut.send_replace(true);
                 }
-                answer.as_mut().reset(Instant::now() + KILL_GRACE * 2);
             }
-            _ = &mut answer, if timed_out && !ended => gave_up = true,
             r = stopping.wait_for(|s| *s), if !stop_seen => {
                 stop_seen = true;
-                if r.is_ok() && exit.is_none() && !ending {
-                    group.term();
-                    ending = true;
-                    kill.as_mut().reset(Instant::now() + KILL_GRACE);
+                if r.is_ok() {
+                    sup.on_stop();
                 }
             }
-            _ = &mut kill, if ending => {
-                group.kill();
-                ending = false;
-            }
         }
-        if exit.is_some() && (ended || gave_up) {
+        if sup.is_done() {
             break;
+        }
+        if at(&sup) != armed {
+            armed = at(&sup);
+            timer.as_mut().reset(armed);
         }
     }
     // Finished normally: whatever the script left running in its group is its own business.
-    group.disarm();
+    let exit = sup.finish();
     if !errs_done {
-        let _ = tokio::time::timeout(Duration::from_millis(200), errs).await;
+        let _ = tokio::time::timeout(STDERR_AFTER_EXIT, errs).await;
     }
     drop(permit);
     drop(disk);
-    done(&shared, exit.flatten());
+    done(&shared, exit);
+}
+
+/// How long stderr is still read once a script is over, for a grandchild that holds it.
+pub(crate) const STDERR_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// The supervisor's rules, with no I/O of its own but the signals to the group: both the
+/// tokio supervisor above and the FastCGI event loop feed it events and the clock, and it
+/// says when the timeout cuts the script's stdout and when it is done.
+///
+/// An abandoned response, a timeout or a graceful stop ends the group: SIGTERM, then
+/// SIGKILL once the script has exited or after [`KILL_GRACE`]. After a timeout the request
+/// side has twice the grace to answer before the script is over without it.
+#[derive(Debug)]
+pub(crate) struct Supervision {
+    group: GroupKill,
+    exit: Option<Option<Exit>>,
+    /// The request side is done with the script (finished or abandoned).
+    ended: bool,
+    /// The group got SIGTERM and gets SIGKILL at `kill_at` or at the exit.
+    ending: bool,
+    timed_out: bool,
+    gave_up: bool,
+    stopped: bool,
+    deadline: Option<std::time::Instant>,
+    kill_at: Option<std::time::Instant>,
+    answer_at: Option<std::time::Instant>,
+}
+
+impl Supervision {
+    pub(crate) fn new(pgid: i32, deadline: Option<std::time::Instant>) -> Supervision {
+        Supervision {
+            group: GroupKill::new(pgid),
+            exit: None,
+            ended: false,
+            ending: false,
+            timed_out: false,
+            gave_up: false,
+            stopped: false,
+            deadline,
+            kill_at: None,
+            answer_at: None,
+        }
+    }
+
+    /// The exit, once seen (`Some(None)`: it could not be read).
+    pub(crate) fn exit(&self) -> Option<Option<Exit>> {
+        self.exit
+    }
+
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// The script was reaped.
+    pub(crate) fn on_exit(&mut self, exit: Option<Exit>) {
+        self.exit = Some(exit);
+        if self.ending {
+            self.group.kill();
+        }
+    }
+
+    /// The request side is done: `abandoned` when the response was not used to its end
+    /// (client gone, an error answer), which ends the group.
+    pub(crate) fn on_end(&mut self, abandoned: bool) {
+        self.ended = true;
+        if abandoned && self.exit.is_none() {
+            self.term();
+        } else if abandoned {
+            self.group.kill();
+        }
+    }
+
+    /// A graceful stop of the server.
+    pub(crate) fn on_stop(&mut self) {
+        if !self.stopped && self.exit.is_none() && !self.ending {
+            self.term();
+        }
+        self.stopped = true;
+    }
+
+    fn term(&mut self) {
+        self.group.term();
+        self.ending = true;
+        self.kill_at = Some(std::time::Instant::now() + KILL_GRACE);
+    }
+
+    /// Fires the deadlines due at `now`; `true` when the timeout fired just now (the
+    /// request side must stop reading stdout).
+    pub(crate) fn on_time(&mut self, now: std::time::Instant) -> bool {
+        let mut cut = false;
+        if !self.timed_out && self.deadline.is_some_and(|d| d <= now) {
+            self.timed_out = true;
+            cut = true;
+            if self.exit.is_none() {
+                self.term();
+            } else {
+                self.group.kill();
+            }
+            self.answer_at = Some(now + KILL_GRACE * 2);
+        }
+        if self.ending && self.kill_at.is_some_and(|k| k <= now) {
+            self.group.kill();
+            self.ending = false;
+        }
+        if self.timed_out && !self.ended && self.answer_at.is_some_and(|a| a <= now) {
+            self.gave_up = true;
+        }
+        cut
+    }
+
+    /// When [`on_time`](Supervision::on_time) has something to do next.
+    pub(crate) fn next_deadline(&self) -> Option<std::time::Instant> {
+        let timeout = self.deadline.filter(|_| !self.timed_out);
+        let kill = self.kill_at.filter(|_| self.ending);
+        let answer = self
+            .answer_at
+            .filter(|_| self.timed_out && !self.ended && !self.gave_up);
+        [timeout, kill, answer].into_iter().flatten().min()
+    }
+
+    /// The script has exited and the request side is done with it (or had its time).
+    pub(crate) fn is_done(&self) -> bool {
+        self.exit.is_some() && (self.ended || self.gave_up)
+    }
+
+    /// Over: whatever the script left running in its group is its own business. The exit.
+    pub(crate) fn finish(mut self) -> Option<Exit> {
+        self.group.disarm();
+        self.exit.flatten()
+    }
 }
 
 /// Writes the request body to the script's stdin, then closes it (EOF for the script). A
@@ -302,30 +408,52 @@ const MAX_LINE: usize = 8192;
 /// Logs the script's stderr line by line, with its name.
 pub(crate) async fn log_stderr(stderr: Option<impl AsyncRead + Unpin>, name: String, log: Log) {
     let Some(mut r) = stderr else { return };
-    let mut buf = Vec::with_capacity(1024);
+    let mut lines = StderrLines::default();
     // On the heap: an array here would be 4 KiB of the supervisor's future.
     let mut chunk = vec![0u8; 4096];
     loop {
         let n = r.read(&mut chunk).await.unwrap_or(0);
         if n == 0 {
-            if !buf.is_empty() {
-                emit(&log, &name, &buf);
-            }
+            lines.end(|l| emit(&log, &name, l));
             return;
         }
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            emit(&log, &name, &line[..i]);
+        lines.push(&chunk[..n], |l| emit(&log, &name, l));
+    }
+}
+
+/// A script's stderr cut into lines (no I/O: both fronts feed it what they read). A line
+/// longer than [`MAX_LINE`] is given in pieces.
+#[derive(Debug, Default)]
+pub(crate) struct StderrLines {
+    buf: Vec<u8>,
+}
+
+impl StderrLines {
+    /// Adds `data`; `line` gets each whole line, without its newline.
+    pub(crate) fn push(&mut self, data: &[u8], mut line: impl FnMut(&[u8])) {
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        while let Some(i) = self.buf[at..].iter().position(|&b| b == b'\n') {
+            line(&self.buf[at..at + i]);
+            at += i + 1;
         }
-        if buf.len() > MAX_LINE {
-            emit(&log, &name, &buf);
-            buf.clear();
+        self.buf.drain(..at);
+        if self.buf.len() > MAX_LINE {
+            line(&self.buf);
+            self.buf.clear();
+        }
+    }
+
+    /// stderr ended: the last line, if it had no newline.
+    pub(crate) fn end(&mut self, mut line: impl FnMut(&[u8])) {
+        if !self.buf.is_empty() {
+            line(&self.buf);
+            self.buf.clear();
         }
     }
 }
 
-fn emit(log: &Log, name: &str, line: &[u8]) {
+pub(crate) fn emit(log: &Log, name: &str, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     log(&LogLine::Stderr {
         script: name.to_string(),
