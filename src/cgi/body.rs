@@ -24,7 +24,7 @@ const MIN_SPARE: usize = 4 * 1024;
 
 /// How long, after stdout's EOF, the end of the body waits for the script's exit status
 /// (a script that closes stdout and works on ends its body cleanly after this).
-const EXIT_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Why no header block came.
 #[derive(Debug)]

@@ -144,7 +144,7 @@ pub(crate) async fn launch(
             return fail(run, status, why);
         }
     };
-    match parse_head(&target, &block) {
+    match parse_head(target.nph, &block) {
         Err(why) => fail(run, StatusCode::BAD_GATEWAY, why),
         Ok(Reply::LocalRedirect(location)) => {
             run.shared
@@ -231,9 +231,9 @@ pub(crate) fn no_head(e: &HeadError, timed_out: bool, max_header: usize) -> (Sta
     }
 }
 
-/// A header block, parsed as the target says (CGI or NPH).
-pub(crate) fn parse_head(target: &Target, block: &[u8]) -> Result<Reply, String> {
-    if target.nph {
+/// A header block, parsed as CGI or, for an `nph-` script, NPH.
+pub(crate) fn parse_head(nph: bool, block: &[u8]) -> Result<Reply, String> {
+    if nph {
         parse_nph(block)
     } else {
         parse_cgi(block)

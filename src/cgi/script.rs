@@ -384,7 +384,7 @@ impl Supervision {
     }
 
     /// Over: whatever the script left running in its group is its own business. The exit.
-    pub(crate) fn finish(mut self) -> Option<Exit> {
+    pub(crate) fn finish(&mut self) -> Option<Exit> {
         self.group.disarm();
         self.exit.flatten()
     }

@@ -131,8 +131,21 @@ impl ConnectionCap {
     /// A permit for the next connection, held as long as it is open; at the cap, logs
     /// (at most once every [`CAP_LOG_EVERY`]) and waits for one to close.
     pub(crate) async fn slot(&self, log: &Log) -> OwnedSemaphorePermit {
-        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+        if let Some(p) = self.try_slot(log) {
             return p;
+        }
+        match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            // Never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// A permit if one is free now; at the cap, `None`, logged at most once every
+    /// [`CAP_LOG_EVERY`].
+    pub(crate) fn try_slot(&self, log: &Log) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Some(p);
         }
         let now = Instant::now();
         let due = {
@@ -150,11 +163,7 @@ impl ConnectionCap {
                 self.max
             )));
         }
-        match self.permits.clone().acquire_owned().await {
-            Ok(p) => p,
-            // Never closed.
-            Err(_) => std::future::pending().await,
-        }
+        None
     }
 }
 

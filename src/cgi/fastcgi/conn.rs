@@ -1,36 +1,40 @@
-//! One FastCGI connection: requests one after another (`FCGI_MPXS_CONNS=0`; a second
-//! `BEGIN_REQUEST` while one runs gets `FCGI_CANT_MPX_CONN`), each through the shared
-//! script runner. Records that arrive while a script runs are still read: an
-//! `ABORT_REQUEST` or the connection closing ends the script as a client disconnect does
-//! in HTTP mode, and `GET_VALUES` is answered.
+//! One FastCGI connection in an event loop: requests one after another
+//! (`FCGI_MPXS_CONNS=0`; a second `BEGIN_REQUEST` while one runs gets
+//! `FCGI_CANT_MPX_CONN`), each through the shared runner's checks and command, the shared
+//! header reader and parser, and a job (`job.rs`) under the shared supervision rules.
+//! Records that arrive while a script runs are still read: an `ABORT_REQUEST` or the
+//! connection closing ends the script as a client disconnect does in HTTP mode, and
+//! `GET_VALUES` is answered.
+//!
+//! A connection is a state machine ([`Phase`]) driven by its socket's readiness, its
+//! script's stdout, its deadline and notices from its job.
 
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
-use http_body_util::BodyExt;
+use bytes::{BufMut, Bytes, BytesMut};
 use hyper::{Method, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::engine::{CONN, Loop, STDOUT};
+use super::job::{Done, Feed, Job, nonblocking};
 use super::out::Out;
 use super::params::{self, Params};
-use super::record::{self, ReadError, Reader, Record};
+use super::poll::{Ready, Token, Want};
+use super::record::{self, Parsed, Record};
 use crate::cgi::answer::{explain, text, text_saying};
-use crate::cgi::body::ScriptBody;
-use crate::cgi::log::{Log, LogLine};
+use crate::cgi::body::{EXIT_WAIT, Head, HeadError, HeadReader};
+use crate::cgi::load::Counted;
+use crate::cgi::log::LogLine;
 use crate::cgi::map::Refusal;
 use crate::cgi::meta::search_args;
-use crate::cgi::response::content_length_of;
-use crate::cgi::runner::{self, Outcome};
-use crate::cgi::script::Shared;
-use crate::cgi::state::State;
+use crate::cgi::response::{Reply, content_length_of};
+use crate::cgi::runner::{self, log_name};
+use crate::cgi::script::{StderrLines, Supervision};
+use crate::cgi::tasks::LiveGuard;
 use crate::cgi::upload::{Spool, Upload, UploadError};
-
-pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
-pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+use crate::{Exit, Stdio};
 
 /// The FastCGI front's own settings.
 #[derive(Debug, Clone)]
@@ -52,161 +56,254 @@ pub(crate) const MAX_PARAMS: usize = 128 * 1024;
 /// How long a connection closed with unread input is drained first (a lingering close,
 /// so the web server reads the answer rather than a reset).
 const LINGER: Duration = Duration::from_secs(2);
-/// Lines of stderr waiting to go to the web server, per request; more are only logged.
+/// How long output already queued may take to be written before a connection that is
+/// ending closes anyway (a web server that stopped reading).
+const LAST_WRITE: Duration = Duration::from_secs(30);
+/// Lines of stderr held for the web server before the response's body begins; more are
+/// only logged.
 const STDERR_QUEUE: usize = 64;
 /// How long the end of a response waits for the rest of stderr (with `stderr_to_client`).
 const STDERR_WAIT: Duration = Duration::from_secs(1);
 const MAX_REDIRECTS: usize = 10;
-/// Output gathered from frames that are ready at once before one write.
+/// Output waiting to be written above which the script's stdout is not read (and stderr
+/// lines are only logged) until the web server takes some.
 const COALESCE: usize = 256 * 1024;
+
+type Key = (u32, u32);
+
+/// Where a connection is.
+enum Phase {
+    /// Waiting for `BEGIN_REQUEST`.
+    Idle,
+    Params(Req, BytesMut),
+    Stdin(Req, Params, Spool, Option<u64>),
+    /// Waiting for a `max_children` slot.
+    Queued(Req, Params, Option<Upload>, Counted),
+    Running(Req, Params, Box<Run>),
+    /// A local redirect: waiting for the first script to be over (its slot free).
+    Redirect(Req, Params, Key),
+    /// Ending: what is queued is written, then the connection closes (or lingers);
+    /// input is read and dropped.
+    Ending,
+}
+
+/// The request a connection is serving.
+struct Req {
+    id: u16,
+    keep: bool,
+    start: Instant,
+    depth: usize,
+}
+
+/// The request side of a running script.
+struct Run {
+    job: Key,
+    stdout: Option<OwnedFd>,
+    paused: bool,
+    stage: Stage,
+    nph: bool,
+    name: String,
+    bodyless_method: bool,
+    status: u16,
+    sent: u64,
+    /// Bytes still due when the script sent `Content-Length`.
+    remaining: Option<u64>,
+    /// The exit, once the job has seen it.
+    exit: Option<Option<Exit>>,
+    /// The job is over (exited, stderr read).
+    over: bool,
+    /// The timeout cut stdout.
+    cut: bool,
+    /// `FCGI_STDERR` records sent.
+    errs: usize,
+    /// stderr lines before the body began.
+    held: Vec<Vec<u8>>,
+}
+
+enum Stage {
+    Head(HeadReader),
+    Body,
+    /// stdout ended: waiting for the exit (at most [`EXIT_WAIT`]).
+    AtEof,
+    /// The body is whole: waiting for the rest of stderr (at most [`STDERR_WAIT`]).
+    StderrWait,
+}
 
 /// How a request left the connection.
 enum Next {
     /// Whole: the next request may follow if the web server asked to keep the connection.
     Keep,
-    /// Answered before its input was all read: drain, then close.
+    /// Answered before its input was all read: write, shut down, drain, then close.
     Linger,
-    /// Broken or gone: close now (a response cut short is one with no `END_REQUEST`).
+    /// Write what is queued, then close (a response cut short has no `END_REQUEST`).
     Close,
 }
 
-enum Event {
-    Mine(Record),
-    Abort,
-    Gone,
-    Timeout,
+/// What a connection does once its output is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    Close,
+    Linger,
 }
 
-struct Conn {
-    state: Arc<State>,
-    settings: Arc<Settings>,
-    reader: Reader<ReadHalf>,
-    w: WriteHalf,
+pub(super) struct Conn {
+    sock: OwnedFd,
+    inbuf: BytesMut,
     out: Out,
+    phase: Phase,
+    /// When the phase's wait ends.
+    deadline: Option<Instant>,
+    /// The earliest deadline already set.
+    armed: Option<Instant>,
+    /// Registered for writing.
+    writing: bool,
+    after: Option<After>,
+    /// The socket was shut down for writing (lingering).
+    shut: bool,
+    served: bool,
+    _permit: OwnedSemaphorePermit,
 }
 
-pub(crate) async fn serve(state: Arc<State>, settings: Arc<Settings>, r: ReadHalf, w: WriteHalf) {
-    let mut c = Conn {
-        state,
-        settings,
-        reader: Reader::new(r),
-        w,
-        out: Out::default(),
-    };
-    let mut wait = PARAMS_TIMEOUT;
-    loop {
-        let (id, role, flags) = loop {
-            match c.event(None, Instant::now() + wait).await {
-                Event::Mine(rec) => match record::begin(&rec.content) {
-                    Some((role, flags)) if rec.id != 0 => break (rec.id, role, flags),
-                    _ => {
-                        c.error("BEGIN_REQUEST with request id 0 or a short body");
-                        return;
-                    }
-                },
-                Event::Timeout | Event::Gone => return,
-                Event::Abort => {}
-            }
-        };
-        wait = IDLE;
-        if role != record::RESPONDER {
-            c.error(&format!("role {role} asked for; brood is a responder (1)"));
-            record::put_end(c.out.small(), id, 0, record::UNKNOWN_ROLE);
-            if c.flush().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        match c.request(id).await {
-            Next::Keep if flags & record::KEEP_CONN != 0 => {}
-            Next::Keep => break,
-            Next::Linger => {
-                let _ = c.w.shutdown().await;
-                let _ = tokio::time::timeout(LINGER, c.reader.drain()).await;
-                return;
-            }
-            Next::Close => return,
+impl Phase {
+    fn active(&self) -> Option<u16> {
+        match self {
+            Phase::Idle | Phase::Ending => None,
+            Phase::Params(r, _)
+            | Phase::Stdin(r, ..)
+            | Phase::Queued(r, ..)
+            | Phase::Running(r, ..)
+            | Phase::Redirect(r, ..) => Some(r.id),
         }
     }
-    let _ = c.w.shutdown().await;
 }
 
-impl Conn {
+impl Loop {
+    pub(super) fn open_conn(&mut self, sock: OwnedFd, permit: OwnedSemaphorePermit) {
+        let c = Conn {
+            sock,
+            inbuf: BytesMut::new(),
+            out: Out::default(),
+            phase: Phase::Idle,
+            deadline: Some(Instant::now() + PARAMS_TIMEOUT),
+            armed: None,
+            writing: false,
+            after: None,
+            shut: false,
+            served: false,
+            _permit: permit,
+        };
+        let (slot, generation) = self.conns.insert(c);
+        let c = self.conns.get(slot, generation).expect("just inserted");
+        let t = Token {
+            kind: CONN,
+            slot,
+            generation,
+        };
+        if self.poll.add(&c.sock, t, Want::READ).is_err() {
+            self.log_error("fastcgi: epoll_ctl failed for a new connection".into());
+            self.conns.remove(slot, generation);
+            self.conn_closed();
+            return;
+        }
+        self.conn_after((slot, generation));
+    }
+
     fn error(&self, what: &str) {
-        (self.state.log)(&LogLine::Error(format!("fastcgi: {what}")));
+        self.log_error(format!("fastcgi: {what}"));
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
+    /// The connection's socket is ready.
+    pub(super) fn conn_ready(&mut self, slot: u32, generation: u32, r: Ready) {
+        let key = (slot, generation);
+        if r.read || r.hangup {
+            self.conn_input(key);
         }
-        self.out.write_to(&mut self.w).await
+        self.conn_after(key);
     }
 
-    /// Reads one record and handles it when it is not the request's own (cancel-safe:
-    /// it only reads and queues answers in `out`). `None`: nothing for the caller.
-    async fn next_for(&mut self, active: Option<u16>) -> Option<Event> {
-        let rec = match self.reader.next().await {
-            Ok(r) => r,
-            Err(ReadError::Eof) => return Some(Event::Gone),
-            Err(e) => {
-                self.error(&e.to_string());
-                return Some(Event::Gone);
-            }
+    fn conn_input(&mut self, key: Key) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
         };
-        match rec.kind {
-            record::GET_VALUES if rec.id == 0 => {
-                self.get_values(&rec.content);
-                None
+        let n = match rustix::io::read(&c.sock, &mut self.scratch[..]) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            if !c.inbuf.is_empty() && !matches!(c.phase, Phase::Ending) {
+                self.error("connection closed in the middle of a record");
             }
-            record::BEGIN_REQUEST if active.is_none() => Some(Event::Mine(rec)),
+            self.conn_gone(key);
+            return;
+        }
+        if matches!(c.phase, Phase::Ending) {
+            return;
+        }
+        c.inbuf.extend_from_slice(&self.scratch[..n]);
+        loop {
+            let Some(c) = self.conns.get(key.0, key.1) else {
+                return;
+            };
+            if matches!(c.phase, Phase::Ending) {
+                c.inbuf.clear();
+                return;
+            }
+            match record::parse(&mut c.inbuf) {
+                Ok(Parsed::Record(rec)) => self.conn_record(key, rec),
+                Ok(Parsed::Need(_)) => return,
+                Err(e) => {
+                    self.error(&e.to_string());
+                    self.conn_gone(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn conn_record(&mut self, key: Key, rec: Record) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let active = c.phase.active();
+        match rec.kind {
+            record::GET_VALUES if rec.id == 0 => self.get_values(key, &rec.content),
+            record::BEGIN_REQUEST if active.is_none() => self.begin(key, &rec),
             record::BEGIN_REQUEST if active == Some(rec.id) => {
                 self.error("BEGIN_REQUEST for a request already running");
-                Some(Event::Gone)
+                self.conn_gone(key);
             }
             record::BEGIN_REQUEST => {
                 // One request at a time per connection, as GET_VALUES says.
-                record::put_end(self.out.small(), rec.id, 0, record::CANT_MPX_CONN);
-                None
+                record::put_end(c.out.small(), rec.id, 0, record::CANT_MPX_CONN);
             }
-            record::ABORT_REQUEST if active == Some(rec.id) => Some(Event::Abort),
+            record::ABORT_REQUEST if active == Some(rec.id) => self.abort(key),
             record::PARAMS | record::STDIN | record::DATA if active == Some(rec.id) => {
-                Some(Event::Mine(rec))
+                self.mine(key, rec)
             }
             // Records of requests not running are ignored (FastCGI 1.0, 3.3).
-            record::ABORT_REQUEST | record::PARAMS | record::STDIN | record::DATA => None,
+            record::ABORT_REQUEST | record::PARAMS | record::STDIN | record::DATA => {}
             kind => {
                 self.error(&format!("record type {kind} is not one a web server sends"));
-                record::put_unknown_type(self.out.small(), kind);
-                None
+                if let Some(c) = self.conns.get(key.0, key.1) {
+                    record::put_unknown_type(c.out.small(), kind);
+                }
             }
         }
     }
 
-    /// The next event for the request `active` (or a `BEGIN_REQUEST` when none runs),
-    /// answering management records on the way; `Timeout` at `deadline`.
-    async fn event(&mut self, active: Option<u16>, deadline: Instant) -> Event {
-        loop {
-            let ev = tokio::select! {
-                ev = self.next_for(active) => ev,
-                () = tokio::time::sleep_until(deadline) => return Event::Timeout,
-            };
-            if self.flush().await.is_err() {
-                return Event::Gone;
-            }
-            if let Some(ev) = ev {
-                return ev;
-            }
-        }
-    }
-
-    fn get_values(&mut self, content: &[u8]) {
+    fn get_values(&mut self, key: Key, content: &[u8]) {
         let Ok(asked) = record::pairs(content) else {
             self.error("malformed GET_VALUES");
             return;
         };
         let mut body = BytesMut::new();
-        let n = self.settings.max_conns.min(u32::MAX as usize).to_string();
+        let n = self
+            .sh
+            .settings
+            .max_conns
+            .min(u32::MAX as usize)
+            .to_string();
         for (name, _) in asked {
             let value = match name {
                 b"FCGI_MAX_CONNS" | b"FCGI_MAX_REQS" => n.as_bytes(),
@@ -220,445 +317,1059 @@ impl Conn {
             }
             record::put_pair(&mut body, name, value);
         }
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
         // One record, not a stream (which `put_stream` would cut at 16 KiB).
         let head = record::header(record::GET_VALUES_RESULT, 0, body.len());
-        self.out.small().put_slice(&head);
-        self.out.small().put_slice(&body);
+        c.out.small().put_slice(&head);
+        c.out.small().put_slice(&body);
     }
 
-    /// A short answer of brood's own: `Status`, a text body, the end of the request.
-    fn put_answer(&mut self, id: u16, status: StatusCode) {
-        self.put_answer_text(id, status, text(status));
+    fn begin(&mut self, key: Key, rec: &Record) {
+        let Some((role, flags)) = record::begin(&rec.content).filter(|_| rec.id != 0) else {
+            self.error("BEGIN_REQUEST with request id 0 or a short body");
+            self.conn_gone(key);
+            return;
+        };
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        c.served = true;
+        if role != record::RESPONDER {
+            record::put_end(c.out.small(), rec.id, 0, record::UNKNOWN_ROLE);
+            c.deadline = Some(Instant::now() + IDLE);
+            self.error(&format!("role {role} asked for; brood is a responder (1)"));
+            return;
+        }
+        let req = Req {
+            id: rec.id,
+            keep: flags & record::KEEP_CONN != 0,
+            start: Instant::now(),
+            depth: 0,
+        };
+        c.phase = Phase::Params(req, BytesMut::new());
+        c.deadline = Some(Instant::now() + PARAMS_TIMEOUT);
     }
 
-    fn put_answer_text(&mut self, id: u16, status: StatusCode, body: String) {
-        let head = format!(
-            "Status: {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            body.len()
-        );
-        record::put_stream(self.out.small(), record::STDOUT, id, head.as_bytes());
-        record::put_stream(self.out.small(), record::STDOUT, id, b"");
-        record::put_end(self.out.small(), id, 0, record::REQUEST_COMPLETE);
+    /// A record of the running request.
+    fn mine(&mut self, key: Key, rec: Record) {
+        let body_timeout = self.sh.state.body_timeout;
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        match &mut c.phase {
+            Phase::Params(_, raw) if rec.kind == record::PARAMS => {
+                if rec.content.is_empty() {
+                    return self.params_done(key);
+                }
+                if raw.len() + rec.content.len() > MAX_PARAMS {
+                    let id = c.phase.active().unwrap_or(0);
+                    put_answer(&mut c.out, id, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                    self.error(&format!("params over {MAX_PARAMS} bytes"));
+                    return self.request_over(key, Next::Linger);
+                }
+                raw.extend_from_slice(&rec.content);
+            }
+            Phase::Params(..) => {
+                self.error("STDIN or DATA before the end of PARAMS");
+                self.request_over(key, Next::Close);
+            }
+            Phase::Stdin(req, p, spool, _) => {
+                c.deadline = Some(Instant::now() + body_timeout);
+                if rec.kind != record::STDIN {
+                    return;
+                }
+                if rec.content.is_empty() {
+                    return self.stdin_done(key);
+                }
+                if let Err(e) = spool.push(&rec.content) {
+                    let (id, start, p) = (req.id, req.start, p.clone());
+                    self.error(&format!("request body: {e}"));
+                    self.refuse_upload(key, id, &p, start, &e);
+                    self.request_over(key, Next::Linger);
+                }
+            }
+            // Input after the body is not the script's.
+            _ => {}
+        }
+    }
+
+    fn params_done(&mut self, key: Key) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Params(req, raw) = std::mem::replace(&mut c.phase, Phase::Ending) else {
+            return;
+        };
+        let p = match record::pairs(&raw) {
+            Ok(list) => Params(
+                list.into_iter()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect(),
+            ),
+            Err(why) => {
+                put_answer(&mut c.out, req.id, StatusCode::BAD_REQUEST);
+                self.error(&format!("malformed params: {why}"));
+                return self.request_over(key, Next::Linger);
+            }
+        };
+        let (id, start) = (req.id, req.start);
+        let declared = match p.text("CONTENT_LENGTH").map(|v| v.trim().parse::<u64>()) {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => {
+                c.phase = Phase::Params(req, BytesMut::new());
+                self.error("CONTENT_LENGTH is not a number");
+                self.refuse(key, id, &p, start, StatusCode::BAD_REQUEST);
+                return self.request_over(key, Next::Linger);
+            }
+        };
+        let state = self.sh.state.clone();
+        if declared.is_some_and(|n| n > state.max_body) {
+            c.phase = Phase::Params(req, BytesMut::new());
+            self.error("body over --max-body");
+            self.refuse(key, id, &p, start, StatusCode::PAYLOAD_TOO_LARGE);
+            return self.request_over(key, Next::Linger);
+        }
+        let spool = Spool::new(state.max_body, &state.disk);
+        c.phase = Phase::Stdin(req, p, spool, declared);
+        c.deadline = Some(Instant::now() + state.body_timeout);
+    }
+
+    fn stdin_done(&mut self, key: Key) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Stdin(req, p, spool, declared) = std::mem::replace(&mut c.phase, Phase::Ending)
+        else {
+            return;
+        };
+        let (id, start) = (req.id, req.start);
+        c.phase = Phase::Params(req, BytesMut::new());
+        if declared.is_some_and(|n| n != spool.len()) {
+            self.error("the body is not CONTENT_LENGTH bytes long");
+            self.refuse(key, id, &p, start, StatusCode::BAD_REQUEST);
+            return self.request_over(key, Next::Keep);
+        }
+        let upload = if declared.is_none() && spool.len() == 0 {
+            None
+        } else {
+            match spool.finish() {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    self.error(&format!("request body: {e}"));
+                    self.refuse_upload(key, id, &p, start, &e);
+                    return self.request_over(key, Next::Keep);
+                }
+            }
+        };
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Params(req, _) = std::mem::replace(&mut c.phase, Phase::Ending) else {
+            return;
+        };
+        self.launch(key, req, p, upload);
+    }
+
+    /// Runs the script the params name, or answers why not.
+    fn launch(&mut self, key: Key, req: Req, p: Params, upload: Option<Upload>) {
+        let state = self.sh.state.clone();
+        let (id, start) = (req.id, req.start);
+        let refused = |lp: &mut Loop, req: Req, r: Refusal| {
+            if r.status != StatusCode::NOT_FOUND {
+                let what = p.text("REQUEST_URI").unwrap_or("-");
+                lp.error(&format!("{what}: {}", r.why));
+            }
+            lp.set_phase(key, Phase::Params(req, BytesMut::new()));
+            lp.refuse(key, id, &p, start, r.status);
+            lp.request_over(key, Next::Keep);
+        };
+        let (target, computed) = match params::target(&state.mapping, &p) {
+            Ok(t) => t,
+            Err(r) => return refused(self, req, r),
+        };
+        let opened = match state.mapping.open(&target) {
+            Ok(o) => o,
+            Err(r) => return refused(self, req, r),
+        };
+        let permit = match &state.limit {
+            None => None,
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) if state.queue.is_zero() => {
+                    self.set_phase(key, Phase::Params(req, BytesMut::new()));
+                    self.refuse(key, id, &p, start, StatusCode::SERVICE_UNAVAILABLE);
+                    return self.request_over(key, Next::Keep);
+                }
+                Err(_) => {
+                    self.sh.waiting.fetch_add(1, Ordering::SeqCst);
+                    let counted = state.load.waiting();
+                    self.queued.push(key);
+                    if let Some(c) = self.conns.get(key.0, key.1) {
+                        c.deadline = Some(Instant::now() + state.queue);
+                    }
+                    return self.set_phase(key, Phase::Queued(req, p, upload, counted));
+                }
+            },
+        };
+        let length = upload.as_ref().map(Upload::len);
+        let env = params::environment(&p, &target, computed, length, &state.env);
+        let method = p
+            .get("REQUEST_METHOD")
+            .and_then(|m| Method::from_bytes(m).ok())
+            .unwrap_or(Method::GET);
+        let args = search_args(&method, p.text("QUERY_STRING"));
+        let name = log_name(&target);
+        let mut cmd = match runner::command(&state, &target, &opened, args, env) {
+            Ok(c) => c,
+            Err(status) => {
+                self.set_phase(key, Phase::Params(req, BytesMut::new()));
+                self.refuse(key, id, &p, start, status);
+                return self.request_over(key, Next::Keep);
+            }
+        };
+        let not_run = |lp: &mut Loop, req: Req, e: crate::Error| {
+            let status = runner::spawn_failed(&state, &name, &e);
+            lp.set_phase(key, Phase::Params(req, BytesMut::new()));
+            lp.refuse(key, id, &p, start, status);
+            lp.request_over(key, Next::Keep);
+        };
+        let pipes = crate::fd::pipe().and_then(|o| Ok((o, crate::fd::pipe()?)));
+        let ((out_r, out_w), (err_r, err_w)) = match pipes {
+            Ok(p) => p,
+            Err(e) => return not_run(self, req, e.context("pipe for the script")),
+        };
+        // The body: a file is the script's stdin itself; one in memory goes through a pipe.
+        let mut feed = None;
+        let mut disk = None;
+        let mut stdin_end = None;
+        let stdin = match upload {
+            Some(Upload::File(f, _, r)) => {
+                disk = Some(r);
+                let s = Stdio::inherit_fd(f.as_raw_fd());
+                stdin_end = Some(OwnedFd::from(f));
+                s
+            }
+            Some(Upload::Memory(body, budget)) if !body.is_empty() => {
+                let (r, w) = match crate::fd::pipe() {
+                    Ok(p) => p,
+                    Err(e) => return not_run(self, req, e.context("pipe for the body")),
+                };
+                let s = Stdio::inherit_fd(r.as_raw_fd());
+                stdin_end = Some(r);
+                feed = Some(Feed {
+                    fd: w,
+                    body,
+                    _budget: budget,
+                });
+                s
+            }
+            _ => Stdio::null(),
+        };
+        cmd.stdin(stdin)
+            .stdout(Stdio::inherit_fd(out_w.as_raw_fd()))
+            .stderr(Stdio::inherit_fd(err_w.as_raw_fd()));
+        // The exec has happened when spawn returns: the open script, the child's ends and
+        // the body file may go.
+        let spawned = cmd.spawn();
+        drop((opened, out_w, err_w, stdin_end));
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => return not_run(self, req, e),
+        };
+        let pgid = child.id().unwrap_or(0) as i32;
+        let ok = nonblocking(&out_r)
+            && nonblocking(&err_r)
+            && feed.as_ref().is_none_or(|f| nonblocking(&f.fd));
+        let done: Done = {
+            let (log, p) = (state.log.clone(), p.clone());
+            Box::new(move |status, bytes, exit| {
+                let line = params::access(&p, status, bytes, start.elapsed(), exit);
+                log(&LogLine::Access(line));
+            })
+        };
+        let job = Job {
+            child,
+            sup: Supervision::new(pgid, state.timeout.map(|t| Instant::now() + t)),
+            stderr: Some(err_r),
+            lines: StderrLines::default(),
+            name: name.clone(),
+            log: state.log.clone(),
+            feed,
+            disk,
+            permit,
+            live: Some(LiveGuard::new(&state.live, &state.load)),
+            owner: Some(key),
+            status: 0,
+            bytes: 0,
+            done: Some(done),
+            discard: None,
+            over_at: None,
+            armed: None,
+            poll_exit: false,
+        };
+        let (js, jg) = self.jobs.insert(job);
+        let run = Run {
+            job: (js, jg),
+            stdout: Some(out_r),
+            paused: false,
+            stage: Stage::Head(HeadReader::new(state.max_header)),
+            nph: target.nph,
+            name,
+            bodyless_method: method == Method::HEAD,
+            status: 0,
+            sent: 0,
+            remaining: None,
+            exit: None,
+            over: false,
+            cut: false,
+            errs: 0,
+            held: Vec::new(),
+        };
+        let registered = ok
+            && self.watch(
+                run.stdout.as_ref().expect("just set"),
+                STDOUT,
+                key.0,
+                key.1,
+                Want::READ,
+            );
+        self.set_phase(key, Phase::Running(req, p, Box::new(run)));
+        if !(self.job_started(js, jg) && registered) {
+            self.fail(
+                key,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "epoll_ctl failed".into(),
+            );
+        }
+    }
+
+    fn set_phase(&mut self, key: Key, phase: Phase) {
+        if let Some(c) = self.conns.get(key.0, key.1) {
+            c.phase = phase;
+        }
+    }
+
+    /// A `max_children` slot may be free: the oldest waiting requests of this loop go.
+    pub(super) fn retry_queued(&mut self) {
+        while let Some(&key) = self.queued.first() {
+            let Some(c) = self.conns.get(key.0, key.1) else {
+                self.queued.remove(0);
+                continue;
+            };
+            if !matches!(c.phase, Phase::Queued(..)) {
+                self.queued.remove(0);
+                continue;
+            }
+            let Some(sem) = self.sh.state.limit.clone() else {
+                return;
+            };
+            // The launch takes it (another loop may be quicker: then this request waits
+            // again, at the end of the line).
+            if sem.available_permits() == 0 {
+                return;
+            }
+            self.queued.remove(0);
+            let Phase::Queued(req, p, upload, counted) =
+                std::mem::replace(&mut c.phase, Phase::Ending)
+            else {
+                continue;
+            };
+            drop(counted);
+            self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.launch(key, req, p, upload);
+            self.conn_after(key);
+        }
+    }
+
+    /// The script's stdout is readable.
+    pub(super) fn stdout_ready(&mut self, slot: u32, generation: u32) {
+        let key = (slot, generation);
+        // A few reads per wake-up: a header block in pieces, or a body while the
+        // connection takes it.
+        for _ in 0..4 {
+            if !self.stdout_once(key) {
+                break;
+            }
+        }
+        self.conn_after(key);
+    }
+
+    /// One read of stdout; `true` if another may follow at once.
+    fn stdout_once(&mut self, key: Key) -> bool {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return false;
+        };
+        let Phase::Running(_, _, run) = &mut c.phase else {
+            return false;
+        };
+        if run.paused || c.out.len() >= COALESCE {
+            return false;
+        }
+        let Some(fd) = &run.stdout else { return false };
+        let n = match rustix::io::read(fd, &mut self.scratch[..]) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => return false,
+            Err(rustix::io::Errno::INTR) => return true,
+            Err(e) => {
+                if let Stage::Head(_) = run.stage {
+                    let e = HeadError::Io(e.into());
+                    let (status, why) = runner::no_head(&e, false, 0);
+                    self.fail(key, status, why);
+                } else {
+                    self.conn_cut_short(key);
+                }
+                return false;
+            }
+        };
+        match &mut run.stage {
+            Stage::Head(h) => {
+                if n == 0 {
+                    let timed_out = run.cut;
+                    let max = self.sh.state.max_header;
+                    let (status, why) = runner::no_head(&HeadError::Eof, timed_out, max);
+                    self.fail(key, status, why);
+                    return false;
+                }
+                match h.push(&self.scratch[..n]) {
+                    Head::More => true,
+                    Head::Done(block, rest) => {
+                        self.on_head(key, block, rest);
+                        true
+                    }
+                    Head::TooLarge => {
+                        let max = self.sh.state.max_header;
+                        let (status, why) = runner::no_head(&HeadError::TooLarge, false, max);
+                        self.fail(key, status, why);
+                        false
+                    }
+                }
+            }
+            Stage::Body if n == 0 => {
+                self.body_eof(key);
+                false
+            }
+            Stage::Body => {
+                let data = Bytes::copy_from_slice(&self.scratch[..n]);
+                self.send(key, data);
+                true
+            }
+            Stage::AtEof | Stage::StderrWait => false,
+        }
+    }
+
+    /// The header block came: answer with it (or redirect, or fail).
+    fn on_head(&mut self, key: Key, block: Bytes, rest: Bytes) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(req, _, run) = &mut c.phase else {
+            return;
+        };
+        let reply = match runner::parse_head(run.nph, &block) {
+            Ok(r) => r,
+            Err(why) => return self.fail(key, StatusCode::BAD_GATEWAY, why),
+        };
+        match reply {
+            Reply::LocalRedirect(location) => {
+                let job = run.job;
+                let stdout = run.stdout.take();
+                req.depth += 1;
+                let too_deep = req.depth > MAX_REDIRECTS;
+                let id = req.id;
+                self.job_answered(job.0, job.1, StatusCode::FOUND.as_u16(), 0);
+                if let Some(fd) = stdout {
+                    self.poll.delete(&fd);
+                }
+                if too_deep {
+                    self.job_end(job.0, job.1, true);
+                    self.error(&format!("more than {MAX_REDIRECTS} local redirects"));
+                    if let Some(c) = self.conns.get(key.0, key.1) {
+                        put_answer(&mut c.out, id, StatusCode::INTERNAL_SERVER_ERROR);
+                    }
+                    return self.request_over(key, Next::Keep);
+                }
+                let Some(c) = self.conns.get(key.0, key.1) else {
+                    return;
+                };
+                let Phase::Running(req, p, _) = std::mem::replace(&mut c.phase, Phase::Ending)
+                else {
+                    return;
+                };
+                let p = p.redirected(&location);
+                c.phase = Phase::Redirect(req, p, job);
+                // The script ends on its own; its slot comes free when it is over.
+                self.job_end(job.0, job.1, false);
+            }
+            Reply::Document {
+                status,
+                reason,
+                headers,
+            } => {
+                run.status = status.as_u16();
+                let mut head = format!(
+                    "Status: {} {}\r\n",
+                    status.as_u16(),
+                    reason
+                        .as_deref()
+                        .or(status.canonical_reason())
+                        .unwrap_or("")
+                )
+                .into_bytes();
+                for (name, value) in &headers {
+                    head.put_slice(name.as_str().as_bytes());
+                    head.put_slice(b": ");
+                    head.put_slice(value.as_bytes());
+                    head.put_slice(b"\r\n");
+                }
+                head.put_slice(b"\r\n");
+                record::put_stream(c.out.small(), record::STDOUT, req.id, &head);
+                let job = run.job;
+                self.job_answered(job.0, job.1, status.as_u16(), 0);
+                let Some(c) = self.conns.get(key.0, key.1) else {
+                    return;
+                };
+                let Phase::Running(req, _, run) = &mut c.phase else {
+                    return;
+                };
+                let bodyless = run.bodyless_method
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED;
+                if bodyless {
+                    let stdout = run.stdout.take();
+                    if let Some(fd) = stdout {
+                        self.poll.delete(&fd);
+                        self.job_discard_rest(job.0, job.1, fd);
+                    }
+                    return self.end_request(key);
+                }
+                run.stage = Stage::Body;
+                run.remaining = content_length_of(&headers);
+                let id = req.id;
+                for line in std::mem::take(&mut run.held) {
+                    put_stderr(&mut c.out, id, line);
+                    run.errs += 1;
+                }
+                if !rest.is_empty() {
+                    self.send(key, rest);
+                }
+            }
+        }
+    }
+
+    /// Body bytes from stdout, trimmed to what `Content-Length` still allows.
+    fn send(&mut self, key: Key, mut data: Bytes) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(req, _, run) = &mut c.phase else {
+            return;
+        };
+        if let Some(left) = &mut run.remaining {
+            if data.len() as u64 > *left {
+                data.truncate(*left as usize);
+            }
+            *left -= data.len() as u64;
+        }
+        run.sent += data.len() as u64;
+        let (job, status, sent) = (run.job, run.status, run.sent);
+        if !data.is_empty() {
+            c.out.put_stream(record::STDOUT, req.id, data);
+        }
+        let complete = run.remaining == Some(0);
+        self.job_answered(job.0, job.1, status, sent);
+        if complete {
+            // Complete: the script may run on (bounded by the timeout), untouched.
+            self.body_done(key);
+        }
+    }
+
+    /// stdout ended: complete only if the script ended on its own.
+    fn body_eof(&mut self, key: Key) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(_, _, run) = &mut c.phase else {
+            return;
+        };
+        if let Some(fd) = run.stdout.take() {
+            self.poll.delete(&fd);
+        }
+        run.stage = Stage::AtEof;
+        match run.exit {
+            Some(exit) => self.eof_decide(key, Some(exit)),
+            None => c.deadline = Some(Instant::now() + EXIT_WAIT),
+        }
+    }
+
+    /// At stdout's EOF, with the exit (`None`: not within [`EXIT_WAIT`], so the script
+    /// closed stdout on purpose and works on).
+    fn eof_decide(&mut self, key: Key, exit: Option<Option<Exit>>) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(_, _, run) = &mut c.phase else {
+            return;
+        };
+        let well = exit.is_none_or(|e| e.is_some_and(|e| e.signal == 0));
+        if !well || run.cut || run.remaining.is_some_and(|n| n > 0) {
+            // Cut short: no END_REQUEST, so the web server sees a truncated response.
+            return self.conn_cut_short(key);
+        }
+        self.body_done(key);
+    }
+
+    /// The body is whole: the script may finish on its own; the rest of its stderr goes
+    /// to the web server (bounded), then the end of the request.
+    fn body_done(&mut self, key: Key) {
+        let to_client = self.sh.settings.stderr_to_client;
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(_, _, run) = &mut c.phase else {
+            return;
+        };
+        if let Some(fd) = run.stdout.take() {
+            self.poll.delete(&fd);
+        }
+        let job = run.job;
+        let wait = to_client && !run.over;
+        if wait {
+            run.stage = Stage::StderrWait;
+            c.deadline = Some(Instant::now() + STDERR_WAIT);
+        }
+        self.job_end(job.0, job.1, false);
+        if !wait {
+            self.end_request(key);
+        }
+    }
+
+    /// Ends the streams and the request.
+    fn end_request(&mut self, key: Key) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(req, _, run) = &mut c.phase else {
+            return;
+        };
+        let id = req.id;
+        record::put_stream(c.out.small(), record::STDOUT, id, b"");
+        if run.errs > 0 {
+            record::put_stream(c.out.small(), record::STDERR, id, b"");
+        }
+        let app_status = match run.exit {
+            Some(Some(e)) if e.signal != 0 => 128 + e.signal as u32,
+            Some(Some(e)) => e.status as u32,
+            _ => 0,
+        };
+        record::put_end(c.out.small(), id, app_status, record::REQUEST_COMPLETE);
+        let job = run.job;
+        // Done with the job; it still writes the access line when it is over.
+        if let Some(j) = self.jobs.get(job.0, job.1) {
+            if j.owner == Some(key) {
+                j.owner = None;
+            }
+        }
+        self.request_over(key, Next::Keep);
+    }
+
+    /// A response that cannot be completed: what was sent goes out, without
+    /// `END_REQUEST`, and the connection closes; the script's group is ended.
+    fn conn_cut_short(&mut self, key: Key) {
+        self.drop_run(key, true);
+        self.request_over(key, Next::Close);
+    }
+
+    /// The script gave no usable answer: logged, answered with `status`.
+    fn fail(&mut self, key: Key, status: StatusCode, why: String) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(req, _, run) = &mut c.phase else {
+            return;
+        };
+        let (id, job) = (req.id, run.job);
+        let name = run.name.clone();
+        put_answer(&mut c.out, id, status);
+        self.log_error(format!("{name}: {why}"));
+        self.job_answered(job.0, job.1, status.as_u16(), text(status).len() as u64);
+        self.drop_run(key, true);
+        self.request_over(key, Next::Keep);
+    }
+
+    /// Lets go of the running script: its stdout closes and, `abandoned`, its group ends.
+    fn drop_run(&mut self, key: Key, abandoned: bool) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let Phase::Running(_, _, run) = &mut c.phase else {
+            return;
+        };
+        if let Some(fd) = run.stdout.take() {
+            self.poll.delete(&fd);
+        }
+        let job = run.job;
+        self.job_end(job.0, job.1, abandoned);
+    }
+
+    fn abort(&mut self, key: Key) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let id = c.phase.active().unwrap_or(0);
+        if matches!(c.phase, Phase::Running(..)) {
+            self.drop_run(key, true);
+        }
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        record::put_end(c.out.small(), id, 0, record::REQUEST_COMPLETE);
+        self.request_over(key, Next::Keep);
+    }
+
+    /// The request is over; what the connection does next.
+    fn request_over(&mut self, key: Key, next: Next) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        let keep = match &c.phase {
+            Phase::Idle | Phase::Ending => false,
+            Phase::Params(r, _)
+            | Phase::Stdin(r, ..)
+            | Phase::Queued(r, ..)
+            | Phase::Running(r, ..)
+            | Phase::Redirect(r, ..) => r.keep,
+        };
+        if let Phase::Queued(..) = std::mem::replace(&mut c.phase, Phase::Ending) {
+            self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        match next {
+            Next::Keep if keep => {
+                c.phase = Phase::Idle;
+                c.deadline = Some(Instant::now() + IDLE);
+            }
+            Next::Keep | Next::Close => {
+                c.after = Some(After::Close);
+                c.deadline = Some(Instant::now() + LAST_WRITE);
+            }
+            Next::Linger => {
+                c.after = Some(After::Linger);
+                c.deadline = Some(Instant::now() + LAST_WRITE);
+            }
+        }
+    }
+
+    /// The connection is closed (by the web server, an error, or its end): what runs for
+    /// it is abandoned.
+    fn conn_gone(&mut self, key: Key) {
+        let Some(mut c) = self.conns.remove(key.0, key.1) else {
+            return;
+        };
+        // What was answered before goes out if the socket takes it now (a peer that only
+        // shut its write side still reads).
+        let _ = c.out.write_nonblocking(&c.sock);
+        self.poll.delete(&c.sock);
+        match std::mem::replace(&mut c.phase, Phase::Ending) {
+            Phase::Running(_, _, mut run) => {
+                if let Some(fd) = run.stdout.take() {
+                    self.poll.delete(&fd);
+                }
+                self.job_end(run.job.0, run.job.1, true);
+            }
+            Phase::Stdin(req, p, ..) => {
+                // The web server went away mid-request: 400, as in HTTP mode (nginx).
+                let line = params::access(&p, 400, 0, req.start.elapsed(), None);
+                (self.sh.state.log)(&LogLine::Access(line));
+            }
+            Phase::Queued(req, p, ..) => {
+                self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+                let line = params::access(&p, 499, 0, req.start.elapsed(), None);
+                (self.sh.state.log)(&LogLine::Access(line));
+            }
+            Phase::Redirect(_, _, job) => {
+                if let Some(j) = self.jobs.get(job.0, job.1) {
+                    j.owner = None;
+                }
+            }
+            _ => {}
+        }
+        drop(c);
+        self.conn_closed();
+    }
+
+    /// After every event of a connection: write what is queued, then set what it waits for.
+    pub(super) fn conn_after(&mut self, key: Key) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
+        if !c.out.is_empty() {
+            match c.out.write_nonblocking(&c.sock) {
+                Ok(_) => {}
+                Err(_) => return self.conn_gone(key),
+            }
+        }
+        if c.out.is_empty() {
+            match c.after {
+                Some(After::Close) => return self.conn_gone(key),
+                Some(After::Linger) if !c.shut => {
+                    c.shut = true;
+                    let _ = rustix::net::shutdown(&c.sock, rustix::net::Shutdown::Write);
+                    c.deadline = Some(Instant::now() + LINGER);
+                }
+                _ => {}
+            }
+        }
+        let writing = !c.out.is_empty();
+        if writing != c.writing {
+            c.writing = writing;
+            let want = Want {
+                read: true,
+                write: writing,
+            };
+            let t = Token {
+                kind: CONN,
+                slot: key.0,
+                generation: key.1,
+            };
+            let _ = self.poll.modify(&c.sock, t, want);
+        }
+        // The script's stdout is read while the web server takes the output.
+        if let Phase::Running(_, _, run) = &mut c.phase {
+            let pause = c.out.len() >= COALESCE;
+            if let Some(fd) = &run.stdout {
+                if pause != run.paused {
+                    run.paused = pause;
+                    let want = if pause { Want::NOTHING } else { Want::READ };
+                    let t = Token {
+                        kind: STDOUT,
+                        slot: key.0,
+                        generation: key.1,
+                    };
+                    let _ = self.poll.modify(fd, t, want);
+                }
+            }
+        }
+        if let Some(at) = c.deadline {
+            if c.armed.is_none_or(|a| at < a) {
+                c.armed = Some(at);
+                let t = Token {
+                    kind: CONN,
+                    slot: key.0,
+                    generation: key.1,
+                };
+                self.poll.at(at, t);
+            }
+        }
+    }
+
+    /// A connection's deadline may have come.
+    pub(super) fn conn_time(&mut self, slot: u32, generation: u32) {
+        let key = (slot, generation);
+        let Some(c) = self.conns.get(slot, generation) else {
+            return;
+        };
+        c.armed = None;
+        let now = Instant::now();
+        if c.deadline.is_none_or(|d| d > now) {
+            return self.conn_after(key);
+        }
+        c.deadline = None;
+        if c.after.is_some() {
+            // Ending, and the output is not taken (or the linger is over).
+            return self.conn_gone(key);
+        }
+        match &mut c.phase {
+            Phase::Idle => return self.conn_gone(key),
+            Phase::Params(..) => {
+                self.error("params did not come in time");
+                return self.conn_gone(key);
+            }
+            Phase::Stdin(req, p, ..) => {
+                let (id, start, p) = (req.id, req.start, p.clone());
+                let e = UploadError::Idle;
+                self.error(&format!("request body: {e}"));
+                self.refuse_upload(key, id, &p, start, &e);
+                self.request_over(key, Next::Linger);
+            }
+            Phase::Queued(req, p, ..) => {
+                let (id, start, p) = (req.id, req.start, p.clone());
+                self.queued.retain(|k| *k != key);
+                self.refuse(key, id, &p, start, StatusCode::SERVICE_UNAVAILABLE);
+                self.request_over(key, Next::Keep);
+            }
+            Phase::Running(_, _, run) => match run.stage {
+                Stage::AtEof => self.eof_decide(key, None),
+                Stage::StderrWait => self.end_request(key),
+                _ => {}
+            },
+            Phase::Redirect(..) | Phase::Ending => {}
+        }
+        self.conn_after(key);
+    }
+
+    /// The job of a connection saw its exit.
+    pub(super) fn conn_job_exit(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        job: Key,
+        exit: Option<Exit>,
+    ) {
+        let key = (slot, generation);
+        let Some(c) = self.conns.get(slot, generation) else {
+            return;
+        };
+        let Phase::Running(_, _, run) = &mut c.phase else {
+            return;
+        };
+        if run.job != job {
+            return;
+        }
+        run.exit = Some(exit);
+        if let Stage::AtEof = run.stage {
+            self.eof_decide(key, Some(exit));
+            self.conn_after(key);
+        }
+    }
+
+    /// The job of a connection is over.
+    pub(super) fn conn_job_over(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        job: Key,
+        exit: Option<Exit>,
+    ) {
+        let key = (slot, generation);
+        let Some(c) = self.conns.get(slot, generation) else {
+            return;
+        };
+        match &mut c.phase {
+            Phase::Running(_, _, run) if run.job == job => {
+                run.over = true;
+                run.exit.get_or_insert(exit);
+                if let Stage::StderrWait = run.stage {
+                    self.end_request(key);
+                }
+            }
+            Phase::Redirect(_, _, j) if *j == job => {
+                let Phase::Redirect(req, p, _) = std::mem::replace(&mut c.phase, Phase::Ending)
+                else {
+                    return;
+                };
+                self.launch(key, req, p, None);
+            }
+            _ => return,
+        }
+        self.conn_after(key);
+    }
+
+    /// The timeout cut the job's stdout.
+    pub(super) fn conn_cut(&mut self, slot: u32, generation: u32, job: Key) {
+        let key = (slot, generation);
+        let Some(c) = self.conns.get(slot, generation) else {
+            return;
+        };
+        let Phase::Running(_, _, run) = &mut c.phase else {
+            return;
+        };
+        if run.job != job {
+            return;
+        }
+        run.cut = true;
+        match run.stage {
+            Stage::Head(_) => {
+                let max = self.sh.state.max_header;
+                let (status, why) = runner::no_head(&HeadError::Eof, true, max);
+                self.fail(key, status, why);
+            }
+            Stage::Body | Stage::AtEof => self.conn_cut_short(key),
+            Stage::StderrWait => {}
+        }
+        self.conn_after(key);
+    }
+
+    /// A line the job's script wrote to stderr, for `FCGI_STDERR`.
+    pub(super) fn conn_stderr_line(&mut self, slot: u32, generation: u32, job: Key, line: Vec<u8>) {
+        let key = (slot, generation);
+        let Some(c) = self.conns.get(slot, generation) else {
+            return;
+        };
+        let Phase::Running(req, _, run) = &mut c.phase else {
+            return;
+        };
+        if run.job != job {
+            return;
+        }
+        match run.stage {
+            Stage::Head(_) => {
+                if run.held.len() < STDERR_QUEUE {
+                    run.held.push(line);
+                }
+                return;
+            }
+            _ if c.out.len() >= COALESCE => return,
+            _ => {
+                put_stderr(&mut c.out, req.id, line);
+                run.errs += 1;
+            }
+        }
+        self.conn_after(key);
     }
 
     /// Answers `status` and writes the access line.
-    async fn refuse(&mut self, id: u16, p: &Params, start: Instant, status: StatusCode) {
-        self.refuse_text(id, p, start, status, text(status)).await
+    fn refuse(&mut self, key: Key, id: u16, p: &Params, start: Instant, status: StatusCode) {
+        self.refuse_text(key, id, p, start, status, text(status))
     }
 
     /// An answer about a request body that broke off, and its access line.
-    async fn refuse_upload(&mut self, id: u16, p: &Params, start: Instant, e: &UploadError) {
+    fn refuse_upload(&mut self, key: Key, id: u16, p: &Params, start: Instant, e: &UploadError) {
         let body = text_saying(e.status(), e.sentence().unwrap_or(explain(e.status())));
-        self.refuse_text(id, p, start, e.status(), body).await
+        self.refuse_text(key, id, p, start, e.status(), body)
     }
 
-    async fn refuse_text(
+    fn refuse_text(
         &mut self,
+        key: Key,
         id: u16,
         p: &Params,
         start: Instant,
         status: StatusCode,
         body: String,
     ) {
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return;
+        };
         let bytes = body.len() as u64;
-        self.put_answer_text(id, status, body);
+        put_answer_text(&mut c.out, id, status, body);
         let line = params::access(p, status.as_u16(), bytes, start.elapsed(), None);
-        (self.state.log)(&LogLine::Access(line));
-        let _ = self.flush().await;
-    }
-
-    async fn request(&mut self, id: u16) -> Next {
-        let start = Instant::now();
-        let p = match self.params(id).await {
-            Ok(p) => p,
-            Err(next) => return next,
-        };
-        let Some(stdin) = self.stdin(id, &p, start).await else {
-            return Next::Close;
-        };
-        let (mut upload, stdin_read) = match stdin {
-            Ok(u) => (u, true),
-            Err(next) => return next,
-        };
-        let mut p = p;
-        let mut depth = 0;
-        let after = |read: bool| if read { Next::Keep } else { Next::Linger };
-        loop {
-            let (target, computed) = match params::target(&self.state.mapping, &p) {
-                Ok(t) => t,
-                Err(r) => return self.refused(id, &p, start, r, after(stdin_read)).await,
-            };
-            let opened = match self.state.mapping.open(&target) {
-                Ok(o) => o,
-                Err(r) => return self.refused(id, &p, start, r, after(stdin_read)).await,
-            };
-            let Some(permit) = self.state.slot().await else {
-                self.refuse(id, &p, start, StatusCode::SERVICE_UNAVAILABLE)
-                    .await;
-                return after(stdin_read);
-            };
-            let length = upload.as_ref().map(Upload::len);
-            let env = params::environment(&p, &target, computed, length, &self.state.env);
-            let method = p
-                .get("REQUEST_METHOD")
-                .and_then(|m| Method::from_bytes(m).ok())
-                .unwrap_or(Method::GET);
-            let (log, stderr) = self.stderr_log();
-            let done = {
-                let (state, p) = (self.state.clone(), p.clone());
-                move |shared: &Shared, exit| {
-                    let status = shared.status.load(Ordering::Relaxed);
-                    let bytes = shared.bytes.load(Ordering::Relaxed);
-                    let line = params::access(&p, status, bytes, start.elapsed(), exit);
-                    (state.log)(&LogLine::Access(line));
-                }
-            };
-            let launch = runner::Launch {
-                args: search_args(&method, p.text("QUERY_STRING")),
-                target,
-                opened,
-                env,
-                upload: upload.take(),
-                permit,
-                log,
-            };
-            let state = self.state.clone();
-            let running = runner::launch(&state, launch, done);
-            tokio::pin!(running);
-            let outcome = loop {
-                tokio::select! {
-                    o = &mut running => break o,
-                    ev = self.next_for(Some(id)) => match ev {
-                        Some(Event::Abort) => return self.aborted(id).await,
-                        Some(Event::Gone) => return Next::Close,
-                        _ => {}
-                    },
-                }
-                if self.flush().await.is_err() {
-                    return Next::Close;
-                }
-            };
-            match outcome {
-                Outcome::NotRun(status) => {
-                    self.refuse(id, &p, start, status).await;
-                    return Next::Keep;
-                }
-                Outcome::Failed(status) => {
-                    self.put_answer(id, status);
-                    return if self.flush().await.is_ok() {
-                        Next::Keep
-                    } else {
-                        Next::Close
-                    };
-                }
-                Outcome::LocalRedirect(location) => {
-                    depth += 1;
-                    if depth > MAX_REDIRECTS {
-                        self.error(&format!("more than {MAX_REDIRECTS} local redirects"));
-                        self.put_answer(id, StatusCode::INTERNAL_SERVER_ERROR);
-                        let _ = self.flush().await;
-                        return Next::Keep;
-                    }
-                    p = p.redirected(&location);
-                }
-                Outcome::Document {
-                    status,
-                    reason,
-                    headers,
-                    rest,
-                    run,
-                } => {
-                    let mut head = format!(
-                        "Status: {} {}\r\n",
-                        status.as_u16(),
-                        reason
-                            .as_deref()
-                            .or(status.canonical_reason())
-                            .unwrap_or("")
-                    )
-                    .into_bytes();
-                    for (name, value) in &headers {
-                        head.put_slice(name.as_str().as_bytes());
-                        head.put_slice(b": ");
-                        head.put_slice(value.as_bytes());
-                        head.put_slice(b"\r\n");
-                    }
-                    head.put_slice(b"\r\n");
-                    record::put_stream(self.out.small(), record::STDOUT, id, &head);
-                    let shared = run.shared.clone();
-                    let bodyless = method == Method::HEAD
-                        || status == StatusCode::NO_CONTENT
-                        || status == StatusCode::NOT_MODIFIED;
-                    if bodyless {
-                        self.state.tasks.spawn(run.discard_rest());
-                        return self.end(id, &shared, 0).await;
-                    }
-                    let body = ScriptBody::new(rest, run, content_length_of(&headers));
-                    return self.stream(id, body, stderr, &shared).await;
-                }
-            }
-        }
-    }
-
-    async fn refused(
-        &mut self,
-        id: u16,
-        p: &Params,
-        start: Instant,
-        r: Refusal,
-        next: Next,
-    ) -> Next {
-        if r.status != StatusCode::NOT_FOUND {
-            let what = p.text("REQUEST_URI").unwrap_or("-");
-            self.error(&format!("{what}: {}", r.why));
-        }
-        self.refuse(id, p, start, r.status).await;
-        next
-    }
-
-    /// Reads the params up to their empty record, within [`PARAMS_TIMEOUT`] and
-    /// [`MAX_PARAMS`].
-    async fn params(&mut self, id: u16) -> Result<Params, Next> {
-        let deadline = Instant::now() + PARAMS_TIMEOUT;
-        let mut raw = BytesMut::new();
-        loop {
-            match self.event(Some(id), deadline).await {
-                Event::Mine(rec) if rec.kind == record::PARAMS => {
-                    if rec.content.is_empty() {
-                        break;
-                    }
-                    if raw.len() + rec.content.len() > MAX_PARAMS {
-                        self.error(&format!("params over {MAX_PARAMS} bytes"));
-                        self.put_answer(id, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-                        let _ = self.flush().await;
-                        return Err(Next::Linger);
-                    }
-                    raw.extend_from_slice(&rec.content);
-                }
-                Event::Mine(_) => {
-                    self.error("STDIN or DATA before the end of PARAMS");
-                    return Err(Next::Close);
-                }
-                Event::Abort => {
-                    record::put_end(self.out.small(), id, 0, record::REQUEST_COMPLETE);
-                    let _ = self.flush().await;
-                    return Err(Next::Keep);
-                }
-                Event::Gone => return Err(Next::Close),
-                Event::Timeout => {
-                    self.error("params did not come in time");
-                    return Err(Next::Close);
-                }
-            }
-        }
-        match record::pairs(&raw) {
-            Ok(list) => Ok(Params(
-                list.into_iter()
-                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
-                    .collect(),
-            )),
-            Err(why) => {
-                self.error(&format!("malformed params: {why}"));
-                self.put_answer(id, StatusCode::BAD_REQUEST);
-                let _ = self.flush().await;
-                Err(Next::Linger)
-            }
-        }
-    }
-
-    /// Reads `FCGI_STDIN` whole (memory, then a temporary file), each record within the
-    /// body timeout of the last. `None` when the connection is gone.
-    async fn stdin(
-        &mut self,
-        id: u16,
-        p: &Params,
-        start: Instant,
-    ) -> Option<Result<Option<Upload>, Next>> {
-        let declared = match p.text("CONTENT_LENGTH").map(|v| v.trim().parse::<u64>()) {
-            None => None,
-            Some(Ok(n)) => Some(n),
-            Some(Err(_)) => {
-                self.error("CONTENT_LENGTH is not a number");
-                self.refuse(id, p, start, StatusCode::BAD_REQUEST).await;
-                return Some(Err(Next::Linger));
-            }
-        };
-        if declared.is_some_and(|n| n > self.state.max_body) {
-            self.error("body over --max-body");
-            self.refuse(id, p, start, StatusCode::PAYLOAD_TOO_LARGE)
-                .await;
-            return Some(Err(Next::Linger));
-        }
-        let mut spool = Spool::new(self.state.max_body, &self.state.disk);
-        loop {
-            let deadline = Instant::now() + self.state.body_timeout;
-            match self.event(Some(id), deadline).await {
-                Event::Mine(rec) if rec.kind == record::STDIN => {
-                    if rec.content.is_empty() {
-                        break;
-                    }
-                    if let Err(e) = spool.push(&rec.content) {
-                        self.error(&format!("request body: {e}"));
-                        self.refuse_upload(id, p, start, &e).await;
-                        return Some(Err(Next::Linger));
-                    }
-                }
-                Event::Mine(_) => {}
-                Event::Abort => return Some(Err(self.aborted(id).await)),
-                Event::Gone => {
-                    // The web server went away mid-request: 400, as in HTTP mode (nginx).
-                    let line = params::access(p, 400, 0, start.elapsed(), None);
-                    (self.state.log)(&LogLine::Access(line));
-                    return None;
-                }
-                Event::Timeout => {
-                    let e = UploadError::Idle;
-                    self.error(&format!("request body: {e}"));
-                    self.refuse_upload(id, p, start, &e).await;
-                    return Some(Err(Next::Linger));
-                }
-            }
-        }
-        if declared.is_some_and(|n| n != spool.len()) {
-            self.error("the body is not CONTENT_LENGTH bytes long");
-            self.refuse(id, p, start, StatusCode::BAD_REQUEST).await;
-            return Some(Err(Next::Keep));
-        }
-        if declared.is_none() && spool.len() == 0 {
-            return Some(Ok(None));
-        }
-        match spool.finish() {
-            Ok(u) => Some(Ok(Some(u))),
-            Err(e) => {
-                self.error(&format!("request body: {e}"));
-                self.refuse_upload(id, p, start, &e).await;
-                Some(Err(Next::Keep))
-            }
-        }
-    }
-
-    async fn aborted(&mut self, id: u16) -> Next {
-        record::put_end(self.out.small(), id, 0, record::REQUEST_COMPLETE);
-        match self.flush().await {
-            Ok(()) => Next::Keep,
-            Err(_) => Next::Close,
-        }
-    }
-
-    /// The log for a script's stderr: the server's, and with `stderr_to_client` also a
-    /// bounded queue of lines for `FCGI_STDERR`.
-    fn stderr_log(&self) -> (Log, Option<mpsc::Receiver<String>>) {
-        if !self.settings.stderr_to_client {
-            return (self.state.log.clone(), None);
-        }
-        let (tx, rx) = mpsc::channel(STDERR_QUEUE);
-        let log = self.state.log.clone();
-        let both: Log = Arc::new(move |line: &LogLine| {
-            log(line);
-            if let LogLine::Stderr { line, .. } = line {
-                let _ = tx.try_send(line.clone());
-            }
-        });
-        (both, Some(rx))
-    }
-
-    /// Streams the body as `FCGI_STDOUT` (and stderr lines as `FCGI_STDERR`) while reading
-    /// what the web server sends: an abort or a closed connection drops the body, which
-    /// ends the script's group.
-    async fn stream(
-        &mut self,
-        id: u16,
-        mut body: ScriptBody,
-        mut stderr: Option<mpsc::Receiver<String>>,
-        shared: &Shared,
-    ) -> Next {
-        let mut errs = 0;
-        // Bytes already there go out with the header block, in one write: `ready` means
-        // "take what the body has now without waiting, then write".
-        let mut ready = true;
-        loop {
-            if !ready && self.flush().await.is_err() {
-                return Next::Close;
-            }
-            let data = tokio::select! {
-                biased;
-                f = body.frame() => f,
-                ev = self.next_for(Some(id)), if !ready => match ev {
-                    Some(Event::Abort) => {
-                        drop(body);
-                        return self.aborted(id).await;
-                    }
-                    Some(Event::Gone) => return Next::Close,
-                    _ => continue,
-                },
-                Some(line) = recv(&mut stderr), if !ready => {
-                    errs += 1;
-                    let mut line = line.into_bytes();
-                    line.push(b'\n');
-                    record::put_stream(self.out.small(), record::STDERR, id, &line);
-                    continue;
-                }
-                () = std::future::ready(()), if ready => {
-                    ready = false;
-                    continue;
-                }
-            };
-            match data {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.out.put_stream(record::STDOUT, id, data);
-                    }
-                    // What stdout already holds goes out in the same write.
-                    ready = self.out.len() < COALESCE;
-                }
-                // Cut short (the script died or timed out after its headers): no
-                // END_REQUEST, so the web server sees a truncated response.
-                Some(Err(_)) => {
-                    let _ = self.flush().await;
-                    return Next::Close;
-                }
-                None => break,
-            }
-        }
-        if let Some(rx) = &mut stderr {
-            // The rest of stderr: the queue closes when the supervisor is done with the
-            // script (its stderr read to the end), right after its exit; bounded for a
-            // script that works on after its output.
-            let deadline = Instant::now() + STDERR_WAIT;
-            while let Ok(Some(line)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                errs += 1;
-                let mut line = line.into_bytes();
-                line.push(b'\n');
-                record::put_stream(self.out.small(), record::STDERR, id, &line);
-            }
-        }
-        self.end(id, shared, errs).await
-    }
-
-    /// Ends the streams and the request.
-    async fn end(&mut self, id: u16, shared: &Shared, errs: usize) -> Next {
-        record::put_stream(self.out.small(), record::STDOUT, id, b"");
-        if errs > 0 {
-            record::put_stream(self.out.small(), record::STDERR, id, b"");
-        }
-        let app_status = match *shared.exit.borrow() {
-            Some(Some(e)) if e.signal != 0 => 128 + e.signal as u32,
-            Some(Some(e)) => e.status as u32,
-            _ => 0,
-        };
-        record::put_end(self.out.small(), id, app_status, record::REQUEST_COMPLETE);
-        match self.flush().await {
-            Ok(()) => Next::Keep,
-            Err(_) => Next::Close,
-        }
+        (self.sh.state.log)(&LogLine::Access(line));
     }
 }
 
-async fn recv(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
+/// A short answer of brood's own: `Status`, a text body, the end of the request.
+fn put_answer(out: &mut Out, id: u16, status: StatusCode) {
+    put_answer_text(out, id, status, text(status));
+}
+
+fn put_answer_text(out: &mut Out, id: u16, status: StatusCode, body: String) {
+    let head = format!(
+        "Status: {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    record::put_stream(out.small(), record::STDOUT, id, head.as_bytes());
+    record::put_stream(out.small(), record::STDOUT, id, b"");
+    record::put_end(out.small(), id, 0, record::REQUEST_COMPLETE);
+}
+
+fn put_stderr(out: &mut Out, id: u16, mut line: Vec<u8>) {
+    line.push(b'\n');
+    record::put_stream(out.small(), record::STDERR, id, &line);
 }

@@ -3,21 +3,23 @@
 //! limits, timeouts and access log as in HTTP mode; see [`Cgi::serve_fastcgi`](super::Cgi::serve_fastcgi).
 
 mod conn;
+mod engine;
+mod job;
 mod out;
 mod params;
+mod poll;
 pub(crate) mod record;
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 
 use super::state::State;
-use super::tasks::{AbortOnDrop, accept_loop};
 use crate::error::{Error, Result, from_io};
 
 pub(crate) use conn::Settings;
@@ -142,19 +144,12 @@ impl FastCgiListener {
         }
     }
 
-    async fn accept(&self) -> io::Result<(conn::ReadHalf, conn::WriteHalf)> {
+    /// The listening socket, out of tokio's reactor, for the event loops; and whether it
+    /// is TCP.
+    fn into_fd(self) -> io::Result<(OwnedFd, bool)> {
         match self {
-            FastCgiListener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                let _ = s.set_nodelay(true);
-                let (r, w) = s.into_split();
-                Ok((Box::new(r), Box::new(w)))
-            }
-            FastCgiListener::Unix(l, _) => {
-                let (s, _) = l.accept().await?;
-                let (r, w) = s.into_split();
-                Ok((Box::new(r), Box::new(w)))
-            }
+            FastCgiListener::Tcp(l) => Ok((l.into_std()?.into(), true)),
+            FastCgiListener::Unix(l, _) => Ok((l.into_std()?.into(), false)),
         }
     }
 }
@@ -165,29 +160,8 @@ pub(crate) async fn serve(
     listener: FastCgiListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let _stop = AbortOnDrop(state.tasks.clone());
-    let settings = Arc::new(settings);
-    let serve = |(r, w), slot| {
-        let (st, set) = (state.clone(), settings.clone());
-        state.tasks.spawn(async move {
-            conn::serve(st, set, r, w).await;
-            drop(slot);
-        });
-    };
-    let log = state.log.clone();
-    let bound = &listener;
-    let accept = move || bound.accept();
-    accept_loop(
-        &state.connections,
-        &log,
-        "fastcgi: accept",
-        accept,
-        serve,
-        shutdown,
-    )
-    .await?;
-    // Graceful stop, as in HTTP mode.
-    drop(listener);
-    state.stop_scripts().await;
-    Ok(())
+    let (fd, tcp) = listener
+        .into_fd()
+        .map_err(|e| from_io(e, "fastcgi: listener"))?;
+    engine::serve(state, settings, fd, tcp, shutdown).await
 }

@@ -7,9 +7,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::record;
 
@@ -75,36 +75,53 @@ impl Out {
         self.queue.push_back(piece);
     }
 
-    /// Writes everything (vectored), then is empty. On an error what was not written is
-    /// dropped: the connection is done for.
-    pub(crate) async fn write_to<W: AsyncWrite + Unpin + ?Sized>(
-        &mut self,
-        w: &mut W,
-    ) -> io::Result<()> {
-        self.seal();
-        let r = self.write_queue(w).await;
-        self.queue.clear();
-        self.queued = 0;
-        r
+    /// Writes what a non-blocking `fd` takes now (vectored): `Ok(true)` once all is
+    /// written. On an error what was not written is dropped: the connection is done for.
+    pub(crate) fn write_nonblocking(&mut self, fd: impl AsFd) -> io::Result<bool> {
+        self.write_with(|slices| match rustix::io::writev(fd.as_fd(), slices) {
+            Ok(n) => Ok(n),
+            Err(rustix::io::Errno::AGAIN) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e.into()),
+        })
     }
 
-    async fn write_queue<W: AsyncWrite + Unpin + ?Sized>(&mut self, w: &mut W) -> io::Result<()> {
+    /// [`write_nonblocking`](Out::write_nonblocking) through `writev`, which returns
+    /// `WouldBlock` when the peer takes no more now.
+    fn write_with(
+        &mut self,
+        mut writev: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<bool> {
+        self.seal();
         while !self.queue.is_empty() {
-            let n = {
+            let r = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let mut k = 0;
                 for (slot, piece) in slices.iter_mut().zip(&self.queue) {
                     *slot = IoSlice::new(piece);
                     k += 1;
                 }
-                w.write_vectored(&slices[..k]).await?
+                writev(&slices[..k])
             };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            match r {
+                Ok(0) => {
+                    self.clear();
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => self.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.clear();
+                    return Err(e);
+                }
             }
-            self.advance(n);
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.queued = 0;
     }
 
     /// Drops `n` written bytes from the front.
@@ -126,29 +143,20 @@ impl Out {
 mod tests {
     use super::*;
 
-    /// A writer that takes at most `each` bytes per call, vectored or not.
+    /// A writer that takes at most `each` bytes per call, then says it would block every
+    /// other call.
     struct Trickle {
         got: Vec<u8>,
         each: usize,
         calls: usize,
     }
 
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            let n = buf.len().min(self.each);
-            self.got.extend_from_slice(&buf[..n]);
+    impl Trickle {
+        fn writev(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             self.calls += 1;
-            std::task::Poll::Ready(Ok(n))
-        }
-        fn poll_write_vectored(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> std::task::Poll<io::Result<usize>> {
+            if self.calls % 2 == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             let mut left = self.each;
             for b in bufs {
                 let n = b.len().min(left);
@@ -158,29 +166,13 @@ mod tests {
                     break;
                 }
             }
-            self.calls += 1;
-            std::task::Poll::Ready(Ok(self.each - left))
-        }
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
+            Ok(self.each - left)
         }
     }
 
-    /// The same bytes as copying every record, however the writer cuts the writes.
-    #[tokio::test]
-    async fn the_same_records_as_copying_them_whatever_the_writes_take() {
+    /// The same bytes as copying every record, however the writes are cut.
+    #[test]
+    fn the_same_records_as_copying_them_whatever_the_writes_take() {
         let big: Bytes = (0..100_000u32)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<_>>()
@@ -210,7 +202,11 @@ mod tests {
                 each,
                 calls: 0,
             };
-            out.write_to(&mut w).await.unwrap();
+            let mut rounds = 0;
+            while !out.write_with(|s| w.writev(s)).unwrap() {
+                rounds += 1;
+                assert!(rounds < 1_000_000);
+            }
             assert!(out.is_empty());
             assert_eq!(w.got, &expected[..], "writes of {each}");
             if each == 1 << 20 {
@@ -220,17 +216,41 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_writer_that_takes_nothing_is_an_error_and_leaves_it_empty() {
+    #[test]
+    fn a_writer_that_takes_nothing_is_an_error_and_leaves_it_empty() {
         let mut out = Out::default();
         out.put_stream(record::STDOUT, 1, Bytes::from(vec![1u8; 10_000]));
-        let mut w = Trickle {
-            got: Vec::new(),
-            each: 0,
-            calls: 0,
-        };
-        let e = out.write_to(&mut w).await.unwrap_err();
+        let e = out.write_with(|_| Ok(0)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WriteZero);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_socket_that_is_full_takes_the_rest_later() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut out = Out::default();
+        let big = Bytes::from(vec![7u8; 4 << 20]);
+        out.put_stream(record::STDOUT, 1, big);
+        assert!(
+            !out.write_nonblocking(&a).unwrap(),
+            "4 MiB do not fit at once"
+        );
+        let reader = std::thread::spawn(move || {
+            let mut n = 0;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match std::io::Read::read(&mut &b, &mut buf) {
+                    Ok(0) | Err(_) => return n,
+                    Ok(k) => n += k,
+                }
+            }
+        });
+        while !out.write_nonblocking(&a).unwrap() {
+            std::thread::yield_now();
+        }
+        drop(a);
+        let records = (4usize << 20).div_ceil(record::STREAM_CONTENT);
+        assert_eq!(reader.join().unwrap(), (4 << 20) + 8 * records);
     }
 }

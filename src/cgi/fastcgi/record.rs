@@ -50,6 +50,13 @@ pub(crate) struct Record {
 
 /// Why no record came.
 #[derive(Debug)]
+#[cfg_attr(
+    not(feature = "cluster"),
+    allow(
+        dead_code,
+        reason = "the reader's ends are for the property tests (brood::fuzzing)"
+    )
+)]
 pub(crate) enum ReadError {
     /// The peer closed the connection between two records.
     Eof,
@@ -73,11 +80,25 @@ impl std::fmt::Display for ReadError {
 
 /// Reads records; holds at most one record (64 KiB + 263 bytes) at a time. `next` is
 /// cancel-safe: what was read stays in the buffer.
+#[cfg_attr(
+    not(feature = "cluster"),
+    allow(
+        dead_code,
+        reason = "what the property tests read records with (brood::fuzzing)"
+    )
+)]
 pub(crate) struct Reader<R> {
     r: R,
     buf: BytesMut,
 }
 
+#[cfg_attr(
+    not(feature = "cluster"),
+    allow(
+        dead_code,
+        reason = "what the property tests read records with (brood::fuzzing)"
+    )
+)]
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub(crate) fn new(r: R) -> Reader<R> {
         Reader {
@@ -124,7 +145,13 @@ pub(crate) enum Parsed {
     /// A whole record, taken off the buffer.
     Record(Record),
     /// Bytes the buffer must hold before a record can be taken.
-    Need(usize),
+    Need(
+        #[cfg_attr(
+            not(feature = "cluster"),
+            allow(dead_code, reason = "read by `Reader`")
+        )]
+        usize,
+    ),
 }
 
 /// Takes one whole record off the front of `buf`, or says how many bytes it needs first
