@@ -334,3 +334,26 @@ impl Body for ScriptBody {
         SizeHint::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_is_found_across_pieces_and_bounded() {
+        let mut h = HeadReader::new(64);
+        assert!(matches!(h.push(b"Status: 200\r"), Head::More));
+        assert!(matches!(h.push(b"\n\r"), Head::More));
+        match h.push(b"\nbody") {
+            Head::Done(block, rest) => {
+                assert_eq!(&block[..], b"Status: 200\r\n");
+                assert_eq!(&rest[..], b"body");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut h = HeadReader::new(16);
+        assert!(matches!(h.push(&[b'x'; 17]), Head::TooLarge));
+        let mut h = HeadReader::new(16);
+        assert!(matches!(h.push(b"X-Long: 0123456789\n\nz"), Head::TooLarge));
+    }
+}

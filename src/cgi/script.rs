@@ -460,3 +460,99 @@ pub(crate) fn emit(log: &Log, name: &str, line: &[u8]) {
         line: String::from_utf8_lossy(line).into_owned(),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant as Now;
+
+    /// A `sleep` in a process group of its own: `(child, pgid)`.
+    fn group() -> (Child, i32) {
+        let child = crate::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pgid = child.id().unwrap() as i32;
+        (child, pgid)
+    }
+
+    fn exit_of(child: &mut Child) -> Exit {
+        let end = Now::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = child.try_wait().unwrap() {
+                return e;
+            }
+            assert!(Now::now() < end, "the group was not ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_timeout_cuts_terms_then_kills_and_waits_for_the_answer() {
+        let (mut child, pgid) = group();
+        let t0 = Now::now();
+        let mut s = Supervision::new(pgid, Some(t0 + Duration::from_millis(10)));
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_millis(10)));
+        assert!(!s.on_time(t0), "not yet");
+        assert!(s.on_time(t0 + Duration::from_millis(10)), "the cut");
+        assert!(s.timed_out());
+        assert!(!s.on_time(t0 + Duration::from_millis(20)), "only once");
+        let e = exit_of(&mut child);
+        assert_eq!(e.signal, libc::SIGTERM);
+        s.on_exit(Some(e));
+        assert!(!s.is_done(), "the request side has not answered yet");
+        // The kill's deadline (harmless now), then the answer's.
+        let mut last = t0;
+        while let Some(at) = s.next_deadline() {
+            s.on_time(at);
+            last = at;
+        }
+        assert!(
+            s.is_done(),
+            "over without the request side after twice the grace"
+        );
+        assert!(last >= t0 + KILL_GRACE * 2);
+        assert_eq!(s.finish(), Some(e));
+    }
+
+    #[test]
+    fn an_abandoned_script_gets_term_and_a_finished_one_is_left_alone() {
+        let (mut child, pgid) = group();
+        let mut s = Supervision::new(pgid, None);
+        assert_eq!(s.next_deadline(), None);
+        s.on_end(true);
+        let kill_at = s.next_deadline().expect("SIGKILL after the grace");
+        assert!(kill_at > Now::now() + KILL_GRACE / 2);
+        let e = exit_of(&mut child);
+        assert_eq!(e.signal, libc::SIGTERM);
+        s.on_exit(Some(e));
+        assert!(s.is_done());
+
+        let (mut child, pgid) = group();
+        let mut s = Supervision::new(pgid, None);
+        s.on_end(false);
+        assert_eq!(s.next_deadline(), None);
+        assert!(!s.is_done(), "not before its exit");
+        assert_eq!(child.try_wait().unwrap(), None, "still running");
+        // A graceful stop ends it all the same.
+        s.on_stop();
+        assert_eq!(exit_of(&mut child).signal, libc::SIGTERM);
+    }
+
+    #[test]
+    fn stderr_is_cut_into_lines_with_long_ones_in_pieces() {
+        let mut lines = StderrLines::default();
+        let mut got = Vec::new();
+        lines.push(b"one\ntw", |l| got.push(l.to_vec()));
+        lines.push(b"o\n\nthree", |l| got.push(l.to_vec()));
+        lines.end(|l| got.push(l.to_vec()));
+        assert_eq!(got, [&b"one"[..], b"two", b"", b"three"]);
+        got.clear();
+        lines.push(&vec![b'x'; MAX_LINE + 1], |l| got.push(l.to_vec()));
+        assert_eq!(got.len(), 1);
+        lines.end(|l| got.push(l.to_vec()));
+        assert_eq!(got.len(), 1, "nothing left");
+    }
+}

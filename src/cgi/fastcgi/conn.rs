@@ -114,6 +114,8 @@ struct Run {
     over: bool,
     /// The timeout cut stdout.
     cut: bool,
+    /// The job was told the request side is done with it.
+    ended: bool,
     /// `FCGI_STDERR` records sent.
     errs: usize,
     /// stderr lines before the body began.
@@ -625,6 +627,7 @@ impl Loop {
             exit: None,
             over: false,
             cut: false,
+            ended: false,
             errs: 0,
             held: Vec::new(),
         };
@@ -784,7 +787,11 @@ impl Loop {
                     self.poll.delete(&fd);
                 }
                 if too_deep {
-                    self.job_end(job.0, job.1, true);
+                    // The script's own answer was used: it ends on its own.
+                    self.job_end(job.0, job.1, false);
+                    if let Some(j) = self.jobs.get(job.0, job.1) {
+                        j.owner = None;
+                    }
                     self.error(&format!("more than {MAX_REDIRECTS} local redirects"));
                     if let Some(c) = self.conns.get(key.0, key.1) {
                         put_answer(&mut c.out, id, StatusCode::INTERNAL_SERVER_ERROR);
@@ -842,6 +849,11 @@ impl Loop {
                     if let Some(fd) = stdout {
                         self.poll.delete(&fd);
                         self.job_discard_rest(job.0, job.1, fd);
+                    }
+                    if let Some(c) = self.conns.get(key.0, key.1) {
+                        if let Phase::Running(_, _, run) = &mut c.phase {
+                            run.ended = true;
+                        }
                     }
                     return self.end_request(key);
                 }
@@ -935,6 +947,7 @@ impl Loop {
             self.poll.delete(&fd);
         }
         let job = run.job;
+        run.ended = true;
         let wait = to_client && !run.over;
         if wait {
             run.stage = Stage::StderrWait;
@@ -999,7 +1012,8 @@ impl Loop {
         self.request_over(key, Next::Keep);
     }
 
-    /// Lets go of the running script: its stdout closes and, `abandoned`, its group ends.
+    /// Lets go of the running script: its stdout closes and, `abandoned` before its
+    /// response was used to the end, its group ends.
     fn drop_run(&mut self, key: Key, abandoned: bool) {
         let Some(c) = self.conns.get(key.0, key.1) else {
             return;
@@ -1010,8 +1024,10 @@ impl Loop {
         if let Some(fd) = run.stdout.take() {
             self.poll.delete(&fd);
         }
-        let job = run.job;
-        self.job_end(job.0, job.1, abandoned);
+        if !std::mem::replace(&mut run.ended, true) {
+            let job = run.job;
+            self.job_end(job.0, job.1, abandoned);
+        }
     }
 
     fn abort(&mut self, key: Key) {
@@ -1079,7 +1095,12 @@ impl Loop {
                 if let Some(fd) = run.stdout.take() {
                     self.poll.delete(&fd);
                 }
-                self.job_end(run.job.0, run.job.1, true);
+                // A response used to its end (waiting for stderr) leaves its script alone.
+                if !run.ended {
+                    self.job_end(run.job.0, run.job.1, true);
+                } else if let Some(j) = self.jobs.get(run.job.0, run.job.1) {
+                    j.owner = None;
+                }
             }
             Phase::Stdin(req, p, ..) => {
                 // The web server went away mid-request: 400, as in HTTP mode (nginx).

@@ -40,6 +40,8 @@ pub(super) const JOB_IN: u8 = 7;
 pub(super) const JOB_EXIT: u8 = 8;
 pub(super) const JOB_DISCARD: u8 = 9;
 pub(super) const JOB_TIME: u8 = 10;
+/// The end of a graceful stop's wait.
+const STOP_OVER: u8 = 11;
 
 const RUN: u8 = 0;
 const GRACEFUL: u8 = 1;
@@ -242,7 +244,9 @@ impl Loop {
     }
 
     fn begin_stop(&mut self) {
-        self.stopping = Some(Instant::now());
+        let now = Instant::now();
+        self.stopping = Some(now);
+        self.poll.at(now + KILL_GRACE * 2, token(STOP_OVER));
         let _ = self.listen(false);
         for (s, g) in self.jobs.keys() {
             if let Some(j) = self.jobs.get(s, g) {
