@@ -236,7 +236,12 @@ impl Opened {
                 )
                 .map_err(|e| changed(format!("changed since it was checked ({e})")))?
             }
-            Err(e) => return Err(changed(format!("changed since it was checked ({e})"))),
+            Err(e) => {
+                if let Some(status) = shortage(Some(e.raw_os_error())) {
+                    return Err(refuse(status, format!("{}: {e}", self.real.display())));
+                }
+                return Err(changed(format!("changed since it was checked ({e})")));
+            }
         };
         let (a, b) = (rustix::fs::fstat(&now), rustix::fs::fstat(&self.file));
         match (a, b) {
@@ -244,6 +249,16 @@ impl Opened {
             _ => Err(changed("another file since it was checked".into())),
         }
     }
+}
+
+/// 503 for an error that says the server is short of something (fds, memory), not that
+/// the script is missing or forbidden: the request may succeed when tried again.
+fn shortage(errno: Option<i32>) -> Option<StatusCode> {
+    matches!(
+        errno,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+    .then_some(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 /// Opens `path` for reading only if no component of it is a symlink (`openat2` with
@@ -293,13 +308,14 @@ impl Mapping {
                     .map_err(|e| {
                         let status = match e.kind() {
                             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-                            _ => StatusCode::NOT_FOUND,
+                            _ => shortage(e.raw_os_error()).unwrap_or(StatusCode::NOT_FOUND),
                         };
                         refuse(status, format!("{}: {e}", target.file.display()))
                     })?;
                 let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
                     .map_err(|e| {
-                        refuse(StatusCode::FORBIDDEN, format!("reading its path back: {e}"))
+                        let status = shortage(e.raw_os_error()).unwrap_or(StatusCode::FORBIDDEN);
+                        refuse(status, format!("reading its path back: {e}"))
                     })?;
                 (file, real)
             }
@@ -314,9 +330,10 @@ impl Mapping {
                 format!("{} leads out of the root", target.file.display()),
             ));
         }
-        let meta = file
-            .metadata()
-            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?;
+        let meta = file.metadata().map_err(|e| {
+            let status = shortage(e.raw_os_error()).unwrap_or(StatusCode::FORBIDDEN);
+            refuse(status, e.to_string())
+        })?;
         if !meta.is_file() {
             return Err(refuse(StatusCode::FORBIDDEN, "not a regular file"));
         }

@@ -460,6 +460,10 @@ impl Cgi {
     /// trusted, and [`htpasswd`](Cgi::htpasswd) is refused here. One request at a time per
     /// connection (`FCGI_MPXS_CONNS=0`); `FCGI_KEEP_CONN` is honoured.
     ///
+    /// The requests are not served on the runtime that awaits this: it starts one thread
+    /// per core, each with an `epoll` loop of its own, and waits. Dropped (or aborted), it
+    /// stops them and kills every script still running.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use brood::cgi::{Cgi, FastCgiListener};

@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hyper::{Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::engine::{CONN, Loop, STDOUT};
+use super::engine::{CONN, Loop, STDOUT, Slot};
 use super::job::{Done, Feed, Job, nonblocking};
 use super::out::Out;
 use super::params::{self, Params};
@@ -93,6 +93,8 @@ struct Req {
     keep: bool,
     start: Instant,
     depth: usize,
+    /// Until when it may wait for a `max_children` slot, once it has waited.
+    queue_until: Option<Instant>,
 }
 
 /// The request side of a running script.
@@ -157,8 +159,8 @@ pub(super) struct Conn {
     deadline: Option<Instant>,
     /// The earliest deadline already set.
     armed: Option<Instant>,
-    /// Registered for writing.
-    writing: bool,
+    /// What the socket is registered for.
+    want: Want,
     after: Option<After>,
     /// The socket was shut down for writing (lingering).
     shut: bool,
@@ -188,7 +190,7 @@ impl Loop {
             phase: Phase::Idle,
             deadline: Some(Instant::now() + PARAMS_TIMEOUT),
             armed: None,
-            writing: false,
+            want: Want::READ,
             after: None,
             shut: false,
             served: false,
@@ -217,7 +219,11 @@ impl Loop {
     /// The connection's socket is ready.
     pub(super) fn conn_ready(&mut self, slot: u32, generation: u32, r: Ready) {
         let key = (slot, generation);
-        if r.read || r.hangup {
+        let reading = self
+            .conns
+            .get(slot, generation)
+            .is_some_and(|c| c.out.len() < COALESCE);
+        if reading && (r.read || r.hangup) {
             self.conn_input(key);
         }
         self.conn_after(key);
@@ -349,6 +355,7 @@ impl Loop {
             keep: flags & record::KEEP_CONN != 0,
             start: Instant::now(),
             depth: 0,
+            queue_until: None,
         };
         c.phase = Phase::Params(req, BytesMut::new());
         c.deadline = Some(Instant::now() + PARAMS_TIMEOUT);
@@ -506,16 +513,20 @@ impl Loop {
                     return self.request_over(key, Next::Keep);
                 }
                 Err(_) => {
+                    // Counted as waiting before the second try: a slot given back in
+                    // between wakes this loop.
                     self.sh.waiting.fetch_add(1, Ordering::SeqCst);
-                    let counted = state.load.waiting();
-                    self.queued.push(key);
-                    if let Some(c) = self.conns.get(key.0, key.1) {
-                        c.deadline = Some(Instant::now() + state.queue);
+                    match sem.clone().try_acquire_owned() {
+                        Ok(p) => {
+                            self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+                            Some(p)
+                        }
+                        Err(_) => return self.queue(key, req, p, upload),
                     }
-                    return self.set_phase(key, Phase::Queued(req, p, upload, counted));
                 }
             },
-        };
+        }
+        .map(|p| Slot::new(p, &self.sh));
         let length = upload.as_ref().map(Upload::len);
         let env = params::environment(&p, &target, computed, length, &state.env);
         let method = p
@@ -647,6 +658,25 @@ impl Loop {
                 "epoll_ctl failed".into(),
             );
         }
+    }
+
+    /// Waits for a `max_children` slot, until `--queue` after the request first waited
+    /// (a request that lost a free slot to another loop goes back to the front).
+    fn queue(&mut self, key: Key, mut req: Req, p: Params, upload: Option<Upload>) {
+        let counted = self.sh.state.load.waiting();
+        let again = req.queue_until.is_some();
+        let until = *req
+            .queue_until
+            .get_or_insert_with(|| Instant::now() + self.sh.state.queue);
+        if again {
+            self.queued.insert(0, key);
+        } else {
+            self.queued.push(key);
+        }
+        if let Some(c) = self.conns.get(key.0, key.1) {
+            c.deadline = Some(until);
+        }
+        self.set_phase(key, Phase::Queued(req, p, upload, counted));
     }
 
     fn set_phase(&mut self, key: Key, phase: Phase) {
@@ -1145,13 +1175,14 @@ impl Loop {
                 _ => {}
             }
         }
-        let writing = !c.out.is_empty();
-        if writing != c.writing {
-            c.writing = writing;
-            let want = Want {
-                read: true,
-                write: writing,
-            };
+        // Input is read while the answers to it are taken: a web server that sends records
+        // and reads nothing fills its socket, not brood's memory.
+        let want = Want {
+            read: c.out.len() < COALESCE,
+            write: !c.out.is_empty(),
+        };
+        if want != c.want {
+            c.want = want;
             let t = Token {
                 kind: CONN,
                 slot: key.0,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::net::SocketFlags;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::conn::{Conn, Settings};
 use super::job::Job;
@@ -81,6 +81,32 @@ impl Shared {
     fn stop(&self, how: u8) {
         self.stop.fetch_max(how, Ordering::SeqCst);
         self.wake_all();
+    }
+}
+
+/// A `max_children` slot held by a script. Given back, it wakes every loop if requests
+/// wait for one (they may be in another loop).
+pub(super) struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    sh: Arc<Shared>,
+}
+
+impl Slot {
+    pub(super) fn new(permit: OwnedSemaphorePermit, sh: &Arc<Shared>) -> Slot {
+        Slot {
+            permit: Some(permit),
+            sh: sh.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Free first, then wake: a loop woken before would find none.
+        drop(self.permit.take());
+        if self.sh.waiting.load(Ordering::SeqCst) > 0 {
+            self.sh.wake_all();
+        }
     }
 }
 

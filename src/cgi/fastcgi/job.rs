@@ -8,9 +8,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::OwnedSemaphorePermit;
 
-use super::engine::{JOB_DISCARD, JOB_ERR, JOB_EXIT, JOB_IN, JOB_TIME, Loop};
+use super::engine::{JOB_DISCARD, JOB_ERR, JOB_EXIT, JOB_IN, JOB_TIME, Loop, Slot};
 use super::poll::{Token, Want};
 use crate::cgi::log::Log;
 use crate::cgi::script::{STDERR_AFTER_EXIT, StderrLines, Supervision, emit};
@@ -42,7 +41,7 @@ pub(super) struct Job {
     pub log: Log,
     pub feed: Option<Feed>,
     pub disk: Option<Reservation>,
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<Slot>,
     pub live: Option<LiveGuard>,
     /// The connection answering with this script's output (slot, generation).
     pub owner: Option<(u32, u32)>,
@@ -79,10 +78,11 @@ impl Loop {
         if let Some(f) = &j.feed {
             ok &= self.poll.add(&f.fd, t(JOB_IN), Want::WRITE).is_ok();
         }
-        match j.child.pidfd() {
-            Some(p) => ok &= self.poll.add(p, t(JOB_EXIT), Want::READ).is_ok(),
-            None => j.poll_exit = true,
-        }
+        // Without a pidfd that epoll takes (Linux before 5.3), the exit is polled.
+        j.poll_exit = j
+            .child
+            .pidfd()
+            .is_none_or(|p| self.poll.add(p, t(JOB_EXIT), Want::READ).is_err());
         self.job_after(slot, generation);
         ok
     }
@@ -313,7 +313,8 @@ impl Loop {
             j.lines.end(|l| emit(&j.log, &j.name, l));
         }
         let exit = j.sup.finish();
-        let freed = j.permit.take().is_some();
+        // The slot first: a local redirect runs its next script in it.
+        drop(j.permit.take());
         drop(j.disk.take());
         drop(j.live.take());
         if let Some(done) = j.done.take() {
@@ -323,9 +324,6 @@ impl Loop {
         drop(j);
         if let Some((cs, cg)) = owner {
             self.conn_job_over(cs, cg, (slot, generation), exit);
-        }
-        if freed && self.sh.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            self.sh.wake_all();
         }
     }
 }

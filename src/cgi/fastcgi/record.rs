@@ -129,14 +129,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         }
     }
-
-    /// Reads and throws away what comes until EOF: a lingering close, so the peer gets
-    /// what was written before the socket closes rather than a reset.
-    pub(crate) async fn drain(&mut self) {
-        self.buf.clear();
-        let mut scratch = vec![0u8; 16 * 1024];
-        while matches!(self.r.read(&mut scratch).await, Ok(n) if n > 0) {}
-    }
 }
 
 /// What [`parse`] found at the start of the buffer.
