@@ -513,6 +513,84 @@ fn a_web_server_that_stops_reading_a_200_mb_answer_holds_brood_to_bounded_memory
     brood.wait_settled(fds);
 }
 
+/// CPU ticks (user + system) brood has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Bytes a script writing without end gets out before an unread answer stalls it (the
+/// web server's socket buffer, what brood holds, the pipe).
+fn stall_point(dir: &Dir) -> u64 {
+    let before_pids = dir.recorded_pids();
+    let mut s = connect(dir);
+    s.write_all(&request(
+        1,
+        false,
+        &params(dir, "burst", "GET", "", None),
+        b"",
+    ))
+    .unwrap();
+    let head = new_pids(dir, &before_pids, 1)[0];
+    let mut last = (0u64, Instant::now());
+    let deadline = Instant::now() + T;
+    loop {
+        let now = written(head).unwrap_or(last.0);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(500) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the script never stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_script_that_ends_while_its_unread_answer_waits_costs_brood_no_cpu() {
+    let (dir, mut brood) = setup("stall-exit", &[]);
+    // Writes QUERY_STRING bytes, or without end.
+    dir.script(
+        "burst",
+        "#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\n\\n'\nexec head -c ${QUERY_STRING:-999999999999} /dev/zero\n",
+    );
+    brood.wait_settled(usize::MAX);
+    let stall = stall_point(&dir);
+    // A little less than that: the script writes it all and exits while brood, holding
+    // as much as it takes, has stopped reading its stdout; the pipe has hung up.
+    let n = stall - 32 * 1024;
+    let before_pids = dir.recorded_pids();
+    let mut s = connect(&dir);
+    let query = n.to_string();
+    s.write_all(&request(
+        1,
+        false,
+        &params(&dir, "burst", "GET", &query, None),
+        b"",
+    ))
+    .unwrap();
+    let script = new_pids(&dir, &before_pids, 1)[0];
+    wait_for("the script's exit", T, || !alive(script));
+    let ticks = cpu_ticks(brood.pid());
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spent = cpu_ticks(brood.pid()) - ticks;
+    // 100 ticks a second: a loop woken by the hang-up on every turn would take about 200.
+    assert!(
+        spent < 30,
+        "brood used {spent} ticks in 2 s while nothing moved"
+    );
+    // Then the web server reads: the whole answer, ended.
+    let a = answer(&mut s, 1);
+    assert!(a.complete(), "no END_REQUEST");
+    assert_eq!(a.body().len() as u64, n);
+}
+
 #[test]
 fn a_web_server_that_sends_management_records_and_never_reads_the_answers_stays_bounded() {
     let (dir, brood) = setup("mgmt-flood", &[]);

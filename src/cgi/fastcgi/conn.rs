@@ -516,6 +516,9 @@ impl Loop {
                     // Counted as waiting before the second try: a slot given back in
                     // between wakes this loop.
                     self.sh.waiting.fetch_add(1, Ordering::SeqCst);
+                    // Pairs with the fence in `Slot::drop`: either that drop sees this
+                    // count, or this try sees its permit.
+                    std::sync::atomic::fence(Ordering::SeqCst);
                     match sem.clone().try_acquire_owned() {
                         Ok(p) => {
                             self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -527,6 +530,9 @@ impl Loop {
             },
         }
         .map(|p| Slot::new(p, &self.sh));
+        // Running now: a local redirect later waits a whole `--queue` again if it must.
+        let mut req = req;
+        req.queue_until = None;
         let length = upload.as_ref().map(Upload::len);
         let env = params::environment(&p, &target, computed, length, &state.env);
         let method = p
@@ -1065,7 +1071,11 @@ impl Loop {
             return;
         };
         let id = c.phase.active().unwrap_or(0);
-        if matches!(c.phase, Phase::Running(..)) {
+        if let Phase::Running(_, _, run) = &c.phase {
+            if let Stage::StderrWait = run.stage {
+                // The response is whole: end it as it would have ended.
+                return self.end_request(key);
+            }
             self.drop_run(key, true);
         }
         let Some(c) = self.conns.get(key.0, key.1) else {
@@ -1090,6 +1100,7 @@ impl Loop {
         };
         if let Phase::Queued(..) = std::mem::replace(&mut c.phase, Phase::Ending) {
             self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.queued.retain(|k| *k != key);
         }
         let Some(c) = self.conns.get(key.0, key.1) else {
             return;
@@ -1139,6 +1150,7 @@ impl Loop {
             }
             Phase::Queued(req, p, ..) => {
                 self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.queued.retain(|k| *k != key);
                 let line = params::access(&p, 499, 0, req.start.elapsed(), None);
                 (self.sh.state.log)(&LogLine::Access(line));
             }
@@ -1195,14 +1207,20 @@ impl Loop {
             let pause = c.out.len() >= COALESCE;
             if let Some(fd) = &run.stdout {
                 if pause != run.paused {
-                    run.paused = pause;
-                    let want = if pause { Want::NOTHING } else { Want::READ };
+                    // Out of the set while paused, not registered for nothing: epoll
+                    // reports a pipe's hang-up whatever was asked, and a script that exits
+                    // while paused would wake the loop on every turn.
                     let t = Token {
                         kind: STDOUT,
                         slot: key.0,
                         generation: key.1,
                     };
-                    let _ = self.poll.modify(fd, t, want);
+                    if pause {
+                        self.poll.delete(fd);
+                        run.paused = true;
+                    } else if self.poll.add(fd, t, Want::READ).is_ok() {
+                        run.paused = false;
+                    }
                 }
             }
         }

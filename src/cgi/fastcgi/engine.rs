@@ -104,6 +104,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // Free first, then wake: a loop woken before would find none.
         drop(self.permit.take());
+        // Pairs with the fence in `launch` after it counts itself waiting.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.sh.waiting.load(Ordering::SeqCst) > 0 {
             self.sh.wake_all();
         }
@@ -155,6 +157,11 @@ impl<T> Table<T> {
         self.items[i].as_mut()
     }
 
+    pub(super) fn contains(&self, slot: u32, generation: u32) -> bool {
+        let i = slot as usize;
+        self.generations.get(i) == Some(&generation) && self.items[i].is_some()
+    }
+
     pub(super) fn remove(&mut self, slot: u32, generation: u32) -> Option<T> {
         let i = slot as usize;
         if self.generations.get(i) != Some(&generation) {
@@ -192,8 +199,10 @@ pub(super) struct Loop {
     me: usize,
     listening: bool,
     backoff: AcceptBackoff,
+    /// Accepts paused after an error (out of fds) until then.
+    paused_until: Option<Instant>,
     /// When a graceful stop began.
-    stopping: Option<Instant>,
+    pub stopping: Option<Instant>,
 }
 
 fn token(kind: u8) -> Token {
@@ -231,7 +240,24 @@ impl Loop {
             for &t in &due {
                 self.deadline(t);
             }
+            self.compact_timers();
         }
+    }
+
+    /// Deadlines of connections and scripts that are gone stay in the heap until they come
+    /// (a script's timeout is minutes away): past a few per live entry, they are dropped,
+    /// so the heap follows what is open, not the request rate.
+    fn compact_timers(&mut self) {
+        let live = self.conns.len() + self.jobs.len();
+        if self.poll.timers() <= 1024.max(4 * live) {
+            return;
+        }
+        let (conns, jobs) = (&self.conns, &self.jobs);
+        self.poll.retain_timers(|t| match t.kind {
+            CONN => conns.contains(t.slot, t.generation),
+            JOB_TIME => jobs.contains(t.slot, t.generation),
+            _ => true,
+        });
     }
 
     fn fatal(&self, e: Error) {
@@ -260,9 +286,7 @@ impl Loop {
 
     fn deadline(&mut self, t: Token) {
         match t.kind {
-            ACCEPT_AGAIN if self.stopping.is_none() => {
-                let _ = self.listen(true);
-            }
+            ACCEPT_AGAIN => self.resume_accepting(),
             CONN => self.conn_time(t.slot, t.generation),
             JOB_TIME => self.job_time(t.slot, t.generation),
             _ => {}
@@ -296,15 +320,28 @@ impl Loop {
         }
     }
 
-    fn pause_accepting(&mut self, pause: Duration) {
+    /// Stops accepting for `pause`; `backoff`: after an error, which nothing cuts short.
+    fn pause_accepting(&mut self, pause: Duration, backoff: bool) {
         let _ = self.listen(false);
-        self.poll.at(Instant::now() + pause, token(ACCEPT_AGAIN));
+        let until = Instant::now() + pause;
+        if backoff {
+            self.paused_until = Some(until);
+        }
+        self.poll.at(until, token(ACCEPT_AGAIN));
+    }
+
+    fn resume_accepting(&mut self) {
+        if self.stopping.is_some() || self.paused_until.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        self.paused_until = None;
+        let _ = self.listen(true);
     }
 
     /// A connection closed in this loop: one may be waiting at the cap.
     pub(super) fn conn_closed(&mut self) {
-        if !self.listening && self.stopping.is_none() {
-            let _ = self.listen(true);
+        if !self.listening {
+            self.resume_accepting();
         }
     }
 
@@ -312,7 +349,7 @@ impl Loop {
         let state = self.sh.state.clone();
         for _ in 0..ACCEPT_BATCH {
             let Some(permit) = state.connections.try_slot(&state.log) else {
-                self.pause_accepting(CAP_RETRY);
+                self.pause_accepting(CAP_RETRY, false);
                 return;
             };
             let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
@@ -333,7 +370,7 @@ impl Loop {
                     }
                     let pause = accept_failed(&mut self.backoff, &e, &state.log);
                     if !pause.is_zero() {
-                        self.pause_accepting(pause);
+                        self.pause_accepting(pause, true);
                         return;
                     }
                 }
@@ -432,6 +469,7 @@ pub(super) async fn serve(
                             me,
                             listening: false,
                             backoff: AcceptBackoff::default(),
+                            paused_until: None,
                             stopping: None,
                         };
                         lp.run();

@@ -78,6 +78,11 @@ impl Loop {
         if let Some(f) = &j.feed {
             ok &= self.poll.add(&f.fd, t(JOB_IN), Want::WRITE).is_ok();
         }
+        // Started while the server stops (a kept connection, a queued request, a local
+        // redirect): it gets the stop's SIGTERM too.
+        if self.stopping.is_some() {
+            j.sup.on_stop();
+        }
         // Without a pidfd that epoll takes (Linux before 5.3), the exit is polled.
         j.poll_exit = j
             .child

@@ -38,7 +38,8 @@ impl Token {
     }
 }
 
-/// Readiness asked for an fd; neither: registered, but not woken (a paused stream).
+/// Readiness asked for an fd (a hang-up or an error is reported whatever is asked: a
+/// stream paused is taken out of the set instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Want {
     pub read: bool,
@@ -53,10 +54,6 @@ impl Want {
     pub(crate) const WRITE: Want = Want {
         read: false,
         write: true,
-    };
-    pub(crate) const NOTHING: Want = Want {
-        read: false,
-        write: false,
     };
 }
 
@@ -113,6 +110,16 @@ impl Poller {
     /// Calls `deadline` for `token` at `at` (or soon after).
     pub(crate) fn at(&mut self, at: Instant, token: Token) {
         self.timers.push(Reverse((at, token)));
+    }
+
+    /// Deadlines held.
+    pub(crate) fn timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Keeps only the deadlines whose token `keep` says.
+    pub(crate) fn retain_timers(&mut self, mut keep: impl FnMut(Token) -> bool) {
+        self.timers.retain(|Reverse((_, t))| keep(*t));
     }
 
     /// Waits for readiness until the next deadline (at most `longest`), then gives the
@@ -216,7 +223,22 @@ mod tests {
         assert_eq!(ready[0].0, t(1));
         assert!(ready[0].1.read);
         ready.clear();
-        p.modify(&r, t(1), Want::NOTHING).unwrap();
+        // Registered for nothing, a pipe whose writer is gone still wakes (hang-up)...
+        let nothing = Want {
+            read: false,
+            write: false,
+        };
+        p.modify(&r, t(1), nothing).unwrap();
+        drop(w);
+        p.wait(Duration::from_secs(5), &mut ready, &mut due)
+            .unwrap();
+        assert!(
+            ready.len() == 1 && ready[0].1.hangup,
+            "a hang-up is always reported"
+        );
+        ready.clear();
+        // ...so a paused stream is taken out of the set.
+        p.delete(&r);
         while due.is_empty() {
             p.wait(Duration::from_secs(5), &mut ready, &mut due)
                 .unwrap();
