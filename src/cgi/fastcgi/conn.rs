@@ -17,12 +17,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hyper::{Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::engine::{CONN, Loop, STDOUT, Slot};
-use super::job::{Done, Feed, Job, nonblocking};
+use super::job::{Done, Feed, Job, Jobs, Notice, What, nonblocking};
 use super::out::Out;
 use super::params::{self, Params};
 use super::poll::{Ready, Token, Want};
 use super::record::{self, Parsed, Record};
+use super::shared::{CONN, Ctx, STDOUT, Slot, Table};
 use crate::cgi::answer::{explain, text, text_saying};
 use crate::cgi::body::{EXIT_WAIT, Head, HeadError, HeadReader};
 use crate::cgi::load::Counted;
@@ -35,15 +35,6 @@ use crate::cgi::script::{StderrLines, Supervision};
 use crate::cgi::tasks::LiveGuard;
 use crate::cgi::upload::{Spool, Upload, UploadError};
 use crate::{Exit, Stdio};
-
-/// The FastCGI front's own settings.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    /// Send the script's stderr lines to the web server as `FCGI_STDERR` too.
-    pub stderr_to_client: bool,
-    /// What `GET_VALUES` answers for `FCGI_MAX_CONNS` and `FCGI_MAX_REQS`.
-    pub max_conns: usize,
-}
 
 /// From a new connection (or `BEGIN_REQUEST`) to the end of its params.
 const PARAMS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -181,6 +172,35 @@ impl Phase {
     }
 }
 
+/// One thread's event loop: its means ([`Ctx`]), its connections and their scripts. The
+/// thread around it (`engine.rs`) accepts and dispatches; the connection logic is here and
+/// the script's in `job.rs`.
+pub(super) struct Loop {
+    pub cx: Ctx,
+    pub conns: Table<Conn>,
+    pub jobs: Jobs,
+    /// Connections waiting for a `max_children` slot, oldest first.
+    pub queued: Vec<(u32, u32)>,
+    /// A connection closed since the thread last looked (one may wait at the cap).
+    pub closed_one: bool,
+}
+
+impl Loop {
+    /// Hands what the jobs have told on to their connections, until none is left.
+    pub(super) fn deliver(&mut self) {
+        while !self.jobs.notices.is_empty() {
+            for Notice { conn, job, what } in std::mem::take(&mut self.jobs.notices) {
+                match what {
+                    What::Exit(exit) => self.conn_job_exit(conn.0, conn.1, job, exit),
+                    What::Line(line) => self.conn_stderr_line(conn.0, conn.1, job, line),
+                    What::Cut => self.conn_cut(conn.0, conn.1, job),
+                    What::Over(exit) => self.conn_job_over(conn.0, conn.1, job, exit),
+                }
+            }
+        }
+    }
+}
+
 impl Loop {
     pub(super) fn open_conn(&mut self, sock: OwnedFd, permit: OwnedSemaphorePermit) {
         let c = Conn {
@@ -203,17 +223,18 @@ impl Loop {
             slot,
             generation,
         };
-        if self.poll.add(&c.sock, t, Want::READ).is_err() {
-            self.log_error("fastcgi: epoll_ctl failed for a new connection".into());
+        if self.cx.poll.add(&c.sock, t, Want::READ).is_err() {
+            self.cx
+                .log_error("fastcgi: epoll_ctl failed for a new connection".into());
             self.conns.remove(slot, generation);
-            self.conn_closed();
+            self.closed_one = true;
             return;
         }
         self.conn_after((slot, generation));
     }
 
     fn error(&self, what: &str) {
-        self.log_error(format!("fastcgi: {what}"));
+        self.cx.log_error(format!("fastcgi: {what}"));
     }
 
     /// The connection's socket is ready.
@@ -233,7 +254,7 @@ impl Loop {
         let Some(c) = self.conns.get(key.0, key.1) else {
             return;
         };
-        let n = match rustix::io::read(&c.sock, &mut self.scratch[..]) {
+        let n = match rustix::io::read(&c.sock, &mut self.cx.scratch[..]) {
             Ok(n) => n,
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
             Err(_) => 0,
@@ -248,7 +269,7 @@ impl Loop {
         if matches!(c.phase, Phase::Ending) {
             return;
         }
-        c.inbuf.extend_from_slice(&self.scratch[..n]);
+        c.inbuf.extend_from_slice(&self.cx.scratch[..n]);
         loop {
             let Some(c) = self.conns.get(key.0, key.1) else {
                 return;
@@ -307,6 +328,7 @@ impl Loop {
         };
         let mut body = BytesMut::new();
         let n = self
+            .cx
             .sh
             .settings
             .max_conns
@@ -363,7 +385,7 @@ impl Loop {
 
     /// A record of the running request.
     fn mine(&mut self, key: Key, rec: Record) {
-        let body_timeout = self.sh.state.body_timeout;
+        let body_timeout = self.cx.sh.state.body_timeout;
         let Some(c) = self.conns.get(key.0, key.1) else {
             return;
         };
@@ -434,7 +456,7 @@ impl Loop {
                 return self.request_over(key, Next::Linger);
             }
         };
-        let state = self.sh.state.clone();
+        let state = self.cx.sh.state.clone();
         if declared.is_some_and(|n| n > state.max_body) {
             c.phase = Phase::Params(req, BytesMut::new());
             self.error("body over --max-body");
@@ -484,7 +506,7 @@ impl Loop {
 
     /// Runs the script the params name, or answers why not.
     fn launch(&mut self, key: Key, req: Req, p: Params, upload: Option<Upload>) {
-        let state = self.sh.state.clone();
+        let state = self.cx.sh.state.clone();
         let (id, start) = (req.id, req.start);
         let refused = |lp: &mut Loop, req: Req, r: Refusal| {
             if r.status != StatusCode::NOT_FOUND {
@@ -515,13 +537,13 @@ impl Loop {
                 Err(_) => {
                     // Counted as waiting before the second try: a slot given back in
                     // between wakes this loop.
-                    self.sh.waiting.fetch_add(1, Ordering::SeqCst);
+                    self.cx.sh.waiting.fetch_add(1, Ordering::SeqCst);
                     // Pairs with the fence in `Slot::drop`: either that drop sees this
                     // count, or this try sees its permit.
                     std::sync::atomic::fence(Ordering::SeqCst);
                     match sem.clone().try_acquire_owned() {
                         Ok(p) => {
-                            self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+                            self.cx.sh.waiting.fetch_sub(1, Ordering::SeqCst);
                             Some(p)
                         }
                         Err(_) => return self.queue(key, req, p, upload),
@@ -529,7 +551,7 @@ impl Loop {
                 }
             },
         }
-        .map(|p| Slot::new(p, &self.sh));
+        .map(|p| Slot::new(p, &self.cx.sh));
         // Running now: a local redirect later waits a whole `--queue` again if it must.
         let mut req = req;
         req.queue_until = None;
@@ -649,7 +671,7 @@ impl Loop {
             held: Vec::new(),
         };
         let registered = ok
-            && self.watch(
+            && self.cx.watch(
                 run.stdout.as_ref().expect("just set"),
                 STDOUT,
                 key.0,
@@ -657,7 +679,7 @@ impl Loop {
                 Want::READ,
             );
         self.set_phase(key, Phase::Running(req, p, Box::new(run)));
-        if !(self.job_started(js, jg) && registered) {
+        if !(self.jobs.started(&mut self.cx, js, jg) && registered) {
             self.fail(
                 key,
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -669,11 +691,11 @@ impl Loop {
     /// Waits for a `max_children` slot, until `--queue` after the request first waited
     /// (a request that lost a free slot to another loop goes back to the front).
     fn queue(&mut self, key: Key, mut req: Req, p: Params, upload: Option<Upload>) {
-        let counted = self.sh.state.load.waiting();
+        let counted = self.cx.sh.state.load.waiting();
         let again = req.queue_until.is_some();
         let until = *req
             .queue_until
-            .get_or_insert_with(|| Instant::now() + self.sh.state.queue);
+            .get_or_insert_with(|| Instant::now() + self.cx.sh.state.queue);
         if again {
             self.queued.insert(0, key);
         } else {
@@ -702,7 +724,7 @@ impl Loop {
                 self.queued.remove(0);
                 continue;
             }
-            let Some(sem) = self.sh.state.limit.clone() else {
+            let Some(sem) = self.cx.sh.state.limit.clone() else {
                 return;
             };
             // The launch takes it (another loop may be quicker: then this request waits
@@ -717,7 +739,7 @@ impl Loop {
                 continue;
             };
             drop(counted);
-            self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.cx.sh.waiting.fetch_sub(1, Ordering::SeqCst);
             self.launch(key, req, p, upload);
             self.conn_after(key);
         }
@@ -748,7 +770,7 @@ impl Loop {
             return false;
         }
         let Some(fd) = &run.stdout else { return false };
-        let n = match rustix::io::read(fd, &mut self.scratch[..]) {
+        let n = match rustix::io::read(fd, &mut self.cx.scratch[..]) {
             Ok(n) => n,
             Err(rustix::io::Errno::AGAIN) => return false,
             Err(rustix::io::Errno::INTR) => return true,
@@ -767,19 +789,19 @@ impl Loop {
             Stage::Head(h) => {
                 if n == 0 {
                     let timed_out = run.cut;
-                    let max = self.sh.state.max_header;
+                    let max = self.cx.sh.state.max_header;
                     let (status, why) = runner::no_head(&HeadError::Eof, timed_out, max);
                     self.fail(key, status, why);
                     return false;
                 }
-                match h.push(&self.scratch[..n]) {
+                match h.push(&self.cx.scratch[..n]) {
                     Head::More => true,
                     Head::Done(block, rest) => {
                         self.on_head(key, block, rest);
                         true
                     }
                     Head::TooLarge => {
-                        let max = self.sh.state.max_header;
+                        let max = self.cx.sh.state.max_header;
                         let (status, why) = runner::no_head(&HeadError::TooLarge, false, max);
                         self.fail(key, status, why);
                         false
@@ -791,7 +813,7 @@ impl Loop {
                 false
             }
             Stage::Body => {
-                let data = Bytes::copy_from_slice(&self.scratch[..n]);
+                let data = Bytes::copy_from_slice(&self.cx.scratch[..n]);
                 self.send(key, data);
                 true
             }
@@ -818,13 +840,14 @@ impl Loop {
                 req.depth += 1;
                 let too_deep = req.depth > MAX_REDIRECTS;
                 let id = req.id;
-                self.job_answered(job.0, job.1, StatusCode::FOUND.as_u16(), 0);
+                self.jobs
+                    .answered(job.0, job.1, StatusCode::FOUND.as_u16(), 0);
                 if let Some(fd) = stdout {
-                    self.poll.delete(&fd);
+                    self.cx.poll.delete(&fd);
                 }
                 if too_deep {
                     // The script's own answer was used: it ends on its own.
-                    self.job_end(job.0, job.1, false);
+                    self.jobs.end(&mut self.cx, job.0, job.1, false);
                     if let Some(j) = self.jobs.get(job.0, job.1) {
                         j.owner = None;
                     }
@@ -844,7 +867,7 @@ impl Loop {
                 let p = p.redirected(&location);
                 c.phase = Phase::Redirect(req, p, job);
                 // The script ends on its own; its slot comes free when it is over.
-                self.job_end(job.0, job.1, false);
+                self.jobs.end(&mut self.cx, job.0, job.1, false);
             }
             Reply::Document {
                 status,
@@ -870,7 +893,7 @@ impl Loop {
                 head.put_slice(b"\r\n");
                 record::put_stream(c.out.small(), record::STDOUT, req.id, &head);
                 let job = run.job;
-                self.job_answered(job.0, job.1, status.as_u16(), 0);
+                self.jobs.answered(job.0, job.1, status.as_u16(), 0);
                 let Some(c) = self.conns.get(key.0, key.1) else {
                     return;
                 };
@@ -883,8 +906,8 @@ impl Loop {
                 if bodyless {
                     let stdout = run.stdout.take();
                     if let Some(fd) = stdout {
-                        self.poll.delete(&fd);
-                        self.job_discard_rest(job.0, job.1, fd);
+                        self.cx.poll.delete(&fd);
+                        self.jobs.discard_rest(&mut self.cx, job.0, job.1, fd);
                     }
                     if let Some(c) = self.conns.get(key.0, key.1) {
                         if let Phase::Running(_, _, run) = &mut c.phase {
@@ -927,7 +950,7 @@ impl Loop {
             c.out.put_stream(record::STDOUT, req.id, data);
         }
         let complete = run.remaining == Some(0);
-        self.job_answered(job.0, job.1, status, sent);
+        self.jobs.answered(job.0, job.1, status, sent);
         if complete {
             // Complete: the script may run on (bounded by the timeout), untouched.
             self.body_done(key);
@@ -943,7 +966,7 @@ impl Loop {
             return;
         };
         if let Some(fd) = run.stdout.take() {
-            self.poll.delete(&fd);
+            self.cx.poll.delete(&fd);
         }
         run.stage = Stage::AtEof;
         match run.exit {
@@ -972,7 +995,7 @@ impl Loop {
     /// The body is whole: the script may finish on its own; the rest of its stderr goes
     /// to the web server (bounded), then the end of the request.
     fn body_done(&mut self, key: Key) {
-        let to_client = self.sh.settings.stderr_to_client;
+        let to_client = self.cx.sh.settings.stderr_to_client;
         let Some(c) = self.conns.get(key.0, key.1) else {
             return;
         };
@@ -980,7 +1003,7 @@ impl Loop {
             return;
         };
         if let Some(fd) = run.stdout.take() {
-            self.poll.delete(&fd);
+            self.cx.poll.delete(&fd);
         }
         let job = run.job;
         run.ended = true;
@@ -989,7 +1012,7 @@ impl Loop {
             run.stage = Stage::StderrWait;
             c.deadline = Some(Instant::now() + STDERR_WAIT);
         }
-        self.job_end(job.0, job.1, false);
+        self.jobs.end(&mut self.cx, job.0, job.1, false);
         if !wait {
             self.end_request(key);
         }
@@ -1042,8 +1065,9 @@ impl Loop {
         let (id, job) = (req.id, run.job);
         let name = run.name.clone();
         put_answer(&mut c.out, id, status);
-        self.log_error(format!("{name}: {why}"));
-        self.job_answered(job.0, job.1, status.as_u16(), text(status).len() as u64);
+        self.cx.log_error(format!("{name}: {why}"));
+        self.jobs
+            .answered(job.0, job.1, status.as_u16(), text(status).len() as u64);
         self.drop_run(key, true);
         self.request_over(key, Next::Keep);
     }
@@ -1058,11 +1082,11 @@ impl Loop {
             return;
         };
         if let Some(fd) = run.stdout.take() {
-            self.poll.delete(&fd);
+            self.cx.poll.delete(&fd);
         }
         if !std::mem::replace(&mut run.ended, true) {
             let job = run.job;
-            self.job_end(job.0, job.1, abandoned);
+            self.jobs.end(&mut self.cx, job.0, job.1, abandoned);
         }
     }
 
@@ -1099,7 +1123,7 @@ impl Loop {
             | Phase::Redirect(r, ..) => r.keep,
         };
         if let Phase::Queued(..) = std::mem::replace(&mut c.phase, Phase::Ending) {
-            self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.cx.sh.waiting.fetch_sub(1, Ordering::SeqCst);
             self.queued.retain(|k| *k != key);
         }
         let Some(c) = self.conns.get(key.0, key.1) else {
@@ -1130,15 +1154,15 @@ impl Loop {
         // What was answered before goes out if the socket takes it now (a peer that only
         // shut its write side still reads).
         let _ = c.out.write_nonblocking(&c.sock);
-        self.poll.delete(&c.sock);
+        self.cx.poll.delete(&c.sock);
         match std::mem::replace(&mut c.phase, Phase::Ending) {
             Phase::Running(_, _, mut run) => {
                 if let Some(fd) = run.stdout.take() {
-                    self.poll.delete(&fd);
+                    self.cx.poll.delete(&fd);
                 }
                 // A response used to its end (waiting for stderr) leaves its script alone.
                 if !run.ended {
-                    self.job_end(run.job.0, run.job.1, true);
+                    self.jobs.end(&mut self.cx, run.job.0, run.job.1, true);
                 } else if let Some(j) = self.jobs.get(run.job.0, run.job.1) {
                     j.owner = None;
                 }
@@ -1146,13 +1170,13 @@ impl Loop {
             Phase::Stdin(req, p, ..) => {
                 // The web server went away mid-request: 400, as in HTTP mode (nginx).
                 let line = params::access(&p, 400, 0, req.start.elapsed(), None);
-                (self.sh.state.log)(&LogLine::Access(line));
+                (self.cx.sh.state.log)(&LogLine::Access(line));
             }
             Phase::Queued(req, p, ..) => {
-                self.sh.waiting.fetch_sub(1, Ordering::SeqCst);
+                self.cx.sh.waiting.fetch_sub(1, Ordering::SeqCst);
                 self.queued.retain(|k| *k != key);
                 let line = params::access(&p, 499, 0, req.start.elapsed(), None);
-                (self.sh.state.log)(&LogLine::Access(line));
+                (self.cx.sh.state.log)(&LogLine::Access(line));
             }
             Phase::Redirect(_, _, job) => {
                 if let Some(j) = self.jobs.get(job.0, job.1) {
@@ -1162,7 +1186,7 @@ impl Loop {
             _ => {}
         }
         drop(c);
-        self.conn_closed();
+        self.closed_one = true;
     }
 
     /// After every event of a connection: write what is queued, then set what it waits for.
@@ -1200,7 +1224,7 @@ impl Loop {
                 slot: key.0,
                 generation: key.1,
             };
-            let _ = self.poll.modify(&c.sock, t, want);
+            let _ = self.cx.poll.modify(&c.sock, t, want);
         }
         // The script's stdout is read while the web server takes the output.
         if let Phase::Running(_, _, run) = &mut c.phase {
@@ -1216,9 +1240,9 @@ impl Loop {
                         generation: key.1,
                     };
                     if pause {
-                        self.poll.delete(fd);
+                        self.cx.poll.delete(fd);
                         run.paused = true;
-                    } else if self.poll.add(fd, t, Want::READ).is_ok() {
+                    } else if self.cx.poll.add(fd, t, Want::READ).is_ok() {
                         run.paused = false;
                     }
                 }
@@ -1232,7 +1256,7 @@ impl Loop {
                     slot: key.0,
                     generation: key.1,
                 };
-                self.poll.at(at, t);
+                self.cx.poll.at(at, t);
             }
         }
     }
@@ -1354,7 +1378,7 @@ impl Loop {
         run.cut = true;
         match run.stage {
             Stage::Head(_) => {
-                let max = self.sh.state.max_header;
+                let max = self.cx.sh.state.max_header;
                 let (status, why) = runner::no_head(&HeadError::Eof, true, max);
                 self.fail(key, status, why);
             }
@@ -1418,7 +1442,7 @@ impl Loop {
         let bytes = body.len() as u64;
         put_answer_text(&mut c.out, id, status, body);
         let line = params::access(p, status.as_u16(), bytes, start.elapsed(), None);
-        (self.sh.state.log)(&LogLine::Access(line));
+        (self.cx.sh.state.log)(&LogLine::Access(line));
     }
 }
 

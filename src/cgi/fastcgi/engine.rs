@@ -2,53 +2,33 @@
 //! (`poll.rs`), all taking connections from the one listening socket (`EPOLLEXCLUSIVE`:
 //! one loop wakes per connection). A loop owns its connections (`conn.rs`) and the scripts
 //! they run (`job.rs`) from accept to close; nothing is shared between loops but the
-//! server's `State` (limits, budgets, log) and the stop signal.
+//! server's `State` (limits, budgets, log) and the stop signal (`shared.rs`).
 //!
 //! `serve` is async like the HTTP front's: it starts the loops, awaits the shutdown, then
 //! stops them gracefully (every script's group gets SIGTERM, then SIGKILL after the grace).
 //! Dropped early, it stops them at once and kills every script still running.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::net::SocketFlags;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
-use super::conn::{Conn, Settings};
-use super::job::Job;
+use super::conn::Loop;
+use super::job::Jobs;
 use super::poll::{Poller, Ready, Token, Want};
-use crate::cgi::log::LogLine;
+use super::shared::{
+    ACCEPT_AGAIN, CONN, Ctx, GRACEFUL, JOB_DISCARD, JOB_ERR, JOB_EXIT, JOB_IN, JOB_TIME, LISTEN,
+    NOW, READ_CHUNK, RUN, STDOUT, STOP_OVER, Settings, Shared, Table, WAKE,
+};
 use crate::cgi::script::KILL_GRACE;
 use crate::cgi::state::State;
 use crate::cgi::tasks::{AcceptBackoff, accept_failed, accept_is_fatal};
 use crate::error::{Error, Result, from_io};
 
-/// Token kinds.
-pub(super) const LISTEN: u8 = 1;
-pub(super) const WAKE: u8 = 2;
-pub(super) const ACCEPT_AGAIN: u8 = 3;
-/// A connection's socket, and its deadlines.
-pub(super) const CONN: u8 = 4;
-/// The stdout of the script a connection is answering with.
-pub(super) const STDOUT: u8 = 5;
-/// A script's stderr, stdin, pidfd, discarded stdout, and its deadlines.
-pub(super) const JOB_ERR: u8 = 6;
-pub(super) const JOB_IN: u8 = 7;
-pub(super) const JOB_EXIT: u8 = 8;
-pub(super) const JOB_DISCARD: u8 = 9;
-pub(super) const JOB_TIME: u8 = 10;
-/// The end of a graceful stop's wait.
-const STOP_OVER: u8 = 11;
-
-const RUN: u8 = 0;
-const GRACEFUL: u8 = 1;
-const NOW: u8 = 2;
-
-/// Bytes one read takes from a socket or a pipe: what a pipe holds by default.
-pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// The longest a loop sleeps without looking at its deadlines.
 const LONGEST_WAIT: Duration = Duration::from_secs(5);
 /// Connections one wake-up accepts before it serves the others' events.
@@ -56,153 +36,14 @@ const ACCEPT_BATCH: usize = 8;
 /// How soon a loop at the connection cap tries again (a close in the same loop is sooner).
 const CAP_RETRY: Duration = Duration::from_millis(50);
 
-/// What every loop of one server shares.
-pub(super) struct Shared {
-    pub state: Arc<State>,
-    pub settings: Settings,
-    listener: OwnedFd,
-    tcp: bool,
-    /// One eventfd per loop: stop, or a `max_children` slot came free.
-    wakers: Vec<OwnedFd>,
-    stop: AtomicU8,
-    /// Requests waiting for a `max_children` slot, all loops together.
-    pub waiting: AtomicUsize,
-    fatal: Mutex<Option<Error>>,
-}
-
-impl Shared {
-    /// Wakes every loop (a slot came free, or a stop).
-    pub(super) fn wake_all(&self) {
-        for w in &self.wakers {
-            let _ = rustix::io::write(w, &1u64.to_ne_bytes());
-        }
-    }
-
-    fn stop(&self, how: u8) {
-        self.stop.fetch_max(how, Ordering::SeqCst);
-        self.wake_all();
-    }
-}
-
-/// A `max_children` slot held by a script. Given back, it wakes every loop if requests
-/// wait for one (they may be in another loop).
-pub(super) struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    sh: Arc<Shared>,
-}
-
-impl Slot {
-    pub(super) fn new(permit: OwnedSemaphorePermit, sh: &Arc<Shared>) -> Slot {
-        Slot {
-            permit: Some(permit),
-            sh: sh.clone(),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        // Free first, then wake: a loop woken before would find none.
-        drop(self.permit.take());
-        // Pairs with the fence in `launch` after it counts itself waiting.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sh.waiting.load(Ordering::SeqCst) > 0 {
-            self.sh.wake_all();
-        }
-    }
-}
-
-/// Entries of one kind in a loop, by slot and generation (the generation is in every
-/// token, so an event for what was in a reused slot is dropped).
-pub(super) struct Table<T> {
-    items: Vec<Option<T>>,
-    generations: Vec<u32>,
-    free: Vec<u32>,
-    len: usize,
-}
-
-impl<T> Default for Table<T> {
-    fn default() -> Table<T> {
-        Table {
-            items: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<T> Table<T> {
-    pub(super) fn insert(&mut self, item: T) -> (u32, u32) {
-        let slot = match self.free.pop() {
-            Some(s) => s as usize,
-            None => {
-                self.items.push(None);
-                self.generations.push(0);
-                self.items.len() - 1
-            }
-        };
-        let generation = self.generations[slot].wrapping_add(1);
-        self.generations[slot] = generation;
-        self.items[slot] = Some(item);
-        self.len += 1;
-        (slot as u32, generation)
-    }
-
-    pub(super) fn get(&mut self, slot: u32, generation: u32) -> Option<&mut T> {
-        let i = slot as usize;
-        if self.generations.get(i) != Some(&generation) {
-            return None;
-        }
-        self.items[i].as_mut()
-    }
-
-    pub(super) fn contains(&self, slot: u32, generation: u32) -> bool {
-        let i = slot as usize;
-        self.generations.get(i) == Some(&generation) && self.items[i].is_some()
-    }
-
-    pub(super) fn remove(&mut self, slot: u32, generation: u32) -> Option<T> {
-        let i = slot as usize;
-        if self.generations.get(i) != Some(&generation) {
-            return None;
-        }
-        let item = self.items[i].take()?;
-        self.free.push(slot);
-        self.len -= 1;
-        Some(item)
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Slots and generations of every entry.
-    pub(super) fn keys(&self) -> Vec<(u32, u32)> {
-        (0..self.items.len())
-            .filter(|&i| self.items[i].is_some())
-            .map(|i| (i as u32, self.generations[i]))
-            .collect()
-    }
-}
-
-/// One thread's loop.
-pub(super) struct Loop {
-    pub sh: Arc<Shared>,
-    pub poll: Poller,
-    pub conns: Table<Conn>,
-    pub jobs: Table<Job>,
-    /// Where reads land before they are parsed or framed.
-    pub scratch: Vec<u8>,
-    /// Connections waiting for a `max_children` slot, oldest first.
-    pub queued: Vec<(u32, u32)>,
+/// One loop's thread: the loop, and its share of accepting.
+struct Thread {
+    lp: Loop,
     me: usize,
     listening: bool,
     backoff: AcceptBackoff,
     /// Accepts paused after an error (out of fds) until then.
     paused_until: Option<Instant>,
-    /// When a graceful stop began.
-    pub stopping: Option<Instant>,
 }
 
 fn token(kind: u8) -> Token {
@@ -213,34 +54,45 @@ fn token(kind: u8) -> Token {
     }
 }
 
-impl Loop {
+impl Thread {
     fn run(&mut self) {
         let _ = self.listen(true);
         let (mut ready, mut due) = (Vec::new(), Vec::new());
         loop {
-            match self.sh.stop.load(Ordering::SeqCst) {
+            match self.lp.cx.sh.stop.load(Ordering::SeqCst) {
                 NOW => return,
-                GRACEFUL if self.stopping.is_none() => self.begin_stop(),
+                GRACEFUL if self.lp.cx.stopping.is_none() => self.begin_stop(),
                 _ => {}
             }
-            if let Some(since) = self.stopping {
-                if self.jobs.len() == 0 || since.elapsed() >= KILL_GRACE * 2 {
+            if let Some(since) = self.lp.cx.stopping {
+                if self.lp.jobs.len() == 0 || since.elapsed() >= KILL_GRACE * 2 {
                     return;
                 }
             }
             ready.clear();
             due.clear();
-            if let Err(e) = self.poll.wait(LONGEST_WAIT, &mut ready, &mut due) {
+            if let Err(e) = self.lp.cx.poll.wait(LONGEST_WAIT, &mut ready, &mut due) {
                 self.fatal(from_io(e, "fastcgi: epoll_wait"));
                 return;
             }
             for &(t, r) in &ready {
                 self.dispatch(t, r);
+                self.settle();
             }
             for &t in &due {
                 self.deadline(t);
+                self.settle();
             }
             self.compact_timers();
+        }
+    }
+
+    /// After each event: what the jobs told goes to their connections; a connection that
+    /// closed may let a waiting one in.
+    fn settle(&mut self) {
+        self.lp.deliver();
+        if std::mem::take(&mut self.lp.closed_one) && !self.listening {
+            self.resume_accepting();
         }
     }
 
@@ -248,12 +100,13 @@ impl Loop {
     /// (a script's timeout is minutes away): past a few per live entry, they are dropped,
     /// so the heap follows what is open, not the request rate.
     fn compact_timers(&mut self) {
-        let live = self.conns.len() + self.jobs.len();
-        if self.poll.timers() <= 1024.max(4 * live) {
+        let lp = &mut self.lp;
+        let live = lp.conns.len() + lp.jobs.len();
+        if lp.cx.poll.timers() <= 1024.max(4 * live) {
             return;
         }
-        let (conns, jobs) = (&self.conns, &self.jobs);
-        self.poll.retain_timers(|t| match t.kind {
+        let (conns, jobs) = (&lp.conns, &lp.jobs);
+        lp.cx.poll.retain_timers(|t| match t.kind {
             CONN => conns.contains(t.slot, t.generation),
             JOB_TIME => jobs.contains(t.slot, t.generation),
             _ => true,
@@ -261,49 +114,51 @@ impl Loop {
     }
 
     fn fatal(&self, e: Error) {
-        let mut f = self.sh.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        let sh = &self.lp.cx.sh;
+        let mut f = sh.fatal.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(e);
         drop(f);
-        self.sh.stop(NOW);
+        sh.stop(NOW);
     }
 
     fn dispatch(&mut self, t: Token, r: Ready) {
+        let lp = &mut self.lp;
         match t.kind {
             LISTEN => self.accept(),
             WAKE => {
                 let mut b = [0u8; 8];
-                let _ = rustix::io::read(&self.sh.wakers[self.me], &mut b);
-                self.retry_queued();
+                let _ = rustix::io::read(&lp.cx.sh.wakers[self.me], &mut b);
+                lp.retry_queued();
             }
-            CONN => self.conn_ready(t.slot, t.generation, r),
-            STDOUT => self.stdout_ready(t.slot, t.generation),
+            CONN => lp.conn_ready(t.slot, t.generation, r),
+            STDOUT => lp.stdout_ready(t.slot, t.generation),
             JOB_ERR | JOB_IN | JOB_EXIT | JOB_DISCARD => {
-                self.job_ready(t.slot, t.generation, t.kind)
+                lp.jobs.ready(&mut lp.cx, t.slot, t.generation, t.kind)
             }
             _ => {}
         }
     }
 
     fn deadline(&mut self, t: Token) {
+        let lp = &mut self.lp;
         match t.kind {
             ACCEPT_AGAIN => self.resume_accepting(),
-            CONN => self.conn_time(t.slot, t.generation),
-            JOB_TIME => self.job_time(t.slot, t.generation),
+            CONN => lp.conn_time(t.slot, t.generation),
+            JOB_TIME => lp.jobs.time(&mut lp.cx, t.slot, t.generation),
+            // STOP_OVER only wakes the loop: `run` looks at the stop's time.
+            STOP_OVER => {}
             _ => {}
         }
     }
 
     fn begin_stop(&mut self) {
         let now = Instant::now();
-        self.stopping = Some(now);
-        self.poll.at(now + KILL_GRACE * 2, token(STOP_OVER));
+        let lp = &mut self.lp;
+        lp.cx.stopping = Some(now);
+        lp.cx.poll.at(now + KILL_GRACE * 2, token(STOP_OVER));
         let _ = self.listen(false);
-        for (s, g) in self.jobs.keys() {
-            if let Some(j) = self.jobs.get(s, g) {
-                j.sup.on_stop();
-            }
-            self.job_after(s, g);
-        }
+        let lp = &mut self.lp;
+        lp.jobs.stop(&mut lp.cx);
     }
 
     /// Takes connections from the listening socket (`on`) or stops.
@@ -312,10 +167,11 @@ impl Loop {
             return Ok(());
         }
         self.listening = on;
+        let cx = &self.lp.cx;
         if on {
-            self.poll.add_exclusive(&self.sh.listener, token(LISTEN))
+            cx.poll.add_exclusive(&cx.sh.listener, token(LISTEN))
         } else {
-            self.poll.delete(&self.sh.listener);
+            cx.poll.delete(&cx.sh.listener);
             Ok(())
         }
     }
@@ -327,39 +183,33 @@ impl Loop {
         if backoff {
             self.paused_until = Some(until);
         }
-        self.poll.at(until, token(ACCEPT_AGAIN));
+        self.lp.cx.poll.at(until, token(ACCEPT_AGAIN));
     }
 
     fn resume_accepting(&mut self) {
-        if self.stopping.is_some() || self.paused_until.is_some_and(|t| t > Instant::now()) {
+        let paused = self.paused_until.is_some_and(|t| t > Instant::now());
+        if self.lp.cx.stopping.is_some() || paused {
             return;
         }
         self.paused_until = None;
         let _ = self.listen(true);
     }
 
-    /// A connection closed in this loop: one may be waiting at the cap.
-    pub(super) fn conn_closed(&mut self) {
-        if !self.listening {
-            self.resume_accepting();
-        }
-    }
-
     fn accept(&mut self) {
-        let state = self.sh.state.clone();
+        let state = self.lp.cx.sh.state.clone();
         for _ in 0..ACCEPT_BATCH {
             let Some(permit) = state.connections.try_slot(&state.log) else {
                 self.pause_accepting(CAP_RETRY, false);
                 return;
             };
             let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
-            match rustix::net::accept_with(&self.sh.listener, flags) {
+            match rustix::net::accept_with(&self.lp.cx.sh.listener, flags) {
                 Ok(fd) => {
                     self.backoff.ok();
-                    if self.sh.tcp {
+                    if self.lp.cx.sh.tcp {
                         let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
                     }
-                    self.open_conn(fd, permit);
+                    self.lp.open_conn(fd, permit);
                 }
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(e) => {
@@ -376,27 +226,6 @@ impl Loop {
                 }
             }
         }
-    }
-
-    pub(super) fn log_error(&self, what: String) {
-        (self.sh.state.log)(&LogLine::Error(what));
-    }
-
-    /// Registers `fd` for `kind` of the entry at `slot`/`generation`.
-    pub(super) fn watch(
-        &self,
-        fd: impl AsFd,
-        kind: u8,
-        slot: u32,
-        generation: u32,
-        want: Want,
-    ) -> bool {
-        let t = Token {
-            kind,
-            slot,
-            generation,
-        };
-        self.poll.add(fd, t, want).is_ok()
     }
 }
 
@@ -459,20 +288,27 @@ pub(super) async fn serve(
                     Ok(poll)
                 }) {
                     Ok(poll) => {
-                        let mut lp = Loop {
+                        let cx = Ctx {
                             sh: sh.clone(),
                             poll,
-                            conns: Table::default(),
-                            jobs: Table::default(),
                             scratch: vec![0; READ_CHUNK],
+                            stopping: None,
+                        };
+                        let lp = Loop {
+                            cx,
+                            conns: Table::default(),
+                            jobs: Jobs::default(),
                             queued: Vec::new(),
+                            closed_one: false,
+                        };
+                        let mut thread = Thread {
+                            lp,
                             me,
                             listening: false,
                             backoff: AcceptBackoff::default(),
                             paused_until: None,
-                            stopping: None,
                         };
-                        lp.run();
+                        thread.run();
                     }
                     Err(e) => {
                         let mut f = sh.fatal.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::engine::{JOB_DISCARD, JOB_ERR, JOB_EXIT, JOB_IN, JOB_TIME, Loop, Slot};
 use super::poll::{Token, Want};
+use super::shared::{Ctx, JOB_DISCARD, JOB_ERR, JOB_EXIT, JOB_IN, JOB_TIME, Slot, Table};
 use crate::cgi::log::Log;
 use crate::cgi::script::{STDERR_AFTER_EXIT, StderrLines, Supervision, emit};
 use crate::cgi::tasks::LiveGuard;
@@ -30,6 +30,33 @@ pub(super) struct Feed {
     pub body: Bytes,
     /// Its share of the memory budget, given back once written.
     pub _budget: Reservation,
+}
+
+/// What a job tells the connection answering with it.
+pub(super) enum What {
+    /// The script was reaped.
+    Exit(Option<Exit>),
+    /// A stderr line, for `FCGI_STDERR` (with `stderr_to_client`).
+    Line(Vec<u8>),
+    /// The timeout cut stdout.
+    Cut,
+    /// The script is over (exited, stderr read, slot free).
+    Over(Option<Exit>),
+}
+
+/// A [`What`] for the connection `conn`, about the job `job`.
+pub(super) struct Notice {
+    pub conn: (u32, u32),
+    pub job: (u32, u32),
+    pub what: What,
+}
+
+/// A loop's running scripts, and what they have to tell their connections (taken by the
+/// loop after each event: a job never calls into a connection).
+#[derive(Default)]
+pub(super) struct Jobs {
+    table: Table<Job>,
+    pub notices: Vec<Notice>,
 }
 
 pub(super) struct Job {
@@ -59,11 +86,37 @@ pub(super) struct Job {
     pub poll_exit: bool,
 }
 
-impl Loop {
+impl Jobs {
+    pub(super) fn insert(&mut self, job: Job) -> (u32, u32) {
+        self.table.insert(job)
+    }
+
+    pub(super) fn get(&mut self, slot: u32, generation: u32) -> Option<&mut Job> {
+        self.table.get(slot, generation)
+    }
+
+    pub(super) fn contains(&self, slot: u32, generation: u32) -> bool {
+        self.table.contains(slot, generation)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// A graceful stop: every script's group gets SIGTERM.
+    pub(super) fn stop(&mut self, cx: &mut Ctx) {
+        for (s, g) in self.table.keys() {
+            if let Some(j) = self.table.get(s, g) {
+                j.sup.on_stop();
+            }
+            self.after(cx, s, g);
+        }
+    }
+
     /// Registers a new job's fds; `false` if that failed (the job is dropped, which kills
     /// its group).
-    pub(super) fn job_started(&mut self, slot: u32, generation: u32) -> bool {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    pub(super) fn started(&mut self, cx: &mut Ctx, slot: u32, generation: u32) -> bool {
+        let Some(j) = self.table.get(slot, generation) else {
             return false;
         };
         let mut ok = true;
@@ -73,38 +126,38 @@ impl Loop {
             generation,
         };
         if let Some(e) = &j.stderr {
-            ok &= self.poll.add(e, t(JOB_ERR), Want::READ).is_ok();
+            ok &= cx.poll.add(e, t(JOB_ERR), Want::READ).is_ok();
         }
         if let Some(f) = &j.feed {
-            ok &= self.poll.add(&f.fd, t(JOB_IN), Want::WRITE).is_ok();
+            ok &= cx.poll.add(&f.fd, t(JOB_IN), Want::WRITE).is_ok();
         }
         // Started while the server stops (a kept connection, a queued request, a local
         // redirect): it gets the stop's SIGTERM too.
-        if self.stopping.is_some() {
+        if cx.stopping.is_some() {
             j.sup.on_stop();
         }
         // Without a pidfd that epoll takes (Linux before 5.3), the exit is polled.
         j.poll_exit = j
             .child
             .pidfd()
-            .is_none_or(|p| self.poll.add(p, t(JOB_EXIT), Want::READ).is_err());
-        self.job_after(slot, generation);
+            .is_none_or(|p| cx.poll.add(p, t(JOB_EXIT), Want::READ).is_err());
+        self.after(cx, slot, generation);
         ok
     }
 
-    pub(super) fn job_ready(&mut self, slot: u32, generation: u32, kind: u8) {
+    pub(super) fn ready(&mut self, cx: &mut Ctx, slot: u32, generation: u32, kind: u8) {
         match kind {
-            JOB_EXIT => self.job_exit(slot, generation),
-            JOB_ERR => self.job_stderr(slot, generation),
-            JOB_IN => self.job_feed(slot, generation),
-            JOB_DISCARD => self.job_discard(slot, generation),
+            JOB_EXIT => self.exit(cx, slot, generation),
+            JOB_ERR => self.stderr(cx, slot, generation),
+            JOB_IN => self.feed(cx, slot, generation),
+            JOB_DISCARD => self.discard(cx, slot, generation),
             _ => {}
         }
-        self.job_after(slot, generation);
+        self.after(cx, slot, generation);
     }
 
-    fn job_exit(&mut self, slot: u32, generation: u32) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    fn exit(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         if j.sup.exit().is_some() {
@@ -116,20 +169,24 @@ impl Loop {
             Err(_) => None,
         };
         if let Some(p) = j.child.pidfd() {
-            self.poll.delete(p);
+            cx.poll.delete(p);
         }
         j.sup.on_exit(exit);
         if let Some((cs, cg)) = j.owner {
-            self.conn_job_exit(cs, cg, (slot, generation), exit);
+            self.notices.push(Notice {
+                conn: (cs, cg),
+                job: (slot, generation),
+                what: What::Exit(exit),
+            });
         }
     }
 
-    fn job_stderr(&mut self, slot: u32, generation: u32) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    fn stderr(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         let Some(fd) = &j.stderr else { return };
-        let n = match rustix::io::read(fd, &mut self.scratch[..4096]) {
+        let n = match rustix::io::read(fd, &mut cx.scratch[..4096]) {
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
             Ok(n) => n,
             Err(_) => 0,
@@ -143,22 +200,26 @@ impl Loop {
         if n == 0 {
             j.lines.end(&mut line);
             if let Some(fd) = j.stderr.take() {
-                self.poll.delete(&fd);
+                cx.poll.delete(&fd);
             }
         } else {
-            j.lines.push(&self.scratch[..n], &mut line);
+            j.lines.push(&cx.scratch[..n], &mut line);
         }
         if let Some((cs, cg)) = j.owner {
-            if self.sh.settings.stderr_to_client {
+            if cx.sh.settings.stderr_to_client {
                 for l in got {
-                    self.conn_stderr_line(cs, cg, (slot, generation), l);
+                    self.notices.push(Notice {
+                        conn: (cs, cg),
+                        job: (slot, generation),
+                        what: What::Line(l),
+                    });
                 }
             }
         }
     }
 
-    fn job_feed(&mut self, slot: u32, generation: u32) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    fn feed(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         let Some(f) = &mut j.feed else { return };
@@ -178,36 +239,42 @@ impl Loop {
         }
         // All written, or the script will read no more: close it (EOF for the script).
         if let Some(f) = j.feed.take() {
-            self.poll.delete(&f.fd);
+            cx.poll.delete(&f.fd);
         }
     }
 
-    fn job_discard(&mut self, slot: u32, generation: u32) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    fn discard(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         let Some(fd) = &j.discard else { return };
-        match rustix::io::read(fd, &mut self.scratch[..]) {
+        match rustix::io::read(fd, &mut cx.scratch[..]) {
             Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
             Ok(n) if n > 0 => {}
-            _ => self.job_discarded(slot, generation),
+            _ => self.discarded(cx, slot, generation),
         }
     }
 
     /// A discarded stdout is at its end (or cut): the script may finish on its own.
-    fn job_discarded(&mut self, slot: u32, generation: u32) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    fn discarded(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         if let Some(fd) = j.discard.take() {
-            self.poll.delete(&fd);
+            cx.poll.delete(&fd);
             j.sup.on_end(false);
         }
     }
 
     /// Hands a response's stdout to the job, to be read to its end and thrown away.
-    pub(super) fn job_discard_rest(&mut self, slot: u32, generation: u32, stdout: OwnedFd) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    pub(super) fn discard_rest(
+        &mut self,
+        cx: &mut Ctx,
+        slot: u32,
+        generation: u32,
+        stdout: OwnedFd,
+    ) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         j.owner = None;
@@ -216,74 +283,78 @@ impl Loop {
             slot,
             generation,
         };
-        if j.sup.timed_out() || self.poll.add(&stdout, t, Want::READ).is_err() {
+        if j.sup.timed_out() || cx.poll.add(&stdout, t, Want::READ).is_err() {
             j.sup.on_end(false);
         } else {
             j.discard = Some(stdout);
         }
-        self.job_after(slot, generation);
+        self.after(cx, slot, generation);
     }
 
     /// The request side is done with the job: `abandoned` ends its group, and the
     /// connection hears no more of it; otherwise it still gets stderr lines and the end.
-    pub(super) fn job_end(&mut self, slot: u32, generation: u32, abandoned: bool) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    pub(super) fn end(&mut self, cx: &mut Ctx, slot: u32, generation: u32, abandoned: bool) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         if abandoned {
             j.owner = None;
         }
         j.sup.on_end(abandoned);
-        self.job_after(slot, generation);
+        self.after(cx, slot, generation);
     }
 
     /// Records the status and bytes the client got, for the access line.
-    pub(super) fn job_answered(&mut self, slot: u32, generation: u32, status: u16, bytes: u64) {
-        if let Some(j) = self.jobs.get(slot, generation) {
+    pub(super) fn answered(&mut self, slot: u32, generation: u32, status: u16, bytes: u64) {
+        if let Some(j) = self.table.get(slot, generation) {
             j.status = status;
             j.bytes = bytes;
         }
     }
 
-    pub(super) fn job_time(&mut self, slot: u32, generation: u32) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    pub(super) fn time(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         j.armed = None;
         if j.poll_exit && j.sup.exit().is_none() {
-            self.job_exit(slot, generation);
+            self.exit(cx, slot, generation);
         }
-        let Some(j) = self.jobs.get(slot, generation) else {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         if j.sup.on_time(Instant::now()) {
             // The timeout cut stdout: the request side stops reading it.
             if let Some((cs, cg)) = j.owner {
-                self.conn_cut(cs, cg, (slot, generation));
+                self.notices.push(Notice {
+                    conn: (cs, cg),
+                    job: (slot, generation),
+                    what: What::Cut,
+                });
             }
-            self.job_discarded(slot, generation);
+            self.discarded(cx, slot, generation);
         }
-        self.job_after(slot, generation);
+        self.after(cx, slot, generation);
     }
 
     /// After every event of a job: the end of it once it is over, else its next deadline.
-    pub(super) fn job_after(&mut self, slot: u32, generation: u32) {
-        let Some(j) = self.jobs.get(slot, generation) else {
+    pub(super) fn after(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         let now = Instant::now();
         if j.sup.is_done() {
             j.feed = None;
             if let Some(fd) = j.discard.take() {
-                self.poll.delete(&fd);
+                cx.poll.delete(&fd);
             }
             let over_at = *j.over_at.get_or_insert(now + STDERR_AFTER_EXIT);
             if j.stderr.is_none() || over_at <= now {
-                self.job_over(slot, generation);
+                self.over(cx, slot, generation);
                 return;
             }
         }
-        let Some(j) = self.jobs.get(slot, generation) else {
+        let Some(j) = self.table.get(slot, generation) else {
             return;
         };
         let mut next = j.sup.next_deadline();
@@ -302,19 +373,19 @@ impl Loop {
                     slot,
                     generation,
                 };
-                self.poll.at(at, t);
+                cx.poll.at(at, t);
             }
         }
     }
 
     /// The script is over: its slot and budgets go back, the access line is written, and
     /// the connection (if it waits for the end) goes on.
-    fn job_over(&mut self, slot: u32, generation: u32) {
-        let Some(mut j) = self.jobs.remove(slot, generation) else {
+    fn over(&mut self, cx: &mut Ctx, slot: u32, generation: u32) {
+        let Some(mut j) = self.table.remove(slot, generation) else {
             return;
         };
         if let Some(fd) = j.stderr.take() {
-            self.poll.delete(&fd);
+            cx.poll.delete(&fd);
             j.lines.end(|l| emit(&j.log, &j.name, l));
         }
         let exit = j.sup.finish();
@@ -328,7 +399,11 @@ impl Loop {
         let owner = j.owner;
         drop(j);
         if let Some((cs, cg)) = owner {
-            self.conn_job_over(cs, cg, (slot, generation), exit);
+            self.notices.push(Notice {
+                conn: (cs, cg),
+                job: (slot, generation),
+                what: What::Over(exit),
+            });
         }
     }
 }

@@ -9,6 +9,7 @@ mod out;
 mod params;
 mod poll;
 pub(crate) mod record;
+mod shared;
 
 use std::fmt;
 use std::io;
@@ -22,7 +23,7 @@ use tokio::net::{TcpListener, UnixListener};
 use super::state::State;
 use crate::error::{Error, Result, from_io};
 
-pub(crate) use conn::Settings;
+pub(crate) use shared::Settings;
 
 /// Where a FastCGI server takes connections: a TCP or a Unix socket.
 ///
