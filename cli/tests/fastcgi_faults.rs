@@ -551,7 +551,7 @@ fn stall_point(dir: &Dir) -> u64 {
 
 #[test]
 fn a_script_that_ends_while_its_unread_answer_waits_costs_brood_no_cpu() {
-    let (dir, mut brood) = setup("stall-exit", &[]);
+    let (dir, brood) = setup("stall-exit", &[]);
     // Writes QUERY_STRING bytes, or without end.
     dir.script(
         "burst",
