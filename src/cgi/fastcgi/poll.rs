@@ -3,7 +3,7 @@
 //!
 //! By `rustix`, so without `unsafe`. Not tokio's reactor: a FastCGI request registers and
 //! wakes on four fds (the connection, two pipes, the pidfd), and through tokio's tasks
-//! and wakers that cost brood half its CPU per request (docs/benchmarks.md, FastCGI).
+//! and wakers that cost brood a third of its CPU per request (docs/benchmarks.md, FastCGI).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
