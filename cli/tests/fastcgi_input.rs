@@ -8,44 +8,11 @@ mod fastcgi_support;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
+use fastcgi_support::wire::{
+    ABORT, BEGIN, END, GET_VALUES, GET_VALUES_RESULT, PARAMS, STDIN, STDOUT, UNKNOWN_TYPE, pair,
+    rec,
+};
 use fastcgi_support::*;
-
-const BEGIN: u8 = 1;
-const ABORT: u8 = 2;
-const END: u8 = 3;
-const PARAMS: u8 = 4;
-const STDIN: u8 = 5;
-const STDOUT: u8 = 6;
-const GET_VALUES: u8 = 9;
-const GET_VALUES_RESULT: u8 = 10;
-const UNKNOWN_TYPE: u8 = 11;
-
-fn rec(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for piece in content.chunks(65535) {
-        out.extend_from_slice(&[1, kind]);
-        out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&(piece.len() as u16).to_be_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(piece);
-    }
-    if content.is_empty() {
-        out.extend_from_slice(&[1, kind, (id >> 8) as u8, id as u8, 0, 0, 0, 0]);
-    }
-    out
-}
-
-fn pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    for len in [name.len(), value.len()] {
-        if len < 128 {
-            out.push(len as u8);
-        } else {
-            out.extend_from_slice(&(len as u32 | 0x8000_0000).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(name);
-    out.extend_from_slice(value);
-}
 
 fn begin(id: u16, role: u16, keep: bool) -> Vec<u8> {
     let r = role.to_be_bytes();

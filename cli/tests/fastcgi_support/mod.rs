@@ -7,6 +7,8 @@
     reason = "each test file uses a different part of the shared support"
 )]
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
