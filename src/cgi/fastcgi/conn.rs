@@ -56,8 +56,8 @@ const STDERR_QUEUE: usize = 64;
 /// How long the end of a response waits for the rest of stderr (with `stderr_to_client`).
 const STDERR_WAIT: Duration = Duration::from_secs(1);
 const MAX_REDIRECTS: usize = 10;
-/// Output waiting to be written above which the script's stdout is not read (and stderr
-/// lines are only logged) until the web server takes some.
+/// Output waiting to be written above which neither the script's stdout nor the socket is
+/// read (and stderr lines are only logged) until the web server takes some.
 const COALESCE: usize = 256 * 1024;
 
 type Key = (u32, u32);
