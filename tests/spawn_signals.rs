@@ -199,14 +199,28 @@ struct StormResult {
 
 #[test]
 fn no_parent_handler_runs_in_a_child_during_a_signal_storm() {
+    storm_run(false);
+}
+
+/// The same with `clone` instead of `clone3` (`BROOD_NO_CLONE3=1`: a kernel before 5.5, or
+/// a seccomp filter that hides clone3), where the child resets each caught signal itself.
+#[test]
+fn no_parent_handler_runs_in_a_child_during_a_signal_storm_without_clone3() {
+    storm_run(true);
+}
+
+fn storm_run(without_clone3: bool) {
     let rt = rt();
     let out = rt.block_on(async {
         let _guard = shared().await;
         let exe = std::env::current_exe().unwrap();
+        let mut cmd = Command::new(exe);
+        if without_clone3 {
+            cmd.env("BROOD_NO_CLONE3", "1");
+        }
         bounded(
             "storm helper",
-            Command::new(exe)
-                .args(["--exact", "helper", "--nocapture", "--test-threads=1"])
+            cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1"])
                 .env(HELPER_ENV, STORM_MODE)
                 // A group of its own: its `kill(0, sig)` reaches only it and its children.
                 .process_group(0)

@@ -402,6 +402,9 @@ impl Cgi {
             tasks: tasks::Tasks::default(),
             stopping: tokio::sync::watch::channel(false).0,
             live: Arc::new(tokio::sync::watch::channel(0).0),
+            // (Opened with O_CLOEXEC, as std opens every file; without it each script opens
+            // its own.)
+            dev_null: std::fs::File::open("/dev/null").ok().map(Into::into),
         })
     }
 

@@ -84,7 +84,7 @@ pub(crate) async fn launch(
     let (stdin, fed) = match &upload {
         Some(Upload::File(f, ..)) => (Stdio::inherit_fd(f.as_raw_fd()), None),
         Some(Upload::Memory(b, _)) if !b.is_empty() => (Stdio::pipe_readable(), Some(b.clone())),
-        _ => (Stdio::null(), None),
+        _ => (state.no_body(), None),
     };
     let mut cmd = match command(state, &target, &opened, args, env) {
         Ok(c) => c,

@@ -41,9 +41,21 @@ pub(crate) struct State {
     pub stopping: watch::Sender<bool>,
     /// Supervisors still running.
     pub live: Arc<watch::Sender<usize>>,
+    /// `/dev/null` opened once for reading: the stdin of every script without a body is a
+    /// copy (a `dup3` in the child instead of a path lookup and an `openat` each time).
+    pub dev_null: Option<std::os::fd::OwnedFd>,
 }
 
 impl State {
+    /// The stdin of a script that gets no body: `/dev/null`.
+    pub(crate) fn no_body(&self) -> crate::Stdio {
+        use std::os::fd::AsRawFd;
+        match &self.dev_null {
+            Some(fd) => crate::Stdio::inherit_fd(fd.as_raw_fd()),
+            None => crate::Stdio::null(),
+        }
+    }
+
     /// A `max_children` slot, waiting up to `queue` (counted in [`Load::queued`]);
     /// `Some(None)` without a limit, `None` when no slot came free.
     pub(crate) async fn slot(&self) -> Option<Option<OwnedSemaphorePermit>> {

@@ -86,6 +86,9 @@ pub(crate) struct ChildArgs {
     /// The parent left SIGCHLD unblocked around the clone (`linux.rs`): the child blocks it
     /// first thing.
     pub block_sigchld: bool,
+    /// The kernel reset every caught signal at the clone (`clone3` with
+    /// CLONE_CLEAR_SIGHAND, `linux.rs`).
+    pub handlers_cleared: bool,
     pub actions: *mut FdAction,
     pub nactions: usize,
     pub report: *mut Report,

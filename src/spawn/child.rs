@@ -73,20 +73,30 @@ pub(super) unsafe fn run(args: &ChildArgs) -> ! {
         //    anyway). An ignored one stays ignored, as std, Go and posix_spawn leave it
         //    (nohup, `trap '' HUP`), except SIGPIPE, reset as std does; with
         //    `reset_signal_dispositions(true)` every one goes back to SIG_DFL, as libuv.
-        for sig in 1..crate::signum::max_signal() + 1 {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
+        //    After clone3 with CLONE_CLEAR_SIGHAND the kernel has reset the caught ones
+        //    already: what is left is SIGPIPE and glibc's own, whether caught or ignored.
+        if args.handlers_cleared && !args.reset_signals {
+            sys::default_disposition(libc::SIGPIPE);
+            for sig in 32..args.first_rt_signal {
+                sys::default_disposition(sig);
             }
-            // glibc's own signals (32 and 33, below SIGRTMIN) were not ignored by choice: no
-            // program can set them through glibc.
-            let keep_ignored = sig != libc::SIGPIPE && !(32..args.first_rt_signal).contains(&sig);
-            if !args.reset_signals {
-                let handler = sys::handler(sig);
-                if handler == libc::SIG_DFL || handler == libc::SIG_IGN && keep_ignored {
+        } else {
+            for sig in 1..crate::signum::max_signal() + 1 {
+                if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                     continue;
                 }
+                // glibc's own signals (32 and 33, below SIGRTMIN) were not ignored by
+                // choice: no program can set them through glibc.
+                let keep_ignored =
+                    sig != libc::SIGPIPE && !(32..args.first_rt_signal).contains(&sig);
+                if !args.reset_signals {
+                    let handler = sys::handler(sig);
+                    if handler == libc::SIG_DFL || handler == libc::SIG_IGN && keep_ignored {
+                        continue;
+                    }
+                }
+                sys::default_disposition(sig);
             }
-            sys::default_disposition(sig);
         }
 
         // 2. Session and process group.

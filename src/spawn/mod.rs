@@ -45,11 +45,15 @@ pub(crate) struct Plan {
     path_ptrs: Vec<*const libc::c_char>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
-    envp: Vec<Vec<u8>>,
+    /// Every `NAME=value\0` entry, one after another (one allocation, not one per
+    /// variable), and where each starts.
+    envp: Vec<u8>,
+    envp_starts: Vec<usize>,
     envp_ptrs: Vec<*const libc::c_char>,
     /// Pass this process's `environ` instead of `envp`.
     inherit_environ: bool,
-    pid_entry: Option<(usize, usize)>,
+    /// Where in `envp` the child writes its pid (`env_pid`): 21 bytes of room.
+    pid_at: Option<usize>,
     cwd: Option<CString>,
     uid: Option<u32>,
     gid: Option<u32>,
@@ -110,9 +114,9 @@ impl Plan {
     /// The `ChildArgs` that point into this plan. The plan must not move or change until
     /// the child has exec'd.
     pub(crate) fn child_args(&mut self) -> ChildArgs {
-        let pid_digits = match self.pid_entry {
-            // SAFETY: `at` is within the entry's buffer, which has 21 bytes of room after it.
-            Some((i, at)) => unsafe { self.envp[i].as_mut_ptr().add(at) },
+        let pid_digits = match self.pid_at {
+            // SAFETY: `at` is within `envp`, with 21 bytes of room after it (`prepare`).
+            Some(at) => unsafe { self.envp.as_mut_ptr().add(at) },
             None => std::ptr::null_mut(),
         };
         ChildArgs {
@@ -150,6 +154,7 @@ impl Plan {
             },
             reset_signals: self.reset_signals,
             block_sigchld: false,
+            handlers_cleared: false,
             first_rt_signal: libc::SIGRTMIN(),
             // SAFETY: getuid cannot fail and touches no memory.
             as_root: (self.uid.is_some() || self.gid.is_some()) && unsafe { libc::getuid() } == 0,
@@ -318,7 +323,10 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         .map(|(i, a)| cstring(a.as_bytes(), &op, &format!("argument {i}")))
         .collect::<Result<_>>()?;
 
-    let mut envp: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 1);
+    let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut envp: Vec<u8> =
+        Vec::with_capacity(size + cmd.env_pid.as_ref().map_or(0, |k| k.len() + 22));
+    let mut envp_starts = Vec::with_capacity(env.len() + 1);
     for (k, v) in &env {
         let (k, v) = (k.as_bytes(), v.as_bytes());
         if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
@@ -330,14 +338,13 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
                 ),
             ));
         }
-        let mut entry = Vec::with_capacity(k.len() + v.len() + 2);
-        entry.extend_from_slice(k);
-        entry.push(b'=');
-        entry.extend_from_slice(v);
-        entry.push(0);
-        envp.push(entry);
+        envp_starts.push(envp.len());
+        envp.extend_from_slice(k);
+        envp.push(b'=');
+        envp.extend_from_slice(v);
+        envp.push(0);
     }
-    let mut pid_entry = None;
+    let mut pid_at = None;
     if let Some(key) = &cmd.env_pid {
         let key = key.as_bytes();
         if key.is_empty() || key.contains(&b'=') || key.contains(&0) {
@@ -346,12 +353,11 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
                 "env_pid name is empty or has '=' or NUL",
             ));
         }
-        let mut entry = key.to_vec();
-        entry.push(b'=');
-        let at = entry.len();
-        entry.extend_from_slice(&[0u8; 21]);
-        pid_entry = Some((envp.len(), at));
-        envp.push(entry);
+        envp_starts.push(envp.len());
+        envp.extend_from_slice(key);
+        envp.push(b'=');
+        pid_at = Some(envp.len());
+        envp.extend_from_slice(&[0u8; 21]);
     }
 
     let cwd = match &cmd.cwd {
@@ -480,9 +486,10 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         argv_ptrs: Vec::new(),
         _argv: argv,
         envp,
+        envp_starts,
         envp_ptrs: Vec::new(),
         inherit_environ,
-        pid_entry,
+        pid_at,
         cwd,
         uid: cmd.uid,
         gid: cmd.gid,
@@ -505,7 +512,14 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
     plan.path_ptrs.push(std::ptr::null());
     plan.argv_ptrs = plan._argv.iter().map(|a| a.as_ptr()).collect();
     plan.argv_ptrs.push(std::ptr::null());
-    plan.envp_ptrs = plan.envp.iter().map(|e| e.as_ptr().cast()).collect();
+    // (`envp` is complete: it never grows again, so these pointers stay valid.)
+    let base = plan.envp.as_ptr();
+    plan.envp_ptrs = plan
+        .envp_starts
+        .iter()
+        // SAFETY: every start is an offset within `envp`.
+        .map(|&at| unsafe { base.add(at) }.cast())
+        .collect();
     plan.envp_ptrs.push(std::ptr::null());
     Ok(plan)
 }
@@ -589,7 +603,8 @@ mod tests {
     #[test]
     fn env_clear_gives_exactly_the_given_env() {
         let plan = prepare(Command::new("x").env_clear().env("A", "1")).unwrap();
-        assert_eq!(plan.envp, vec![b"A=1\0".to_vec()]);
+        assert_eq!(plan.envp, b"A=1\0");
+        assert_eq!(plan.envp_starts, vec![0]);
     }
 
     #[test]

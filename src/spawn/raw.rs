@@ -77,6 +77,78 @@ pub(super) unsafe fn syscall(nr: libc::c_long, a: [usize; 6]) -> Result<usize, i
     Ok(r as usize)
 }
 
+/// The kernel's `struct clone_args` as Linux 5.3 first took it (`CLONE_ARGS_SIZE_VER0`:
+/// brood needs none of the later fields).
+#[cfg(target_arch = "x86_64")]
+#[repr(C)]
+pub(super) struct CloneArgs {
+    pub flags: u64,
+    /// Where the kernel writes the pidfd (an `int`) with CLONE_PIDFD.
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    /// The lowest address of the child's stack, and its size: the child starts with its
+    /// stack pointer at `stack + stack_size`.
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+}
+
+/// `CLONE_CLEAR_SIGHAND` (Linux 5.5, `clone3` only): the child starts with every caught
+/// signal at SIG_DFL; ignored ones stay ignored.
+#[cfg(target_arch = "x86_64")]
+pub(super) const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+
+/// `clone3(args)`: in the parent, the child's pid or the errno; the child calls
+/// `entry(arg)` on the stack `args` gives and never comes back here (`entry` must not
+/// return).
+///
+/// A wrapper of our own because no C library exports one: after the system call the child
+/// runs on a new stack with no frame to return to, so the call into `entry` must be made in
+/// the same assembly block.
+///
+/// # Safety
+/// `args` is valid for the kernel; its stack is mapped and not in use, its top 16-byte
+/// aligned, and it stays so until the child execs or exits (CLONE_VFORK); `entry` runs in the
+/// child under the rules of `child.rs` and never returns.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn clone3(
+    args: &CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> Result<usize, i32> {
+    let ret: isize;
+    // SAFETY: the x86_64 system call convention (rcx and r11 clobbered). The child resumes
+    // after `syscall` with this thread's registers but rax = 0 and rsp at its new stack's
+    // top: r12 and r13 still hold `arg` and `entry`, the frame pointer is cleared (the
+    // child's stack has no frame below) and `call` sees the 16-byte alignment the ABI asks
+    // for. `entry` never returns; `ud2` stops the child if it ever did. The parent skips to
+    // `2:` with the pid or -errno in rax, its stack untouched (`nostack`: nothing is pushed
+    // on it).
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "and rsp, -16",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 as isize => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    result(ret)
+}
+
 /// The size of the kernel's signal set, in bytes (`_NSIG / 8`).
 #[cfg(any(target_arch = "mips", target_arch = "mips64"))]
 pub(super) const SIGSET_SIZE: usize = 16;

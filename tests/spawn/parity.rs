@@ -85,29 +85,45 @@ async fn ignored_signals_survive_nohup_and_trap() {
     let helper = ["--exact", "helper", "--nocapture", "--test-threads=1"];
     let hup = 1u64 << (libc::SIGHUP - 1);
     let pipe = 1u64 << (libc::SIGPIPE - 1);
-    let mut nohup = Command::new("nohup");
-    nohup.arg(&exe).args(helper).env(HELPER_ENV, "sig-ign");
-    let mut trap = Command::new("sh");
-    trap.args(["-c", "trap '' HUP; exec \"$0\" \"$@\""])
-        .arg(&exe)
-        .args(helper)
-        .env(HELPER_ENV, "sig-ign");
-    for (what, cmd) in [("nohup", &mut nohup), ("trap", &mut trap)] {
-        let out = bounded(what, cmd.stdin(Stdio::ignore()).output())
-            .await
-            .unwrap();
-        assert!(
-            out.exit.success(),
-            "{what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (kept, reset) = sig_ign(&out);
-        assert_ne!(kept & hup, 0, "{what}: SIGHUP not ignored in the child");
-        assert_eq!(kept & pipe, 0, "{what}: SIGPIPE must be reset, as std does");
-        assert_eq!(
-            reset, 0,
-            "{what}: reset_signal_dispositions(true) leaves none"
-        );
+    // With clone3 (the kernel resets caught signals) and without (`BROOD_NO_CLONE3=1`).
+    for no_clone3 in ["0", "1"] {
+        let mut nohup = Command::new("nohup");
+        nohup
+            .arg(&exe)
+            .args(helper)
+            .env(HELPER_ENV, "sig-ign")
+            .env("BROOD_NO_CLONE3", no_clone3);
+        let mut trap = Command::new("sh");
+        trap.args(["-c", "trap '' HUP; exec \"$0\" \"$@\""])
+            .arg(&exe)
+            .args(helper)
+            .env(HELPER_ENV, "sig-ign")
+            .env("BROOD_NO_CLONE3", no_clone3);
+        for (what, cmd) in [("nohup", &mut nohup), ("trap", &mut trap)] {
+            let out = bounded(what, cmd.stdin(Stdio::ignore()).output())
+                .await
+                .unwrap();
+            assert!(
+                out.exit.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (kept, reset) = sig_ign(&out);
+            assert_ne!(
+                kept & hup,
+                0,
+                "{what} (BROOD_NO_CLONE3={no_clone3}): SIGHUP not ignored in the child"
+            );
+            assert_eq!(
+                kept & pipe,
+                0,
+                "{what} (BROOD_NO_CLONE3={no_clone3}): SIGPIPE must be reset, as std does"
+            );
+            assert_eq!(
+                reset, 0,
+                "{what}: reset_signal_dispositions(true) leaves none"
+            );
+        }
     }
 }
 
@@ -181,6 +197,7 @@ async fn rerun_basic_tests(var: &str) {
         "BROOD_NO_PIDFD",
         "BROOD_NO_PIDFD_WAITID",
         "BROOD_NO_PIDFD_POLL",
+        "BROOD_NO_CLONE3",
     ]
     .iter()
     .any(|v| std::env::var_os(v).is_some())
@@ -217,6 +234,14 @@ async fn no_pidfd_waitid_fallback_runs_basic_tests() {
 async fn no_pidfd_poll_fallback_runs_basic_tests() {
     let _g = shared().await;
     rerun_basic_tests("BROOD_NO_PIDFD_POLL").await;
+}
+
+/// A kernel before 5.5, or a seccomp filter that hides clone3: `clone`, with the child
+/// resetting each caught signal itself.
+#[tokio::test]
+async fn no_clone3_fallback_runs_basic_tests() {
+    let _g = shared().await;
+    rerun_basic_tests("BROOD_NO_CLONE3").await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! A connection is a state machine ([`Phase`]) driven by its socket's readiness, its
 //! script's stdout, its deadline and notices from its job.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -585,37 +585,32 @@ impl Loop {
         // The body: a file is the script's stdin itself; one in memory goes through a pipe.
         let mut feed = None;
         let mut disk = None;
-        let mut stdin_end = None;
+        // The child's ends go by value: the spawn closes our copies once the child has them.
         let stdin = match upload {
             Some(Upload::File(f, _, r)) => {
                 disk = Some(r);
-                let s = Stdio::inherit_fd(f.as_raw_fd());
-                stdin_end = Some(OwnedFd::from(f));
-                s
+                Stdio::from(OwnedFd::from(f))
             }
             Some(Upload::Memory(body, budget)) if !body.is_empty() => {
                 let (r, w) = match crate::fd::pipe() {
                     Ok(p) => p,
                     Err(e) => return not_run(self, req, e.context("pipe for the body")),
                 };
-                let s = Stdio::inherit_fd(r.as_raw_fd());
-                stdin_end = Some(r);
                 feed = Some(Feed {
                     fd: w,
                     body,
                     _budget: budget,
                 });
-                s
+                Stdio::from(r)
             }
-            _ => Stdio::null(),
+            _ => state.no_body(),
         };
         cmd.stdin(stdin)
-            .stdout(Stdio::inherit_fd(out_w.as_raw_fd()))
-            .stderr(Stdio::inherit_fd(err_w.as_raw_fd()));
-        // The exec has happened when spawn returns: the open script, the child's ends and
-        // the body file may go.
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        // The exec has happened when spawn returns: the open script may go.
         let spawned = cmd.spawn();
-        drop((opened, out_w, err_w, stdin_end));
+        drop(opened);
         let child = match spawned {
             Ok(c) => c,
             Err(e) => return not_run(self, req, e),
