@@ -15,7 +15,6 @@ mod raw;
 mod sys;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -73,7 +72,12 @@ pub(crate) struct Plan {
 
 /// Node's variables for a `Stdio::node_ipc` slot, as Node's `fork` sets them, unless the
 /// caller named them with `.env()`; a serialization other than `json` is refused.
-fn node_channel_env<'a>(cmd: &'a Options, env: &mut Env<'a>, slot: i32, op: &str) -> Result<()> {
+fn node_channel_env<'a>(
+    cmd: &'a Options,
+    env: &mut Env<'a>,
+    slot: i32,
+    op: SpawnOp<'_>,
+) -> Result<()> {
     const MODE: &str = "NODE_CHANNEL_SERIALIZATION_MODE";
     if !cmd
         .env
@@ -86,10 +90,12 @@ fn node_channel_env<'a>(cmd: &'a Options, env: &mut Env<'a>, slot: i32, op: &str
     }
     match cmd.env.get(OsStr::new(MODE)) {
         Some(Some(mode)) if mode != "json" => {
-            return Err(Error::new(libc::EPROTONOSUPPORT, op).with_detail(format!(
-                "{MODE} is {mode:?}: brood speaks only Node's \"json\" serialization \
+            return Err(
+                Error::new(libc::EPROTONOSUPPORT, op.to_string()).with_detail(format!(
+                    "{MODE} is {mode:?}: brood speaks only Node's \"json\" serialization \
                  (not \"advanced\", V8's structured clone)"
-            )));
+                )),
+            );
         }
         _ => {
             env.insert(
@@ -101,8 +107,19 @@ fn node_channel_env<'a>(cmd: &'a Options, env: &mut Env<'a>, slot: i32, op: &str
     Ok(())
 }
 
-fn cstring(bytes: &[u8], op: &str, what: &str) -> Result<CString> {
-    CString::new(bytes).map_err(|_| Error::invalid(op, format!("{what} contains a NUL byte")))
+fn cstring(bytes: &[u8], op: SpawnOp<'_>, what: impl FnOnce() -> String) -> Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| Error::invalid(op.to_string(), format!("{} contains a NUL byte", what())))
+}
+
+/// The `spawn "name"` operation of a spawn's errors, formatted only when an error needs it.
+#[derive(Clone, Copy)]
+struct SpawnOp<'a>(&'a OsStr);
+
+impl std::fmt::Display for SpawnOp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spawn {:?}", self.0.to_string_lossy())
+    }
 }
 
 /// The `spawn "name"` operation text used in every spawn error.
@@ -225,13 +242,22 @@ unsafe extern "C" {
 /// The changes are borrowed, not copied (a CGI script's twenty-odd variables would be
 /// copied twice more per request otherwise).
 fn child_env(cmd: &Options) -> Env<'_> {
-    let mut env: Env<'_> = if cmd.env_clear {
-        BTreeMap::new()
-    } else {
-        std::env::vars_os()
-            .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
-            .collect()
-    };
+    if cmd.env_clear {
+        // The changes alone, already sorted by name and unique (a `BTreeMap`).
+        let vars = cmd.env.iter().filter_map(|(k, v)| {
+            let v = v.as_ref()?;
+            Some((Cow::Borrowed(k.as_os_str()), Cow::Borrowed(v.as_os_str())))
+        });
+        return Env(vars.collect());
+    }
+    let mut env = Env(std::env::vars_os()
+        .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+        .collect());
+    // A name twice in this process's environment: the last one, as a map built in order
+    // keeps (reversed, then a stable sort and `dedup` keep the first of each name).
+    env.0.reverse();
+    env.0.sort_by(|a, b| a.0.cmp(&b.0));
+    env.0.dedup_by(|a, b| a.0 == b.0);
     for (k, v) in &cmd.env {
         match v {
             Some(v) => env.insert(Cow::Borrowed(k.as_os_str()), Cow::Borrowed(v.as_os_str())),
@@ -241,15 +267,41 @@ fn child_env(cmd: &Options) -> Env<'_> {
     env
 }
 
-/// Environment names to values, each borrowed from the `Options` or owned.
-type Env<'a> = BTreeMap<Cow<'a, OsStr>, Cow<'a, OsStr>>;
+/// Environment names to values, each borrowed from the `Options` or owned, sorted by
+/// name with no name twice (a vector: for a CGI script's thirty variables a map's nodes
+/// cost more than they save).
+#[derive(Default)]
+struct Env<'a>(Vec<(Cow<'a, OsStr>, Cow<'a, OsStr>)>);
+
+impl<'a> Env<'a> {
+    fn find(&self, k: &OsStr) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (**n).cmp(k))
+    }
+
+    fn insert(&mut self, k: Cow<'a, OsStr>, v: Cow<'a, OsStr>) {
+        match self.find(&k) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => self.0.insert(i, (k, v)),
+        }
+    }
+
+    fn remove(&mut self, k: &OsStr) {
+        if let Ok(i) = self.find(k) {
+            self.0.remove(i);
+        }
+    }
+
+    fn get(&self, k: &OsStr) -> Option<&Cow<'a, OsStr>> {
+        self.find(k).ok().map(|i| &self.0[i].1)
+    }
+}
 
 /// Builds the plan: every allocation of the spawn happens here.
 pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
-    let op = spawn_op(&cmd.program);
+    let op = SpawnOp(&cmd.program);
     let program = cmd.program.as_bytes();
     if program.is_empty() {
-        return Err(Error::new(libc::ENOENT, op).with_detail("empty program name"));
+        return Err(Error::new(libc::ENOENT, op.to_string()).with_detail("empty program name"));
     }
     // m68k's setuid/setgid take 16-bit ids and the libc crate has no number for their
     // 32-bit versions there (x86, arm and sparc use setuid32/setgid32 in `child.rs`).
@@ -257,7 +309,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
     for (what, id) in [("uid", cmd.uid), ("gid", cmd.gid)] {
         if id.is_some_and(|id| id > 0xffff) {
             return Err(Error::invalid(
-                op,
+                op.to_string(),
                 format!("{what} above 65535: this platform's set{what} takes 16 bits"),
             ));
         }
@@ -266,7 +318,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         // setsid makes the child a group leader of its own; setpgid after it would fail
         // with EPERM from the child, which says nothing about why.
         return Err(Error::invalid(
-            op,
+            op.to_string(),
             "detached(true) starts a new session and process group; it cannot be combined with process_group(..)",
         ));
     }
@@ -286,7 +338,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         && ipc_slot.is_none()
         && node_slot.is_none();
     let mut env = if inherit_environ {
-        BTreeMap::new()
+        Env::default()
     } else {
         child_env(cmd)
     };
@@ -306,32 +358,32 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         }
     }
     if let Some(slot) = node_slot {
-        node_channel_env(cmd, &mut env, slot, &op)?;
+        node_channel_env(cmd, &mut env, slot, op)?;
     }
     if let Some(key) = &cmd.env_pid {
         env.remove(key.as_os_str());
     }
     let paths: Vec<CString> = exec_candidates(program, path_var.as_deref().map(|p| p.as_bytes()))
         .into_iter()
-        .map(|p| cstring(&p, &op, "program"))
+        .map(|p| cstring(&p, op, || "program".into()))
         .collect::<Result<_>>()?;
 
     let argv0 = cmd.arg0.as_deref().unwrap_or(&cmd.program);
     let argv: Vec<CString> = std::iter::once(argv0)
         .chain(cmd.args.iter().map(|a| a.as_os_str()))
         .enumerate()
-        .map(|(i, a)| cstring(a.as_bytes(), &op, &format!("argument {i}")))
+        .map(|(i, a)| cstring(a.as_bytes(), op, || format!("argument {i}")))
         .collect::<Result<_>>()?;
 
-    let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let size: usize = env.0.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     let mut envp: Vec<u8> =
         Vec::with_capacity(size + cmd.env_pid.as_ref().map_or(0, |k| k.len() + 22));
-    let mut envp_starts = Vec::with_capacity(env.len() + 1);
-    for (k, v) in &env {
+    let mut envp_starts = Vec::with_capacity(env.0.len() + 1);
+    for (k, v) in &env.0 {
         let (k, v) = (k.as_bytes(), v.as_bytes());
         if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
             return Err(Error::invalid(
-                op,
+                op.to_string(),
                 format!(
                     "environment variable {:?} has an empty name, '=' in its name or a NUL byte",
                     String::from_utf8_lossy(k)
@@ -349,7 +401,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
         let key = key.as_bytes();
         if key.is_empty() || key.contains(&b'=') || key.contains(&0) {
             return Err(Error::invalid(
-                op,
+                op.to_string(),
                 "env_pid name is empty or has '=' or NUL",
             ));
         }
@@ -361,14 +413,14 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
     }
 
     let cwd = match &cmd.cwd {
-        Some(dir) => Some(cstring(dir.as_os_str().as_bytes(), &op, "cwd")?),
+        Some(dir) => Some(cstring(dir.as_os_str().as_bytes(), op, || "cwd".into())?),
         None => None,
     };
 
     if let Some(sig) = cmd.parent_death_signal {
         if !(1..=crate::signum::max_signal()).contains(&sig.as_raw()) {
             return Err(Error::invalid(
-                op,
+                op.to_string(),
                 format!("parent death signal {sig} is not valid"),
             ));
         }
@@ -390,7 +442,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
     }
     if stdio.values().any(|s| s.is_pipe()) && tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::invalid(
-            op,
+            op.to_string(),
             "pipes to a child need a tokio runtime: spawn inside one",
         ));
     }
@@ -404,12 +456,12 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
             _ => continue,
         };
         if !fd::is_open(from) {
-            return Err(Error::new(libc::EBADF, op)
+            return Err(Error::new(libc::EBADF, op.to_string())
                 .with_detail(format!("stdio slot {slot}: fd {from} is not open")));
         }
     }
     for (&slot, s) in stdio.iter_mut() {
-        fd::check_slot(slot).map_err(|e| e.context(&op))?;
+        fd::check_slot(slot).map_err(|e| e.context(op))?;
         let source = match &mut s.0 {
             Kind::Ignore if slot <= 2 => Source::DevNull,
             Kind::Ignore | Kind::Closed => Source::Close,
@@ -425,7 +477,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
                 Source::Fd(raw)
             }
             Kind::Given => {
-                return Err(Error::new(libc::EBADF, op).with_detail(format!(
+                return Err(Error::new(libc::EBADF, op.to_string()).with_detail(format!(
                     "stdio slot {slot}: its fd was given to an earlier spawn of this Command"
                 )));
             }
@@ -433,13 +485,13 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
             // /proc/self/fd/N on it (a socket gives ENXIO there). Only the parent's end is
             // made non-blocking (each end has its own file description).
             &mut Kind::Pipe { readable, writable } if readable != writable => {
-                let (read, write) = fd::pipe().map_err(|e| e.context(&op))?;
+                let (read, write) = fd::pipe().map_err(|e| e.context(op))?;
                 let (parent, child, end): (_, OwnedFd, fn(OwnedFd) -> End) = if readable {
                     (write, read, End::Sender)
                 } else {
                     (read, write, End::Receiver)
                 };
-                fd::set_nonblocking(parent.as_fd()).map_err(|e| e.context(&op))?;
+                fd::set_nonblocking(parent.as_fd()).map_err(|e| e.context(op))?;
                 let raw = child.as_raw_fd();
                 child_ends.push(child);
                 parent_ends.push((slot, ParentEnd::Pipe(end(parent))));
@@ -450,7 +502,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
                     Kind::Ipc { node } => Some(node),
                     _ => None,
                 };
-                let (parent, child) = fd::socketpair().map_err(|e| e.context(&op))?;
+                let (parent, child) = fd::socketpair().map_err(|e| e.context(op))?;
                 parent
                     .set_nonblocking(true)
                     .map_err(|e| crate::error::from_io(e, format!("{op}: set_nonblocking")))?;
@@ -465,7 +517,7 @@ pub(crate) fn prepare(cmd: &mut Options) -> Result<Plan> {
                 ));
                 Source::Fd(raw)
             }
-            Kind::Invalid(e) => return Err(e.clone().context(&op)),
+            Kind::Invalid(e) => return Err(e.clone().context(op)),
         };
         // Only an fd the caller named is made blocking at 0-2: the parent's own stdio,
         // inherited, is left as it was (its flags are shared with the parent).

@@ -433,12 +433,8 @@ impl Loop {
         let Phase::Params(req, raw) = std::mem::replace(&mut c.phase, Phase::Ending) else {
             return;
         };
-        let p = match record::pairs(&raw) {
-            Ok(list) => Params(
-                list.into_iter()
-                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
-                    .collect(),
-            ),
+        let p = match Params::parse(raw.freeze()) {
+            Ok(p) => p,
             Err(why) => {
                 put_answer(&mut c.out, req.id, StatusCode::BAD_REQUEST);
                 self.error(&format!("malformed params: {why}"));

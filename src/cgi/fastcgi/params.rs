@@ -10,21 +10,71 @@ use std::time::{Duration, SystemTime};
 use hyper::StatusCode;
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 
+use bytes::Bytes;
+
+use super::record;
 use crate::Exit;
 use crate::cgi::log::Access;
 use crate::cgi::map::{Mapping, Refusal, Target, is_nph, refuse, resolve_under};
 
-/// A request's params, in the order they came.
+/// A request's params, in the order they came: the FCGI_PARAMS stream as it came and
+/// where each name and value lies in it, so neither parsing nor a copy (for the access log)
+/// copies every name and value.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Params(pub Vec<(Vec<u8>, Vec<u8>)>);
+pub(crate) struct Params {
+    raw: Bytes,
+    /// Name start, name end, value start, value end, in `raw`.
+    at: Vec<[usize; 4]>,
+}
 
 impl Params {
+    /// The params of an FCGI_PARAMS stream.
+    pub(crate) fn parse(raw: Bytes) -> Result<Params, &'static str> {
+        let base = raw.as_ptr() as usize;
+        let at = record::pairs(&raw)?
+            .into_iter()
+            .map(|(n, v)| {
+                let (n0, v0) = (n.as_ptr() as usize - base, v.as_ptr() as usize - base);
+                [n0, n0 + n.len(), v0, v0 + v.len()]
+            })
+            .collect();
+        Ok(Params { raw, at })
+    }
+
+    /// Params from name-value pairs, in that order.
+    pub(crate) fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Params {
+        let mut raw = Vec::new();
+        let mut at = Vec::new();
+        for (n, v) in pairs {
+            let n0 = raw.len();
+            raw.extend_from_slice(n);
+            let v0 = raw.len();
+            raw.extend_from_slice(v);
+            at.push([n0, v0, v0, raw.len()]);
+        }
+        Params {
+            raw: raw.into(),
+            at,
+        }
+    }
+
+    /// Every name and value, in the order they came.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> {
+        self.at
+            .iter()
+            .map(|&[n0, n1, v0, v1]| (&self.raw[n0..n1], &self.raw[v0..v1]))
+    }
+
+    /// The last value given for `name`.
     pub(crate) fn get(&self, name: &str) -> Option<&[u8]> {
-        self.0
+        let name = name.as_bytes();
+        // The lengths first: most names differ there, with no slicing or comparing.
+        self.at
             .iter()
             .rev()
-            .find(|(n, _)| n == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
+            .filter(|[n0, n1, ..]| n1 - n0 == name.len())
+            .find(|&&[n0, n1, ..]| &self.raw[n0..n1] == name)
+            .map(|&[_, _, v0, v1]| &self.raw[v0..v1])
     }
 
     /// A param that is present and not empty, as text when it is.
@@ -34,35 +84,31 @@ impl Params {
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.remove(name);
-        self.0.push((name.as_bytes().to_vec(), value.into()));
-    }
-
-    fn remove(&mut self, name: &str) {
-        self.0.retain(|(n, _)| n != name.as_bytes());
-    }
-
     /// The params of the `GET` a local redirect (`Location: /path?q`) asks for.
     pub(crate) fn redirected(&self, location: &str) -> Params {
-        let mut p = self.clone();
         let (path, query) = location.split_once('?').unwrap_or((location, ""));
-        for gone in [
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
+        let set: [(&str, &[u8]); 5] = [
+            ("REQUEST_METHOD", b"GET"),
+            ("REQUEST_URI", location.as_bytes()),
+            ("QUERY_STRING", query.as_bytes()),
+            ("DOCUMENT_URI", &decoded),
+            ("SCRIPT_NAME", &decoded),
+        ];
+        let gone = [
             "CONTENT_LENGTH",
             "CONTENT_TYPE",
             "SCRIPT_FILENAME",
             "PATH_INFO",
             "PATH_TRANSLATED",
-        ] {
-            p.remove(gone);
-        }
-        p.set("REQUEST_METHOD", "GET");
-        p.set("REQUEST_URI", location);
-        p.set("QUERY_STRING", query);
-        let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
-        p.set("DOCUMENT_URI", decoded.clone());
-        p.set("SCRIPT_NAME", decoded);
-        p
+        ];
+        let kept = self.iter().filter(|(n, _)| {
+            !gone
+                .iter()
+                .chain(set.iter().map(|(s, _)| s))
+                .any(|g| g.as_bytes() == *n)
+        });
+        Params::from_pairs(kept.chain(set.iter().map(|(n, v)| (n.as_bytes(), *v))))
     }
 }
 
@@ -188,15 +234,20 @@ pub(crate) fn environment(
         "PATH_INFO",
         "PATH_TRANSLATED",
     ];
-    let mut env: Vec<(OsString, OsString)> =
-        p.0.iter()
-            .filter(|(n, v)| {
-                let unfit = n.is_empty() || n.contains(&b'=') || n.contains(&0) || v.contains(&0);
-                let replaced = computed && names.iter().any(|c| c.as_bytes() == n.as_slice());
-                !(unfit || withheld(n) || replaced)
-            })
-            .map(|(n, v)| (OsString::from_vec(n.clone()), OsString::from_vec(v.clone())))
-            .collect();
+    let mut env: Vec<(OsString, OsString)> = p
+        .iter()
+        .filter(|(n, v)| {
+            let unfit = n.is_empty() || n.contains(&b'=') || n.contains(&0) || v.contains(&0);
+            let replaced = computed && names.iter().any(|c| c.as_bytes() == *n);
+            !(unfit || withheld(n) || replaced)
+        })
+        .map(|(n, v)| {
+            (
+                OsString::from_vec(n.to_vec()),
+                OsString::from_vec(v.to_vec()),
+            )
+        })
+        .collect();
     let mut set = |k: &str, v: OsString| env.push((k.into(), v));
     if p.get("GATEWAY_INTERFACE").is_none() {
         set("GATEWAY_INTERFACE", "CGI/1.1".into());
@@ -256,11 +307,7 @@ mod tests {
     use super::*;
 
     fn params(list: &[(&str, &str)]) -> Params {
-        Params(
-            list.iter()
-                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        Params::from_pairs(list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
     }
 
     #[test]
