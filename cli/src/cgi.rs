@@ -61,7 +61,8 @@ use clap::{ArgGroup, Args};
 #[command(group(ArgGroup::new("mode").required(true).args(["root", "script", "raw"])))]
 pub struct CgiArgs {
     /// Address to listen on (port 0 picks one; the address is printed); with --fastcgi
-    /// also unix:PATH, or `systemd` for the socket passed with LISTEN_FDS.
+    /// also unix:PATH (its file removed at the stop), or `systemd` for the socket passed
+    /// with LISTEN_FDS.
     #[arg(long, value_name = "ADDR")]
     listen: String,
     /// Directory of the scripts.

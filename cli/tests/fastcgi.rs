@@ -436,6 +436,13 @@ fn the_socket_systemd_passes_is_used() {
     let r = http(nginx.port, "GET", "/cgi-bin/hello?via=systemd", b"");
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.text().contains("query=via=systemd"));
+    // Stopped, brood leaves the socket file to its owner (systemd's socket unit).
+    // SAFETY: kill(2) with plain integers.
+    assert_eq!(unsafe { libc::kill(brood.pid() as i32, libc::SIGTERM) }, 0);
+    let mut brood = brood;
+    let status = brood.child.wait().unwrap();
+    assert!(status.success(), "brood exited {status}");
+    assert!(dir.sock().exists(), "brood removed systemd's socket file");
 }
 
 #[test]

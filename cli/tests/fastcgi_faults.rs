@@ -393,14 +393,30 @@ fn sigterm_ends_every_running_group_and_brood_exits_0_within_the_grace() {
         let a = answer(&mut s, 1);
         assert!(!a.text().contains("survived"), "{a:?}");
     }
-    println!(
-        "socket file after the stop: {}",
-        if dir.sock().exists() {
-            "left"
-        } else {
-            "removed"
-        }
+    // The socket file brood made is gone with it, as nginx's are.
+    assert!(!dir.sock().exists(), "the socket file was left behind");
+}
+
+#[test]
+fn a_socket_file_another_server_took_over_is_left_to_it() {
+    let dir = Dir::new("taken-over");
+    dir.script("hello", HELLO);
+    let mut brood = Brood::start(&dir, &["--root", dir.path("www").to_str().unwrap()]);
+    still_serves(&dir);
+    // Another server binds the same path (as a second `brood cgi` started over a first one
+    // that still runs would not: that is EADDRINUSE; a server that unlinks first does).
+    std::fs::remove_file(dir.sock()).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(dir.sock()).unwrap();
+    assert!(signal(brood.pid() as i32, libc::SIGTERM));
+    let (status, _) = wait_exit(&mut brood, Duration::from_secs(15));
+    assert!(status.success(), "brood exited {status}");
+    assert!(
+        dir.sock().exists(),
+        "brood removed the other server's socket file"
     );
+    // And it is still the other server's: a connection reaches it.
+    let _c = UnixStream::connect(dir.sock()).unwrap();
+    let (_s, _) = other.accept().unwrap();
 }
 
 // --- 2. A web server that stops reading ----------------------------------------------

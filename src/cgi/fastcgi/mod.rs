@@ -27,28 +27,62 @@ pub(crate) use shared::Settings;
 
 /// Where a FastCGI server takes connections: a TCP or a Unix socket.
 ///
+/// A Unix socket file made by [`bind`](FastCgiListener::bind) is removed when the listener
+/// goes (the server stopped, or the listener was dropped unused), as nginx removes its own;
+/// unless it is no longer that file (another server bound the path since). A socket passed
+/// by systemd ([`from_systemd`](FastCgiListener::from_systemd)) or made by the caller
+/// (`From<UnixListener>`) is left where it is: its owner removes it.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use brood::cgi::FastCgiListener;
 /// let path = std::env::temp_dir().join(format!("brood-fcgi-doc-{}.sock", std::process::id()));
 /// let unix = FastCgiListener::bind(&format!("unix:{}", path.display())).await?;
 /// assert_eq!(unix.to_string(), format!("unix:{}", path.display()));
+/// assert!(path.exists());
+/// drop(unix);
+/// assert!(!path.exists(), "the socket file bind made goes with the listener");
 /// let tcp = FastCgiListener::bind("127.0.0.1:0").await?;
 /// assert!(tcp.to_string().starts_with("127.0.0.1:"));
-/// # std::fs::remove_file(&path)?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
-pub enum FastCgiListener {
-    /// A TCP socket (`127.0.0.1:9000`).
+pub struct FastCgiListener(Kind);
+
+#[derive(Debug)]
+enum Kind {
     Tcp(TcpListener),
-    /// A Unix socket (`unix:/run/brood-cgi.sock`), with its path when it has one.
-    Unix(UnixListener, Option<PathBuf>),
+    /// With its path when it has one, and the file to remove when `bind` made it.
+    Unix(UnixListener, Option<PathBuf>, Option<SocketFile>),
+}
+
+/// A socket file `bind` made, removed when this goes if the path still names that file
+/// (the same device and inode as just after the bind).
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn id(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some((m.dev(), m.ino()))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if Self::id(&self.path) == Some(self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl From<TcpListener> for FastCgiListener {
     fn from(l: TcpListener) -> FastCgiListener {
-        FastCgiListener::Tcp(l)
+        FastCgiListener(Kind::Tcp(l))
     }
 }
 
@@ -58,19 +92,19 @@ impl From<UnixListener> for FastCgiListener {
             .local_addr()
             .ok()
             .and_then(|a| a.as_pathname().map(Path::to_path_buf));
-        FastCgiListener::Unix(l, path)
+        FastCgiListener(Kind::Unix(l, path, None))
     }
 }
 
 impl fmt::Display for FastCgiListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FastCgiListener::Tcp(l) => match l.local_addr() {
+        match &self.0 {
+            Kind::Tcp(l) => match l.local_addr() {
                 Ok(a) => write!(f, "{a}"),
                 Err(_) => write!(f, "tcp"),
             },
-            FastCgiListener::Unix(_, Some(p)) => write!(f, "unix:{}", p.display()),
-            FastCgiListener::Unix(_, None) => write!(f, "unix:(unnamed)"),
+            Kind::Unix(_, Some(p), _) => write!(f, "unix:{}", p.display()),
+            Kind::Unix(_, None, _) => write!(f, "unix:(unnamed)"),
         }
     }
 }
@@ -90,7 +124,11 @@ impl FastCgiListener {
                 let _ = std::fs::remove_file(&path);
             }
             let l = UnixListener::bind(&path).map_err(|e| from_io(e, op))?;
-            return Ok(FastCgiListener::Unix(l, Some(path)));
+            let file = SocketFile::id(&path).map(|id| SocketFile {
+                path: path.clone(),
+                id,
+            });
+            return Ok(FastCgiListener(Kind::Unix(l, Some(path), file)));
         }
         let addr: SocketAddr = tokio::net::lookup_host(addr)
             .await
@@ -98,7 +136,7 @@ impl FastCgiListener {
             .next()
             .ok_or_else(|| Error::new(libc::EADDRNOTAVAIL, op.clone()))?;
         let l = TcpListener::bind(addr).await.map_err(|e| from_io(e, op))?;
-        Ok(FastCgiListener::Tcp(l))
+        Ok(FastCgiListener(Kind::Tcp(l)))
     }
 
     /// The listening socket systemd passed (`LISTEN_FDS` >= 1 and `LISTEN_PID` = this
@@ -122,9 +160,9 @@ impl FastCgiListener {
             crate::ipc::HandleType::TcpListener => {
                 let std = std::net::TcpListener::from(fd);
                 std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
-                Ok(Some(FastCgiListener::Tcp(
+                Ok(Some(FastCgiListener(Kind::Tcp(
                     TcpListener::from_std(std).map_err(|e| from_io(e, op))?,
-                )))
+                ))))
             }
             crate::ipc::HandleType::UnixListener => {
                 let std = std::os::unix::net::UnixListener::from(fd);
@@ -145,12 +183,12 @@ impl FastCgiListener {
         }
     }
 
-    /// The listening socket, out of tokio's reactor, for the event loops; and whether it
-    /// is TCP.
-    fn into_fd(self) -> io::Result<(OwnedFd, bool)> {
-        match self {
-            FastCgiListener::Tcp(l) => Ok((l.into_std()?.into(), true)),
-            FastCgiListener::Unix(l, _) => Ok((l.into_std()?.into(), false)),
+    /// The listening socket, out of tokio's reactor, for the event loops; whether it is
+    /// TCP; and the socket file to remove when they are done.
+    fn into_fd(self) -> io::Result<(OwnedFd, bool, Option<SocketFile>)> {
+        match self.0 {
+            Kind::Tcp(l) => Ok((l.into_std()?.into(), true, None)),
+            Kind::Unix(l, _, file) => Ok((l.into_std()?.into(), false, file)),
         }
     }
 }
@@ -161,7 +199,8 @@ pub(crate) async fn serve(
     listener: FastCgiListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let (fd, tcp) = listener
+    // `_file` goes when this does, the loops stopped (or this future dropped).
+    let (fd, tcp, _file) = listener
         .into_fd()
         .map_err(|e| from_io(e, "fastcgi: listener"))?;
     engine::serve(state, settings, fd, tcp, shutdown).await
