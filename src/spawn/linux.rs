@@ -10,7 +10,8 @@
 //! asks for one with `pidfd_open` (5.3), or goes on with the pid alone. CLONE_CLEAR_SIGHAND
 //! (5.5, x86_64 here: the `clone3` wrapper is assembly) starts the child with every caught
 //! signal at SIG_DFL, which otherwise takes it one system call per signal (`child.rs`):
-//! about 20 µs per spawn on this project's test machine.
+//! `spawn` of `/bin/true` returned 12-34 µs sooner with it on this project's test machine
+//! (126-132 µs against 138-166, 3,000 in a row, three alternating runs).
 
 use std::cell::Cell;
 use std::os::fd::{FromRawFd, OwnedFd};
