@@ -8,7 +8,7 @@
 //! This is glibc's own `posix_spawn` design, extended to every libuv option. CLONE_PIDFD
 //! gives a pidfd atomically with the pid; kernels before 5.2 refuse the flag and then brood
 //! asks for one with `pidfd_open` (5.3), or goes on with the pid alone. CLONE_CLEAR_SIGHAND
-//! (5.5, x86_64 here: the `clone3` wrapper is assembly) starts the child with every caught
+//! (5.5; 64-bit x86 only: the `clone3` wrapper is assembly, other architectures use `clone`) starts the child with every caught
 //! signal at SIG_DFL, which otherwise takes it one system call per signal (`child.rs`):
 //! `spawn` of `/bin/true` returned 12-34 µs sooner with it on this project's test machine
 //! (126-132 µs against 138-166, 3,000 in a row, three alternating runs).
@@ -83,7 +83,7 @@ const NO: u8 = 2;
 /// Whether the kernel takes CLONE_PIDFD (learnt at the first spawn).
 static CLONE_PIDFD_OK: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// Whether `clone3` takes CLONE_CLEAR_SIGHAND (Linux 5.5; learnt at the first spawn).
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 static CLONE3_OK: AtomicU8 = AtomicU8::new(UNKNOWN);
 /// Whether pidfds work at all (CLONE_PIDFD or pidfd_open); `BROOD_NO_PIDFD=1` turns them
 /// off to exercise the fallback.
@@ -143,11 +143,12 @@ pub(super) unsafe fn start(args: &mut ChildArgs) -> Result<(i32, Option<OwnedFd>
     // queued instead of dropped, and wakes another thread of this process for nothing
     // (brood's FastCGI bench: 0.7 such wake-ups per request). SIG_BLOCK, not SIG_SETMASK,
     // so a thread that blocks SIGCHLD itself (for a signalfd or sigwait) keeps it blocked.
-    // The child blocks it as its first system call. What stays open: a handler installed
-    // by another thread between this check and the clone would run in the child if a
-    // SIGCHLD were sent to that child before its first system call (its pid is not out yet:
-    // only a signal to its process group, to every process, or to a guessed pid can reach
-    // it).
+    // The child blocks it as its first system call. After `clone3` no handler of ours is
+    // left in the child at all (CLONE_CLEAR_SIGHAND). After `clone` one thing stays open: a
+    // handler installed by another thread between this check and the clone would run in the
+    // child if a SIGCHLD were sent to that child before its first system call (its pid is
+    // not out yet: only a signal to its process group, to every process, or to a guessed pid
+    // can reach it).
     let sigchld_open = !sigchld_caught();
     args.block_sigchld = sigchld_open;
     let mask = if sigchld_open {
@@ -168,12 +169,14 @@ pub(super) unsafe fn start(args: &mut ChildArgs) -> Result<(i32, Option<OwnedFd>
     // First choice: clone3 with CLONE_CLEAR_SIGHAND, which spares the child a system call
     // per signal (`child.rs`, step 1). A kernel before 5.5, or a seccomp filter that hides
     // clone3 (ENOSYS, as Docker's), sends every spawn to `clone` from then on.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
     if clone3_usable() {
         args.handlers_cleared = true;
         // SAFETY: as for `clone` below; `stack` is this thread's and idle (see `STACK`).
         match unsafe { clone3_child(args, &stack, use_pidfd, &mut pidfd) } {
             Ok(p) => pid = p,
+            // (EPERM: seccomp profiles that refused unknown calls so, Docker's before 20.10.
+            // Any refusal turns clone3 off for this process: `clone` does the same work.)
             Err(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM) => {
                 CLONE3_OK.store(NO, Ordering::Relaxed);
                 args.handlers_cleared = false;
@@ -244,7 +247,7 @@ fn sigchld_caught() -> bool {
 
 /// Whether spawns use `clone3` with CLONE_CLEAR_SIGHAND: until the kernel refuses it once,
 /// and never with `BROOD_NO_CLONE3=1` in the environment (to exercise the fallback).
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 fn clone3_usable() -> bool {
     match CLONE3_OK.load(Ordering::Relaxed) {
         NO => false,
@@ -262,7 +265,7 @@ fn clone3_usable() -> bool {
 ///
 /// # Safety
 /// As `start`'s, and `stack` is not in use by another child.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 unsafe fn clone3_child(
     args: &mut ChildArgs,
     stack: &Stack,

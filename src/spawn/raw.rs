@@ -79,7 +79,7 @@ pub(super) unsafe fn syscall(nr: libc::c_long, a: [usize; 6]) -> Result<usize, i
 
 /// The kernel's `struct clone_args` as Linux 5.3 first took it (`CLONE_ARGS_SIZE_VER0`:
 /// brood needs none of the later fields).
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 #[repr(C)]
 pub(super) struct CloneArgs {
     pub flags: u64,
@@ -97,7 +97,7 @@ pub(super) struct CloneArgs {
 
 /// `CLONE_CLEAR_SIGHAND` (Linux 5.5, `clone3` only): the child starts with every caught
 /// signal at SIG_DFL; ignored ones stay ignored.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 pub(super) const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 
 /// `clone3(args)`: in the parent, the child's pid or the errno; the child calls
@@ -112,7 +112,7 @@ pub(super) const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 /// `args` is valid for the kernel; its stack is mapped and not in use, its top 16-byte
 /// aligned, and it stays so until the child execs or exits (CLONE_VFORK); `entry` runs in the
 /// child under the rules of `child.rs` and never returns.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 pub(super) unsafe fn clone3(
     args: &CloneArgs,
     entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,

@@ -56,15 +56,32 @@ enum Kind {
     Unix(UnixListener, Option<PathBuf>, Option<SocketFile>),
 }
 
-/// A socket file `bind` made, removed when this goes if the path still names that file
-/// (the same device and inode as just after the bind).
+/// A socket file `bind` made, removed when this goes if the path still names that file:
+/// the same device and inode as just after the bind. `_socket` (a copy of the listening fd)
+/// keeps our socket, so its inode cannot be freed and given to another server's file before
+/// that check; it closes only after it. A process forked since does not remove it.
 #[derive(Debug)]
 struct SocketFile {
+    /// Absolute: a later `chdir` does not move it.
     path: PathBuf,
     id: (u64, u64),
+    _socket: OwnedFd,
+    pid: u32,
 }
 
 impl SocketFile {
+    fn new(path: &Path, listener: &UnixListener) -> Option<SocketFile> {
+        let path = std::path::absolute(path).ok()?;
+        let id = Self::id(&path)?;
+        let socket = listener.as_fd().try_clone_to_owned().ok()?;
+        Some(SocketFile {
+            path,
+            id,
+            _socket: socket,
+            pid: std::process::id(),
+        })
+    }
+
     fn id(path: &Path) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::symlink_metadata(path).ok()?;
@@ -74,9 +91,12 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if Self::id(&self.path) == Some(self.id) {
+        // (What stays open: another server that unlinks our file and binds the path
+        // between this check and the removal; nginx does not check at all.)
+        if std::process::id() == self.pid && Self::id(&self.path) == Some(self.id) {
             let _ = std::fs::remove_file(&self.path);
         }
+        // `_socket` closes after this.
     }
 }
 
@@ -124,10 +144,7 @@ impl FastCgiListener {
                 let _ = std::fs::remove_file(&path);
             }
             let l = UnixListener::bind(&path).map_err(|e| from_io(e, op))?;
-            let file = SocketFile::id(&path).map(|id| SocketFile {
-                path: path.clone(),
-                id,
-            });
+            let file = SocketFile::new(&path, &l);
             return Ok(FastCgiListener(Kind::Unix(l, Some(path), file)));
         }
         let addr: SocketAddr = tokio::net::lookup_host(addr)
