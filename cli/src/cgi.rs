@@ -61,7 +61,7 @@ use clap::{ArgGroup, Args};
 #[command(group(ArgGroup::new("mode").required(true).args(["root", "script", "raw"])))]
 pub struct CgiArgs {
     /// Address to listen on (port 0 picks one; the address is printed); with --fastcgi
-    /// also unix:PATH (its file removed at the stop), or `systemd` for the socket passed
+    /// also unix:PATH (its file removed when a stop begins), or `systemd` for the socket passed
     /// with LISTEN_FDS.
     #[arg(long, value_name = "ADDR")]
     listen: String,

@@ -71,7 +71,7 @@ struct Rec {
 }
 
 /// The next record, or `None` at EOF (or a reset). A read timeout fails the test.
-fn read_rec(s: &mut UnixStream) -> Option<Rec> {
+fn read_rec(s: &mut impl Read) -> Option<Rec> {
     let mut h = [0u8; 8];
     match s.read_exact(&mut h) {
         Ok(()) => {}
@@ -135,7 +135,7 @@ impl Answer {
 }
 
 /// Records up to END_REQUEST for `id`, or to the connection's close.
-fn answer(s: &mut UnixStream, id: u16) -> Answer {
+fn answer(s: &mut impl Read, id: u16) -> Answer {
     let mut out = Vec::new();
     while let Some(r) = read_rec(s) {
         if r.id == id && r.kind == STDOUT {
@@ -153,7 +153,7 @@ fn answer(s: &mut UnixStream, id: u16) -> Answer {
 }
 
 /// Reads records until stdout for `id` holds `needle` (the answer so far).
-fn read_until(s: &mut UnixStream, id: u16, needle: &str) -> Vec<u8> {
+fn read_until(s: &mut impl Read, id: u16, needle: &str) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let r = read_rec(s).unwrap_or_else(|| {
@@ -418,6 +418,101 @@ fn a_socket_file_another_server_took_over_is_left_to_it() {
     let _c = UnixStream::connect(dir.sock()).unwrap();
     let (_s, _) = other.accept().unwrap();
 }
+
+#[test]
+fn a_stopping_server_refuses_new_connections_at_once_on_unix_and_tcp() {
+    for tcp in [false, true] {
+        let dir = Dir::new(if tcp { "refuse-tcp" } else { "refuse-unix" });
+        let termed = dir.path("termed");
+        // Ignores SIGTERM (its sleep does not) and says it got it: brood is then in its
+        // grace, 2 s before the SIGKILL, and must already refuse.
+        dir.script(
+            "stubborn",
+            &format!(
+                "#!/bin/sh\ntrap 'echo > {}' TERM\nprintf 'Content-Type: text/plain\\n\\nnapping\\n'\nwhile :; do sleep 1; done\n",
+                termed.display()
+            ),
+        );
+        let root = dir.path("www").display().to_string();
+        let mut brood = if tcp {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_brood"));
+            cmd.args([
+                "cgi",
+                "--fastcgi",
+                "--listen",
+                "127.0.0.1:0",
+                "--root",
+                &root,
+            ]);
+            Brood::spawn(cmd)
+        } else {
+            Brood::start(&dir, &["--root", &root])
+        };
+        let line = brood.wait_line("listening on fastcgi");
+        let addr = line
+            .split("listening on fastcgi ")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        let connect_any = || -> std::io::Result<Box<dyn ReadWrite>> {
+            if tcp {
+                let s = std::net::TcpStream::connect(&addr)?;
+                s.set_read_timeout(Some(T))?;
+                Ok(Box::new(s))
+            } else {
+                let s = UnixStream::connect(dir.sock())?;
+                s.set_read_timeout(Some(T))?;
+                Ok(Box::new(s))
+            }
+        };
+        let mut held = connect_any().unwrap();
+        held.write_all(&request(
+            1,
+            false,
+            &params(&dir, "stubborn", "GET", "", None),
+            b"",
+        ))
+        .unwrap();
+        read_until(&mut held, 1, "napping");
+
+        assert!(signal(brood.pid() as i32, libc::SIGTERM));
+        wait_for("the script to get SIGTERM", T, || termed.exists());
+        // brood is still in its grace, and a new connection is refused at once: over TCP
+        // ECONNREFUSED (the socket is shut down), over Unix ENOENT (the file is gone).
+        let refused = connect_any().map(|_| ()).unwrap_err();
+        let alive = brood.child.try_wait().unwrap().is_none();
+        let want = if tcp {
+            libc::ECONNREFUSED
+        } else {
+            libc::ENOENT
+        };
+        assert_eq!(refused.raw_os_error(), Some(want), "{refused}");
+        assert!(
+            alive,
+            "brood had exited: the test did not look during the grace"
+        );
+        let (status, took) = wait_exit(&mut brood, Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "brood exited {status}: {:#?}",
+            brood.drain()
+        );
+        println!("tcp={tcp}: refused with {refused}; brood exited {took:?} after SIGTERM");
+        // No accept error was logged for the socket the stop shut down.
+        assert!(
+            !brood.drain().iter().any(|l| l.contains("accept")),
+            "{:#?}",
+            brood.seen
+        );
+        // The held request got an end, whatever it was (the script was killed).
+        let _ = answer(&mut held, 1);
+        wait_groups_gone(&dir);
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 // --- 2. A web server that stops reading ----------------------------------------------
 

@@ -482,7 +482,9 @@ impl Cgi {
     }
 
     /// [`serve_fastcgi`](Cgi::serve_fastcgi) until `shutdown` resolves, then stops as
-    /// [`serve_until`](Cgi::serve_until) does.
+    /// [`serve_until`](Cgi::serve_until) does. From then on a listener
+    /// [`bind`](FastCgiListener::bind) made refuses new connections (and its socket file is
+    /// gone): the web server fails over at once.
     pub async fn serve_fastcgi_until(
         self,
         listener: impl Into<FastCgiListener>,

@@ -157,6 +157,13 @@ impl Thread {
         lp.cx.stopping = Some(now);
         lp.cx.poll.at(now + KILL_GRACE * 2, token(STOP_OVER));
         let _ = self.listen(false);
+        if self.lp.cx.sh.refuse_on_stop {
+            // A socket only this process holds: from now on a connection is refused at
+            // once (the web server tries its next server or answers 502 now), not left in
+            // the backlog until the loops end. Every loop does it (the first one counts);
+            // before any script is told to stop.
+            let _ = rustix::net::shutdown(&self.lp.cx.sh.listener, rustix::net::Shutdown::Both);
+        }
         let lp = &mut self.lp;
         lp.jobs.stop(&mut lp.cx);
     }
@@ -212,6 +219,8 @@ impl Thread {
                     self.lp.open_conn(fd, permit);
                 }
                 Err(rustix::io::Errno::AGAIN) => return,
+                // The stop shut the socket down under this loop (EINVAL): nothing to say.
+                Err(_) if self.lp.cx.sh.stopping() => return,
                 Err(e) => {
                     let e = std::io::Error::from(e);
                     if accept_is_fatal(&e) {
@@ -251,6 +260,7 @@ pub(super) async fn serve(
     settings: Settings,
     listener: OwnedFd,
     tcp: bool,
+    refuse_on_stop: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -265,6 +275,7 @@ pub(super) async fn serve(
         settings,
         listener,
         tcp,
+        refuse_on_stop,
         wakers,
         stop: AtomicU8::new(RUN),
         waiting: AtomicUsize::new(0),

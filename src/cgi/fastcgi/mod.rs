@@ -27,9 +27,11 @@ pub(crate) use shared::Settings;
 
 /// Where a FastCGI server takes connections: a TCP or a Unix socket.
 ///
-/// A Unix socket file made by [`bind`](FastCgiListener::bind) is removed when the listener
-/// goes (the server stopped, or the listener was dropped unused), as nginx removes its own;
-/// unless it is no longer that file (another server bound the path since). A socket passed
+/// A Unix socket file made by [`bind`](FastCgiListener::bind) is removed when the server's
+/// graceful stop begins (or the listener is dropped unused), as nginx removes its own;
+/// unless it is no longer that file (another server bound the path since). A socket `bind`
+/// made also refuses new connections from then on (it is shut down), so a web server fails
+/// over at once rather than waiting out the grace. A socket passed
 /// by systemd ([`from_systemd`](FastCgiListener::from_systemd)) or made by the caller
 /// (`From<UnixListener>`) is left where it is: its owner removes it.
 ///
@@ -51,7 +53,8 @@ pub struct FastCgiListener(Kind);
 
 #[derive(Debug)]
 enum Kind {
-    Tcp(TcpListener),
+    /// With whether `bind` made it (no other process holds it).
+    Tcp(TcpListener, bool),
     /// With its path when it has one, and the file to remove when `bind` made it.
     Unix(UnixListener, Option<PathBuf>, Option<SocketFile>),
 }
@@ -102,7 +105,7 @@ impl Drop for SocketFile {
 
 impl From<TcpListener> for FastCgiListener {
     fn from(l: TcpListener) -> FastCgiListener {
-        FastCgiListener(Kind::Tcp(l))
+        FastCgiListener(Kind::Tcp(l, false))
     }
 }
 
@@ -119,7 +122,7 @@ impl From<UnixListener> for FastCgiListener {
 impl fmt::Display for FastCgiListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Kind::Tcp(l) => match l.local_addr() {
+            Kind::Tcp(l, _) => match l.local_addr() {
                 Ok(a) => write!(f, "{a}"),
                 Err(_) => write!(f, "tcp"),
             },
@@ -153,7 +156,7 @@ impl FastCgiListener {
             .next()
             .ok_or_else(|| Error::new(libc::EADDRNOTAVAIL, op.clone()))?;
         let l = TcpListener::bind(addr).await.map_err(|e| from_io(e, op))?;
-        Ok(FastCgiListener(Kind::Tcp(l)))
+        Ok(FastCgiListener(Kind::Tcp(l, true)))
     }
 
     /// The listening socket systemd passed (`LISTEN_FDS` >= 1 and `LISTEN_PID` = this
@@ -179,6 +182,7 @@ impl FastCgiListener {
                 std.set_nonblocking(true).map_err(|e| from_io(e, op))?;
                 Ok(Some(FastCgiListener(Kind::Tcp(
                     TcpListener::from_std(std).map_err(|e| from_io(e, op))?,
+                    false,
                 ))))
             }
             crate::ipc::HandleType::UnixListener => {
@@ -201,11 +205,15 @@ impl FastCgiListener {
     }
 
     /// The listening socket, out of tokio's reactor, for the event loops; whether it is
-    /// TCP; and the socket file to remove when they are done.
-    fn into_fd(self) -> io::Result<(OwnedFd, bool, Option<SocketFile>)> {
+    /// TCP; whether `bind` made it (so that the stop may refuse new connections on it:
+    /// no other process holds it); and the socket file to remove when the stop begins.
+    fn into_fd(self) -> io::Result<(OwnedFd, bool, bool, Option<SocketFile>)> {
         match self.0 {
-            Kind::Tcp(l) => Ok((l.into_std()?.into(), true, None)),
-            Kind::Unix(l, _, file) => Ok((l.into_std()?.into(), false, file)),
+            Kind::Tcp(l, ours) => Ok((l.into_std()?.into(), true, ours, None)),
+            Kind::Unix(l, _, file) => {
+                let ours = file.is_some();
+                Ok((l.into_std()?.into(), false, ours, file))
+            }
         }
     }
 }
@@ -216,9 +224,14 @@ pub(crate) async fn serve(
     listener: FastCgiListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    // `_file` goes when this does, the loops stopped (or this future dropped).
-    let (fd, tcp, _file) = listener
+    let (fd, tcp, ours, file) = listener
         .into_fd()
         .map_err(|e| from_io(e, "fastcgi: listener"))?;
-    engine::serve(state, settings, fd, tcp, shutdown).await
+    // The socket file goes when the stop begins (a web server connecting then gets ENOENT
+    // at once, and tries its next server), or with this future.
+    let shutdown = async move {
+        shutdown.await;
+        drop(file);
+    };
+    engine::serve(state, settings, fd, tcp, ours, shutdown).await
 }

@@ -55,6 +55,8 @@ pub(super) struct Shared {
     pub settings: Settings,
     pub listener: OwnedFd,
     pub tcp: bool,
+    /// Shut the listening socket down when a graceful stop begins: `bind` made it.
+    pub refuse_on_stop: bool,
     /// One eventfd per loop: stop, or a `max_children` slot came free.
     pub wakers: Vec<OwnedFd>,
     pub stop: AtomicU8,
@@ -74,6 +76,11 @@ impl Shared {
     pub(super) fn stop(&self, how: u8) {
         self.stop.fetch_max(how, Ordering::SeqCst);
         self.wake_all();
+    }
+
+    /// Whether a stop began.
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) != RUN
     }
 }
 
