@@ -514,6 +514,70 @@ fn a_stopping_server_refuses_new_connections_at_once_on_unix_and_tcp() {
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
+#[test]
+fn a_web_server_that_half_closes_after_its_request_gets_the_answer_then_a_close() {
+    let (dir, brood) = setup("half-close", &[]);
+    dir.script(
+        "big",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nhead -c 1000000 /dev/zero | tr '\\0' x\n",
+    );
+    // A whole request (the connection asked to be kept), then shutdown(SHUT_WR): the whole
+    // answer and its END_REQUEST, then brood closes (no request can follow).
+    let mut s = connect(&dir);
+    s.write_all(&request(
+        1,
+        true,
+        &params(&dir, "big", "GET", "", None),
+        b"",
+    ))
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let a = answer(&mut s, 1);
+    assert!(a.complete(), "{:?}", a.end);
+    assert_eq!(a.body().len(), 1_000_000);
+    assert!(a.body().iter().all(|&b| b == b'x'));
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{} bytes after END_REQUEST", rest.len());
+
+    // Half-closed while a silent script runs: brood waits for it without spinning...
+    dir.script(
+        "silent",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nexec sleep 60\n",
+    );
+    let before = dir.recorded_pids();
+    let mut s = connect(&dir);
+    s.write_all(&request(
+        1,
+        false,
+        &params(&dir, "silent", "GET", "", None),
+        b"",
+    ))
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let script = new_pids(&dir, &before, 1)[0];
+    let ticks = cpu_ticks(brood.pid());
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spent = cpu_ticks(brood.pid()) - ticks;
+    // 100 ticks a second: a loop woken by the closed read side on every turn takes ~100.
+    assert!(
+        spent < 20,
+        "brood used {spent} ticks in 1 s while nothing moved"
+    );
+    assert!(
+        alive(script),
+        "the script of a half-closed connection was ended"
+    );
+    // ...and when the web server then closes the connection, the script is ended.
+    drop(s);
+    wait_for("the script to be ended", T, || !alive(script));
+    wait_groups_gone(&dir);
+    still_serves(&dir);
+}
+
 // --- 2. A web server that stops reading ----------------------------------------------
 
 /// Bytes `pid` has written so far (`wchar` of /proc/PID/io).

@@ -155,6 +155,9 @@ pub(super) struct Conn {
     after: Option<After>,
     /// The socket was shut down for writing (lingering).
     shut: bool,
+    /// The web server shut down its writing side only (a Unix socket): nothing more is
+    /// read; the answer is written, and the connection closes after it.
+    read_shut: bool,
     served: bool,
     _permit: OwnedSemaphorePermit,
 }
@@ -213,6 +216,7 @@ impl Loop {
             want: Want::READ,
             after: None,
             shut: false,
+            read_shut: false,
             served: false,
             _permit: permit,
         };
@@ -262,6 +266,8 @@ impl Loop {
         if n == 0 {
             if !c.inbuf.is_empty() && !matches!(c.phase, Phase::Ending) {
                 self.error("connection closed in the middle of a record");
+            } else if self.half_closed(key) {
+                return;
             }
             self.conn_gone(key);
             return;
@@ -288,6 +294,54 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// The web server's end of `key` read as closed: whether it only shut its writing side
+    /// (`shutdown(SHUT_WR)`) after a whole request, so that the answer is still written.
+    /// Only a Unix socket tells: its peer's `close` also hangs up brood's writing side
+    /// (`POLLHUP`), a half-close does not. Over TCP both are a FIN, and the connection is
+    /// taken as gone (the script is ended) rather than risk running a script for a web
+    /// server that left; nginx never half-closes.
+    fn half_closed(&mut self, key: Key) -> bool {
+        let tcp = self.cx.sh.tcp;
+        let Some(c) = self.conns.get(key.0, key.1) else {
+            return false;
+        };
+        let input_whole = match c.phase {
+            Phase::Queued(..) | Phase::Running(..) | Phase::Redirect(..) => true,
+            Phase::Ending => !c.shut,
+            Phase::Idle | Phase::Params(..) | Phase::Stdin(..) => false,
+        };
+        if tcp || !input_whole {
+            return false;
+        }
+        let mut fds = [rustix::event::PollFd::new(
+            &c.sock,
+            rustix::event::PollFlags::OUT,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let hung_up = match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR),
+            Err(_) => true,
+        };
+        if hung_up {
+            return false;
+        }
+        if !c.read_shut {
+            c.read_shut = true;
+            // Out of the read set now (`conn_after`): the closed read side stays readable.
+            c.inbuf.clear();
+            // Nothing is left to drain: no linger after the answer.
+            if c.after == Some(After::Linger) {
+                c.after = Some(After::Close);
+            }
+        }
+        true
     }
 
     fn conn_record(&mut self, key: Key, rec: Record) {
@@ -1121,7 +1175,7 @@ impl Loop {
             return;
         };
         match next {
-            Next::Keep if keep => {
+            Next::Keep if keep && !c.read_shut => {
                 c.phase = Phase::Idle;
                 c.deadline = Some(Instant::now() + IDLE);
             }
@@ -1205,7 +1259,7 @@ impl Loop {
         // Input is read while the answers to it are taken: a web server that sends records
         // and reads nothing fills its socket, not brood's memory.
         let want = Want {
-            read: c.out.len() < COALESCE,
+            read: c.out.len() < COALESCE && !c.read_shut,
             write: !c.out.is_empty(),
         };
         if want != c.want {
