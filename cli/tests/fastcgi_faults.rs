@@ -556,12 +556,7 @@ fn a_web_server_that_half_closes_after_its_request_gets_the_answer_then_a_close(
     .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let script = new_pids(&dir, &before, 1)[0];
-    let ticks = cpu_ticks(brood.pid());
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(1) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let spent = cpu_ticks(brood.pid()) - ticks;
+    let spent = ticks_over(brood.pid(), Duration::from_secs(1));
     // 100 ticks a second: a loop woken by the closed read side on every turn takes ~100.
     assert!(
         spent < 20,
@@ -654,6 +649,13 @@ fn a_web_server_that_stops_reading_a_200_mb_answer_holds_brood_to_bounded_memory
     brood.wait_settled(fds);
 }
 
+/// CPU ticks `pid` uses in the next `span` (a measurement, not a synchronization).
+fn ticks_over(pid: u32, span: Duration) -> u64 {
+    let ticks = cpu_ticks(pid);
+    std::thread::sleep(span);
+    cpu_ticks(pid) - ticks
+}
+
 /// CPU ticks (user + system) brood has used.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -709,12 +711,7 @@ fn a_script_that_ends_while_its_unread_answer_waits_costs_brood_no_cpu() {
     // SAFETY: kill sends a signal to one process of this test's.
     assert_eq!(unsafe { libc::kill(script as i32, libc::SIGKILL) }, 0);
     wait_for("the script's exit", T, || !alive(script));
-    let ticks = cpu_ticks(brood.pid());
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let spent = cpu_ticks(brood.pid()) - ticks;
+    let spent = ticks_over(brood.pid(), Duration::from_secs(2));
     // 100 ticks a second: a loop woken by the hang-up on every turn would take about 200.
     assert!(
         spent < 30,
