@@ -299,20 +299,25 @@ impl Loop {
     /// The web server's end of `key` read as closed: whether it only shut its writing side
     /// (`shutdown(SHUT_WR)`) after a whole request, so that the answer is still written.
     /// Only a Unix socket tells: its peer's `close` also hangs up brood's writing side
-    /// (`POLLHUP`), a half-close does not. Over TCP both are a FIN, and the connection is
-    /// taken as gone (the script is ended) rather than risk running a script for a web
-    /// server that left; nginx never half-closes.
+    /// (`POLLHUP`), a half-close does not. Over TCP both are a FIN: while a script runs
+    /// or waits for it, the connection is taken as gone (the script is ended) rather than
+    /// risk running a script for a web server that left (nginx never half-closes); an
+    /// answer already made is still written.
     fn half_closed(&mut self, key: Key) -> bool {
         let tcp = self.cx.sh.tcp;
         let Some(c) = self.conns.get(key.0, key.1) else {
             return false;
         };
-        let input_whole = match c.phase {
-            Phase::Queued(..) | Phase::Running(..) | Phase::Redirect(..) => true,
+        // Whether the answer is still being written with no script left to run for it
+        // (over TCP too: writing on costs nothing, and a web server gone for good resets),
+        // or a whole request's script runs or waits (a Unix socket only).
+        let answer_left = match c.phase {
+            Phase::Idle => !c.out.is_empty(),
             Phase::Ending => !c.shut,
-            Phase::Idle | Phase::Params(..) | Phase::Stdin(..) => false,
+            Phase::Queued(..) | Phase::Running(..) | Phase::Redirect(..) => false,
+            Phase::Params(..) | Phase::Stdin(..) => return false,
         };
-        if tcp || !input_whole {
+        if !answer_left && (tcp || c.phase.active().is_none()) {
             return false;
         }
         let mut fds = [rustix::event::PollFd::new(
@@ -336,9 +341,11 @@ impl Loop {
             c.read_shut = true;
             // Out of the read set now (`conn_after`): the closed read side stays readable.
             c.inbuf.clear();
-            // Nothing is left to drain: no linger after the answer.
-            if c.after == Some(After::Linger) {
+            // Nothing is left to drain: no linger after the answer; and no request can
+            // follow one that is over.
+            if c.after == Some(After::Linger) || matches!(c.phase, Phase::Idle) {
                 c.after = Some(After::Close);
+                c.deadline = Some(Instant::now() + LAST_WRITE);
             }
         }
         true

@@ -35,6 +35,9 @@ const LONGEST_WAIT: Duration = Duration::from_secs(5);
 const ACCEPT_BATCH: usize = 8;
 /// How soon a loop at the connection cap tries again (a close in the same loop is sooner).
 const CAP_RETRY: Duration = Duration::from_millis(50);
+/// The most connections a stop takes from a Unix socket's backlog to close them (the
+/// kernel's `somaxconn` default).
+const BACKLOG_DRAIN: usize = 4096;
 
 /// One loop's thread: the loop, and its share of accepting.
 struct Thread {
@@ -158,14 +161,31 @@ impl Thread {
         lp.cx.poll.at(now + KILL_GRACE * 2, token(STOP_OVER));
         let _ = self.listen(false);
         if self.lp.cx.sh.refuse_on_stop {
-            // A socket only this process holds: from now on a connection is refused at
-            // once (the web server tries its next server or answers 502 now), not left in
-            // the backlog until the loops end. Every loop does it (the first one counts);
-            // before any script is told to stop.
-            let _ = rustix::net::shutdown(&self.lp.cx.sh.listener, rustix::net::Shutdown::Both);
+            self.refuse();
         }
         let lp = &mut self.lp;
         lp.jobs.stop(&mut lp.cx);
+    }
+
+    /// At a graceful stop, on a socket only this process holds: from now on a connection
+    /// is refused at once (the web server answers 502 or tries its next server now), not
+    /// left in the backlog until the loops end. Every loop does it (the first one counts),
+    /// before any script is told to stop.
+    fn refuse(&mut self) {
+        let listener = &self.lp.cx.sh.listener;
+        // TCP: the kernel resets what waits in the backlog, and refuses new connections.
+        // Unix: new connections are refused, but those already queued stay (until the
+        // last close of the socket): they are taken and closed here, so that they get their
+        // EOF now, not at the end of the grace. The queue only shrinks; bounded anyway.
+        let _ = rustix::net::shutdown(listener, rustix::net::Shutdown::Both);
+        if !self.lp.cx.sh.tcp {
+            let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+            for _ in 0..BACKLOG_DRAIN {
+                if rustix::net::accept_with(listener, flags).is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Takes connections from the listening socket (`on`) or stops.
@@ -219,7 +239,8 @@ impl Thread {
                     self.lp.open_conn(fd, permit);
                 }
                 Err(rustix::io::Errno::AGAIN) => return,
-                // The stop shut the socket down under this loop (EINVAL): nothing to say.
+                // A stop began: the loop stops accepting, whatever failed (a TCP socket the
+                // stop shut down fails with EINVAL).
                 Err(_) if self.lp.cx.sh.stopping() => return,
                 Err(e) => {
                     let e = std::io::Error::from(e);
