@@ -548,54 +548,42 @@ impl<T: Read + Write + std::os::fd::AsRawFd> ReadWrite for T {}
 #[test]
 fn a_web_server_that_half_closes_after_its_request_gets_the_answer_then_a_close() {
     let (dir, mut brood) = setup("half-close", &[]);
-    dir.script(
-        "big",
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nhead -c 1000000 /dev/zero | tr '\\0' x\n",
-    );
     // A whole request (the connection asked to be kept), then shutdown(SHUT_WR): the whole
-    // answer and its END_REQUEST, then brood closes (no request can follow).
-    let mut s = connect(&dir);
-    s.write_all(&request(
-        1,
-        true,
-        &params(&dir, "big", "GET", "", None),
-        b"",
-    ))
-    .unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let a = answer(&mut s, 1);
-    assert!(a.complete(), "{:?}", a.end);
-    assert_eq!(a.body().len(), 1_000_000);
-    assert!(a.body().iter().all(|&b| b == b'x'));
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty(), "{} bytes after END_REQUEST", rest.len());
-
-    // The same, but the half-close comes once the request is over (its script done and
-    // logged, the connection kept and idle) while brood still holds part of the answer.
-    dir.script(
-        "big2",
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nhead -c 400000 /dev/zero | tr '\\0' y\n",
-    );
-    let mut s = connect(&dir);
-    s.write_all(&request(
-        1,
-        true,
-        &params(&dir, "big2", "GET", "", None),
-        b"",
-    ))
-    .unwrap();
-    brood.wait_line("/cgi-bin/big2");
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    // Not a synchronization (the answer must come whole whenever brood sees the EOF): time
-    // for brood to see it while it still holds part of the answer, the case under test.
-    std::thread::sleep(Duration::from_millis(300));
-    let a = answer(&mut s, 1);
-    assert!(a.complete(), "{:?}", a.end);
-    assert_eq!(a.body().len(), 400_000);
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty(), "{} bytes after END_REQUEST", rest.len());
+    // answer and its END_REQUEST, then brood closes (no request can follow). The half-close
+    // comes at once (brood sees it while the script runs), or once the request is over
+    // (its script done and logged, the connection kept and idle) while brood still holds
+    // part of the answer.
+    for (name, size, after_the_request) in [("big", 1_000_000, false), ("big2", 400_000, true)] {
+        dir.script(
+            name,
+            &format!(
+                "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nhead -c {size} /dev/zero | tr '\\0' x\n"
+            ),
+        );
+        let mut s = connect(&dir);
+        s.write_all(&request(1, true, &params(&dir, name, "GET", "", None), b""))
+            .unwrap();
+        if after_the_request {
+            brood.wait_line(&format!("/cgi-bin/{name}\""));
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        if after_the_request {
+            // Not a synchronization (the answer must come whole whenever brood sees the
+            // EOF): time for brood to see it while it still holds part of the answer.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let a = answer(&mut s, 1);
+        assert!(a.complete(), "{name}: {:?}", a.end);
+        assert_eq!(a.body().len(), size, "{name}");
+        assert!(a.body().iter().all(|&b| b == b'x'), "{name}");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty(),
+            "{name}: {} bytes after END_REQUEST",
+            rest.len()
+        );
+    }
 
     // Half-closed while a silent script runs: brood waits for it without spinning...
     dir.script(
